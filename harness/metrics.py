@@ -1,0 +1,132 @@
+"""Metric definitions, exactly as fixed in shared/METRICS.md.
+
+- fvu  = sum_{t,j} (X - X_hat)^2 / sum_{t,j} (X - mu)^2 over the whole held-out set (sums are
+         accumulated across batches and divided once, never averaged per batch);
+- r2   = 1 - fvu;
+- mse  = mean_{t,j} (X - X_hat)^2;
+- l0   = mean over tokens of the number of latents with activation > 0;
+- dead_features = latents that did not fire (activation > 0) in the last `window` training tokens;
+  dead_ratio = dead_features / n_latents.
+
+Sums are kept in float64 and the per-dimension variance is merged across batches with Chan's
+parallel update, so a large activation mean does not eat the precision of sum (X - mu)^2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ReconstructionMetrics:
+    """Reconstruction quality over one evaluation set."""
+
+    fvu: float
+    """Fraction of variance unexplained."""
+    r2: float
+    """1 - fvu ("explained variance")."""
+    mse: float
+    """Mean squared error per element."""
+    l0: float
+    """Mean number of active latents per token."""
+    n_tokens: int
+    """Tokens the figures were computed on."""
+
+
+class ReconstructionAccumulator:
+    """Accumulates FVU / MSE / L0 over batches; `result()` divides once at the end."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._mean: torch.Tensor | None = None  # per-dimension running mean, float64
+        self._m2: torch.Tensor | None = None  # per-dimension sum of squared deviations
+        self._sse = 0.0
+        self._active = 0.0
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor, x_hat: torch.Tensor, n_active: torch.Tensor | float) -> None:
+        """Add a batch: inputs `x` [B, d], reconstruction `x_hat` [B, d], and the total count of
+        active latents over the batch's tokens (a scalar)."""
+        x64 = x.detach().to(torch.float64)
+        b = x64.shape[0]
+        if b == 0:
+            return
+        self._sse += float((x64 - x_hat.detach().to(torch.float64)).pow(2).sum())
+        self._active += float(n_active)
+        batch_mean = x64.mean(0)
+        batch_m2 = (x64 - batch_mean).pow(2).sum(0)
+        if self._mean is None or self._m2 is None:
+            self._mean, self._m2 = batch_mean, batch_m2
+        else:
+            total = self.n + b
+            delta = batch_mean - self._mean
+            self._mean = self._mean + delta * (b / total)
+            self._m2 = self._m2 + batch_m2 + delta.pow(2) * (self.n * b / total)
+        self.n += b
+
+    def result(self) -> ReconstructionMetrics:
+        if self.n == 0 or self._m2 is None:
+            raise ValueError("no tokens were accumulated: the evaluation set is empty")
+        total_var = float(self._m2.sum())
+        d = self._m2.numel()
+        fvu = self._sse / total_var if total_var > 0 else float("inf")
+        return ReconstructionMetrics(
+            fvu=fvu, r2=1.0 - fvu, mse=self._sse / (self.n * d), l0=self._active / self.n,
+            n_tokens=self.n,
+        )
+
+
+class DeadFeatureTracker:
+    """Counts latents that did not fire in the last `window` training tokens.
+
+    A latent is dead at token count T when its last firing was at or before T - window. Every
+    latent counts as having fired at token 0, so nothing is dead before `window` tokens are seen.
+    """
+
+    def __init__(self, n_latents: int, window: int, device: torch.device | str = "cpu") -> None:
+        if window <= 0:
+            raise ValueError(f"dead-feature window must be a positive token count, got {window}")
+        self.window = int(window)
+        self.tokens = 0
+        self.last_fired = torch.zeros(n_latents, dtype=torch.long, device=device)
+
+    @torch.no_grad()
+    def update(self, top_indices: torch.Tensor, top_values: torch.Tensor) -> None:
+        """Record a training batch: top-k indices and (post-ReLU) values, both [B, k]."""
+        self.tokens += top_indices.shape[0]
+        fired = top_indices[top_values > 0]
+        self.last_fired[fired] = self.tokens
+
+    def dead_mask(self) -> torch.Tensor:
+        return (self.tokens - self.last_fired) >= self.window
+
+    def count(self) -> int:
+        return int(self.dead_mask().sum())
+
+
+@dataclass(frozen=True)
+class FeatureRecovery:
+    """How well learned decoder rows match known ground-truth directions."""
+
+    mmcs: float
+    """Mean over true directions of the best cosine with any decoder row."""
+    recovery: float
+    """Fraction of true directions whose best cosine is >= threshold."""
+    threshold: float
+    """The cosine threshold c of recovery@c."""
+
+
+@torch.no_grad()
+def feature_recovery(
+    true_directions: torch.Tensor, decoder: torch.Tensor, threshold: float = 0.9
+) -> FeatureRecovery:
+    """recovery@c and MMCS of true unit directions D [m, d] against decoder rows W [n, d]."""
+    d_true = torch.nn.functional.normalize(true_directions.float(), dim=1)
+    w = torch.nn.functional.normalize(decoder.float(), dim=1)
+    best = (d_true @ w.T).max(dim=1).values
+    return FeatureRecovery(
+        mmcs=float(best.mean()), recovery=float((best >= threshold).float().mean()),
+        threshold=threshold,
+    )

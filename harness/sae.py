@@ -1,0 +1,222 @@
+"""TopK sparse autoencoder after Gao et al. 2024, "Scaling and evaluating sparse autoencoders".
+
+- the input is centred by the pre-encoder bias `b_dec` (initialised from the data);
+- latents are ReLU of the top-k encoder pre-activations, all others are zero;
+- the encoder starts as the transpose of a random unit-norm decoder;
+- decoder rows are kept at unit norm after every step, and the gradient component parallel to
+  each row is removed before the step;
+- an auxiliary loss (AuxK) lets dead latents model the residual error.
+
+Weights are stored with SAELens' names and shapes, `W_enc` [d_in, d_sae], `b_enc` [d_sae],
+`W_dec` [d_sae, d_in], `b_dec` [d_in], in `sae_weights.safetensors` beside a `cfg.json` that
+carries SAELens' TopK fields (`architecture`, `d_in`, `d_sae`, `k`, ...). No pickles anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from harness.atomic import write_json, write_safetensors
+
+WEIGHTS_FILE = "sae_weights.safetensors"
+CONFIG_FILE = "cfg.json"
+
+
+class SaeOutput(NamedTuple):
+    """What one forward pass produces."""
+
+    reconstruction: torch.Tensor
+    """[B, d_in] decoded input."""
+    top_values: torch.Tensor
+    """[B, k] latent activations after ReLU (may contain zeros)."""
+    top_indices: torch.Tensor
+    """[B, k] latent indices chosen by top-k."""
+    pre_acts: torch.Tensor
+    """[B, d_sae] encoder pre-activations (AuxK picks dead latents from these)."""
+
+
+def default_k_aux(n_inputs: int, n_latents: int) -> int:
+    """The paper's k_aux: a power of two close to d_in / 2 (512 for d_in = 768)."""
+    return min(n_latents, 2 ** round(math.log2(max(n_inputs / 2, 1))))
+
+
+class TopKSae(nn.Module):
+    """A TopK SAE with `n_latents` latents over `n_inputs`-dimensional activations."""
+
+    def __init__(
+        self,
+        n_latents: int,
+        n_inputs: int,
+        k: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        k_aux: int | None = None,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0 < k <= n_latents:
+            raise ValueError(f"k must be in [1, n_latents={n_latents}], got k={k}")
+        if n_inputs <= 0:
+            raise ValueError(f"n_inputs must be positive, got {n_inputs}")
+        self.n_latents = int(n_latents)
+        self.n_inputs = int(n_inputs)
+        self.k = int(k)
+        self.k_aux = int(k_aux) if k_aux is not None else default_k_aux(n_inputs, n_latents)
+        dtype = dtype or torch.float32
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        w_dec = torch.randn(n_latents, n_inputs, generator=gen, dtype=torch.float32)
+        w_dec = F.normalize(w_dec, dim=1)
+        factory = {"device": device, "dtype": dtype}
+        self.W_dec = nn.Parameter(w_dec.to(**factory))
+        self.W_enc = nn.Parameter(w_dec.T.contiguous().to(**factory))
+        self.b_enc = nn.Parameter(torch.zeros(n_latents, **factory))
+        self.b_dec = nn.Parameter(torch.zeros(n_inputs, **factory))
+
+    # ------------------------------------------------------------------------- model
+    def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k latents of `x`: (values after ReLU [B, k], indices [B, k])."""
+        values, indices = self.pre_activations(x).topk(self.k, dim=-1, sorted=False)
+        return F.relu(values), indices
+
+    def decode(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """Sum of the chosen decoder rows weighted by their activations, plus `b_dec`."""
+        return F.embedding_bag(indices, self.W_dec, per_sample_weights=values,
+                               mode="sum") + self.b_dec
+
+    def forward(self, x: torch.Tensor) -> SaeOutput:
+        pre = self.pre_activations(x)
+        values, indices = pre.topk(self.k, dim=-1, sorted=False)
+        values = F.relu(values)
+        return SaeOutput(self.decode(values, indices), values, indices, pre)
+
+    def encode_dense(self, x: torch.Tensor) -> torch.Tensor:
+        """Latents as a dense [B, d_sae] tensor (for analysis; training never builds this)."""
+        values, indices = self.encode(x)
+        return torch.zeros(x.shape[0], self.n_latents, device=x.device,
+                           dtype=values.dtype).scatter_(1, indices, values)
+
+    # ------------------------------------------------------------------------- losses
+    def l1_penalty(self, out: SaeOutput) -> torch.Tensor:
+        """Mean over tokens of sum_i |z_i| * ||W_dec_i|| (decoder-norm weighted L1)."""
+        norms = self.W_dec.norm(dim=1)[out.top_indices]  # gather n norms, not B*k rows
+        return (out.top_values.abs() * norms).sum(-1).mean()
+
+    def auxk_loss(self, x: torch.Tensor, out: SaeOutput, dead: torch.Tensor) -> torch.Tensor:
+        """MSE of the residual x - x_hat reconstructed by the top-k_aux dead latents.
+
+        Zero (with a graph) when no latent is dead, so the caller can always add it.
+        """
+        n_dead = int(dead.sum())
+        if n_dead == 0:
+            return out.reconstruction.new_zeros(())
+        k_aux = min(self.k_aux, n_dead)
+        masked = out.pre_acts.masked_fill(~dead, float("-inf"))
+        values, indices = masked.topk(k_aux, dim=-1, sorted=False)
+        values = F.relu(values)
+        residual = (x - out.reconstruction).detach()
+        residual_hat = F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum")
+        return (residual_hat - residual).pow(2).mean()
+
+    # ------------------------------------------------------------------------- constraints
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Rescale decoder rows to unit norm."""
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+    @torch.no_grad()
+    def remove_parallel_grads_(self) -> None:
+        """Drop the part of each decoder row's gradient that would change the row's norm."""
+        if self.W_dec.grad is None:
+            return
+        w, g = self.W_dec, self.W_dec.grad
+        g.sub_((g * w).sum(dim=1, keepdim=True) * w)
+
+    @torch.no_grad()
+    def init_b_dec_(self, sample: torch.Tensor, method: str = "geometric_median") -> None:
+        """Set `b_dec` from a data sample: "geometric_median" (the paper), "mean" or "zeros"."""
+        sample = sample.to(self.b_dec.device, torch.float32)
+        if method == "geometric_median":
+            center = geometric_median(sample)
+        elif method == "mean":
+            center = sample.mean(0)
+        elif method == "zeros":
+            center = torch.zeros_like(self.b_dec, dtype=torch.float32)
+        else:
+            raise ValueError(f"b_dec init must be geometric_median, mean or zeros, got {method!r}")
+        self.b_dec.copy_(center.to(self.b_dec.dtype))
+
+    # ------------------------------------------------------------------------- save / load
+    def config_dict(self) -> dict[str, Any]:
+        """SAELens-readable config (TopK architecture) plus our own fields."""
+        return {
+            "architecture": "topk",
+            "d_in": self.n_inputs,
+            "d_sae": self.n_latents,
+            "k": self.k,
+            "k_aux": self.k_aux,
+            "dtype": str(self.W_dec.dtype).removeprefix("torch."),
+            "device": str(self.W_dec.device),
+            "apply_b_dec_to_input": True,
+            "normalize_activations": "none",
+            "activation_fn": "topk",
+            "activation_fn_kwargs": {"k": self.k},
+            "decoder_rows_unit_norm": True,
+        }
+
+    def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+        """Write `sae_weights.safetensors` and `cfg.json` into folder `path` (atomically)."""
+        path = Path(path)
+        write_safetensors(path / WEIGHTS_FILE, {name: p for name, p in self.named_parameters()})
+        cfg = self.config_dict()
+        if metadata:
+            cfg["metadata"] = metadata
+        write_json(path / CONFIG_FILE, cfg)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> TopKSae:
+        """Load a folder written by `save` (or by SAELens for a TopK SAE). Never runs code."""
+        path = Path(path)
+        cfg_path = path / CONFIG_FILE
+        if not cfg_path.exists():
+            raise FileNotFoundError(f"{cfg_path}: no SAE config here")
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        if cfg.get("architecture", "topk") != "topk":
+            raise ValueError(f"{cfg_path}: architecture {cfg.get('architecture')!r} is not topk")
+        for key in ("d_in", "d_sae", "k"):
+            if key not in cfg:
+                raise ValueError(f"{cfg_path}: missing key {key!r}")
+        weights = load_file(str(path / WEIGHTS_FILE), device=str(device))
+        dtype = weights["W_dec"].dtype
+        sae = cls(cfg["d_sae"], cfg["d_in"], cfg["k"], device=device, dtype=dtype,
+                  k_aux=cfg.get("k_aux"))
+        missing = {"W_enc", "b_enc", "W_dec", "b_dec"} - weights.keys()
+        if missing:
+            raise ValueError(f"{path / WEIGHTS_FILE}: missing tensors {sorted(missing)}")
+        sae.load_state_dict({k: weights[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")})
+        return sae
+
+
+@torch.no_grad()
+def geometric_median(points: torch.Tensor, iters: int = 50, eps: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld's algorithm: the point minimising the sum of Euclidean distances."""
+    median = points.mean(0)
+    for _ in range(iters):
+        dist = (points - median).norm(dim=1).clamp_min(eps)
+        weights = 1.0 / dist
+        new = (weights[:, None] * points).sum(0) / weights.sum()
+        if (new - median).norm() <= eps * max(1.0, float(median.norm())):
+            return new
+        median = new
+    return median

@@ -1,0 +1,106 @@
+"""Synthetic activations with known ground truth, for tests and the demo.
+
+Each token is a sparse non-negative combination of a fixed set of random unit directions, plus a
+constant offset and Gaussian noise. A good SAE should reconstruct it (high R²) and its decoder rows
+should line up with the true directions (see `harness.metrics.feature_recovery`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from harness.atomic import write_safetensors
+from harness.store import LocalStore
+
+GROUND_TRUTH_FILE = "ground_truth.safetensors"
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """The generating process."""
+
+    d: int = 64
+    """Activation dimension."""
+    n_features: int = 256
+    """Number of true unit directions."""
+    mean_active: float = 5.0
+    """Expected number of active features per token."""
+    n_tokens: int = 100_000
+    """Tokens to generate."""
+    magnitude: str = "uniform"
+    """Law of an active feature's magnitude: "uniform" on [magnitude_low, magnitude_high], or
+    "exponential" (magnitude_low + Exp(1) * (magnitude_high - magnitude_low))."""
+    magnitude_low: float = 0.5
+    """Smallest magnitude of an active feature."""
+    magnitude_high: float = 1.5
+    """Upper end (uniform) or magnitude_low + mean excess (exponential)."""
+    frequency_decay: float = 0.0
+    """Feature i fires with probability proportional to (i+1)^-decay (0 = all equally often)."""
+    offset_norm: float = 0.0
+    """Norm of a constant offset added to every token (a non-zero activation mean)."""
+    noise_std: float = 0.01
+    """Std of isotropic Gaussian noise per dimension."""
+    seed: int = 0
+    """Seed of directions, offset and tokens."""
+
+
+class SyntheticData:
+    """Ground truth plus a token stream drawn from it."""
+
+    def __init__(self, spec: SyntheticSpec) -> None:
+        self.spec = spec
+        gen = torch.Generator().manual_seed(spec.seed)
+        self.directions = F.normalize(torch.randn(spec.n_features, spec.d, generator=gen), dim=1)
+        self.offset = F.normalize(torch.randn(spec.d, generator=gen), dim=0) * spec.offset_norm
+        weights = (torch.arange(spec.n_features, dtype=torch.float64) + 1) ** -spec.frequency_decay
+        probs = weights / weights.sum() * spec.mean_active
+        if spec.magnitude not in ("uniform", "exponential"):
+            raise ValueError(f"magnitude must be uniform or exponential, got {spec.magnitude!r}")
+        if float(probs.max()) > 1.0:
+            raise ValueError("mean_active / frequency_decay give a feature probability above 1")
+        self.probabilities = probs.float()
+        self._gen = gen
+
+    def chunks(self, chunk_tokens: int = 65536):
+        """Yield [<= chunk_tokens, d] float32 tensors until n_tokens are produced."""
+        s, done = self.spec, 0
+        while done < s.n_tokens:
+            n = min(chunk_tokens, s.n_tokens - done)
+            active = torch.rand(n, s.n_features, generator=self._gen) < self.probabilities
+            mags = torch.empty(n, s.n_features)
+            if s.magnitude == "exponential":
+                mags.exponential_(1.0, generator=self._gen)
+                mags = s.magnitude_low + mags * (s.magnitude_high - s.magnitude_low)
+            else:
+                mags.uniform_(s.magnitude_low, s.magnitude_high, generator=self._gen)
+            x = (active * mags) @ self.directions + self.offset
+            x += s.noise_std * torch.randn(n, s.d, generator=self._gen)
+            done += n
+            yield x
+
+
+def write_synthetic_store(
+    base: str | Path, run_id: str, spec: SyntheticSpec, layer_signature: str = "synthetic",
+    shard_tokens: int = 65536,
+) -> torch.Tensor:
+    """Generate `spec` into a LocalStore run; returns the true directions (also saved in the run
+    folder as ground_truth.safetensors)."""
+    store = LocalStore(base)
+    data = SyntheticData(spec)
+    store.put_activations(run_id, layer_signature, data.chunks(shard_tokens),
+                          meta={"model_id": "synthetic", "synthetic_spec": asdict(spec)},
+                          shard_tokens=shard_tokens)
+    write_safetensors(store.activation_dir(run_id) / GROUND_TRUTH_FILE,
+                      {"directions": data.directions, "offset": data.offset})
+    return data.directions
+
+
+def load_ground_truth(base: str | Path, run_id: str) -> torch.Tensor:
+    """The true directions of a synthetic run."""
+    path = LocalStore(base).activation_dir(run_id) / GROUND_TRUTH_FILE
+    return load_file(str(path))["directions"]

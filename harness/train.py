@@ -1,0 +1,494 @@
+"""The one shared SAE trainer: every SAE in the project (demo, tests, sweep trials) trains here.
+
+    history = SaeTrainer(sae).train(store=store, run_id="acts", layer_signature="layer_6",
+                                    config=SaeTrainingConfig(epochs=2, batch_size=4096, lr=2e-4))
+    history["r2"], history["l0"], history["dead_features"]
+
+Loss = MSE + l1_lambda * (decoder-norm weighted L1 of the latents) + auxk_alpha * AuxK.
+Each evaluation computes held-out r2 / fvu / mse / l0 exactly as in shared/METRICS.md, plus the
+dead-feature count over the last `dead_window_tokens` training tokens; callbacks see it and may
+raise `StopTraining` (this is how the sweep prunes). A non-finite or exploding loss raises
+`TrainingDiverged` with the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import platform
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import torch
+from tqdm.auto import tqdm
+
+from harness.atomic import write_json
+from harness.loader import ActivationLoader, LoaderConfig
+from harness.metrics import DeadFeatureTracker, ReconstructionAccumulator
+from harness.sae import TopKSae
+from harness.store import LocalStore, flatten_layer_name
+from harness.wandb_log import WandbRun
+
+DEFAULT_DEAD_WINDOW = 10_000_000  # sparsify / dictionary_learning: dead after 10M tokens
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became non-finite (or exploded) at `step`."""
+
+    def __init__(self, step: int, loss: float, reason: str) -> None:
+        super().__init__(f"training diverged at step {step}: {reason} (loss={loss})")
+        self.step = step
+        self.loss = loss
+        self.reason = reason
+
+
+class StopTraining(Exception):  # noqa: N818 - a control signal, like optuna.TrialPruned
+    """Raised by a callback to end training early; `reason` is kept in the history."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class SaeTrainingConfig:
+    """Everything that controls one SAE training run."""
+
+    epochs: int = 1
+    """Passes over the training split of the store."""
+    batch_size: int = 4096
+    """Tokens per optimisation step."""
+    lr: float = 2e-4
+    """Adam learning rate (after warm-up)."""
+    l1_lambda: float = 0.0
+    """Weight of the decoder-norm weighted L1 penalty (per token; the MSE is per element)."""
+    max_tokens: int | None = None
+    """Use only the first `max_tokens` tokens of the store (held-out split included)."""
+    eval_every: int = 0
+    """Evaluate every this many steps; 0 evaluates once at the end of each epoch."""
+    dead_window_tokens: int | None = None
+    """A latent is dead if it did not fire in this many training tokens; None = min(10M, one
+    epoch of training tokens)."""
+    auxk_alpha: float = 1 / 32
+    """Weight of the AuxK loss on dead latents (the paper's 1/32); 0 turns it off."""
+    lr_warmup_steps: int = 0
+    """Linear learning-rate warm-up from 0 over this many steps."""
+    grad_clip: float | None = None
+    """Clip the global gradient norm to this value; None or 0 = no clipping."""
+    seed: int = 0
+    """Seed of the data order and the SAE's initialisation draws done by the trainer."""
+    device: str | None = None
+    """Device to train on ("cpu", "cuda", "cuda:1", "auto"); None keeps the SAE's device."""
+    dtype: str | None = None
+    """Dtype of the activations fed to the SAE; None = the SAE's parameter dtype."""
+    holdout_fraction: float = 0.05
+    """Fraction of the store held out for evaluation (never trained on)."""
+    max_eval_tokens: int = 65536
+    """Evaluate on at most this many held-out tokens."""
+    shuffle_buffer_tokens: int = 1 << 20
+    """Shuffle buffer when the store is streamed from disk."""
+    in_memory_bytes: int = 4 << 30
+    """Hold the training split in memory when it fits in this many bytes."""
+    b_dec_init: str = "geometric_median"
+    """How b_dec starts: "geometric_median" (the paper), "mean" or "zeros"."""
+    b_dec_init_tokens: int = 8192
+    """Training tokens used to initialise b_dec."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """Adam's betas."""
+    adam_eps: float = 6.25e-10
+    """Adam's epsilon (the paper's value)."""
+    divergence_factor: float = 1e4
+    """Also stop as diverged when the loss exceeds this factor times the first step's loss."""
+    progress: bool | None = None
+    """Show a tqdm bar; None = only when stderr is a terminal."""
+    use_wandb: bool = False
+    """Log the run to Weights & Biases."""
+    wandb_project: str = "saesweep"
+    """W&B project."""
+    wandb_run_name: str | None = None
+    """W&B run name; None = the training run id."""
+    wandb_mode: str | None = None
+    """"online", "offline" or "disabled"; None = online when an API key is set, else offline."""
+    wandb_dir: str | None = None
+    """Folder for W&B files; None = the training run's folder."""
+    wandb_group: str | None = None
+    """W&B group (the sweep uses the study name)."""
+
+    def __post_init__(self) -> None:
+        positive = ("epochs", "batch_size", "lr", "max_eval_tokens", "shuffle_buffer_tokens",
+                    "b_dec_init_tokens", "divergence_factor")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"SaeTrainingConfig.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("l1_lambda", "auxk_alpha", "lr_warmup_steps", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(
+                    f"SaeTrainingConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_tokens is not None and self.max_tokens <= 0:
+            raise ValueError(f"SaeTrainingConfig.max_tokens must be > 0, got {self.max_tokens}")
+        if self.dead_window_tokens is not None and self.dead_window_tokens <= 0:
+            raise ValueError("SaeTrainingConfig.dead_window_tokens must be > 0, got "
+                             f"{self.dead_window_tokens}")
+        if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
+            raise ValueError("SaeTrainingConfig.b_dec_init must be geometric_median, mean or "
+                             f"zeros, got {self.b_dec_init!r}")
+        self.adam_betas = tuple(self.adam_betas)  # type: ignore[assignment]  # YAML gives lists
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "config") -> SaeTrainingConfig:
+        """Build from a mapping; an unknown key is an error that names it."""
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise ValueError(f"{where}: unknown SaeTrainingConfig field(s) {unknown}; known: "
+                             f"{cls.field_names()}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """One evaluation during training (what callbacks and loggers receive)."""
+
+    step: int
+    """Optimisation steps done."""
+    epoch: int
+    """Epoch the evaluation fell in (0-based)."""
+    tokens: int
+    """Training tokens seen so far."""
+    loss: float
+    """Mean training loss since the previous evaluation."""
+    r2: float
+    """Held-out explained variance, 1 - fvu."""
+    fvu: float
+    """Held-out fraction of variance unexplained."""
+    mse: float
+    """Held-out mean squared error per element."""
+    l0: float
+    """Held-out mean active latents per token."""
+    dead_features: int
+    """Latents that did not fire in the last dead_window_tokens training tokens."""
+    dead_ratio: float
+    """dead_features / n_latents."""
+    lr: float
+    """Learning rate at this step."""
+    elapsed_s: float
+    """Wall-clock seconds since training started."""
+
+
+HISTORY_FIELDS = [f.name for f in dataclasses.fields(EvalResult)]
+
+
+@dataclass
+class TrainingHistory:
+    """Per-evaluation curves plus what the run was. `history["r2"]` gives the r2 list."""
+
+    step: list[int] = field(default_factory=list)
+    epoch: list[int] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    r2: list[float] = field(default_factory=list)
+    fvu: list[float] = field(default_factory=list)
+    mse: list[float] = field(default_factory=list)
+    l0: list[float] = field(default_factory=list)
+    dead_features: list[int] = field(default_factory=list)
+    dead_ratio: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    elapsed_s: list[float] = field(default_factory=list)
+    stop_reason: str | None = None
+    """Why a callback stopped training early, or None if it ran to the end."""
+    dead_window_tokens: int = 0
+    """The dead-feature window actually used."""
+    n_train_tokens: int = 0
+    """Tokens in the training split."""
+    n_eval_tokens: int = 0
+    """Held-out tokens evaluated on."""
+    wall_time_s: float = 0.0
+    """Total training wall time."""
+    run_dir: str | None = None
+    """Folder the SAE, config and history were saved in."""
+
+    def append(self, result: EvalResult) -> None:
+        for name in HISTORY_FIELDS:
+            getattr(self, name).append(getattr(result, name))
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.keys():
+            raise KeyError(f"{key!r}; history keys: {self.keys()}")
+        return getattr(self, key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys()
+
+    def keys(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self)]
+
+    def __len__(self) -> int:
+        return len(self.step)
+
+    @property
+    def final(self) -> EvalResult | None:
+        """The last evaluation, if any."""
+        if not self.step:
+            return None
+        return EvalResult(**{name: getattr(self, name)[-1] for name in HISTORY_FIELDS})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+Callback = Callable[[EvalResult], None]
+
+
+class SaeTrainer:
+    """Trains one TopKSae on one (activation run, layer) of a store."""
+
+    def __init__(self, sae: TopKSae) -> None:
+        self.sae = sae
+
+    def train(
+        self,
+        store: LocalStore | str | Path,
+        run_id: str,
+        layer_signature: str,
+        config: SaeTrainingConfig | None = None,
+        callbacks: Iterable[Callback] = (),
+        training_run_id: str | None = None,
+        save_dir: str | Path | None = None,
+        save: bool = True,
+    ) -> TrainingHistory:
+        """Train, evaluate, save under `<store>/runs/<training_run_id>/` (or `save_dir`).
+
+        Returns the history. Raises TrainingDiverged on a non-finite or exploding loss (nothing
+        is saved for such a run) and StoreError on bad activation data.
+        """
+        cfg = config or SaeTrainingConfig()
+        store = store if isinstance(store, LocalStore) else LocalStore(store)
+        sae = self.sae
+        source = store.open(run_id, layer_signature)
+        if source.d != sae.n_inputs:
+            raise ValueError(f"activation run {run_id!r} layer {source.layer_signature!r} has "
+                             f"d={source.d}, but the SAE has n_inputs={sae.n_inputs}")
+        device = _resolve_device(cfg.device, sae)
+        sae.to(device)
+        dtype = getattr(torch, cfg.dtype) if cfg.dtype else sae.W_dec.dtype
+        loader = ActivationLoader(source, LoaderConfig(
+            batch_size=cfg.batch_size, holdout_fraction=cfg.holdout_fraction,
+            max_tokens=cfg.max_tokens, max_eval_tokens=cfg.max_eval_tokens,
+            shuffle_buffer_tokens=cfg.shuffle_buffer_tokens, in_memory_bytes=cfg.in_memory_bytes,
+            seed=cfg.seed), device=device, dtype=dtype)
+        training_run_id = training_run_id or _new_run_id(run_id, source.layer_signature)
+        out_dir = Path(save_dir) if save_dir is not None else store.run_dir(training_run_id)
+
+        window = cfg.dead_window_tokens or min(DEFAULT_DEAD_WINDOW, loader.n_train_tokens)
+        history = TrainingHistory(dead_window_tokens=window, n_train_tokens=loader.n_train_tokens)
+        eval_x = loader.eval_tokens()
+        history.n_eval_tokens = int(eval_x.shape[0])
+
+        torch.manual_seed(cfg.seed)
+        if cfg.b_dec_init != "zeros":
+            sample = _first_tokens(loader, cfg.b_dec_init_tokens)
+            sae.init_b_dec_(sample, cfg.b_dec_init)
+
+        wandb = None
+        if cfg.use_wandb:
+            wandb = WandbRun(
+                project=cfg.wandb_project, name=cfg.wandb_run_name or training_run_id,
+                config={**cfg.to_dict(), **sae.config_dict(), "activation_run": run_id,
+                        "layer_signature": source.layer_signature,
+                        "dead_window_tokens": window, "n_train_tokens": loader.n_train_tokens},
+                mode=cfg.wandb_mode, dir=cfg.wandb_dir or out_dir, group=cfg.wandb_group,
+                job_type="train")
+        loop = _Loop(sae, cfg, loader, eval_x, DeadFeatureTracker(sae.n_latents, window, device),
+                     history, list(callbacks), wandb)
+        try:
+            loop.run()
+        except BaseException as e:
+            if wandb is not None:
+                wandb.set_summary({"status": "diverged" if isinstance(e, TrainingDiverged)
+                                   else "failed", "error": str(e)})
+                wandb.finish(exit_code=1)
+            raise
+        history.wall_time_s = time.perf_counter() - loop.start
+        if wandb is not None:
+            final = history.final
+            wandb.set_summary({**(dataclasses.asdict(final) if final else {}),
+                               "stop_reason": history.stop_reason, "status": "finished"})
+            wandb.finish()
+        if save:
+            history.run_dir = str(out_dir)
+            _save_run(out_dir, sae, cfg, history, source, store, training_run_id)
+        return history
+
+
+class _Loop:
+    """The training loop's state, kept apart from SaeTrainer's public surface."""
+
+    def __init__(self, sae: TopKSae, cfg: SaeTrainingConfig, loader: ActivationLoader,
+                 eval_x: torch.Tensor, dead: DeadFeatureTracker, history: TrainingHistory,
+                 callbacks: list[Callback], wandb: WandbRun | None) -> None:
+        self.sae, self.cfg, self.loader, self.eval_x = sae, cfg, loader, eval_x
+        self.dead, self.history, self.callbacks, self.wandb = dead, history, callbacks, wandb
+        self.opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
+                                    eps=cfg.adam_eps)
+        warm = cfg.lr_warmup_steps
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.step = 0
+        self.epoch = 0
+        self.first_loss: float | None = None
+        self.loss_sum = 0.0
+        self.loss_n = 0
+        self.start = time.perf_counter()
+
+    def run(self) -> None:
+        cfg = self.cfg
+        total = cfg.epochs * self.loader.batches_per_epoch
+        show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
+        bar = tqdm(total=total, disable=not show, unit="step", dynamic_ncols=True)
+        try:
+            for epoch in range(cfg.epochs):
+                self.epoch = epoch
+                for x in self.loader.train_batches(epoch):
+                    self._step(x)
+                    bar.update(1)
+                    if cfg.eval_every and self.step % cfg.eval_every == 0:
+                        self._evaluate(bar)
+                end_of_run = epoch == cfg.epochs - 1
+                evaluated = bool(self.history.step) and self.history.step[-1] == self.step
+                if (not cfg.eval_every or end_of_run) and not evaluated:
+                    self._evaluate(bar)
+        except StopTraining as stop:
+            self.history.stop_reason = stop.reason
+        finally:
+            bar.close()
+
+    def _step(self, x: torch.Tensor) -> None:
+        sae, cfg = self.sae, self.cfg
+        out = sae(x)
+        loss = (out.reconstruction - x).pow(2).mean()
+        if cfg.l1_lambda:
+            loss = loss + cfg.l1_lambda * sae.l1_penalty(out)
+        if cfg.auxk_alpha:
+            loss = loss + cfg.auxk_alpha * sae.auxk_loss(x, out, self.dead.dead_mask())
+        value = float(loss.detach())
+        self._check_divergence(value)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        sae.remove_parallel_grads_()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        sae.normalize_decoder_()
+        self.dead.update(out.top_indices, out.top_values)
+        self.step += 1
+        self.loss_sum += value
+        self.loss_n += 1
+
+    def _check_divergence(self, value: float) -> None:
+        if not math.isfinite(value):
+            raise TrainingDiverged(self.step, value, "non-finite loss")
+        if self.first_loss is None:
+            self.first_loss = value
+        elif value > self.cfg.divergence_factor * max(self.first_loss, 1e-12):
+            raise TrainingDiverged(
+                self.step, value, f"loss exceeded {self.cfg.divergence_factor:g}x the first "
+                f"step's loss ({self.first_loss:.4g})")
+
+    @torch.no_grad()
+    def _evaluate(self, bar: tqdm) -> None:
+        sae = self.sae
+        acc = ReconstructionAccumulator()
+        for start in range(0, self.eval_x.shape[0], self.cfg.batch_size):
+            x = self.eval_x[start:start + self.cfg.batch_size]
+            out = sae(x)
+            acc.update(x, out.reconstruction, (out.top_values > 0).sum())
+        m = acc.result()
+        n_dead = self.dead.count()
+        result = EvalResult(
+            step=self.step, epoch=self.epoch, tokens=self.dead.tokens,
+            loss=self.loss_sum / max(self.loss_n, 1), r2=m.r2, fvu=m.fvu, mse=m.mse, l0=m.l0,
+            dead_features=n_dead, dead_ratio=n_dead / sae.n_latents,
+            lr=self.opt.param_groups[0]["lr"], elapsed_s=time.perf_counter() - self.start)
+        self.loss_sum, self.loss_n = 0.0, 0
+        self.history.append(result)
+        bar.set_postfix(r2=f"{m.r2:.4f}", l0=f"{m.l0:.1f}", dead=n_dead)
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in dataclasses.asdict(result).items() if k != "step"},
+                           step=self.step)
+        for callback in self.callbacks:
+            callback(result)  # may raise StopTraining
+
+
+def _resolve_device(name: str | None, sae: TopKSae) -> torch.device:
+    if name is None:
+        return sae.W_dec.device
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _first_tokens(loader: ActivationLoader, n: int) -> torch.Tensor:
+    parts, have = [], 0
+    for x in loader.train_batches(epoch=0):
+        parts.append(x)
+        have += x.shape[0]
+        if have >= n:
+            break
+    return torch.cat(parts)[:n]
+
+
+def _new_run_id(run_id: str, layer: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"sae_{run_id}_{flatten_layer_name(layer)}_{stamp}_{uuid.uuid4().hex[:6]}"
+
+
+def _save_run(out_dir: Path, sae: TopKSae, cfg: SaeTrainingConfig, history: TrainingHistory,
+              source: Any, store: LocalStore, training_run_id: str) -> None:
+    final = history.final
+    sae.save(out_dir, metadata={"activation_run": source.run_id,
+                                "layer_signature": source.layer_signature,
+                                "model_id": source.model_id})
+    write_json(out_dir / "training_config.json", cfg.to_dict())
+    write_json(out_dir / "history.json", history.to_dict())
+    write_json(out_dir / "meta.json", {
+        "training_run_id": training_run_id,
+        "activation_run": source.run_id,
+        "layer_signature": source.layer_signature,
+        "store": str(store.base_path),
+        "store_layout": source.layout,
+        "model_id": source.model_id,
+        "seed": cfg.seed,
+        "final": dataclasses.asdict(final) if final else None,
+        "best_r2": max(history.r2) if history.r2 else None,
+        "stop_reason": history.stop_reason,
+        "dead_window_tokens": history.dead_window_tokens,
+        "n_train_tokens": history.n_train_tokens,
+        "n_eval_tokens": history.n_eval_tokens,
+        "wall_time_s": history.wall_time_s,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"torch": torch.__version__, "safetensors": safetensors.__version__,
+                     "python": platform.python_version(), "saesweep": _version()},
+    })
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("saesweep")
+    except Exception:  # noqa: BLE001 - running from a checkout that is not installed
+        return "unknown"

@@ -1,0 +1,35 @@
+"""Shared fixtures: small synthetic stores written through the real store writer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.store import LocalStore
+from harness.synthetic import SyntheticSpec, write_synthetic_store
+
+
+@pytest.fixture(scope="session")
+def synthetic_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic store: run "syn", layer "synthetic", d=16, 6000 tokens in 3 shards."""
+    base = tmp_path_factory.mktemp("synstore")
+    write_synthetic_store(base, "syn", SyntheticSpec(d=16, n_features=32, mean_active=3,
+                                                     n_tokens=6000), shard_tokens=2000)
+    return base
+
+
+def indexed_tokens(n: int, d: int = 4) -> torch.Tensor:
+    """Tokens whose first column is their own index: lets tests track every token."""
+    x = torch.randn(n, d)
+    x[:, 0] = torch.arange(n, dtype=torch.float32)
+    return x
+
+
+@pytest.fixture()
+def indexed_store(tmp_path: Path) -> LocalStore:
+    """Run "idx", layer "L": 5000 indexed tokens in shards of 700."""
+    store = LocalStore(tmp_path)
+    store.put_activations("idx", "L", indexed_tokens(5000), shard_tokens=700)
+    return store

@@ -1,0 +1,98 @@
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness.sae import TopKSae, default_k_aux, geometric_median
+
+
+def test_seed_constructor_honours_k():
+    sae = TopKSae(n_latents=4096, n_inputs=768, k=32)
+    x = torch.randn(10, 768)
+    out = sae(x)
+    assert out.top_indices.shape == (10, 32) and out.top_values.shape == (10, 32)
+    assert out.reconstruction.shape == (10, 768)
+    dense = sae.encode_dense(x)
+    assert int((dense > 0).sum(1).max()) <= 32
+    assert sae.k_aux == 512  # the paper's value for d = 768
+
+
+def test_encoder_starts_as_transpose_of_unit_norm_decoder():
+    sae = TopKSae(64, 16, 4, seed=0)
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(64), atol=1e-6)
+    assert torch.equal(sae.W_enc, sae.W_dec.T)
+
+
+def test_decode_equals_dense_reference():
+    sae = TopKSae(32, 8, 3, seed=1)
+    with torch.no_grad():
+        sae.b_dec.copy_(torch.randn(8))
+    x = torch.randn(5, 8)
+    out = sae(x)
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    vals, idx = pre.topk(3, dim=1)
+    dense = torch.zeros(5, 32).scatter_(1, idx, F.relu(vals))
+    assert torch.allclose(out.reconstruction, dense @ sae.W_dec + sae.b_dec, atol=1e-5)
+
+
+def test_parallel_gradient_removed_and_decoder_renormalised():
+    sae = TopKSae(16, 8, 2, seed=0)
+    sae(torch.randn(4, 8)).reconstruction.pow(2).sum().backward()
+    sae.remove_parallel_grads_()
+    parallel = (sae.W_dec.grad * sae.W_dec).sum(1).detach()
+    assert float(parallel.abs().max()) <= 1e-6 * float(sae.W_dec.grad.abs().max())
+    with torch.no_grad():
+        sae.W_dec.mul_(3.0)
+    sae.normalize_decoder_()
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(16), atol=1e-6)
+
+
+def test_auxk_loss_zero_without_dead_latents_and_positive_with():
+    sae = TopKSae(16, 8, 2, seed=0)
+    x = torch.randn(6, 8)
+    out = sae(x)
+    assert float(sae.auxk_loss(x, out, torch.zeros(16, dtype=torch.bool))) == 0.0
+    dead = torch.zeros(16, dtype=torch.bool)
+    dead[:5] = True
+    loss = sae.auxk_loss(x, out, dead)
+    loss.backward()
+    assert float(loss.detach()) > 0
+    assert sae.W_dec.grad[5:].abs().sum() == 0  # only dead rows learn from AuxK
+
+
+def test_geometric_median_resists_outliers():
+    pts = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [100.0, 100.0]])
+    med = geometric_median(pts)
+    assert med.norm() < 1.5  # the mean would sit near (20.4, 20.4)
+
+
+def test_save_load_round_trip_is_exact_and_saelens_named(tmp_path):
+    sae = TopKSae(32, 8, 4, seed=3)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(torch.randn_like(p))
+    sae.save(tmp_path, metadata={"layer_signature": "h.0"})
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    assert cfg["architecture"] == "topk" and (cfg["d_in"], cfg["d_sae"], cfg["k"]) == (8, 32, 4)
+    loaded = TopKSae.load(tmp_path)
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        assert torch.equal(getattr(loaded, name), getattr(sae, name))
+    assert loaded.W_enc.shape == (8, 32) and loaded.W_dec.shape == (32, 8)
+    x = torch.randn(3, 8)
+    assert torch.equal(loaded(x).reconstruction, sae(x).reconstruction)
+
+
+def test_load_rejects_other_architectures(tmp_path):
+    TopKSae(8, 4, 2).save(tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    cfg["architecture"] = "jumprelu"
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="not topk"):
+        TopKSae.load(tmp_path)
+
+
+def test_bad_k_is_rejected():
+    with pytest.raises(ValueError, match="k must be"):
+        TopKSae(8, 4, 9)
+    assert default_k_aux(64, 512) == 32

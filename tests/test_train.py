@@ -1,0 +1,162 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from mi_crow_layout import write_padded_run
+from wandb_records import run_contents
+
+from harness import (
+    SaeTrainer,
+    SaeTrainingConfig,
+    StopTraining,
+    TopKSae,
+    TrainingDiverged,
+    feature_recovery,
+)
+from harness.store import LocalStore
+from harness.synthetic import SyntheticSpec, write_synthetic_store
+
+FAST = dict(epochs=2, batch_size=256, lr=1e-3, progress=False)
+
+
+def test_learns_ground_truth_features(tmp_path: Path):
+    """d=64, 256 true features, ~5 active per token: a real check of learning."""
+    spec = SyntheticSpec(d=64, n_features=256, mean_active=5, n_tokens=100_000,
+                         magnitude="exponential", magnitude_low=0.0, magnitude_high=1.0,
+                         frequency_decay=0.75, seed=0)
+    directions = write_synthetic_store(tmp_path, "gt", spec)
+    torch.manual_seed(1)
+    sae = TopKSae(n_latents=512, n_inputs=64, k=8)
+    history = SaeTrainer(sae).train(
+        store=tmp_path, run_id="gt", layer_signature="synthetic",
+        config=SaeTrainingConfig(epochs=10, batch_size=512, lr=2e-3, progress=False), save=False)
+    assert history["r2"][-1] >= 0.9
+    rec = feature_recovery(directions, sae.W_dec.detach(), threshold=0.9)
+    assert rec.recovery >= 0.9, rec
+    assert 7.0 <= history["l0"][-1] <= 8.0
+
+
+def test_seed_api_returns_real_history_and_saves_the_run(synthetic_store: Path):
+    sae = TopKSae(n_latents=64, n_inputs=16, k=4)
+    config = SaeTrainingConfig(epochs=2, batch_size=256, lr=1e-3, l1_lambda=1e-4,
+                               use_wandb=False, wandb_project="p", wandb_run_name="n",
+                               eval_every=5, progress=False)
+    history = SaeTrainer(sae).train(store=LocalStore(synthetic_store), run_id="syn",
+                                    layer_signature="synthetic", config=config,
+                                    training_run_id="seed_api")
+    for key in ("loss", "r2", "l0", "dead_features", "step", "tokens", "fvu"):
+        assert len(history[key]) == len(history) > 2
+    assert all(0 < v <= 4 for v in history["l0"])  # a real mean L0, bounded by k
+    assert all(isinstance(v, int) for v in history["dead_features"])  # a count
+    assert history["r2"][-1] == pytest.approx(1 - history["fvu"][-1])
+    assert history["tokens"][-1] == 2 * history.n_train_tokens
+    assert history["r2"][-1] > history["r2"][0]
+    run = synthetic_store / "runs" / "seed_api"
+    for name in ("sae_weights.safetensors", "cfg.json", "training_config.json", "history.json",
+                 "meta.json"):
+        assert (run / name).exists(), name
+    meta = json.loads((run / "meta.json").read_text())
+    assert meta["activation_run"] == "syn" and meta["seed"] == 0
+    assert meta["final"]["r2"] == pytest.approx(history["r2"][-1])
+    assert meta["dead_window_tokens"] == history.dead_window_tokens == history.n_train_tokens
+    assert json.loads((run / "history.json").read_text())["l0"] == history["l0"]
+    loaded = TopKSae.load(run)
+    assert torch.equal(loaded.W_dec, sae.W_dec)
+
+
+def test_huge_lr_raises_training_diverged_with_step(synthetic_store: Path):
+    sae = TopKSae(64, 16, 4)
+    with pytest.raises(TrainingDiverged) as info:
+        SaeTrainer(sae).train(store=synthetic_store, run_id="syn", layer_signature="synthetic",
+                              config=SaeTrainingConfig(**{**FAST, "lr": 10.0}),
+                              training_run_id="diverged")
+    assert info.value.step >= 1
+    assert "step" in str(info.value)
+    assert not (synthetic_store / "runs" / "diverged").exists()  # nothing half-written
+
+
+def test_nan_input_stops_with_training_diverged(tmp_path: Path):
+    sae = TopKSae(16, 4, 2)
+    with torch.no_grad():
+        sae.W_enc.fill_(float("nan"))
+    LocalStore(tmp_path).put_activations("r", "L", torch.randn(500, 4))
+    with pytest.raises(TrainingDiverged, match="non-finite"):
+        SaeTrainer(sae).train(store=tmp_path, run_id="r", layer_signature="L",
+                              config=SaeTrainingConfig(b_dec_init="zeros", **FAST), save=False)
+
+
+def test_callback_can_stop_training_early(synthetic_store: Path):
+    seen = []
+
+    def stop_after_two(result):
+        seen.append(result.step)
+        if len(seen) == 2:
+            raise StopTraining(f"enough at step {result.step}")
+
+    history = SaeTrainer(TopKSae(32, 16, 4)).train(
+        store=synthetic_store, run_id="syn", layer_signature="synthetic",
+        config=SaeTrainingConfig(eval_every=3, **FAST), callbacks=[stop_after_two], save=False)
+    assert history["step"] == [3, 6] and history.stop_reason == "enough at step 6"
+
+
+def test_dead_features_counted_on_a_planted_case(synthetic_store: Path):
+    sae = TopKSae(32, 16, 4, seed=0)
+    with torch.no_grad():
+        sae.b_enc[:10] = -1e6  # these 10 latents can never reach the top k
+    history = SaeTrainer(sae).train(
+        store=synthetic_store, run_id="syn", layer_signature="synthetic",
+        config=SaeTrainingConfig(dead_window_tokens=1000, auxk_alpha=0.0, **FAST), save=False)
+    assert history["dead_features"][-1] >= 10
+    out = sae(torch.randn(100, 16))
+    assert not (out.top_indices < 10).any()
+
+
+def test_unknown_config_field_and_bad_values_are_errors():
+    with pytest.raises(ValueError, match=r"unknown SaeTrainingConfig field\(s\) \['epoch'\]"):
+        SaeTrainingConfig.from_dict({"epoch": 3})
+    with pytest.raises(TypeError):
+        SaeTrainingConfig(epoch=3)  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        SaeTrainingConfig(lr=0)
+
+
+def test_wrong_layer_or_width_is_an_error(synthetic_store: Path):
+    from harness.store import StoreError
+
+    with pytest.raises(StoreError, match="layers present"):
+        SaeTrainer(TopKSae(32, 16, 4)).train(store=synthetic_store, run_id="syn",
+                                             layer_signature="nope", config=SaeTrainingConfig())
+    with pytest.raises(ValueError, match="n_inputs=8"):
+        SaeTrainer(TopKSae(32, 8, 4)).train(store=synthetic_store, run_id="syn",
+                                            layer_signature="synthetic")
+
+
+def test_trains_on_a_mi_crow_store(tmp_path: Path):
+    real = write_padded_run(tmp_path, "mc", "transformer.h.0.mlp", n_batches=200, d=8)
+    history = SaeTrainer(TopKSae(32, 8, 4)).train(
+        store=tmp_path, run_id="mc", layer_signature="transformer.h.0.mlp",
+        config=SaeTrainingConfig(**{**FAST, "batch_size": 64}), training_run_id="sae_mc")
+    assert history.n_train_tokens + history.n_eval_tokens <= real
+    assert history["r2"][-1] > 0.0  # padding (1e4 sentinels) would wreck this
+    meta = json.loads((tmp_path / "runs" / "sae_mc" / "meta.json").read_text())
+    assert meta["store_layout"] == "mi_crow"
+
+
+def test_wandb_offline_run_has_config_history_and_summary(synthetic_store: Path, tmp_path: Path):
+    history = SaeTrainer(TopKSae(32, 16, 4)).train(
+        store=synthetic_store, run_id="syn", layer_signature="synthetic",
+        config=SaeTrainingConfig(use_wandb=True, wandb_mode="offline", wandb_project="saesweep",
+                                 wandb_run_name="offline_test", wandb_dir=str(tmp_path), **FAST),
+        save=False)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    logs = list(runs[0].glob("run-*.wandb"))  # the log `wandb sync` uploads
+    assert len(logs) == 1
+    contents = run_contents(logs[0])
+    assert contents["run"].display_name == "offline_test"
+    assert contents["config"]["lr"] == FAST["lr"] and contents["config"]["k"] == 4
+    assert len(contents["history"]) == len(history)
+    assert [row["r2"] for row in contents["history"]] == pytest.approx(history["r2"])
+    assert contents["summary"]["r2"] == pytest.approx(history["r2"][-1])
+    assert contents["summary"]["status"] == "finished"
