@@ -39,6 +39,11 @@ def write_json(path: str | Path, obj: Any) -> None:
     _atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def write_text(path: str | Path, text: str) -> None:
+    """Write `text` (UTF-8) to `path` atomically."""
+    _atomic_write(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
 def write_safetensors(
     path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> None:

@@ -120,6 +120,8 @@ class SaeTrainingConfig:
     """Folder for W&B files; None = the training run's folder."""
     wandb_group: str | None = None
     """W&B group (the sweep uses the study name)."""
+    wandb_job_type: str = "train"
+    """W&B job type (the sweep uses "trial")."""
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "lr", "max_eval_tokens", "shuffle_buffer_tokens",
@@ -268,11 +270,13 @@ class SaeTrainer:
         training_run_id: str | None = None,
         save_dir: str | Path | None = None,
         save: bool = True,
+        extra_meta: dict[str, Any] | None = None,
     ) -> TrainingHistory:
         """Train, evaluate, save under `<store>/runs/<training_run_id>/` (or `save_dir`).
 
         Returns the history. Raises TrainingDiverged on a non-finite or exploding loss (nothing
-        is saved for such a run) and StoreError on bad activation data.
+        is saved for such a run) and StoreError on bad activation data. `extra_meta` (e.g. a
+        sweep's sampled parameters) goes into meta.json and the W&B config.
         """
         cfg = config or SaeTrainingConfig()
         store = store if isinstance(store, LocalStore) else LocalStore(store)
@@ -308,9 +312,10 @@ class SaeTrainer:
                 project=cfg.wandb_project, name=cfg.wandb_run_name or training_run_id,
                 config={**cfg.to_dict(), **sae.config_dict(), "activation_run": run_id,
                         "layer_signature": source.layer_signature,
-                        "dead_window_tokens": window, "n_train_tokens": loader.n_train_tokens},
+                        "dead_window_tokens": window, "n_train_tokens": loader.n_train_tokens,
+                        **(extra_meta or {})},
                 mode=cfg.wandb_mode, dir=cfg.wandb_dir or out_dir, group=cfg.wandb_group,
-                job_type="train")
+                job_type=cfg.wandb_job_type)
         loop = _Loop(sae, cfg, loader, eval_x, DeadFeatureTracker(sae.n_latents, window, device),
                      history, list(callbacks), wandb)
         try:
@@ -329,7 +334,8 @@ class SaeTrainer:
             wandb.finish()
         if save:
             history.run_dir = str(out_dir)
-            _save_run(out_dir, sae, cfg, history, source, store, training_run_id)
+            _save_run(out_dir, sae, cfg, history, source, store, training_run_id,
+                      extra_meta or {})
         return history
 
 
@@ -457,7 +463,8 @@ def _new_run_id(run_id: str, layer: str) -> str:
 
 
 def _save_run(out_dir: Path, sae: TopKSae, cfg: SaeTrainingConfig, history: TrainingHistory,
-              source: Any, store: LocalStore, training_run_id: str) -> None:
+              source: Any, store: LocalStore, training_run_id: str,
+              extra_meta: dict[str, Any]) -> None:
     final = history.final
     sae.save(out_dir, metadata={"activation_run": source.run_id,
                                 "layer_signature": source.layer_signature,
@@ -482,6 +489,7 @@ def _save_run(out_dir: Path, sae: TopKSae, cfg: SaeTrainingConfig, history: Trai
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {"torch": torch.__version__, "safetensors": safetensors.__version__,
                      "python": platform.python_version(), "saesweep": _version()},
+        **extra_meta,
     })
 
 

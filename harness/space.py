@@ -1,0 +1,434 @@
+"""Declarative search spaces: one YAML file describes one sweep, validated before anything runs.
+
+A space names the data, the fixed training settings, the sampled parameters, the objective(s),
+the pruning rules, the sampler, the budget and the study. Any mistake (unknown key, wrong type,
+low > high, log with low <= 0, missing store or layer, k that can reach n_latents) is a
+`SpaceError` naming the file, the key path and what was expected.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.store import LocalStore, StoreError
+from harness.synthetic import SyntheticSpec
+from harness.train import SaeTrainingConfig
+
+# lr = 2e-4 / sqrt(n_latents / 2**14): the scaling rule of sparsify and dictionary_learning
+LR_RULE_BASE = 2e-4
+LR_RULE_LATENTS = 2**14
+SPECIAL_PARAMS = {"expansion", "k", "k_fraction", "lr", "lr_scale"}
+# training fields that belong to the harness, not to the search
+NOT_SAMPLED = {"device", "progress", "use_wandb", "wandb_project", "wandb_run_name", "wandb_mode",
+               "wandb_dir", "wandb_group", "wandb_job_type", "max_tokens"}
+SAMPLERS: dict[str, type] = {
+    "tpe": optuna.samplers.TPESampler,
+    "random": optuna.samplers.RandomSampler,
+    "nsga2": optuna.samplers.NSGAIISampler,
+    "gp": optuna.samplers.GPSampler,
+    "qmc": optuna.samplers.QMCSampler,
+    "grid": optuna.samplers.GridSampler,
+}
+PRUNERS: dict[str, type | None] = {
+    "median": optuna.pruners.MedianPruner,
+    "percentile": optuna.pruners.PercentilePruner,
+    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    "hyperband": optuna.pruners.HyperbandPruner,
+    "wilcoxon": optuna.pruners.WilcoxonPruner,
+    "none": None,
+}
+
+
+class SpaceError(Exception):
+    """An invalid search-space file; the message names the file and the key path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ParamSpec(_Strict):
+    """One sampled parameter (Optuna's suggest_float / suggest_int / suggest_categorical)."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ParamSpec:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs a non-empty 'choices' list")
+            if self.low is not None or self.high is not None or self.step is not None or self.log:
+                raise ValueError("categorical takes only 'choices'")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"{self.type} takes low/high (and log or step), not choices")
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.type} needs both 'low' and 'high'")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0, got low={self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined (Optuna)")
+        if self.step is not None and self.step <= 0:
+            raise ValueError(f"step must be > 0, got {self.step}")
+        if self.type == "int" and not (float(self.low).is_integer()
+                                       and float(self.high).is_integer()):
+            raise ValueError("int needs whole-number low and high")
+        return self
+
+    @property
+    def max_value(self) -> float:
+        if self.type == "categorical":
+            return max(float(c) for c in self.choices or [])
+        return float(self.high)  # type: ignore[arg-type]
+
+    @property
+    def min_value(self) -> float:
+        if self.type == "categorical":
+            return min(float(c) for c in self.choices or [])
+        return float(self.low)  # type: ignore[arg-type]
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        if self.type == "categorical":
+            return trial.suggest_categorical(name, self.choices)  # type: ignore[arg-type]
+        if self.type == "int":
+            return trial.suggest_int(name, int(self.low), int(self.high),  # type: ignore[arg-type]
+                                     step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(name, float(self.low), float(self.high),  # type: ignore[arg-type]
+                                   step=self.step, log=self.log)
+
+
+class StudySection(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    storage: str | None = None
+    """Optuna storage URL; None = a journal file results/<name>/study.journal."""
+    seed: int = 0
+
+
+class SyntheticSection(_Strict):
+    """Generate synthetic activations into the store on first use (see SyntheticSpec)."""
+
+    d: int = Field(64, gt=0)
+    n_features: int = Field(256, gt=0)
+    mean_active: float = Field(5.0, gt=0)
+    n_tokens: int = Field(100_000, gt=0)
+    magnitude: Literal["uniform", "exponential"] = "exponential"
+    magnitude_low: float = 0.0
+    magnitude_high: float = 1.0
+    frequency_decay: float = Field(0.75, ge=0)
+    offset_norm: float = 0.0
+    noise_std: float = Field(0.01, ge=0)
+    seed: int = 0
+
+
+class DataSection(_Strict):
+    store: str
+    run_id: str = Field(min_length=1)
+    layer_signature: str = Field(min_length=1)
+    max_tokens: int | None = Field(None, gt=0)
+    synthetic: SyntheticSection | None = None
+
+
+class Objective(_Strict):
+    metric: Literal["r2", "fvu", "mse", "l0", "dead_ratio", "n_latents", "k"]
+    direction: Literal["maximize", "minimize"]
+
+
+class SamplerSection(_Strict):
+    type: Literal["tpe", "random", "nsga2", "gp", "qmc", "grid"]
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the Optuna sampler (seed is derived per worker, not set here)."""
+
+
+class DeadFeatureRule(_Strict):
+    max_ratio: float = Field(gt=0, le=1)
+    """Prune when dead_features / n_latents exceeds this ..."""
+    warmup_steps: int = Field(0, ge=0)
+    """... at an evaluation after this many steps."""
+
+
+class R2FloorRule(_Strict):
+    min_r2: float
+    """Prune when held-out R² is below this ..."""
+    warmup_steps: int = Field(0, ge=0)
+    """... at an evaluation after this many steps."""
+
+
+class PrunerSection(_Strict):
+    type: Literal["median", "percentile", "successive_halving", "hyperband", "wilcoxon", "none"]
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the Optuna pruner (e.g. n_startup_trials, n_warmup_steps)."""
+    dead_features: DeadFeatureRule | None = None
+    r2_floor: R2FloorRule | None = None
+
+
+class BudgetSection(_Strict):
+    n_trials: int = Field(gt=0)
+    """Trials for the whole study, across all workers and re-runs."""
+    timeout: float | None = Field(None, gt=0)
+    """Stop starting trials after this many seconds of this invocation."""
+
+
+class WandbSection(_Strict):
+    mode: Literal["online", "offline", "off"] = "off"
+    project: str = "saesweep"
+
+
+class FaultsSection(_Strict):
+    heartbeat_s: float = Field(5.0, gt=0)
+    """A running trial's worker writes a heartbeat this often."""
+    lease_s: float = Field(30.0, gt=0)
+    """A running trial whose heartbeat is older than this is failed and re-enqueued."""
+    max_retry: int = Field(2, ge=0)
+    """How often one configuration is retried after its worker died."""
+
+    @model_validator(mode="after")
+    def _check(self) -> FaultsSection:
+        if self.lease_s < 2 * self.heartbeat_s:
+            raise ValueError(f"lease_s ({self.lease_s}) must be at least twice heartbeat_s "
+                             f"({self.heartbeat_s})")
+        return self
+
+
+class SweepSpace(_Strict):
+    """A whole sweep file."""
+
+    study: StudySection
+    data: DataSection
+    training: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, ParamSpec | float | int | str | bool]
+    objectives: list[Objective] = Field(min_length=1)
+    sampler: SamplerSection
+    pruner: PrunerSection = Field(default_factory=lambda: PrunerSection(type="none"))
+    budget: BudgetSection
+    wandb: WandbSection = Field(default_factory=WandbSection)
+    faults: FaultsSection = Field(default_factory=FaultsSection)
+    results_dir: str = "results"
+
+    @field_validator("params")
+    @classmethod
+    def _known_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        allowed = SPECIAL_PARAMS | (set(SaeTrainingConfig.field_names()) - NOT_SAMPLED)
+        for name in params:
+            if name not in allowed:
+                raise ValueError(f"unknown parameter {name!r}; expected one of {sorted(allowed)}")
+        for a, b in (("k", "k_fraction"), ("lr", "lr_scale")):
+            if a in params and b in params:
+                raise ValueError(f"give either {a!r} or {b!r}, not both")
+        if "expansion" not in params:
+            raise ValueError("'expansion' (n_latents = expansion x d) must be sampled or fixed")
+        if "k" not in params and "k_fraction" not in params:
+            raise ValueError("'k' or 'k_fraction' must be sampled or fixed")
+        return params
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.direction for o in self.objectives]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What one trial trains, resolved from its sampled parameters."""
+
+    expansion: float
+    n_latents: int
+    k: int
+    lr: float
+    config: SaeTrainingConfig
+    sampled: dict[str, Any]
+
+
+@dataclass
+class LoadedSpace:
+    """A validated space plus what loading found out about the data."""
+
+    space: SweepSpace
+    path: Path
+    d: int
+    raw: dict[str, Any]
+
+    def setup(self, trial: optuna.Trial) -> TrialSetup:
+        """Sample this trial's parameters and resolve n_latents, k, lr and the config."""
+        s = self.space
+        values: dict[str, Any] = {}
+        for name, spec in s.params.items():
+            values[name] = spec.suggest(trial, name) if isinstance(spec, ParamSpec) else spec
+        expansion = float(values["expansion"])
+        n_latents = max(1, round(expansion * self.d))
+        k = int(values["k"]) if "k" in values else max(1, round(values["k_fraction"] * n_latents))
+        if not 0 < k < n_latents:
+            raise ValueError(f"k={k} must be in [1, n_latents={n_latents})")
+        fields = {**s.training}
+        fields.update({n: v for n, v in values.items() if n not in SPECIAL_PARAMS})
+        if "lr" in values:
+            lr = float(values["lr"])
+        elif "lr_scale" in values:
+            lr = float(values["lr_scale"]) * lr_rule(n_latents)
+        else:
+            lr = float(fields.get("lr", SaeTrainingConfig.lr))
+        fields["lr"] = lr
+        fields["max_tokens"] = s.data.max_tokens
+        return TrialSetup(expansion=expansion, n_latents=n_latents, k=k, lr=lr,
+                          config=SaeTrainingConfig(**fields), sampled=values)
+
+    def grid(self) -> dict[str, list[Any]]:
+        """GridSampler's search space: every sampled parameter must be categorical."""
+        out = {}
+        for name, spec in self.space.params.items():
+            if isinstance(spec, ParamSpec):
+                out[name] = list(spec.choices or [])
+        return out
+
+
+def lr_rule(n_latents: int) -> float:
+    """2e-4 / sqrt(n_latents / 2**14)."""
+    return LR_RULE_BASE / math.sqrt(n_latents / LR_RULE_LATENTS)
+
+
+def load_space(path: str | Path, overrides: dict[str, Any] | None = None,
+               check_data: bool = True) -> LoadedSpace:
+    """Read, validate and check a space file; raises SpaceError (nothing is written).
+
+    `overrides` (e.g. from the command line) is merged into the file's mapping, section by
+    section, before validation, so an override is checked exactly like the file.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise SpaceError(f"{path}: cannot read ({e.strerror or e})") from e
+    except yaml.YAMLError as e:
+        raise SpaceError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(raw, dict):
+        raise SpaceError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw = _merge(raw, overrides or {})
+    try:
+        space = SweepSpace.model_validate(raw)
+    except ValidationError as e:
+        raise SpaceError(_format_validation(path, e)) from e
+    _check_training(path, space)
+    _check_options(path, space)
+    d = _check_data(path, space) if check_data else (
+        space.data.synthetic.d if space.data.synthetic else 0)
+    if check_data:
+        _check_k(path, space, d)
+    if space.sampler.type == "grid":
+        for name, spec in space.params.items():
+            if isinstance(spec, ParamSpec) and spec.type != "categorical":
+                raise SpaceError(f"{path}: params.{name}: the grid sampler needs categorical "
+                                 f"parameters, got {spec.type}")
+    return LoadedSpace(space=space, path=path, d=d, raw=raw)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _format_validation(path: Path, error: ValidationError) -> str:
+    lines = []
+    for err in error.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+        loc = loc.replace(".ParamSpec", "").replace(".float", "").replace(".int", "")
+        given = err.get("input")
+        shown = "" if isinstance(given, dict) else f" (got {given!r})"
+        lines.append(f"{path}: {loc or '<top>'}: {err['msg']}{shown}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+def _check_training(path: Path, space: SweepSpace) -> None:
+    known = set(SaeTrainingConfig.field_names())
+    for key in space.training:
+        if key not in known:
+            raise SpaceError(f"{path}: training.{key}: unknown SaeTrainingConfig field; known: "
+                             f"{sorted(known)}")
+        if key == "max_tokens":
+            raise SpaceError(f"{path}: training.max_tokens: set it as data.max_tokens")
+        if key in space.params:
+            raise SpaceError(f"{path}: training.{key}: also given under params; give it once")
+    try:
+        SaeTrainingConfig(**space.training)
+    except (TypeError, ValueError) as e:
+        raise SpaceError(f"{path}: training: {e}") from e
+
+
+def _check_options(path: Path, space: SweepSpace) -> None:
+    for section, table, kind in (("sampler", SAMPLERS, space.sampler.type),
+                                 ("pruner", PRUNERS, space.pruner.type)):
+        cls = table.get(kind)
+        options = getattr(space, section).options
+        if cls is None:
+            if options:
+                raise SpaceError(f"{path}: {section}.options: {kind!r} takes no options")
+            continue
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "seed"}
+        for key in options:
+            if key not in accepted:
+                raise SpaceError(f"{path}: {section}.options.{key}: not an option of "
+                                 f"{cls.__name__}; accepted: {sorted(accepted)}")
+
+
+def _check_data(path: Path, space: SweepSpace) -> int:
+    data = space.data
+    store = LocalStore(data.store)
+    try:
+        return store.open(data.run_id, data.layer_signature).d
+    except StoreError as e:
+        if data.synthetic is not None and not (store.activation_dir(data.run_id)
+                                               / "meta.json").exists():
+            return data.synthetic.d  # generated on first use
+        key = "data.layer_signature" if "layer" in str(e) else "data.run_id"
+        raise SpaceError(f"{path}: {key}: {e}") from e
+
+
+def _check_k(path: Path, space: SweepSpace, d: int) -> None:
+    params = space.params
+    expansion = params["expansion"]
+    min_exp = expansion.min_value if isinstance(expansion, ParamSpec) else float(expansion)
+    if min_exp <= 0:
+        raise SpaceError(f"{path}: params.expansion: must be > 0, got {min_exp}")
+    min_latents = max(1, round(min_exp * d))
+    if "k" in params:
+        k = params["k"]
+        max_k = k.max_value if isinstance(k, ParamSpec) else float(k)
+        min_k = k.min_value if isinstance(k, ParamSpec) else float(k)
+        if min_k < 1:
+            raise SpaceError(f"{path}: params.k: must be >= 1, got {min_k:g}")
+        if max_k >= min_latents:
+            raise SpaceError(f"{path}: params.k: k can reach {max_k:g} but n_latents can be as "
+                             f"small as {min_latents} (expansion {min_exp:g} x d={d}); need "
+                             "k < n_latents")
+    else:
+        frac = params["k_fraction"]
+        lo = frac.min_value if isinstance(frac, ParamSpec) else float(frac)
+        hi = frac.max_value if isinstance(frac, ParamSpec) else float(frac)
+        if not (lo > 0 and hi < 1):
+            raise SpaceError(f"{path}: params.k_fraction: must lie in (0, 1), got "
+                             f"[{lo:g}, {hi:g}]")
+
+
+def synthetic_spec(section: SyntheticSection) -> SyntheticSpec:
+    return SyntheticSpec(**section.model_dump())

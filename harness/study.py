@@ -1,0 +1,243 @@
+"""The Optuna side of a sweep: storage, sampler, pruner, the study's record, budget and leases.
+
+Leases: Optuna's heartbeat only exists for RDB storages, so every running trial gets a heartbeat
+of our own (a system attribute rewritten every `heartbeat_s`). Any worker, before it starts a
+trial, reaps RUNNING trials whose worker is gone (same host and the process no longer exists) or
+whose heartbeat is older than `lease_s`: the trial is failed with the reason and its parameters
+re-enqueued through Optuna's RetryFailedTrialCallback (at most `max_retry` times).
+
+Budget: `n_trials` counts every trial of the study except those superseded by a retry, and
+enqueued (WAITING) trials always run. Workers check the budget before asking for a trial, so
+parallel workers may overshoot by at most one trial each, as with Optuna's MaxTrialsCallback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import socket
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryFailedTrialCallback
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from harness.space import PRUNERS, SAMPLERS, LoadedSpace, SpaceError
+
+LEASE_ATTR = "saesweep:lease"
+
+
+# ------------------------------------------------------------------------------ construction
+def default_storage(loaded: LoadedSpace) -> str:
+    s = loaded.space
+    return str(Path(s.results_dir) / s.study.name / "study.journal")
+
+
+def open_storage(url: str) -> BaseStorage:
+    """A journal file (a path, or journal:///path) or an RDB URL (sqlite://, postgresql://...)."""
+    if "://" in url and not url.startswith("journal://"):
+        return RDBStorage(url)
+    path = Path(url.removeprefix("journal://"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def make_sampler(loaded: LoadedSpace, seed: int) -> optuna.samplers.BaseSampler:
+    cfg = loaded.space.sampler
+    if cfg.type == "grid":
+        return optuna.samplers.GridSampler(loaded.grid(), seed=seed)
+    return SAMPLERS[cfg.type](seed=seed, **cfg.options)
+
+
+def make_pruner(loaded: LoadedSpace) -> optuna.pruners.BasePruner:
+    cfg = loaded.space.pruner
+    cls = PRUNERS[cfg.type]
+    return optuna.pruners.NopPruner() if cls is None else cls(**cfg.options)
+
+
+def resolved_settings(obj: Any) -> dict[str, Any]:
+    """Every constructor argument of an Optuna sampler/pruner with the value in effect."""
+    out: dict[str, Any] = {"class": type(obj).__name__}
+    for name in inspect.signature(type(obj).__init__).parameters:
+        if name == "self":
+            continue
+        for attr in (f"_{name}", name):
+            if not hasattr(obj, attr):
+                continue
+            value = getattr(obj, attr)
+            if isinstance(value, bool | int | float | str) or value is None:
+                out[name] = value
+                break
+    return out
+
+
+def worker_seed(study_seed: int, worker_index: int, n_existing: int) -> int:
+    """Distinct per worker and per re-run, so resumed random samplers do not repeat themselves."""
+    return (study_seed * 1_000_003 + worker_index * 7919 + n_existing * 104_729) % (2**31 - 1)
+
+
+def create_study(loaded: LoadedSpace, storage_url: str) -> optuna.Study:
+    """Create the study (or load it when resuming) and record how it is run."""
+    s = loaded.space
+    storage = open_storage(storage_url)
+    sampler = make_sampler(loaded, worker_seed(s.study.seed, 0, 0))
+    pruner = make_pruner(loaded)
+    directions = [optuna.study.StudyDirection[d.upper()] for d in s.directions]
+    try:
+        existing = optuna.load_study(study_name=s.study.name, storage=storage)
+    except KeyError:
+        existing = None
+    if existing is not None and list(existing.directions) != directions:
+        raise SpaceError(f"{loaded.path}: objectives: study {s.study.name!r} in {storage_url} has "
+                         f"directions {[d.name.lower() for d in existing.directions]}, the space "
+                         f"asks for {s.directions}; use another study name")
+    study = optuna.create_study(study_name=s.study.name, storage=storage, sampler=sampler,
+                                pruner=pruner, directions=s.directions, load_if_exists=True)
+    attrs = study.user_attrs
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record = {
+        "space": loaded.raw,
+        "space_file": str(loaded.path),
+        "objectives": [o.model_dump() for o in s.objectives],
+        "sampler": {"type": s.sampler.type, "options": s.sampler.options,
+                    "resolved": resolved_settings(sampler)},
+        "pruner": {"type": s.pruner.type, "options": s.pruner.options,
+                   "resolved": resolved_settings(pruner),
+                   "dead_features": s.pruner.dead_features.model_dump()
+                   if s.pruner.dead_features else None,
+                   "r2_floor": s.pruner.r2_floor.model_dump() if s.pruner.r2_floor else None},
+        "data": {**s.data.model_dump(), "d": loaded.d},
+        "n_trials": s.budget.n_trials,
+        "optuna_version": optuna.__version__,
+        "saesweep_version": _version(),
+        "results_dir": str(Path(s.results_dir) / s.study.name),
+        "storage": storage_url,
+    }
+    if "created" not in attrs:
+        record["created"] = now
+    record["invocations"] = [*attrs.get("invocations", []), now]
+    for key, value in record.items():
+        study.set_user_attr(key, value)
+    return study
+
+
+# ------------------------------------------------------------------------------ budget
+@dataclasses.dataclass(frozen=True)
+class BudgetState:
+    """How much of the study's trial budget is spoken for."""
+
+    used: int
+    """Trials that count against n_trials (anything not WAITING and not superseded)."""
+    waiting: int
+    """Enqueued trials not yet started (retries included): always run."""
+    running: int
+    """Trials RUNNING now."""
+
+
+def budget_state(study: optuna.Study) -> BudgetState:
+    trials = study.get_trials(deepcopy=False)
+    superseded = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    used = sum(1 for t in trials if t.state != TrialState.WAITING and t.number not in superseded)
+    waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+    running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+    return BudgetState(used=used, waiting=waiting, running=running)
+
+
+def superseded_numbers(trials: list[FrozenTrial]) -> set[int]:
+    """Numbers of failed trials whose configuration was re-enqueued as another trial."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+
+
+# ------------------------------------------------------------------------------ leases
+class Heartbeat:
+    """Rewrites a running trial's lease every `interval` seconds from a daemon thread."""
+
+    def __init__(self, storage: BaseStorage, trial_id: int, number: int, interval: float) -> None:
+        self.storage, self.trial_id = storage, trial_id
+        self.number, self.interval = number, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{number}", daemon=True)
+
+    def beat(self) -> None:
+        self.storage.set_trial_system_attr(self.trial_id, LEASE_ATTR, {
+            "trial": self.number, "host": socket.gethostname(), "pid": os.getpid(),
+            "beat": time.time()})
+
+    def start(self) -> Heartbeat:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+            except Exception:  # noqa: BLE001 - trial finished (or storage hiccup): stop beating
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval + 5)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_reason(trial: FrozenTrial, lease_s: float, now: float | None = None) -> str | None:
+    """Why a RUNNING trial is abandoned, or None while its worker is alive."""
+    now = time.time() if now is None else now
+    lease = trial.system_attrs.get(LEASE_ATTR)
+    # a lease naming another trial number was inherited by a retry: ignore it
+    if isinstance(lease, dict) and lease.get("trial") == trial.number:
+        if lease.get("host") == socket.gethostname() and not _pid_alive(int(lease["pid"])):
+            return f"worker process {lease['pid']} on {lease['host']} is gone"
+        age = now - float(lease["beat"])
+        if age > lease_s:
+            return f"no heartbeat for {age:.0f}s (lease {lease_s:g}s)"
+        return None
+    started = trial.datetime_start.timestamp() if trial.datetime_start else now
+    if now - started > lease_s:
+        return f"no heartbeat since it started {now - started:.0f}s ago (lease {lease_s:g}s)"
+    return None
+
+
+def reap_stale(study: optuna.Study, lease_s: float, max_retry: int) -> list[int]:
+    """Fail abandoned RUNNING trials and re-enqueue their parameters; returns their numbers."""
+    storage = study._storage
+    reaped = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        reason = stale_reason(trial, lease_s)
+        if reason is None:
+            continue
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"lease expired: {reason}")
+            if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                continue
+        except (UpdateFinishedTrialError, RuntimeError):
+            continue  # another worker reaped it first, or it just finished
+        RetryFailedTrialCallback(max_retry=max_retry)(study, storage.get_trial(trial._trial_id))
+        reaped.append(trial.number)
+    return reaped
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("saesweep")
+    except Exception:  # noqa: BLE001
+        return "unknown"

@@ -1,0 +1,295 @@
+"""`python -m harness.sweep [SPACE.yaml]`: run (or resume) an SAE hyperparameter sweep.
+
+The parent process validates the space (exit 2 on any mistake, nothing written), generates
+synthetic data if the space asks for it, creates the study once, reaps trials abandoned by a
+previous run, then starts one worker process per slot (`--workers N`, or one per device with
+`--devices`) on the shared storage and reports progress from the storage until they finish.
+Re-running the same command continues the study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+from tqdm.auto import tqdm
+
+from harness.atomic import write_text
+from harness.space import LoadedSpace, SpaceError, load_space, synthetic_spec
+from harness.store import LocalStore
+from harness.study import create_study, default_storage, reap_stale, superseded_numbers
+from harness.synthetic import write_synthetic_store
+
+EXIT_BAD_SPACE = 2
+QUICKSTART = "quickstart.yaml"
+
+
+def find_quickstart() -> Path:
+    """The embedded default space: search_spaces/quickstart.yaml of this checkout."""
+    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        candidate = root / "search_spaces" / QUICKSTART
+        if candidate.exists():
+            return candidate
+    raise SpaceError(f"search_spaces/{QUICKSTART} not found next to the harness package or in "
+                     f"{Path.cwd()}; pass a space file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m harness.sweep",
+        description="Run or resume a sweep of TopK SAEs declared in a search-space YAML file. "
+                    "Re-running the same command continues the study where it stopped.")
+    p.add_argument("space", nargs="?", help="search-space YAML (default: "
+                   "search_spaces/quickstart.yaml, synthetic data, a few minutes on 2 CPUs)")
+    p.add_argument("--n-trials", type=_positive_int,
+                   help="trial budget for the whole study (overrides budget.n_trials)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--workers", type=_positive_int, default=1,
+                       help="worker processes on one machine (default 1); on CPU the cores are "
+                            "divided among them, on GPUs they are spread over the visible ones")
+    group.add_argument("--devices", help="comma-separated devices, one worker each, e.g. "
+                       "cuda:0,cuda:1 (each worker sees only its GPU via CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--storage", help="Optuna storage: a journal file path (default "
+                   "results/<study>/study.journal) or an RDB URL such as postgresql://...")
+    p.add_argument("--study", help="study name (overrides study.name)")
+    p.add_argument("--wandb", choices=("online", "offline", "off"),
+                   help="W&B mode for the trial runs (overrides wandb.mode)")
+    p.add_argument("--timeout", type=float, help="stop starting new trials after this many "
+                   "seconds (overrides budget.timeout)")
+    p.add_argument("--results", help="results folder (overrides results_dir, default results/)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        space_path = Path(args.space) if args.space else find_quickstart()
+        loaded = load_space(space_path, overrides=_overrides(args))
+    except SpaceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_SPACE
+    space = loaded.space
+    out = Path(space.results_dir) / space.study.name
+    _ensure_data(loaded)
+    storage_url = space.study.storage or default_storage(loaded)
+    try:
+        study = create_study(loaded, storage_url)
+    except SpaceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_SPACE
+    # what the workers load: the file with the command-line overrides applied
+    resolved = out / "space.resolved.yaml"
+    write_text(resolved, yaml.safe_dump(loaded.raw, sort_keys=False))
+
+    reaped = reap_stale(study, space.faults.lease_s, space.faults.max_retry)
+    if reaped:
+        print(f"re-enqueued trials abandoned by an earlier run: {reaped}")
+    slots = _worker_slots(args)
+    print(f"study {space.study.name!r}: storage {storage_url}, {space.budget.n_trials} trials, "
+          f"{len(slots)} worker(s) on {', '.join(d for d, _ in slots)}; results in {out}/")
+    deadline = time.time() + space.budget.timeout if space.budget.timeout else 0.0
+    procs = _start_workers(slots, resolved, storage_url, out, deadline)
+    status = _monitor(study, procs, loaded)
+    _print_best(study, loaded, storage_url, out)
+    return status
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object] | object]:
+    """Command-line flags as a partial space, validated together with the file."""
+    out: dict[str, dict[str, object] | object] = {}
+    if args.n_trials:
+        out["budget"] = {"n_trials": args.n_trials}
+    if args.timeout:
+        out.setdefault("budget", {})["timeout"] = args.timeout  # type: ignore[index]
+    if args.study:
+        out["study"] = {"name": args.study}
+    if args.storage:
+        out.setdefault("study", {})["storage"] = args.storage  # type: ignore[index]
+    if args.wandb:
+        out["wandb"] = {"mode": args.wandb}
+    if args.results:
+        out["results_dir"] = args.results
+    return out
+
+
+def _ensure_data(loaded: LoadedSpace) -> None:
+    data = loaded.space.data
+    if data.synthetic is None:
+        return
+    store = LocalStore(data.store)
+    if (store.activation_dir(data.run_id) / "meta.json").exists():
+        return
+    spec = synthetic_spec(data.synthetic)
+    print(f"generating synthetic activations ({spec.n_tokens} tokens, d={spec.d}) into "
+          f"{store.activation_dir(data.run_id)}")
+    write_synthetic_store(data.store, data.run_id, spec, layer_signature=data.layer_signature)
+
+
+def _worker_slots(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
+    """(device, extra environment) per worker. Each GPU worker sees exactly one GPU."""
+    if args.devices:
+        slots = []
+        for dev in (d.strip() for d in args.devices.split(",") if d.strip()):
+            if dev.startswith("cuda"):
+                index = dev.split(":", 1)[1] if ":" in dev else "0"
+                slots.append(("cuda:0", {"CUDA_VISIBLE_DEVICES": index, "_label": dev}))
+            else:
+                slots.append((dev, {}))
+        return slots
+    import torch
+
+    n = args.workers
+    if torch.cuda.is_available():
+        gpus = torch.cuda.device_count()
+        return [("cuda:0", {"CUDA_VISIBLE_DEVICES": str(i % gpus), "_label": f"cuda:{i % gpus}"})
+                for i in range(n)]
+    threads = max(1, (os.cpu_count() or 1) // n)
+    return [("cpu", {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                     "_threads": str(threads)}) for _ in range(n)]
+
+
+def _start_workers(slots: list[tuple[str, dict[str, str]]], space_file: Path, storage: str,
+                   out: Path, deadline: float) -> list[subprocess.Popen]:
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for i, (device, extra) in enumerate(slots):
+        env = {**os.environ, **{k: v for k, v in extra.items() if not k.startswith("_")}}
+        cmd = [sys.executable, "-m", "harness.worker", "--space", str(space_file),
+               "--storage", storage, "--index", str(i), "--device", device,
+               "--threads", extra.get("_threads", "0"), "--deadline", str(deadline)]
+        log = open(logs / f"worker_{i}.log", "a", encoding="utf-8")  # noqa: SIM115 - kept open
+        procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
+    return procs
+
+
+def _monitor(study: optuna.Study, procs: list[subprocess.Popen], loaded: LoadedSpace) -> int:
+    """Print a line per finished trial and a progress bar until every worker has exited."""
+    stop: list[str] = []
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        stop.append(signal.Signals(signum).name)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    n_trials = loaded.space.budget.n_trials
+    seen: set[int] = set()
+    bar = tqdm(total=n_trials, unit="trial", dynamic_ncols=True, file=sys.stderr,
+               disable=not sys.stderr.isatty())
+    try:
+        while True:
+            alive = [p for p in procs if p.poll() is None]
+            trials = study.get_trials(deepcopy=False)
+            for t in sorted(trials, key=lambda t: t.number):
+                if t.state.is_finished() and t.number not in seen:
+                    seen.add(t.number)
+                    tqdm.write(_trial_line(t, loaded))
+            superseded = superseded_numbers(trials)
+            done = sum(1 for t in trials if t.state.is_finished() and t.number not in superseded)
+            bar.n = min(done, n_trials)
+            best = _best_value(study, loaded)
+            if best is not None:
+                bar.set_postfix_str(best)
+            bar.refresh()
+            if not alive:
+                break
+            time.sleep(0.5)
+    finally:
+        bar.close()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    codes = [p.returncode for p in procs]
+    if stop:
+        print(f"stopped by {stop[0]}; the study is consistent: re-run the same command to "
+              "continue")
+        return 130 if stop[0] == "SIGINT" else 143
+    crashed = [(i, c) for i, c in enumerate(codes) if c != 0]
+    if crashed:
+        print(f"worker(s) exited abnormally: {crashed}; see the logs folder. Re-run the same "
+              "command to continue (abandoned trials are re-enqueued).", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _trial_line(t: FrozenTrial, loaded: LoadedSpace) -> str:
+    a = t.user_attrs
+    cfg = f"n_latents={a.get('n_latents')} k={a.get('k')} lr={a.get('lr', 0) or 0:.2e}"
+    secs = a.get("wall_time_s")
+    took = f" {secs:.1f}s" if isinstance(secs, float) else ""
+    if t.state == TrialState.COMPLETE:
+        what = (f"r2={a.get('final_r2', math.nan):.4f} l0={a.get('final_l0', math.nan):.1f} "
+                f"dead={100 * a.get('final_dead_ratio', math.nan):.1f}%")
+    elif t.state == TrialState.PRUNED:
+        what = f"pruned: {a.get('prune_reason')}"
+    else:
+        what = f"failed: {a.get('fail_reason')}"
+    return f"trial {t.number:4d} {t.state.name:8s} {cfg} {what}{took}"
+
+
+def _best_value(study: optuna.Study, loaded: LoadedSpace) -> str | None:
+    try:
+        if loaded.space.multi_objective:
+            return f"pareto={len(study.best_trials)}"
+        o = loaded.space.objectives[0]
+        return f"best {o.metric}={study.best_value:.4f}"
+    except ValueError:
+        return None
+
+
+def _print_best(study: optuna.Study, loaded: LoadedSpace, storage: str, out: Path) -> None:
+    space = loaded.space
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    counts = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
+                                  TrialState.RUNNING, TrialState.WAITING)}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    print("trials: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v))
+    if complete:
+        if space.multi_objective:
+            best = sorted(study.best_trials, key=lambda t: t.values[0],
+                          reverse=space.objectives[0].direction == "maximize")
+            title = "Pareto front"
+        else:
+            best = sorted(complete, key=lambda t: t.value,
+                          reverse=space.objectives[0].direction == "maximize")[:5]
+            title = "best trials"
+        print(f"{title} ({', '.join(f'{o.direction} {o.metric}' for o in space.objectives)}):")
+        print(f"{'trial':>6} {'r2':>8} {'l0':>6} {'dead%':>6} {'n_latents':>9} {'k':>4} "
+              f"{'lr':>9}  folder")
+        for t in best:
+            a = t.user_attrs
+            print(f"{t.number:6d} {a['final_r2']:8.4f} {a['final_l0']:6.1f} "
+                  f"{100 * a['final_dead_ratio']:6.1f} {a['n_latents']:9d} {a['k']:4d} "
+                  f"{a['lr']:9.2e}  {a['trial_dir']}")
+    print(f"study storage: {storage}")
+    print(f"trial folders: {out / 'trials'}/   worker logs: {out / 'logs'}/")
+    if space.wandb.mode == "offline":
+        runs = out / "wandb"
+        print(f"W&B offline runs: {runs}/ (upload: wandb sync {runs}/offline-run-*)")
+    if shutil.which("optuna-dashboard"):
+        print(f"dashboard: optuna-dashboard {storage}")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

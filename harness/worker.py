@@ -1,0 +1,139 @@
+"""A sweep worker process: asks the shared study for trials and runs them until the budget is met.
+
+Started by `python -m harness.sweep`, one per worker slot, with CUDA_VISIBLE_DEVICES and the
+thread count already set in its environment (so they hold before torch is imported here).
+
+SIGTERM / SIGINT: a trial that is training is stopped at once, failed with the reason and
+re-enqueued, so the study holds no RUNNING trial and a re-run starts with that configuration.
+Between trials the worker just stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+import optuna
+from optuna.storages import RetryFailedTrialCallback
+from optuna.trial import TrialState
+
+from harness.space import load_space
+from harness.study import (
+    Heartbeat,
+    budget_state,
+    make_pruner,
+    make_sampler,
+    open_storage,
+    reap_stale,
+    worker_seed,
+)
+from harness.trial import Interrupted, WorkerContext, run_trial
+
+log = logging.getLogger("saesweep.worker")
+
+
+class _Signals:
+    """Turns SIGTERM/SIGINT into a stop request, raising Interrupted only inside `guard`."""
+
+    def __init__(self) -> None:
+        self.stop_requested: str | None = None
+        self.guarded = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_requested = signal.Signals(signum).name
+        if self.guarded:
+            self.guarded = False
+            raise Interrupted(self.stop_requested)
+
+    def __enter__(self) -> _Signals:
+        if self.stop_requested:
+            raise Interrupted(self.stop_requested)
+        self.guarded = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.guarded = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="saesweep worker (started by harness.sweep)")
+    p.add_argument("--space", required=True, help="resolved space file written by the sweep")
+    p.add_argument("--storage", required=True)
+    p.add_argument("--index", type=int, required=True)
+    p.add_argument("--device", required=True)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--deadline", type=float, default=0.0, help="unix time; 0 = none")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {args.index} %(message)s")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    signals = _Signals()
+
+    import torch  # after the environment is set by the parent
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    loaded = load_space(args.space)
+    space = loaded.space
+    storage = open_storage(args.storage)
+    n_existing = len(optuna.load_study(study_name=space.study.name, storage=storage).trials)
+    study = optuna.load_study(
+        study_name=space.study.name, storage=storage, pruner=make_pruner(loaded),
+        sampler=make_sampler(loaded, worker_seed(space.study.seed, args.index + 1, n_existing)))
+    ctx = WorkerContext(device=args.device, worker_index=args.index,
+                        wandb_mode=space.wandb.mode,
+                        results_dir=Path(space.results_dir) / space.study.name)
+    faults = space.faults
+    log.info("started pid=%d device=%s threads=%d", os.getpid(), args.device,
+             torch.get_num_threads())
+    while signals.stop_requested is None:
+        reaped = reap_stale(study, faults.lease_s, faults.max_retry)
+        if reaped:
+            log.info("reaped abandoned trials %s (re-enqueued)", reaped)
+        budget = budget_state(study)
+        if budget.waiting == 0 and budget.used >= space.budget.n_trials:
+            if budget.running:
+                # a trial still running may yet be reaped and re-enqueued: stay to run it
+                time.sleep(min(faults.heartbeat_s, 2.0))
+                continue
+            break
+        if args.deadline and time.time() >= args.deadline:
+            log.info("timeout reached")
+            break
+        trial = study.ask()
+        heartbeat = Heartbeat(storage, trial._trial_id, trial.number, faults.heartbeat_s).start()
+        try:
+            outcome = run_trial(trial, loaded, ctx, guard=signals)
+        except Interrupted as stop:
+            heartbeat.stop()
+            _requeue(study, trial, f"interrupted by {stop}", faults.max_retry)
+            log.info("trial %d interrupted by %s; re-enqueued", trial.number, stop)
+            break
+        finally:
+            heartbeat.stop()
+        try:
+            study.tell(trial, outcome.values, state=outcome.state)
+        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError) as e:
+            log.warning("trial %d was reaped while running, result dropped: %s", trial.number, e)
+            continue
+        log.info("trial %d %s %s", trial.number, outcome.state.name, outcome.summary)
+    log.info("stopping (%s)", signals.stop_requested or "budget met")
+    return 0
+
+
+def _requeue(study: optuna.Study, trial: optuna.Trial, reason: str, max_retry: int) -> None:
+    storage = study._storage
+    trial.set_user_attr("fail_reason", reason)
+    study.tell(trial, state=TrialState.FAIL)
+    RetryFailedTrialCallback(max_retry=max_retry)(study, storage.get_trial(trial._trial_id))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
