@@ -4,7 +4,7 @@ Leases: Optuna's heartbeat only exists for RDB storages, so every running trial 
 of our own (a system attribute rewritten every `heartbeat_s`). Any worker, before it starts a
 trial, reaps RUNNING trials whose worker is gone (same host and the process no longer exists) or
 whose heartbeat is older than `lease_s`: the trial is failed with the reason and its parameters
-re-enqueued through Optuna's RetryFailedTrialCallback (at most `max_retry` times).
+re-enqueued through Optuna's RetryHeartbeatStaleTrialCallback (at most `max_retry` times).
 
 Budget: `n_trials` counts every trial of the study except those superseded by a retry, and
 enqueued (WAITING) trials always run. Workers check the budget before asking for a trial, so
@@ -19,13 +19,19 @@ import os
 import socket
 import threading
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryFailedTrialCallback
+from optuna.storages import (
+    BaseStorage,
+    JournalStorage,
+    RDBStorage,
+    RetryHeartbeatStaleTrialCallback,
+)
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
@@ -229,9 +235,17 @@ def reap_stale(study: optuna.Study, lease_s: float, max_retry: int) -> list[int]
                 continue
         except (UpdateFinishedTrialError, RuntimeError):
             continue  # another worker reaped it first, or it just finished
-        RetryFailedTrialCallback(max_retry=max_retry)(study, storage.get_trial(trial._trial_id))
+        requeue(study, storage.get_trial(trial._trial_id), max_retry)
         reaped.append(trial.number)
     return reaped
+
+
+def requeue(study: optuna.Study, failed: FrozenTrial, max_retry: int) -> None:
+    """Enqueue a failed trial's parameters again (Optuna's retry callback; experimental)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        callback = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+    callback(study, failed)
 
 
 def _version() -> str:

@@ -280,8 +280,8 @@ def _print_best(study: optuna.Study, loaded: LoadedSpace, storage: str, out: Pat
     if space.wandb.mode == "offline":
         runs = out / "wandb"
         print(f"W&B offline runs: {runs}/ (upload: wandb sync {runs}/offline-run-*)")
-    if shutil.which("optuna-dashboard"):
-        print(f"dashboard: optuna-dashboard {storage}")
+    hint = "" if shutil.which("optuna-dashboard") else "pip install optuna-dashboard; "
+    print(f"dashboard: {hint}optuna-dashboard {storage}")
 
 
 def _positive_int(text: str) -> int:

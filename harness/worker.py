@@ -20,7 +20,6 @@ from pathlib import Path
 from types import FrameType
 
 import optuna
-from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from harness.space import load_space
@@ -31,6 +30,7 @@ from harness.study import (
     make_sampler,
     open_storage,
     reap_stale,
+    requeue,
     worker_seed,
 )
 from harness.trial import Interrupted, WorkerContext, run_trial
@@ -132,7 +132,7 @@ def _requeue(study: optuna.Study, trial: optuna.Trial, reason: str, max_retry: i
     storage = study._storage
     trial.set_user_attr("fail_reason", reason)
     study.tell(trial, state=TrialState.FAIL)
-    RetryFailedTrialCallback(max_retry=max_retry)(study, storage.get_trial(trial._trial_id))
+    requeue(study, storage.get_trial(trial._trial_id), max_retry)
 
 
 if __name__ == "__main__":

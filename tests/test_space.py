@@ -1,0 +1,122 @@
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+from spaces import tiny_space, write_space
+
+from harness.space import SpaceError, load_space, lr_rule
+
+
+@pytest.fixture()
+def space_dict(synthetic_store: Path, tmp_path: Path) -> dict:
+    return tiny_space(synthetic_store, tmp_path / "results")
+
+
+def _load(tmp_path: Path, space: dict):
+    return load_space(write_space(tmp_path / "space.yaml", space))
+
+
+def test_valid_space_loads_with_data_width(space_dict, tmp_path):
+    loaded = _load(tmp_path, space_dict)
+    assert loaded.d == 16 and loaded.space.budget.n_trials == 4
+    assert not (tmp_path / "results").exists()  # loading writes nothing
+
+
+def _mutate(space: dict, path: str, value) -> dict:
+    *parents, last = path.split(".")
+    node = space
+    for p in parents:
+        node = node[p]
+    if value is _DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return space
+
+
+_DELETE = object()
+
+BAD = [
+    # (key path to change, new value, what the message must contain)
+    ("study.nmae", "x", r"study.nmae: Extra inputs are not permitted"),
+    ("budget.n_trials", "many", r"budget.n_trials: Input should be a valid integer"),
+    ("params.lr", {"type": "float", "low": 1e-2, "high": 1e-3},
+     r"params.lr: Value error, low \(0.01\) must be <= high \(0.001\)"),
+    ("params.lr", {"type": "float", "low": 0.0, "high": 1e-3, "log": True},
+     r"params.lr: Value error, log scale needs low > 0, got low=0.0"),
+    ("params.lr", {"type": "float", "low": 1e-4}, r"params.lr: .*needs both 'low' and 'high'"),
+    ("params.learning_rate", {"type": "float", "low": 1e-4, "high": 1e-3},
+     r"params: Value error, unknown parameter 'learning_rate'"),
+    ("data.store", "/nonexistent/store", r"data.run_id: .*no activation run 'syn'"),
+    ("data.layer_signature", "blocks.9", r"data.layer_signature: .*layers present"),
+    ("params.k", {"type": "int", "low": 2, "high": 40},
+     r"params.k: k can reach 40 but n_latents can be as small as 32"),
+    ("params.k", _DELETE, r"params: Value error, 'k' or 'k_fraction' must be"),
+    ("training.epoch", 3, r"training.epoch: unknown SaeTrainingConfig field"),
+    ("training.batch_size", 0, r"training: SaeTrainingConfig.batch_size must be > 0"),
+    ("training.lr", 1e-3, r"training.lr: also given under params; give it once"),
+    ("sampler.options", {"multivarate": True},
+     r"sampler.options.multivarate: not an option of RandomSampler"),
+    ("sampler.type", "annealing", r"sampler.type: Input should be 'tpe', 'random'"),
+    ("pruner", {"type": "median", "dead_features": {"max_ratio": 2}},
+     r"pruner.dead_features.max_ratio: Input should be less than or equal to 1"),
+    ("objectives", [{"metric": "accuracy", "direction": "maximize"}],
+     r"objectives.0.metric: Input should be 'r2'"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "message"), BAD, ids=[b[0] for b in BAD])
+def test_bad_space_names_file_key_and_expectation(space_dict, tmp_path, key, value, message):
+    path = write_space(tmp_path / "bad.yaml", _mutate(space_dict, key, value))
+    with pytest.raises(SpaceError, match=message) as info:
+        load_space(path)
+    assert str(path) in str(info.value)
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "x.yaml"
+    bad.write_text("study: [unclosed")
+    with pytest.raises(SpaceError, match="not valid YAML"):
+        load_space(bad)
+    with pytest.raises(SpaceError, match="cannot read"):
+        load_space(tmp_path / "missing.yaml")
+
+
+def test_overrides_are_validated_like_the_file(space_dict, tmp_path):
+    path = write_space(tmp_path / "s.yaml", space_dict)
+    assert load_space(path, overrides={"budget": {"n_trials": 9}}).space.budget.n_trials == 9
+    with pytest.raises(SpaceError, match="budget.n_trials: Input should be greater than 0"):
+        load_space(path, overrides={"budget": {"n_trials": 0}})
+
+
+def _sample(loaded):
+    study = optuna.create_study(directions=loaded.space.directions,
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    return loaded.setup(study.ask())
+
+
+def test_setup_resolves_k_fraction_and_lr_rule(space_dict, tmp_path):
+    space_dict["params"] = {"expansion": 4, "k_fraction": 0.125,
+                            "lr_scale": {"type": "float", "low": 2.0, "high": 2.0},
+                            "auxk_alpha": {"type": "categorical", "choices": [0.0]}}
+    setup = _sample(_load(tmp_path, space_dict))
+    assert setup.n_latents == 64 and setup.k == 8
+    assert setup.lr == pytest.approx(2.0 * 2e-4 / math.sqrt(64 / 2**14))
+    assert setup.lr == pytest.approx(2.0 * lr_rule(64))
+    assert setup.config.auxk_alpha == 0.0 and setup.config.epochs == 2  # sampled + fixed
+
+
+def test_k_fraction_outside_unit_interval_is_rejected(space_dict, tmp_path):
+    del space_dict["params"]["k"]
+    space_dict["params"]["k_fraction"] = 1.5
+    with pytest.raises(SpaceError, match=r"params.k_fraction: must lie in \(0, 1\)"):
+        _load(tmp_path, space_dict)
+
+
+def test_shipped_spaces_validate(tmp_path):
+    root = Path(__file__).resolve().parent.parent / "search_spaces"
+    files = sorted(root.glob("*.yaml"))
+    assert any(f.name == "quickstart.yaml" for f in files)
+    for f in files:
+        load_space(f, check_data=False)  # schema only: their data lives elsewhere

@@ -1,0 +1,252 @@
+"""End-to-end: the real `python -m harness.sweep` CLI in subprocesses, on synthetic data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from spaces import tiny_space, write_space
+from wandb_records import run_contents
+
+from harness.space import load_space
+from harness.study import LEASE_ATTR, budget_state, create_study, open_storage
+from harness.sweep import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sweep(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.sweep", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_sweep(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "harness.sweep", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def load(results: Path, name: str = "t") -> optuna.Study:
+    storage = open_storage(str(results / name / "study.journal"))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def wait_for(predicate, timeout: float = 60.0, every: float = 0.1):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("condition not reached in time")
+
+
+def assert_settled(study: optuna.Study) -> None:
+    states = Counter(t.state for t in study.get_trials())
+    assert states[TrialState.RUNNING] == 0 and states[TrialState.WAITING] == 0, states
+
+
+def test_help_explains_every_flag():
+    text = build_parser().format_help()
+    for flag in ("--n-trials", "--workers", "--devices", "--storage", "--study", "--wandb",
+                 "--timeout", "--results"):
+        assert flag in text
+
+
+def test_two_workers_complete_a_sweep_with_offline_wandb(synthetic_store, tmp_path):
+    results = tmp_path / "results"
+    space = write_space(tmp_path / "s.yaml", tiny_space(synthetic_store, results))
+    proc = sweep(str(space), "--n-trials", "8", "--workers", "2", "--wandb", "offline")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    study = load(results)
+    trials = study.get_trials()
+    assert 8 <= len(trials) <= 9  # the global budget, overshoot at most workers - 1
+    assert_settled(study)
+    assert {t.user_attrs["worker"] for t in trials} == {0, 1}
+    for t in trials:
+        assert t.state == TrialState.COMPLETE
+        a = t.user_attrs
+        for key in ("final_r2", "best_r2", "final_fvu", "final_l0", "final_dead_ratio",
+                    "tokens_seen", "wall_time_s", "device", "n_latents", "k", "lr"):
+            assert key in a, key
+        assert t.value == pytest.approx(a["final_r2"])
+        folder = Path(a["trial_dir"])
+        for name in ("sae_weights.safetensors", "cfg.json", "history.json", "trial.json",
+                     "training_config.json", "meta.json"):
+            assert (folder / name).exists(), folder / name
+        assert json.loads((folder / "trial.json").read_text())["params"] == t.params
+    assert "best trials" in proc.stdout and proc.stdout.count("COMPLETE") >= 8
+
+    logs = sorted((results / "t" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(logs) == len(trials)  # one W&B run per trial
+    contents = [run_contents(p) for p in logs]
+    by_name = {c["run"].display_name: c for c in contents}
+    first = by_name["t-trial-0000"]
+    assert first["run"].run_group == "t" and first["run"].job_type == "trial"
+    assert first["config"]["params"] == trials[0].params
+    assert first["summary"]["r2"] == pytest.approx(trials[0].user_attrs["final_r2"])
+    assert first["summary"]["status"] == "finished"
+
+
+def test_hopeless_learning_rates_are_pruned_and_diverged_ones_fail(synthetic_store, tmp_path):
+    results = tmp_path / "results"
+    space = tiny_space(
+        synthetic_store, results,
+        params={"expansion": 2, "k": 4,
+                "lr": {"type": "categorical", "choices": [1e-3, 1.0, 30.0]}},
+        sampler={"type": "grid"},
+        pruner={"type": "median", "r2_floor": {"min_r2": 0.0, "warmup_steps": 5}},
+        budget={"n_trials": 3})
+    proc = sweep(str(write_space(tmp_path / "lr.yaml", space)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    by_lr = {t.params["lr"]: t for t in load(results).get_trials()}
+    good, hopeless, diverging = by_lr[1e-3], by_lr[1.0], by_lr[30.0]
+    assert good.state == TrialState.COMPLETE
+    assert hopeless.state == TrialState.PRUNED
+    assert hopeless.user_attrs["prune_rule"] == "r2_floor"
+    assert hopeless.user_attrs["prune_step"] == 5
+    assert hopeless.user_attrs["prune_values"]["r2"] < 0
+    assert "r2_floor at step 5" in hopeless.user_attrs["prune_reason"]
+    assert diverging.state == TrialState.FAIL
+    assert diverging.user_attrs["fail_reason"].startswith("diverged: training diverged at step")
+    assert "pruned: r2_floor" in proc.stdout and "failed: diverged" in proc.stdout
+
+
+def slow_space(store: Path, results: Path, n_trials: int) -> dict:
+    """Trials of a few seconds, so a test can catch one running."""
+    return tiny_space(store, results, budget={"n_trials": n_trials},
+                      training={"epochs": 60, "batch_size": 256, "eval_every": 100})
+
+
+def test_sigkill_of_a_worker_mid_trial_then_rerun_accounts_for_every_trial(synthetic_store,
+                                                                          tmp_path):
+    results = tmp_path / "results"
+    space = str(write_space(tmp_path / "slow.yaml", slow_space(synthetic_store, results, 3)))
+    proc = start_sweep(space)
+    storage_file = results / "t" / "study.journal"
+    wait_for(storage_file.exists)
+
+    def running_after_a_complete():
+        trials = load(results).get_trials()
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        running = [t for t in trials if t.state == TrialState.RUNNING
+                   and t.system_attrs.get(LEASE_ATTR, {}).get("trial") == t.number]
+        return (done, running[0]) if done and running else None
+
+    done, victim = wait_for(running_after_a_complete, timeout=120)
+    os.kill(victim.system_attrs[LEASE_ATTR]["pid"], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out  # the parent reports the dead worker
+    assert load(results).trials[victim.number].state == TrialState.RUNNING  # left behind
+
+    rerun = sweep(space)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"re-enqueued trials abandoned by an earlier run: [{victim.number}]" in rerun.stdout
+    study = load(results)
+    trials = study.get_trials()
+    assert_settled(study)
+    killed = trials[victim.number]
+    assert killed.state == TrialState.FAIL
+    assert "worker process" in killed.user_attrs["fail_reason"]
+    retries = [t for t in trials if victim.number in t.system_attrs.get("retry_history", [])]
+    assert len(retries) == 1 and retries[0].params == killed.params
+    assert retries[0].state in (TrialState.COMPLETE, TrialState.PRUNED)
+    for t in done:  # nothing finished before the kill was lost
+        assert trials[t.number].state == TrialState.COMPLETE
+        assert trials[t.number].value == t.value
+        assert (Path(t.user_attrs["trial_dir"]) / "sae_weights.safetensors").exists()
+    assert budget_state(study).used == 3
+
+
+def test_four_workers_on_one_storage_lose_and_duplicate_nothing(synthetic_store, tmp_path):
+    results = tmp_path / "results"
+    space_file = write_space(tmp_path / "s.yaml", tiny_space(
+        synthetic_store, results, budget={"n_trials": 12},
+        training={"epochs": 1, "batch_size": 256, "eval_every": 5}))
+    loaded = load_space(space_file)
+    study = create_study(loaded, str(results / "t" / "study.journal"))
+    for i in range(6):  # enqueued before the workers start: each must run exactly once
+        study.enqueue_trial({"expansion": 2, "k": 2 + i, "lr": 2e-3}, user_attrs={"tag": i})
+    proc = sweep(str(space_file), "--workers", "4")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    study = load(results)
+    trials = study.get_trials()
+    assert_settled(study)
+    assert 12 <= len(trials) <= 15
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    tags = Counter(t.user_attrs.get("tag") for t in trials if "tag" in t.user_attrs)
+    assert tags == Counter(range(6))
+    for i in range(6):
+        tagged = next(t for t in trials if t.user_attrs.get("tag") == i)
+        assert tagged.params["k"] == 2 + i
+    assert len({t.user_attrs["trial_dir"] for t in trials}) == len(trials)
+    assert len({t.user_attrs["worker"] for t in trials}) >= 2
+    for log in (results / "t" / "logs").glob("worker_*.log"):
+        text = log.read_text()
+        assert "Traceback" not in text and "Error" not in text, text
+
+
+def test_sigterm_stops_cleanly_and_the_rerun_continues(synthetic_store, tmp_path):
+    results = tmp_path / "results"
+    space = str(write_space(tmp_path / "slow.yaml", slow_space(synthetic_store, results, 2)))
+    proc = start_sweep(space, "--workers", "2")
+    wait_for(lambda: (results / "t" / "study.journal").exists())
+    wait_for(lambda: any(t.state == TrialState.RUNNING for t in load(results).get_trials()))
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 143, out
+    assert "re-run the same command to continue" in out
+    study = load(results)
+    assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
+    interrupted = [t for t in study.get_trials() if t.state == TrialState.FAIL]
+    assert interrupted and all("interrupted by SIGTERM" in t.user_attrs["fail_reason"]
+                               for t in interrupted)
+    rerun = sweep(space)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    study = load(results)
+    assert_settled(study)
+    assert budget_state(study).used == 2
+    assert sum(t.state == TrialState.COMPLETE for t in study.get_trials()) >= 1
+
+
+BAD_CLI = [
+    ("unknown key", {"budget": {"n_trials": 2, "trials": 3}}, "budget.trials: Extra inputs"),
+    ("wrong type", {"budget": {"n_trials": "two"}}, "budget.n_trials: Input should be a valid"),
+    ("low > high", {"params": {"expansion": 2, "k": 4,
+                               "lr": {"type": "float", "low": 1.0, "high": 0.1}}},
+     "params.lr: Value error, low (1.0) must be <= high (0.1)"),
+    ("log with low <= 0", {"params": {"expansion": 2, "k": 4,
+                                      "lr": {"type": "float", "low": -1, "high": 1,
+                                             "log": True}}},
+     "params.lr: Value error, log scale needs low > 0"),
+    ("missing store", {"data": {"store": "/no/such/store", "run_id": "syn",
+                                "layer_signature": "synthetic"}},
+     "data.run_id: no activation run 'syn'"),
+    ("missing layer", {"data": {"store": None, "run_id": "syn", "layer_signature": "h.99"}},
+     "data.layer_signature:"),
+]
+
+
+@pytest.mark.parametrize(("case", "change", "message"), BAD_CLI, ids=[c[0] for c in BAD_CLI])
+def test_bad_space_exits_2_with_its_message_and_writes_nothing(synthetic_store, tmp_path, case,
+                                                               change, message):
+    results = tmp_path / "results"
+    space = tiny_space(synthetic_store, results)
+    for key, value in change.items():
+        if key == "data" and value["store"] is None:
+            value = {**value, "store": str(synthetic_store)}
+        space[key] = value
+    path = write_space(tmp_path / "bad.yaml", space)
+    proc = sweep(str(path))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr and str(path) in proc.stderr
+    assert not results.exists()
