@@ -42,7 +42,10 @@ def load(results: Path, name: str = "t") -> optuna.Study:
 def wait_for(predicate, timeout: float = 60.0, every: float = 0.1):
     end = time.time() + timeout
     while time.time() < end:
-        value = predicate()
+        try:
+            value = predicate()
+        except KeyError:  # the journal file exists, the study record is not in it yet
+            value = None
         if value:
             return value
         time.sleep(every)
@@ -194,28 +197,53 @@ def test_four_workers_on_one_storage_lose_and_duplicate_nothing(synthetic_store,
         assert "Traceback" not in text and "Error" not in text, text
 
 
-def test_sigterm_stops_cleanly_and_the_rerun_continues(synthetic_store, tmp_path):
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_stops_cleanly_and_the_rerun_continues(synthetic_store, tmp_path, sig, code):
     results = tmp_path / "results"
     space = str(write_space(tmp_path / "slow.yaml", slow_space(synthetic_store, results, 2)))
     proc = start_sweep(space, "--workers", "2")
     wait_for(lambda: (results / "t" / "study.journal").exists())
     wait_for(lambda: any(t.state == TrialState.RUNNING for t in load(results).get_trials()))
     time.sleep(0.5)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 143, out
+    assert proc.returncode == code, out
     assert "re-run the same command to continue" in out
     study = load(results)
     assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
     interrupted = [t for t in study.get_trials() if t.state == TrialState.FAIL]
-    assert interrupted and all("interrupted by SIGTERM" in t.user_attrs["fail_reason"]
+    assert interrupted and all("interrupted by SIG" in t.user_attrs["fail_reason"]
                                for t in interrupted)
+    assert len([t for t in study.get_trials() if t.state == TrialState.WAITING]) == len(interrupted)
     rerun = sweep(space)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     study = load(results)
     assert_settled(study)
     assert budget_state(study).used == 2
     assert sum(t.state == TrialState.COMPLETE for t in study.get_trials()) >= 1
+
+
+def test_multi_objective_sweep_keeps_dead_feature_pruning(synthetic_store, tmp_path):
+    results = tmp_path / "results"
+    space = tiny_space(synthetic_store, results,
+                       objectives=[{"metric": "r2", "direction": "maximize"},
+                                   {"metric": "l0", "direction": "minimize"}],
+                       sampler={"type": "nsga2", "options": {"population_size": 4}},
+                       pruner={"type": "none",
+                               "dead_features": {"max_ratio": 0.01, "warmup_steps": 1}},
+                       training={"epochs": 2, "batch_size": 256, "eval_every": 5,
+                                 "dead_window_tokens": 256, "auxk_alpha": 0.0},
+                       budget={"n_trials": 4})
+    proc = sweep(str(write_space(tmp_path / "mo.yaml", space)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    study = load(results)
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    trials = study.get_trials()
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            assert t.values == pytest.approx([t.user_attrs["final_r2"], t.user_attrs["final_l0"]])
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned and all(t.user_attrs["prune_rule"] == "dead_features" for t in pruned)
 
 
 BAD_CLI = [
