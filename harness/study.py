@@ -7,19 +7,24 @@ whose heartbeat is older than `lease_s`: the trial is failed with the reason and
 re-enqueued through Optuna's RetryHeartbeatStaleTrialCallback (at most `max_retry` times).
 
 Budget: `n_trials` counts every trial of the study except those superseded by a retry, and
-enqueued (WAITING) trials always run. Workers check the budget before asking for a trial, so
-parallel workers may overshoot by at most one trial each, as with Optuna's MaxTrialsCallback.
+enqueued (WAITING) trials always run. On a journal file, workers check the budget and ask for
+their trial under one file lock, so the budget is exact; on an RDB storage shared by several
+machines there is no such lock and parallel workers may overshoot by at most one trial each, as
+with Optuna's MaxTrialsCallback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import inspect
 import os
 import socket
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -58,7 +63,9 @@ def open_storage(url: str) -> BaseStorage:
 def make_sampler(loaded: LoadedSpace, seed: int) -> optuna.samplers.BaseSampler:
     cfg = loaded.space.sampler
     if cfg.type == "grid":
-        return optuna.samplers.GridSampler(loaded.grid(), seed=seed)
+        # GridSampler gives trial n the n-th point of a grid order shuffled by its seed: every
+        # worker must use the same seed, or they run some points twice and skip others
+        return optuna.samplers.GridSampler(loaded.grid(), seed=loaded.space.study.seed)
     return SAMPLERS[cfg.type](seed=seed, **cfg.options)
 
 
@@ -154,6 +161,21 @@ def budget_state(study: optuna.Study) -> BudgetState:
     waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
     running = sum(1 for t in trials if t.state == TrialState.RUNNING)
     return BudgetState(used=used, waiting=waiting, running=running)
+
+
+@contextlib.contextmanager
+def budget_lock(storage_url: str) -> Iterator[None]:
+    """Serialises "check the budget, then ask for a trial" across this machine's workers."""
+    if "://" in storage_url and not storage_url.startswith("journal://"):
+        yield  # RDB storage: workers may be on other machines, a file lock cannot help
+        return
+    path = Path(storage_url.removeprefix("journal://") + ".budget.lock")
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def superseded_numbers(trials: list[FrozenTrial]) -> set[int]:

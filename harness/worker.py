@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 from harness.space import load_space
 from harness.study import (
     Heartbeat,
+    budget_lock,
     budget_state,
     make_pruner,
     make_sampler,
@@ -97,17 +98,19 @@ def main(argv: list[str] | None = None) -> int:
         reaped = reap_stale(study, faults.lease_s, faults.max_retry)
         if reaped:
             log.info("reaped abandoned trials %s (re-enqueued)", reaped)
-        budget = budget_state(study)
-        if budget.waiting == 0 and budget.used >= space.budget.n_trials:
+        if args.deadline and time.time() >= args.deadline:
+            log.info("timeout reached")
+            break
+        with budget_lock(args.storage):
+            budget = budget_state(study)
+            full = budget.waiting == 0 and budget.used >= space.budget.n_trials
+            trial = None if full else study.ask()
+        if trial is None:
             if budget.running:
                 # a trial still running may yet be reaped and re-enqueued: stay to run it
                 time.sleep(min(faults.heartbeat_s, 2.0))
                 continue
             break
-        if args.deadline and time.time() >= args.deadline:
-            log.info("timeout reached")
-            break
-        trial = study.ask()
         heartbeat = Heartbeat(storage, trial._trial_id, trial.number, faults.heartbeat_s).start()
         try:
             outcome = run_trial(trial, loaded, ctx, guard=signals)

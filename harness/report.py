@@ -1,0 +1,293 @@
+"""`python -m harness.report STUDY [STUDY ...]`: tables, plots and scaling fits from sweeps.
+
+Reads the study storage and the trial folders only. Writes into `--out` (default
+results/<study>/report/): trials.csv (and .parquet), summary.md, table.tex, and PNG + PDF plots
+(pareto, learning_curves, importance, lr_sensitivity, scaling). In a notebook:
+`harness.report.load_trials("quickstart")` gives the trials as a DataFrame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from harness.report_data import (
+    ReportError,
+    best_per_group,
+    complete,
+    load_study,
+    load_trials,
+    pareto_front,
+    pruning_summary,
+    seed_summary,
+)
+from harness.report_plots import (
+    param_importances,
+    plot_importance,
+    plot_learning_curves,
+    plot_lr_sensitivity,
+    plot_pareto,
+    plot_scaling,
+)
+from harness.report_tables import (
+    best_table_tex,
+    markdown_table,
+    scaling_table_tex,
+    write_table_tex,
+)
+from harness.scaling import JointFit, PowerLawFit, fit_joint, fit_per_k
+
+__all__ = ["Report", "build_report", "load_trials", "main"]
+FORMATS = ("md", "tex", "csv", "parquet")
+TRIAL_COLUMNS = {
+    "study": "study", "number": "trial", "expansion": "expansion", "k": "k",
+    "n_latents": "latents", "lr": "lr", "final_r2": "R²", "final_fvu": "FVU", "final_l0": "L0",
+    "final_dead_ratio": "dead ratio", "tokens_seen": "tokens", "wall_time_s": "wall s",
+}
+
+
+@dataclass
+class Report:
+    """What a report run produced."""
+
+    out_dir: Path
+    trials: pd.DataFrame
+    files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """Things not produced, and why (e.g. too few points for a fit)."""
+    fits: list[PowerLawFit] = field(default_factory=list)
+    joint: JointFit | None = None
+
+
+def build_report(
+    studies: Sequence[str],
+    storage: str | None = None,
+    results_dir: str | Path = "results",
+    out: str | Path | None = None,
+    formats: Sequence[str] = FORMATS,
+    metric: str = "r2",
+    group_by: Sequence[str] = ("expansion", "k"),
+    wandb_mode: str | None = None,
+) -> Report:
+    """Build every table and plot; raises ReportError for an empty or all-failed study."""
+    studies = list(studies)
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise ReportError(f"unknown format(s) {sorted(unknown)}; choose from {list(FORMATS)}")
+    df = load_trials(studies, storage, results_dir)
+    label = "+".join(studies)
+    if df.empty:
+        raise ReportError(f"study {label!r} has no trials yet: nothing to report (run the sweep "
+                          "first)")
+    out_dir = Path(out) if out else (Path(results_dir) / studies[0] / "report" if len(studies) == 1
+                                     else Path(results_dir) / "reports" / "__".join(studies))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = Report(out_dir=out_dir, trials=df)
+    if "csv" in formats:
+        df.to_csv(out_dir / "trials.csv", index=False)
+        report.files.append(out_dir / "trials.csv")
+    if "parquet" in formats:
+        df.to_parquet(out_dir / "trials.parquet", index=False)
+        report.files.append(out_dir / "trials.parquet")
+
+    done = complete(df)
+    if done.empty:
+        counts = df["state"].value_counts().to_dict()
+        reasons = df["fail_reason"].dropna().value_counts().head(3).to_dict()
+        raise ReportError(f"study {label!r} has no complete trial ({counts}); nothing to plot. "
+                          f"Most common failure reasons: {reasons or 'none recorded'}. "
+                          f"trials.csv was written to {out_dir}")
+    missing = [c for c in group_by if c not in df.columns]
+    if missing:
+        raise ReportError(f"--group-by {missing}: not a column; columns: {list(df.columns)}")
+    keys = (["study"] if len(studies) > 1 else []) + list(group_by)
+
+    best = best_per_group(df, keys, metric)
+    by_size = best_per_group(df, ["n_latents", "k"], "fvu")
+    report.fits = fit_per_k(by_size)
+    report.joint = fit_joint(by_size)
+    if not report.fits:
+        report.notes.append("no scaling-law fit: needs 3 or more distinct n_latents at one k")
+    if report.joint is None and by_size["k"].nunique() > 1:
+        report.notes.append("no joint L(n, k) fit: needs 2+ values of both n_latents and k, "
+                            "more than 6 sizes, and a converging fit")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a plot that warns is a plot to fix, not to ship
+        report.files += plot_pareto(df, out_dir)
+        report.files += plot_learning_curves(df, out_dir, metric)
+        if done["lr"].nunique() > 1:
+            report.files += plot_lr_sensitivity(df, out_dir)
+        else:
+            report.notes.append("no lr-sensitivity plot: the learning rate does not vary among "
+                                "complete trials")
+        if report.fits:
+            report.files += plot_scaling(by_size, report.fits, out_dir)
+    importances = _importances(studies, storage, results_dir, metric, out_dir, report)
+
+    if "md" in formats:
+        path = out_dir / "summary.md"
+        path.write_text(_summary_md(label, df, best, keys, metric, report, importances),
+                        encoding="utf-8")
+        report.files.append(path)
+    if "tex" in formats:
+        path = out_dir / "table.tex"
+        write_table_tex(path, [best_table_tex(best, metric, label),
+                               scaling_table_tex(report.fits, report.joint, label)])
+        report.files.append(path)
+    if wandb_mode and wandb_mode != "off":
+        _log_to_wandb(label, df, best, report, wandb_mode)
+    return report
+
+
+def _importances(studies: list[str], storage: str | None, results_dir: str | Path, metric: str,
+                 out_dir: Path, report: Report) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for name in studies:
+        study = load_study(name, storage, results_dir)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", category=UserWarning)  # Optuna's experimental
+                values = param_importances(study, metric)
+        except (ValueError, RuntimeError) as e:
+            report.notes.append(f"no importance plot for {name!r}: {e}")
+            continue
+        if not values:
+            report.notes.append(f"no importance plot for {name!r}: no sampled parameter varies")
+            continue
+        out[name] = values
+        suffix = "" if len(studies) == 1 else f"_{name}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            report.files += plot_importance(values, out_dir, metric, f"importance{suffix}")
+    return out
+
+
+def _summary_md(label: str, df: pd.DataFrame, best: pd.DataFrame, group_by: Sequence[str],
+                metric: str, report: Report, importances: dict[str, dict[str, float]]) -> str:
+    col = f"final_{metric}"
+    larger = metric == "r2"
+    done = complete(df).sort_values(col, ascending=not larger)
+    columns = dict(TRIAL_COLUMNS)
+    if df["study"].nunique() == 1:
+        del columns["study"]
+    counts = df["state"].value_counts()
+    retried = int(df["superseded"].sum()) if "superseded" in df else 0
+    lines = [f"# Sweep report: {label}", "",
+             f"{len(df)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+             + (f" ({retried} failed trials were retried as new trials)" if retried else "")
+             + ". Metrics are on the held-out split (R² = 1 − FVU, FVU = Σ(x−x̂)² / Σ(x−μ)²; "
+             "L0 = mean active latents per token).", ""]
+    lines += ["## Best trials", "", markdown_table(done.head(10), columns), ""]
+    lines += [f"## Best per ({', '.join(group_by)})", "", markdown_table(best, columns), ""]
+    lines += ["## Pareto front (FVU vs L0, both minimised)", "",
+              markdown_table(pareto_front(df), columns), ""]
+    seeds = seed_summary(df, metric)
+    if not seeds.empty:
+        lines += ["## Across seeds (mean ± std)", "", seeds.to_markdown(index=False,
+                                                                          floatfmt=".4g"), ""]
+    prune = pruning_summary(df)
+    lines += ["## Pruning", ""]
+    if prune.empty:
+        lines += ["No trial was pruned.", ""]
+    else:
+        lines += [prune.to_markdown(index=False, floatfmt=".3g"), "",
+                  "tokens_saved = tokens the pruned trials would have trained to finish "
+                  "(planned epochs) minus tokens they trained.", ""]
+    lines += ["## Scaling law", ""]
+    if not report.fits and report.joint is None:
+        lines += ["Not fitted (see *Not produced* below).", ""]
+    if report.fits:
+        lines += ["FVU = c · n^b at fixed k (best trial per size, 95% CI):", "",
+                  "| k | exponent b | 95% CI | c | points | R² (log-log) |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {f.k} | {f.exponent:.3f} | [{f.exponent_ci[0]:.3f}, {f.exponent_ci[1]:.3f}]"
+                  f" | {f.coefficient:.3g} | {f.n_points} | {f.r2_log:.3f} |" for f in report.fits]
+        lines.append("")
+    if report.joint is not None:
+        lines += ["Joint fit (Gao et al. 2024): L(n, k) = exp(α + β_k log k + β_n log n + "
+                  "γ log k log n) + exp(ζ + η log k):", "", "| parameter | value | 95% CI |",
+                  "|---|---|---|"]
+        lines += [f"| {name} | {v:.3f} | [{lo:.3f}, {hi:.3f}] |"
+                  for name, (v, lo, hi) in report.joint.params.items()]
+        lines.append("")
+    if importances:
+        lines += ["## Hyperparameter importance (Optuna fANOVA, target: final held-out "
+                  f"{'R²' if metric == 'r2' else 'FVU'})", ""]
+        for name, values in importances.items():
+            lines += [f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items()), ""]
+    failed = df[df["state"] == "failed"]
+    if not failed.empty:
+        lines += ["## Failed trials", "", markdown_table(
+            failed, {"study": "study", "number": "trial", "fail_reason": "reason"}), ""]
+    if report.notes:
+        lines += ["## Not produced", ""] + [f"- {n}" for n in report.notes] + [""]
+    lines += ["## Figures", ""]
+    lines += [f"![{p.stem}]({p.name})" for p in report.files if p.suffix == ".png"]
+    return "\n".join(lines) + "\n"
+
+
+def _log_to_wandb(label: str, df: pd.DataFrame, best: pd.DataFrame, report: Report,
+                  mode: str) -> None:
+    from harness.wandb_log import WandbRun
+
+    run = WandbRun(project="saesweep", name=f"report-{label}", config={"studies": label},
+                   mode=mode, dir=report.out_dir, job_type="report", group=label)
+    if run.run is None:
+        return
+    import wandb
+
+    row: dict = {"best_per_group": wandb.Table(dataframe=best.drop(
+        columns=[c for c in best.columns if c.startswith("datetime")]).astype(str))}
+    row.update({p.stem: wandb.Image(str(p)) for p in report.files if p.suffix == ".png"})
+    run.log(row, step=0)
+    run.set_summary({"trials": len(df), "complete": int((df["state"] == "complete").sum())})
+    run.finish()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m harness.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("studies", nargs="+", metavar="STUDY", help="study name(s); several are "
+                   "concatenated with a `study` column")
+    p.add_argument("--storage", help="Optuna storage (default results/<study>/study.journal)")
+    p.add_argument("--results", default="results", help="results folder of the sweeps")
+    p.add_argument("--out", help="output folder (default results/<study>/report/)")
+    p.add_argument("--format", default=",".join(FORMATS),
+                   help="comma-separated: md,tex,csv,parquet (default all)")
+    p.add_argument("--metric", choices=("r2", "fvu"), default="r2",
+                   help="reconstruction metric for tables and learning curves")
+    p.add_argument("--group-by", default="expansion,k",
+                   help="columns of the best-per-group table (default expansion,k)")
+    p.add_argument("--wandb", choices=("online", "offline", "off"), default="off",
+                   help="also log the tables and plots as a W&B report run")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        report = build_report(
+            args.studies, storage=args.storage, results_dir=args.results, out=args.out,
+            formats=[f.strip() for f in args.format.split(",") if f.strip()],
+            metric=args.metric, group_by=[c.strip() for c in args.group_by.split(",")],
+            wandb_mode=args.wandb)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"report for {', '.join(args.studies)} in {report.out_dir}/:")
+    for path in report.files:
+        print(f"  {path.name}")
+    for note in report.notes:
+        print(f"  note: {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Studies as pandas DataFrames, and the aggregations reports are built from.
+
+Everything here reads the study storage and the trial folders only (never W&B).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import FrozenTrial, TrialState
+
+from harness.sae import WEIGHTS_FILE
+from harness.study import open_storage, superseded_numbers
+
+STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
+               TrialState.FAIL: "failed", TrialState.RUNNING: "running",
+               TrialState.WAITING: "waiting"}
+METRIC_ATTRS = ("final_r2", "best_r2", "final_fvu", "best_fvu", "final_mse", "final_l0",
+                "final_dead_ratio", "dead_features", "tokens_seen", "planned_tokens", "steps",
+                "n_train_tokens", "wall_time_s", "train_time_s")
+INFO_ATTRS = ("expansion", "n_latents", "k", "lr", "prune_rule", "prune_step", "prune_tokens",
+              "prune_reason", "fail_reason", "device", "worker", "trial_dir")
+
+
+class ReportError(Exception):
+    """A study that cannot be reported on (missing, empty); the message says which and why."""
+
+
+def study_storage(name: str, storage: str | None, results_dir: str | Path) -> str:
+    """The storage URL of a study: given, or the sweep's default journal file."""
+    if storage:
+        return storage
+    path = Path(results_dir) / name / "study.journal"
+    if not path.exists():
+        raise ReportError(f"no study storage for {name!r}: {path} does not exist (pass "
+                          "--storage, or --results for another results folder)")
+    return str(path)
+
+
+def load_study(name: str, storage: str | None = None,
+               results_dir: str | Path = "results") -> optuna.Study:
+    url = study_storage(name, storage, results_dir)
+    backend = open_storage(url)
+    try:
+        return optuna.load_study(study_name=name, storage=backend)
+    except KeyError:
+        names = optuna.get_all_study_names(backend)
+        raise ReportError(f"no study {name!r} in {url}; studies there: {names}") from None
+
+
+def load_trials(studies: str | Sequence[str], storage: str | None = None,
+                results_dir: str | Path = "results") -> pd.DataFrame:
+    """One row per trial of each study (a `study` column tells them apart).
+
+    Columns: study, number, state (complete / pruned / failed / running / waiting), superseded
+    (a failed trial whose configuration was retried as another trial), retry_of, param_<name>
+    for every sampled parameter, expansion, n_latents, k, lr (resolved), seed, final and best
+    metrics (final_r2, best_r2, final_fvu, ..., final_l0, final_dead_ratio), tokens_seen,
+    planned_tokens, wall_time_s, device, prune_rule / prune_step / prune_tokens /
+    prune_reason, fail_reason, trial_dir and sae_path (None when no SAE was saved), value_<i>.
+    """
+    names = [studies] if isinstance(studies, str) else list(studies)
+    rows: list[dict[str, Any]] = []
+    for name in names:
+        study = load_study(name, storage, results_dir)
+        trials = study.get_trials(deepcopy=False)
+        superseded = superseded_numbers(trials)
+        training_seed = (study.user_attrs.get("space", {}).get("training", {}) or {}).get("seed", 0)
+        rows.extend(_row(name, t, t.number in superseded, training_seed) for t in trials)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return pd.DataFrame(columns=["study", "number", "state"])
+    return df.sort_values(["study", "number"]).reset_index(drop=True)
+
+
+def _row(study: str, t: FrozenTrial, superseded: bool, training_seed: int) -> dict[str, Any]:
+    a = t.user_attrs
+    row: dict[str, Any] = {"study": study, "number": t.number,
+                           "state": STATE_NAMES.get(t.state, t.state.name.lower()),
+                           "superseded": superseded,
+                           "retry_of": t.system_attrs.get("failed_trial")}
+    row.update({f"param_{k}": v for k, v in t.params.items()})
+    for key in INFO_ATTRS + METRIC_ATTRS:
+        row[key] = a.get(key)
+    row["seed"] = t.params.get("seed", training_seed)
+    trial_dir = a.get("trial_dir")
+    row["sae_path"] = (trial_dir if trial_dir and (Path(trial_dir) / WEIGHTS_FILE).exists()
+                       else None)
+    for i, v in enumerate(t.values or []):
+        row[f"value_{i}"] = v
+    row["datetime_start"] = t.datetime_start
+    row["datetime_complete"] = t.datetime_complete
+    if row["planned_tokens"] is None and trial_dir:
+        row["planned_tokens"] = _planned_tokens(Path(trial_dir), a.get("n_train_tokens"))
+    return row
+
+
+def _planned_tokens(trial_dir: Path, n_train: int | None) -> int | None:
+    cfg = trial_dir / "training_config.json"
+    if n_train is None or not cfg.exists():
+        return None
+    return int(json.loads(cfg.read_text())["epochs"]) * int(n_train)
+
+
+def load_history(trial_dir: str | Path) -> dict[str, list] | None:
+    """A trial's saved training history (None if the trial saved none)."""
+    path = Path(trial_dir) / "history.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+# ------------------------------------------------------------------------------ aggregations
+def complete(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["state"] == "complete"] if "state" in df else df
+
+
+def metric_column(metric: str) -> tuple[str, bool]:
+    """(column of the final metric, True if larger is better)."""
+    if metric not in ("r2", "fvu"):
+        raise ValueError(f"metric must be r2 or fvu, got {metric!r}")
+    return f"final_{metric}", metric == "r2"
+
+
+def best_per_group(df: pd.DataFrame, by: Sequence[str], metric: str = "r2") -> pd.DataFrame:
+    """The best complete trial of each group (e.g. each (expansion, k))."""
+    col, larger = metric_column(metric)
+    done = complete(df).dropna(subset=[col])
+    if done.empty:
+        return done
+    idx = (done.groupby(list(by), sort=True)[col].idxmax() if larger
+           else done.groupby(list(by), sort=True)[col].idxmin())
+    return done.loc[idx.values].reset_index(drop=True)
+
+
+def seed_summary(df: pd.DataFrame, metric: str = "r2") -> pd.DataFrame:
+    """Mean ± std over seeds for every configuration that was run with more than one seed."""
+    col, _ = metric_column(metric)
+    done = complete(df)
+    params = [c for c in done.columns if c.startswith("param_") and c != "param_seed"]
+    keys = ["study", *params] if params else ["study", "n_latents", "k", "lr"]
+    if done.empty or done["seed"].nunique() < 2:
+        return pd.DataFrame()
+    grouped = done.groupby(keys, dropna=False)
+    out = grouped.agg(n_seeds=("seed", "nunique"), mean=(col, "mean"), std=(col, "std"),
+                      l0_mean=("final_l0", "mean"), l0_std=("final_l0", "std"))
+    return out[out["n_seeds"] > 1].reset_index()
+
+
+def pareto_mask(x: Sequence[float], y: Sequence[float]) -> np.ndarray:
+    """Points not dominated when minimising both x and y (ties on both are kept)."""
+    xs, ys = np.asarray(x, float), np.asarray(y, float)
+    order = np.lexsort((ys, xs))
+    mask = np.zeros(len(xs), dtype=bool)
+    best_y = np.inf
+    last_x, last_y = None, None
+    for i in order:
+        if ys[i] < best_y:
+            mask[i] = True
+            best_y = ys[i]
+            last_x, last_y = xs[i], ys[i]
+        elif xs[i] == last_x and ys[i] == last_y:
+            mask[i] = True  # an exact duplicate of a front point
+    return mask
+
+
+def pareto_front(df: pd.DataFrame, x: str = "final_l0", y: str = "final_fvu") -> pd.DataFrame:
+    """Complete trials on the front of minimal x and minimal y, sorted by x."""
+    done = complete(df).dropna(subset=[x, y])
+    if done.empty:
+        return done
+    return done[pareto_mask(done[x], done[y])].sort_values(x).reset_index(drop=True)
+
+
+def pruning_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Per prune rule: trials pruned, tokens they trained, and tokens pruning saved."""
+    pruned = df[df["state"] == "pruned"]
+    if pruned.empty:
+        return pd.DataFrame(columns=["rule", "trials", "tokens_trained", "tokens_saved",
+                                     "saved_fraction"])
+    saved = (pruned["planned_tokens"] - pruned["tokens_seen"]).clip(lower=0)
+    table = pd.DataFrame({"rule": pruned["prune_rule"].fillna("unknown"),
+                          "tokens_trained": pruned["tokens_seen"], "tokens_saved": saved,
+                          "planned": pruned["planned_tokens"]})
+    out = table.groupby("rule").agg(trials=("rule", "size"),
+                                    tokens_trained=("tokens_trained", "sum"),
+                                    tokens_saved=("tokens_saved", "sum"),
+                                    planned=("planned", "sum")).reset_index()
+    out["saved_fraction"] = out["tokens_saved"] / out["planned"]
+    return out.drop(columns="planned")

@@ -1,0 +1,219 @@
+"""Paper figures: each is saved as PNG (300 dpi) and PDF, sized for one column (3.4 in wide).
+
+Conventions: labelled axes with units, 8 pt text, the Okabe-Ito colour-blind-safe palette for
+categories (viridis when there are more than eight), constrained layout so nothing overlaps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib import ticker  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from harness.report_data import complete, load_history, pareto_mask  # noqa: E402
+from harness.scaling import PowerLawFit  # noqa: E402
+
+# Okabe-Ito without its yellow, which is too faint on white
+OKABE_ITO = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
+COLUMN = (3.4, 2.5)
+STYLE = {"font.size": 8, "axes.labelsize": 8, "axes.titlesize": 8, "legend.fontsize": 7,
+         "xtick.labelsize": 7, "ytick.labelsize": 7, "axes.spines.top": False,
+         "axes.spines.right": False, "legend.frameon": False, "pdf.fonttype": 42}
+
+
+def palette(values: Sequence) -> dict:
+    """A colour per distinct value: Okabe-Ito up to seven, viridis beyond."""
+    distinct = sorted(set(values))
+    if len(distinct) <= len(OKABE_ITO):
+        return {v: OKABE_ITO[i] for i, v in enumerate(distinct)}
+    cmap = plt.get_cmap("viridis")
+    return {v: cmap(i / max(1, len(distinct) - 1)) for i, v in enumerate(distinct)}
+
+
+def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.pdf"]
+    fig.savefig(paths[0], dpi=300)
+    fig.savefig(paths[1])
+    plt.close(fig)
+    return paths
+
+
+def _label(value: float) -> str:
+    return f"{value:g}"
+
+
+def _plain_log(ax: plt.Axes, which: str = "xy") -> None:
+    """Log axes labelled 0.05, 0.1, 0.2 ... instead of 5x10^-2. Minor ticks are all labelled
+    on an axis shorter than a decade, those at 2x and 5x up to two decades, none beyond."""
+    for name in which:
+        axis = ax.xaxis if name == "x" else ax.yaxis
+        if axis.get_scale() != "log":
+            continue
+        lo, hi = sorted(axis.get_view_interval())
+        decades = math.log10(hi / lo) if lo > 0 else math.inf
+        keep = {2, 5} if decades <= 2 else set()
+
+        def minor(v: float, _: int, keep: set = keep, short: bool = decades < 1) -> str:
+            mantissa = round(v / 10 ** math.floor(math.log10(v)), 6) if v > 0 else 0
+            return f"{v:g}" if short or mantissa in keep else ""
+
+        axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(ticker.FuncFormatter(minor))
+
+
+def plot_pareto(df: pd.DataFrame, out: Path) -> list[Path]:
+    """FVU vs L0 of complete trials (log axes), coloured by expansion, the front highlighted."""
+    done = complete(df).dropna(subset=["final_l0", "final_fvu"])
+    done = done[(done["final_l0"] > 0) & (done["final_fvu"] > 0)]
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=COLUMN, layout="constrained")
+        colors = palette(done["expansion"])
+        for expansion, group in done.groupby("expansion"):
+            ax.scatter(group["final_l0"], group["final_fvu"], s=14, color=colors[expansion],
+                       alpha=0.8, linewidths=0, label=f"{_label(expansion)}x")
+        front = done[pareto_mask(done["final_l0"], done["final_fvu"])].sort_values("final_l0")
+        ax.step(front["final_l0"], front["final_fvu"], where="post", color="black", lw=0.9,
+                zorder=3, label="Pareto front")
+        ax.scatter(front["final_l0"], front["final_fvu"], s=22, facecolors="none",
+                   edgecolors="black", linewidths=0.8, zorder=4)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _plain_log(ax)
+        ax.set_xlabel("L0 (active latents per token)")
+        ax.set_ylabel("FVU (held-out, fraction)")
+        ax.legend(title="expansion", loc="best", handletextpad=0.3, borderaxespad=0.2)
+        ax.grid(True, which="major", lw=0.3, alpha=0.5)
+        return _save(fig, out, "pareto")
+
+
+def plot_learning_curves(df: pd.DataFrame, out: Path, metric: str = "r2") -> list[Path]:
+    """Held-out metric over training tokens; pruned trials end in a cross where pruning cut
+    (a triangle on the lower edge when that point lies below the axis)."""
+    kinds = {"complete": OKABE_ITO[0], "pruned": OKABE_ITO[1]}
+    lowest: list[float] = []
+    cuts: list[tuple[float, float]] = []
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=COLUMN, layout="constrained")
+        for _, row in df[df["state"].isin(list(kinds))].iterrows():
+            history = load_history(row["trial_dir"]) if row["trial_dir"] else None
+            if not history or not history.get("tokens"):
+                continue
+            x = np.asarray(history["tokens"], float)
+            y = np.asarray(history[metric], float)
+            color = kinds[row["state"]]
+            ax.plot(x, y, color=color, lw=0.7, alpha=0.7)
+            if row["state"] == "pruned":
+                cuts.append((x[-1], y[-1]))
+            lowest.append(float(np.nanmin(y)))
+        below = False
+        if metric == "r2" and lowest:
+            bottom = max(min(lowest), -0.1)  # hopeless runs go off-axis
+            ax.set_ylim(bottom=bottom, top=1.0)
+            for cx, cy in cuts:
+                if cy < bottom:
+                    below = True
+                    ax.plot(cx, bottom, marker="v", color=kinds["pruned"], ms=4, clip_on=False)
+                else:
+                    ax.plot(cx, cy, marker="x", color=kinds["pruned"], ms=4, mew=1.0)
+        else:
+            for cx, cy in cuts:
+                ax.plot(cx, cy, marker="x", color=kinds["pruned"], ms=4, mew=1.0)
+        if metric == "fvu":
+            ax.set_yscale("log")
+            _plain_log(ax, "y")
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel("held-out R²" if metric == "r2" else "held-out FVU")
+        ax.xaxis.set_major_formatter(ticker.EngFormatter(sep=""))
+        handles = [Line2D([], [], color=kinds["complete"], lw=1, label="complete"),
+                   Line2D([], [], color=kinds["pruned"], lw=1, label="pruned"),
+                   Line2D([], [], color=kinds["pruned"], marker="x", lw=0, label="pruned here")]
+        if below:
+            handles.append(Line2D([], [], color=kinds["pruned"], marker="v", lw=0,
+                                  label="pruned below the axis"))
+        ax.legend(handles=handles, loc="lower right")
+        ax.grid(True, lw=0.3, alpha=0.5)
+        return _save(fig, out, "learning_curves")
+
+
+def param_importances(study: optuna.Study, metric: str = "r2") -> dict[str, float]:
+    """Optuna's fANOVA importances of the sampled parameters for the final held-out metric."""
+    key = f"final_{metric}"
+    return optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+        target=lambda t: t.user_attrs[key])
+
+
+def plot_importance(importances: dict[str, float], out: Path, metric: str = "r2",
+                    name: str = "importance") -> list[Path]:
+    names = list(importances)[::-1]
+    with plt.rc_context(STYLE):
+        height = max(1.4, 0.35 * len(names) + 0.6)
+        fig, ax = plt.subplots(figsize=(COLUMN[0], height), layout="constrained")
+        ax.barh(names, [importances[n] for n in names], color=OKABE_ITO[0], height=0.6)
+        ax.set_xlabel(f"fANOVA importance for held-out {'R²' if metric == 'r2' else 'FVU'}")
+        ax.set_xlim(0, 1)
+        return _save(fig, out, name)
+
+
+def plot_lr_sensitivity(df: pd.DataFrame, out: Path) -> list[Path]:
+    """Final FVU against learning rate, one colour per k."""
+    done = complete(df).dropna(subset=["lr", "final_fvu"])
+    done = done[done["final_fvu"] > 0]
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=COLUMN, layout="constrained")
+        colors = palette(done["k"])
+        many = len(colors) > len(OKABE_ITO)
+        for k, group in done.groupby("k"):  # points only: other parameters vary between them
+            ax.scatter(group["lr"], group["final_fvu"], s=12, color=colors[k], linewidths=0,
+                       label=None if many else f"k={int(k)}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        _plain_log(ax)
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("FVU (held-out, fraction)")
+        if many:
+            sm = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(done["k"].min(),
+                                                                          done["k"].max()))
+            fig.colorbar(sm, ax=ax, label="k")
+        else:
+            ax.legend(loc="best", ncols=2, handlelength=1.2)
+        ax.grid(True, which="major", lw=0.3, alpha=0.5)
+        return _save(fig, out, "lr_sensitivity")
+
+
+def plot_scaling(best: pd.DataFrame, fits: list[PowerLawFit], out: Path) -> list[Path]:
+    """Best FVU per n_latents at each k, with the fitted power laws drawn over the points."""
+    data = best[best["final_fvu"] > 0]
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=COLUMN, layout="constrained")
+        colors = palette(data["k"])
+        fitted = {f.k: f for f in fits}
+        for k, group in data.groupby("k"):
+            ax.scatter(group["n_latents"], group["final_fvu"], s=14, color=colors[k],
+                       zorder=3, label=None if k in fitted else f"k={int(k)}")
+            fit = fitted.get(int(k))
+            if fit is not None:
+                n = np.geomspace(group["n_latents"].min(), group["n_latents"].max(), 50)
+                lo, hi = fit.exponent_ci
+                ax.plot(n, fit.predict(n), color=colors[k], lw=0.9, ls="--",
+                        label=f"k={int(k)}: $n^{{{fit.exponent:.2f}}}$ [{lo:.2f}, {hi:.2f}]")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        _plain_log(ax, "y")
+        ax.set_xlabel("n_latents (dictionary size)")
+        ax.set_ylabel("FVU (held-out, fraction)")
+        ax.legend(loc="upper right", handlelength=1.5)
+        ax.grid(True, which="major", lw=0.3, alpha=0.5)
+        return _save(fig, out, "scaling")

@@ -1,0 +1,48 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.report_data import best_per_group, pareto_front, pareto_mask, pruning_summary
+
+
+def test_pareto_mask_on_hand_made_points():
+    pts = [(1, 5), (2, 3), (3, 4), (4, 1), (2, 3), (5, 5), (4, 2), (1, 6)]
+    mask = pareto_mask([p[0] for p in pts], [p[1] for p in pts])
+    # (3,4) is dominated by (2,3); (5,5) by everything; (4,2) by (4,1); (1,6) by (1,5);
+    # the duplicate (2,3) stays on the front with its twin
+    assert mask.tolist() == [True, True, False, True, True, False, False, False]
+
+
+def _frame(rows):
+    return pd.DataFrame(rows, columns=["number", "state", "expansion", "k", "final_r2",
+                                       "final_fvu", "final_l0", "prune_rule", "tokens_seen",
+                                       "planned_tokens"])
+
+
+def test_front_and_best_per_group_use_complete_trials_only():
+    df = _frame([
+        (0, "complete", 2, 4, 0.80, 0.20, 4.0, None, 100, 100),
+        (1, "complete", 2, 4, 0.85, 0.15, 4.0, None, 100, 100),
+        (2, "complete", 4, 8, 0.90, 0.10, 8.0, None, 100, 100),
+        (3, "pruned", 4, 8, 0.99, 0.01, 1.0, "median", 20, 100),
+        (4, "failed", 2, 4, np.nan, np.nan, np.nan, None, np.nan, np.nan),
+    ])
+    assert pareto_front(df)["number"].tolist() == [1, 2]
+    best = best_per_group(df, ["expansion", "k"], "r2")
+    assert best["number"].tolist() == [1, 2]
+    assert best_per_group(df, ["expansion", "k"], "fvu")["number"].tolist() == [1, 2]
+    with pytest.raises(ValueError, match="metric must be r2 or fvu"):
+        best_per_group(df, ["k"], "l0")
+
+
+def test_pruning_summary_counts_tokens_saved():
+    df = _frame([
+        (0, "pruned", 2, 4, 0.1, 0.9, 4.0, "median", 20, 100),
+        (1, "pruned", 2, 4, 0.1, 0.9, 4.0, "median", 50, 100),
+        (2, "pruned", 2, 4, 0.1, 0.9, 4.0, "dead_features", 70, 100),
+        (3, "complete", 2, 4, 0.9, 0.1, 4.0, None, 100, 100),
+    ])
+    out = pruning_summary(df).set_index("rule")
+    assert out.loc["median", "trials"] == 2 and out.loc["median", "tokens_saved"] == 130
+    assert out.loc["median", "saved_fraction"] == pytest.approx(130 / 200)
+    assert out.loc["dead_features", "tokens_trained"] == 70

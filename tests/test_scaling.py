@@ -1,0 +1,50 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.scaling import fit_joint, fit_per_k, fit_power_law
+
+
+def test_power_law_fit_recovers_a_known_exponent_within_5_percent():
+    rng = np.random.default_rng(0)
+    n = np.array([256, 512, 1024, 2048, 4096, 8192, 16384])
+    fvu = 2.5 * n ** -0.3 * np.exp(rng.normal(0, 0.02, len(n)))
+    fit = fit_power_law(n, fvu)
+    assert fit.exponent == pytest.approx(-0.3, rel=0.05)
+    assert fit.exponent_ci[0] < -0.3 < fit.exponent_ci[1]
+    assert fit.coefficient == pytest.approx(2.5, rel=0.2)
+    assert fit.r2_log > 0.99
+
+
+def test_power_law_needs_three_sizes():
+    with pytest.raises(ValueError, match="at least 3 distinct"):
+        fit_power_law([256, 512, 512], [0.2, 0.1, 0.11])
+
+
+def _best(rows):
+    return pd.DataFrame(rows, columns=["n_latents", "k", "final_fvu"])
+
+
+def test_joint_fit_recovers_the_generating_law():
+    truth = dict(alpha=0.5, beta_k=-0.6, beta_n=-0.25, gamma=0.02, zeta=-4.0, eta=-0.2)
+    rows = []
+    for k in (8, 16, 32, 64):
+        for n in (1024, 2048, 4096, 8192, 16384):
+            first = (truth["alpha"] + truth["beta_k"] * np.log(k) + truth["beta_n"] * np.log(n)
+                     + truth["gamma"] * np.log(k) * np.log(n))
+            rows.append((n, k, np.exp(first) + np.exp(truth["zeta"] + truth["eta"] * np.log(k))))
+    joint = fit_joint(_best(rows))
+    assert joint is not None and joint.rmse_log < 1e-3
+    # a size between the fitted ones is predicted as the generating law says
+    expected = (np.exp(truth["alpha"] + truth["beta_k"] * np.log(24)
+                       + truth["beta_n"] * np.log(3000)
+                       + truth["gamma"] * np.log(24) * np.log(3000))
+                + np.exp(truth["zeta"] + truth["eta"] * np.log(24)))
+    assert joint.predict(np.array([3000.0]), np.array([24.0]))[0] == pytest.approx(expected,
+                                                                                   rel=1e-2)
+    per_k = fit_per_k(_best(rows))
+    assert [f.k for f in per_k] == [8, 16, 32, 64]
+
+
+def test_joint_fit_declines_a_single_k():
+    assert fit_joint(_best([(n, 8, 0.1 * n ** -0.2) for n in (64, 128, 256, 512)])) is None
