@@ -55,16 +55,17 @@ def _label(value: float) -> str:
 
 def _plain_log(ax: plt.Axes, which: str = "xy") -> None:
     """Log axes labelled 0.05, 0.1, 0.2 ... instead of 5x10^-2. Minor ticks are all labelled
-    on an axis shorter than a decade, those at 2x and 5x up to two decades, none beyond."""
+    on an axis shorter than half a decade, at 2, 3, 5, 7 up to 1.3 decades, at 2 and 5 up to
+    two decades, not at all beyond (so labels never crowd)."""
     for name in which:
         axis = ax.xaxis if name == "x" else ax.yaxis
         if axis.get_scale() != "log":
             continue
         lo, hi = sorted(axis.get_view_interval())
         decades = math.log10(hi / lo) if lo > 0 else math.inf
-        keep = {2, 5} if decades <= 2 else set()
+        keep = {2, 3, 5, 7} if decades <= 1.3 else ({2, 5} if decades <= 2 else set())
 
-        def minor(v: float, _: int, keep: set = keep, short: bool = decades < 1) -> str:
+        def minor(v: float, _: int, keep: set = keep, short: bool = decades < 0.5) -> str:
             mantissa = round(v / 10 ** math.floor(math.log10(v)), 6) if v > 0 else 0
             return f"{v:g}" if short or mantissa in keep else ""
 

