@@ -15,6 +15,8 @@ tokens that is permuted before batches are cut. Both are reproducible from the s
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -41,6 +43,9 @@ class LoaderConfig:
     """Load all training tokens into memory when they take at most this many bytes."""
     seed: int = 0
     """Seed of the shard order and the shuffles."""
+    prefetch_batches: int = 2
+    """Batches prepared ahead by a background thread while a GPU trains on the current one
+    (on CPU the step uses every core, so it is not used); 0 = none."""
 
 
 class ActivationLoader:
@@ -144,10 +149,13 @@ class ActivationLoader:
     def train_batches(self, epoch: int) -> Iterator[torch.Tensor]:
         """Shuffled training batches [<= batch_size, d] for one epoch, on the device."""
         gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
-        if self.in_memory:
-            yield from self._memory_batches(gen)
-        else:
-            yield from self._streamed_batches(gen)
+        batches = self._memory_batches(gen) if self.in_memory else self._streamed_batches(gen)
+        # Only when a GPU trains: on CPU the step already uses every core, and a producer thread
+        # measured slower both from memory (+45% step time at d=64) and streaming (87-95% vs
+        # 93-97% of in-memory speed at d=768, 2 cores).
+        if self.config.prefetch_batches > 0 and self._pin:
+            return prefetched(batches, self.config.prefetch_batches)
+        return batches
 
     def _memory_batches(self, gen: torch.Generator) -> Iterator[torch.Tensor]:
         if self._cache is None:
@@ -160,27 +168,85 @@ class ActivationLoader:
             yield self._to_device(self._cache[perm[start:start + bs]])
 
     def _streamed_batches(self, gen: torch.Generator) -> Iterator[torch.Tensor]:
+        """Shards in a shuffled order; their training rows are copied straight into one shuffle
+        buffer, and each batch is gathered from it through a permutation (three copies of a
+        token in all: file read, buffer fill, batch gather)."""
         bs = self.config.batch_size
         order = torch.randperm(len(self._offsets), generator=gen).tolist()
-        pending: list[torch.Tensor] = []
+        pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (shard rows, train row ids)
         n_pending = 0
+        carry: torch.Tensor | None = None  # rows left over from the previous buffer (< bs)
         for j, pos in enumerate(order):
             entry = self._offsets[pos]
-            rows = self._read(entry)[self._shard_masks(entry)[0]]
-            pending.append(rows)
-            n_pending += rows.shape[0]
+            train_rows = torch.nonzero(self._shard_masks(entry)[0]).flatten()
+            pending.append((self._read(entry), train_rows))
+            n_pending += train_rows.numel()
             last = j == len(order) - 1
             if n_pending < self.config.shuffle_buffer_tokens and not last:
                 continue
-            buf = torch.cat(pending)
-            buf = buf[torch.randperm(buf.shape[0], generator=gen)]
+            n_carry = 0 if carry is None else carry.shape[0]
+            buf = torch.empty(n_carry + n_pending, self.source.d, dtype=self.source.dtype)
+            if carry is not None:
+                buf[:n_carry] = carry
+            at = n_carry
+            for rows, ids in pending:
+                torch.index_select(rows, 0, ids, out=buf[at:at + ids.numel()])
+                at += ids.numel()
+            perm = torch.randperm(buf.shape[0], generator=gen)
             n_full = buf.shape[0] if last else (buf.shape[0] // bs) * bs
             for start in range(0, n_full, bs):
-                yield self._to_device(buf[start:min(start + bs, n_full)])
-            pending = [buf[n_full:]] if n_full < buf.shape[0] else []
-            n_pending = buf.shape[0] - n_full
+                yield self._to_device(buf[perm[start:min(start + bs, n_full)]])
+            carry = buf[perm[n_full:]] if n_full < buf.shape[0] else None
+            pending, n_pending = [], 0
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         if self._pin:
             return t.pin_memory().to(self.device, dtype=self.dtype, non_blocking=True)
         return t.to(self.device, dtype=self.dtype)
+
+
+_DONE = object()
+
+
+def prefetched(batches: Iterator[torch.Tensor], depth: int) -> Iterator[torch.Tensor]:
+    """Produce `batches` in a background thread, up to `depth` ahead of the consumer.
+
+    Reading shards, shuffling, gathering rows and host-to-device copies release the GIL, so they
+    overlap the training step. Errors are re-raised in the consumer; a consumer that stops early
+    (a pruned trial) stops the thread.
+    """
+    out: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        out.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            out.put(_DONE)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            out.put(e)
+
+    thread = threading.Thread(target=produce, name="batch-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = out.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                out.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)

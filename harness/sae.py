@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from harness.atomic import write_json, write_safetensors
+from harness.sparse_ops import gather_preacts
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 CONFIG_FILE = "cfg.json"
@@ -40,7 +41,10 @@ class SaeOutput(NamedTuple):
     top_indices: torch.Tensor
     """[B, k] latent indices chosen by top-k."""
     pre_acts: torch.Tensor
-    """[B, d_sae] encoder pre-activations (AuxK picks dead latents from these)."""
+    """[B, d_sae] encoder pre-activations (AuxK picks dead latents from these). On the sparse
+    path they carry no graph: gradients flow only through the chosen entries."""
+    centered: torch.Tensor
+    """[B, d_in] the input minus b_dec (what the encoder saw)."""
 
 
 def default_k_aux(n_inputs: int, n_latents: int) -> int:
@@ -76,13 +80,23 @@ class TopKSae(nn.Module):
         w_dec = F.normalize(w_dec, dim=1)
         factory = {"device": device, "dtype": dtype}
         self.W_dec = nn.Parameter(w_dec.to(**factory))
-        self.W_enc = nn.Parameter(w_dec.T.contiguous().to(**factory))
+        # the encoder as rows [d_sae, d_in] (like nn.Linear.weight): the sparse backward reads
+        # and writes whole latent rows; `W_enc` gives SAELens' [d_in, d_sae] view of it
+        self.enc_weight = nn.Parameter(w_dec.clone().to(**factory))
         self.b_enc = nn.Parameter(torch.zeros(n_latents, **factory))
         self.b_dec = nn.Parameter(torch.zeros(n_inputs, **factory))
+        self.sparse_backward = True
+        """Gradients through the chosen latents only (harness.sparse_ops); False = autograd
+        through the dense pre-activations (the reference)."""
+
+    @property
+    def W_enc(self) -> torch.Tensor:  # noqa: N802 - SAELens' name
+        """The encoder as SAELens lays it out, [d_in, d_sae] (a view of `enc_weight`)."""
+        return self.enc_weight.T
 
     # ------------------------------------------------------------------------- model
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        return torch.addmm(self.b_enc, x - self.b_dec, self.enc_weight.T)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k latents of `x`: (values after ReLU [B, k], indices [B, k])."""
@@ -91,14 +105,22 @@ class TopKSae(nn.Module):
 
     def decode(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """Sum of the chosen decoder rows weighted by their activations, plus `b_dec`."""
-        return F.embedding_bag(indices, self.W_dec, per_sample_weights=values,
+        weights = values.to(self.W_dec.dtype)  # bf16 under autocast, the decoder stays fp32
+        return F.embedding_bag(indices, self.W_dec, per_sample_weights=weights,
                                mode="sum") + self.b_dec
 
     def forward(self, x: torch.Tensor) -> SaeOutput:
-        pre = self.pre_activations(x)
-        values, indices = pre.topk(self.k, dim=-1, sorted=False)
+        centered = x - self.b_dec
+        if self.sparse_backward and torch.is_grad_enabled():
+            with torch.no_grad():  # the one dense product; no graph kept for it
+                pre = torch.addmm(self.b_enc, centered, self.enc_weight.T)
+            top, indices = pre.topk(self.k, dim=-1, sorted=False)
+            values = gather_preacts(top, indices, centered, self.enc_weight, self.b_enc)
+        else:
+            pre = torch.addmm(self.b_enc, centered, self.enc_weight.T)
+            values, indices = pre.topk(self.k, dim=-1, sorted=False)
         values = F.relu(values)
-        return SaeOutput(self.decode(values, indices), values, indices, pre)
+        return SaeOutput(self.decode(values, indices), values, indices, pre, centered)
 
     def encode_dense(self, x: torch.Tensor) -> torch.Tensor:
         """Latents as a dense [B, d_sae] tensor (for analysis; training never builds this)."""
@@ -121,11 +143,19 @@ class TopKSae(nn.Module):
         if n_dead == 0:
             return out.reconstruction.new_zeros(())
         k_aux = min(self.k_aux, n_dead)
-        masked = out.pre_acts.masked_fill(~dead, float("-inf"))
-        values, indices = masked.topk(k_aux, dim=-1, sorted=False)
+        if out.pre_acts.requires_grad:  # dense reference path
+            masked = out.pre_acts.masked_fill(~dead, float("-inf"))
+            values, indices = masked.topk(k_aux, dim=-1, sorted=False)
+        else:  # top-k over the dead columns only, sparse backward
+            dead_idx = torch.nonzero(dead).flatten()
+            top, local = out.pre_acts[:, dead_idx].topk(k_aux, dim=-1, sorted=False)
+            indices = dead_idx[local]
+            values = gather_preacts(top, indices, out.centered, self.enc_weight, self.b_enc)
         values = F.relu(values)
         residual = (x - out.reconstruction).detach()
-        residual_hat = F.embedding_bag(indices, self.W_dec, per_sample_weights=values, mode="sum")
+        residual_hat = F.embedding_bag(indices, self.W_dec,
+                                       per_sample_weights=values.to(self.W_dec.dtype),
+                                       mode="sum")
         return (residual_hat - residual).pow(2).mean()
 
     # ------------------------------------------------------------------------- constraints
@@ -145,16 +175,7 @@ class TopKSae(nn.Module):
     @torch.no_grad()
     def init_b_dec_(self, sample: torch.Tensor, method: str = "geometric_median") -> None:
         """Set `b_dec` from a data sample: "geometric_median" (the paper), "mean" or "zeros"."""
-        sample = sample.to(self.b_dec.device, torch.float32)
-        if method == "geometric_median":
-            center = geometric_median(sample)
-        elif method == "mean":
-            center = sample.mean(0)
-        elif method == "zeros":
-            center = torch.zeros_like(self.b_dec, dtype=torch.float32)
-        else:
-            raise ValueError(f"b_dec init must be geometric_median, mean or zeros, got {method!r}")
-        self.b_dec.copy_(center.to(self.b_dec.dtype))
+        self.b_dec.copy_(data_center(sample, method).to(self.b_dec))
 
     # ------------------------------------------------------------------------- save / load
     def config_dict(self) -> dict[str, Any]:
@@ -177,7 +198,8 @@ class TopKSae(nn.Module):
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
         """Write `sae_weights.safetensors` and `cfg.json` into folder `path` (atomically)."""
         path = Path(path)
-        write_safetensors(path / WEIGHTS_FILE, {name: p for name, p in self.named_parameters()})
+        write_safetensors(path / WEIGHTS_FILE, {"W_enc": self.W_enc, "b_enc": self.b_enc,
+                                                "W_dec": self.W_dec, "b_dec": self.b_dec})
         cfg = self.config_dict()
         if metadata:
             cfg["metadata"] = metadata
@@ -204,8 +226,22 @@ class TopKSae(nn.Module):
         missing = {"W_enc", "b_enc", "W_dec", "b_dec"} - weights.keys()
         if missing:
             raise ValueError(f"{path / WEIGHTS_FILE}: missing tensors {sorted(missing)}")
-        sae.load_state_dict({k: weights[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")})
+        sae.load_state_dict({"enc_weight": weights["W_enc"].T.contiguous(),
+                             **{k: weights[k] for k in ("b_enc", "W_dec", "b_dec")}})
         return sae
+
+
+@torch.no_grad()
+def data_center(sample: torch.Tensor, method: str = "geometric_median") -> torch.Tensor:
+    """The centre b_dec starts from: "geometric_median" (the paper), "mean" or "zeros"."""
+    sample = sample.to(torch.float32)
+    if method == "geometric_median":
+        return geometric_median(sample)
+    if method == "mean":
+        return sample.mean(0)
+    if method == "zeros":
+        return torch.zeros(sample.shape[1], device=sample.device)
+    raise ValueError(f"b_dec init must be geometric_median, mean or zeros, got {method!r}")
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness.store import LocalStore, StoreError
 from harness.synthetic import SyntheticSpec
-from harness.train import SaeTrainingConfig
+from harness.train import DATA_FIELDS, SaeTrainingConfig
 
 # lr = 2e-4 / sqrt(n_latents / 2**14): the scaling rule of sparsify and dictionary_learning
 LR_RULE_BASE = 2e-4
@@ -218,6 +218,8 @@ class SweepSpace(_Strict):
     wandb: WandbSection = Field(default_factory=WandbSection)
     faults: FaultsSection = Field(default_factory=FaultsSection)
     results_dir: str = "results"
+    lockstep: int = Field(1, ge=1)
+    """Trials a worker trains together on the same batches (each batch read and moved once)."""
 
     @field_validator("params")
     @classmethod
@@ -330,6 +332,11 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None,
         space.data.synthetic.d if space.data.synthetic else 0)
     if check_data:
         _check_k(path, space, d)
+    if space.lockstep > 1:
+        shared = [n for n in DATA_FIELDS if isinstance(space.params.get(n), ParamSpec)]
+        if shared:
+            raise SpaceError(f"{path}: params.{shared[0]}: lockstep trials share one data "
+                             f"stream, so {shared} cannot be sampled when lockstep > 1")
     if space.sampler.type == "grid":
         for name, spec in space.params.items():
             if isinstance(spec, ParamSpec) and spec.type != "categorical":

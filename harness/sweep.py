@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run or resume a sweep of TopK SAEs declared in a search-space YAML file. "
                     "Re-running the same command continues the study where it stopped.")
     p.add_argument("space", nargs="?", help="search-space YAML (default: "
-                   "search_spaces/quickstart.yaml, synthetic data, a few minutes on 2 CPUs)")
+                   "search_spaces/quickstart.yaml, synthetic data, under a minute on 2 CPUs)")
     p.add_argument("--n-trials", type=_positive_int,
                    help="trial budget for the whole study (overrides budget.n_trials)")
     group = p.add_mutually_exclusive_group()
@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="stop starting new trials after this many "
                    "seconds (overrides budget.timeout)")
     p.add_argument("--results", help="results folder (overrides results_dir, default results/)")
+    p.add_argument("--lockstep", type=_positive_int, help="trials each worker trains together "
+                   "on the same batches (overrides lockstep, default 1)")
     return p
 
 
@@ -121,6 +123,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object] | object
         out["wandb"] = {"mode": args.wandb}
     if args.results:
         out["results_dir"] = args.results
+    if args.lockstep:
+        out["lockstep"] = args.lockstep
     return out
 
 

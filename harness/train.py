@@ -19,7 +19,7 @@ import platform
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from harness.atomic import write_json
 from harness.loader import ActivationLoader, LoaderConfig
 from harness.metrics import DeadFeatureTracker, ReconstructionAccumulator
-from harness.sae import TopKSae
+from harness.sae import TopKSae, data_center
 from harness.store import LocalStore, flatten_layer_name
 from harness.wandb_log import WandbRun
 
@@ -122,6 +122,14 @@ class SaeTrainingConfig:
     """W&B group (the sweep uses the study name)."""
     wandb_job_type: str = "train"
     """W&B job type (the sweep uses "trial")."""
+    sparse_backward: bool = True
+    """Backward through the k chosen latents only (B*k*d work, not B*n*d); False = the dense
+    autograd reference."""
+    autocast_bf16: bool = False
+    """Run the forward pass under bf16 autocast (fp32 master weights). For CUDA; off by default."""
+    prefetch_batches: int = 2
+    """Batches a background thread prepares ahead of the step when training on a GPU; 0 =
+    none."""
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "lr", "max_eval_tokens", "shuffle_buffer_tokens",
@@ -253,6 +261,32 @@ class TrainingHistory:
 
 Callback = Callable[[EvalResult], None]
 
+# fields that shape the data stream: SAEs trained in lockstep must agree on them
+DATA_FIELDS = ("epochs", "batch_size", "max_tokens", "holdout_fraction", "max_eval_tokens",
+               "shuffle_buffer_tokens", "in_memory_bytes", "seed", "device", "dtype",
+               "b_dec_init", "b_dec_init_tokens", "prefetch_batches")
+
+
+@dataclass
+class LockstepMember:
+    """One SAE of a pack trained on the same batches (see SaeTrainer.train_lockstep)."""
+
+    sae: TopKSae
+    config: SaeTrainingConfig
+    callbacks: Sequence[Callback] = ()
+    training_run_id: str | None = None
+    save_dir: str | Path | None = None
+    save: bool = True
+    extra_meta: dict[str, Any] | None = None
+
+
+@dataclass
+class MemberOutcome:
+    """How one member of a pack ended: its history, or the error that stopped it."""
+
+    history: TrainingHistory | None
+    error: Exception | None = None
+
 
 class SaeTrainer:
     """Trains one TopKSae on one (activation run, layer) of a store."""
@@ -278,117 +312,153 @@ class SaeTrainer:
         is saved for such a run) and StoreError on bad activation data. `extra_meta` (e.g. a
         sweep's sampled parameters) goes into meta.json and the W&B config.
         """
-        cfg = config or SaeTrainingConfig()
+        member = LockstepMember(self.sae, config or SaeTrainingConfig(), tuple(callbacks),
+                                training_run_id, save_dir, save, extra_meta)
+        outcome = self.train_lockstep(store, run_id, layer_signature, [member])[0]
+        if outcome.error is not None:
+            raise outcome.error
+        assert outcome.history is not None
+        return outcome.history
+
+    @staticmethod
+    def train_lockstep(store: LocalStore | str | Path, run_id: str, layer_signature: str,
+                       members: Sequence[LockstepMember]) -> list[MemberOutcome]:
+        """Train several SAEs on the same batches: each batch is read and moved once for all.
+
+        Members must agree on the data fields (DATA_FIELDS); everything else (size, k, lr, ...)
+        may differ. Each member is evaluated, stopped by its callbacks, failed by divergence and
+        saved on its own; a member that stops drops out of the pack and the rest go on.
+        """
+        if not members:
+            return []
         store = store if isinstance(store, LocalStore) else LocalStore(store)
-        sae = self.sae
+        first = members[0].config
+        for m in members[1:]:
+            for name in DATA_FIELDS:
+                if getattr(m.config, name) != getattr(first, name):
+                    raise ValueError(f"lockstep members disagree on {name}: "
+                                     f"{getattr(first, name)!r} vs {getattr(m.config, name)!r}")
         source = store.open(run_id, layer_signature)
-        if source.d != sae.n_inputs:
-            raise ValueError(f"activation run {run_id!r} layer {source.layer_signature!r} has "
-                             f"d={source.d}, but the SAE has n_inputs={sae.n_inputs}")
-        device = _resolve_device(cfg.device, sae)
-        sae.to(device)
-        dtype = getattr(torch, cfg.dtype) if cfg.dtype else sae.W_dec.dtype
+        for m in members:
+            if source.d != m.sae.n_inputs:
+                raise ValueError(f"activation run {run_id!r} layer {source.layer_signature!r} "
+                                 f"has d={source.d}, but the SAE has n_inputs={m.sae.n_inputs}")
+        device = _resolve_device(first.device, members[0].sae)
+        dtype = getattr(torch, first.dtype) if first.dtype else members[0].sae.W_dec.dtype
         loader = ActivationLoader(source, LoaderConfig(
-            batch_size=cfg.batch_size, holdout_fraction=cfg.holdout_fraction,
-            max_tokens=cfg.max_tokens, max_eval_tokens=cfg.max_eval_tokens,
-            shuffle_buffer_tokens=cfg.shuffle_buffer_tokens, in_memory_bytes=cfg.in_memory_bytes,
-            seed=cfg.seed), device=device, dtype=dtype)
-        training_run_id = training_run_id or _new_run_id(run_id, source.layer_signature)
-        out_dir = Path(save_dir) if save_dir is not None else store.run_dir(training_run_id)
-
-        window = cfg.dead_window_tokens or min(DEFAULT_DEAD_WINDOW, loader.n_train_tokens)
-        history = TrainingHistory(dead_window_tokens=window, n_train_tokens=loader.n_train_tokens)
+            batch_size=first.batch_size, holdout_fraction=first.holdout_fraction,
+            max_tokens=first.max_tokens, max_eval_tokens=first.max_eval_tokens,
+            shuffle_buffer_tokens=first.shuffle_buffer_tokens,
+            in_memory_bytes=first.in_memory_bytes, seed=first.seed,
+            prefetch_batches=first.prefetch_batches), device=device, dtype=dtype)
         eval_x = loader.eval_tokens()
-        history.n_eval_tokens = int(eval_x.shape[0])
-
-        torch.manual_seed(cfg.seed)
-        if cfg.b_dec_init != "zeros":
-            sample = _first_tokens(loader, cfg.b_dec_init_tokens)
-            sae.init_b_dec_(sample, cfg.b_dec_init)
-
-        wandb = None
-        if cfg.use_wandb:
-            wandb = WandbRun(
-                project=cfg.wandb_project, name=cfg.wandb_run_name or training_run_id,
-                config={**cfg.to_dict(), **sae.config_dict(), "activation_run": run_id,
-                        "layer_signature": source.layer_signature,
-                        "dead_window_tokens": window, "n_train_tokens": loader.n_train_tokens,
-                        **(extra_meta or {})},
-                mode=cfg.wandb_mode, dir=cfg.wandb_dir or out_dir, group=cfg.wandb_group,
-                job_type=cfg.wandb_job_type)
-        loop = _Loop(sae, cfg, loader, eval_x, DeadFeatureTracker(sae.n_latents, window, device),
-                     history, list(callbacks), wandb)
+        # the same sample and method for every member: compute b_dec's starting centre once
+        center = (data_center(_first_tokens(loader, first.b_dec_init_tokens), first.b_dec_init)
+                  if first.b_dec_init != "zeros" else None)
+        runs = [_Run(m, store, source, loader, eval_x, center, device) for m in members]
         try:
-            loop.run()
-        except BaseException as e:
-            if wandb is not None:
-                wandb.set_summary({"status": "diverged" if isinstance(e, TrainingDiverged)
-                                   else "failed", "error": str(e)})
-                wandb.finish(exit_code=1)
+            _drive(loader, runs, first)
+        except BaseException as e:  # an interrupt: close every W&B run as failed
+            for run in runs:
+                run.close_wandb(e)
             raise
-        history.wall_time_s = time.perf_counter() - loop.start
-        if wandb is not None:
-            final = history.final
-            wandb.set_summary({**(dataclasses.asdict(final) if final else {}),
-                               "stop_reason": history.stop_reason, "status": "finished"})
-            wandb.finish()
-        if save:
-            history.run_dir = str(out_dir)
-            _save_run(out_dir, sae, cfg, history, source, store, training_run_id,
-                      extra_meta or {})
-        return history
+        return [run.finish() for run in runs]
 
 
-class _Loop:
-    """The training loop's state, kept apart from SaeTrainer's public surface."""
+def _drive(loader: ActivationLoader, runs: list[_Run], cfg: SaeTrainingConfig) -> None:
+    """Feed every batch to every active run; evaluate each on its own schedule."""
+    total = cfg.epochs * loader.batches_per_epoch
+    show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
+    bar = tqdm(total=total, disable=not show, unit="step", dynamic_ncols=True)
+    active = list(runs)
+    try:
+        for epoch in range(cfg.epochs):
+            for x in loader.train_batches(epoch):
+                for run in list(active):
+                    if not run.guarded(run.step, x, epoch):
+                        active.remove(run)
+                bar.update(1)
+                if active and len(runs) == 1:
+                    bar.set_postfix_str(runs[0].postfix)
+                if not active:
+                    return
+            for run in list(active):
+                if not run.guarded(run.end_of_epoch, epoch):
+                    active.remove(run)
+            if not active:
+                return
+    finally:
+        bar.close()
 
-    def __init__(self, sae: TopKSae, cfg: SaeTrainingConfig, loader: ActivationLoader,
-                 eval_x: torch.Tensor, dead: DeadFeatureTracker, history: TrainingHistory,
-                 callbacks: list[Callback], wandb: WandbRun | None) -> None:
-        self.sae, self.cfg, self.loader, self.eval_x = sae, cfg, loader, eval_x
-        self.dead, self.history, self.callbacks, self.wandb = dead, history, callbacks, wandb
-        self.opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
-                                    eps=cfg.adam_eps)
+
+class _Run:
+    """One SAE's training state inside the shared loop."""
+
+    def __init__(self, member: LockstepMember, store: LocalStore, source: Any,
+                 loader: ActivationLoader, eval_x: torch.Tensor, b_dec_center: torch.Tensor | None,
+                 device: torch.device) -> None:
+        self.member, self.sae, self.cfg = member, member.sae, member.config
+        self.store, self.source, self.loader, self.eval_x = store, source, loader, eval_x
+        cfg, sae = self.cfg, self.sae
+        sae.to(device)
+        sae.sparse_backward = cfg.sparse_backward
+        self.device = device
+        self.training_run_id = member.training_run_id or _new_run_id(
+            source.run_id, source.layer_signature)
+        self.out_dir = (Path(member.save_dir) if member.save_dir is not None
+                        else store.run_dir(self.training_run_id))
+        window = cfg.dead_window_tokens or min(DEFAULT_DEAD_WINDOW, loader.n_train_tokens)
+        self.history = TrainingHistory(dead_window_tokens=window,
+                                       n_train_tokens=loader.n_train_tokens,
+                                       n_eval_tokens=int(eval_x.shape[0]))
+        self.dead = DeadFeatureTracker(sae.n_latents, window, device)
+        if b_dec_center is not None:
+            with torch.no_grad():
+                sae.b_dec.copy_(b_dec_center.to(sae.b_dec))
+        self.opt = _adam(sae, cfg)
         warm = cfg.lr_warmup_steps
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
-        self.step = 0
+        self.step_count = 0
         self.epoch = 0
         self.first_loss: float | None = None
         self.loss_sum = 0.0
         self.loss_n = 0
+        self.error: Exception | None = None
+        self.postfix = ""
+        self.wandb = None
+        if cfg.use_wandb:
+            self.wandb = WandbRun(
+                project=cfg.wandb_project, name=cfg.wandb_run_name or self.training_run_id,
+                config={**cfg.to_dict(), **sae.config_dict(), "activation_run": source.run_id,
+                        "layer_signature": source.layer_signature, "dead_window_tokens": window,
+                        "n_train_tokens": loader.n_train_tokens, **(member.extra_meta or {})},
+                mode=cfg.wandb_mode, dir=cfg.wandb_dir or self.out_dir, group=cfg.wandb_group,
+                job_type=cfg.wandb_job_type)
         self.start = time.perf_counter()
 
-    def run(self) -> None:
-        cfg = self.cfg
-        total = cfg.epochs * self.loader.batches_per_epoch
-        show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
-        bar = tqdm(total=total, disable=not show, unit="step", dynamic_ncols=True)
+    def guarded(self, fn: Callable[..., None], *args: Any) -> bool:
+        """Run a step or an evaluation; False once this run has stopped (pruned or failed)."""
         try:
-            for epoch in range(cfg.epochs):
-                self.epoch = epoch
-                for x in self.loader.train_batches(epoch):
-                    self._step(x)
-                    bar.update(1)
-                    if cfg.eval_every and self.step % cfg.eval_every == 0:
-                        self._evaluate(bar)
-                end_of_run = epoch == cfg.epochs - 1
-                evaluated = bool(self.history.step) and self.history.step[-1] == self.step
-                if (not cfg.eval_every or end_of_run) and not evaluated:
-                    self._evaluate(bar)
+            fn(*args)
+            return True
         except StopTraining as stop:
             self.history.stop_reason = stop.reason
-        finally:
-            bar.close()
+        except Exception as e:  # noqa: BLE001 - divergence or a bug ends this run, not the pack
+            self.error = e
+        return False
 
-    def _step(self, x: torch.Tensor) -> None:
+    def step(self, x: torch.Tensor, epoch: int) -> None:
         sae, cfg = self.sae, self.cfg
-        out = sae(x)
-        loss = (out.reconstruction - x).pow(2).mean()
-        if cfg.l1_lambda:
-            loss = loss + cfg.l1_lambda * sae.l1_penalty(out)
-        if cfg.auxk_alpha:
-            loss = loss + cfg.auxk_alpha * sae.auxk_loss(x, out, self.dead.dead_mask())
+        self.epoch = epoch
+        with torch.autocast(self.device.type, dtype=torch.bfloat16,
+                            enabled=cfg.autocast_bf16):
+            out = sae(x)
+            loss = (out.reconstruction.float() - x).pow(2).mean()
+            if cfg.l1_lambda:
+                loss = loss + cfg.l1_lambda * sae.l1_penalty(out)
+            if cfg.auxk_alpha:
+                loss = loss + cfg.auxk_alpha * sae.auxk_loss(x, out, self.dead.dead_mask())
         value = float(loss.detach())
         self._check_divergence(value)
         self.opt.zero_grad(set_to_none=True)
@@ -400,22 +470,29 @@ class _Loop:
         self.sched.step()
         sae.normalize_decoder_()
         self.dead.update(out.top_indices, out.top_values)
-        self.step += 1
+        self.step_count += 1
         self.loss_sum += value
         self.loss_n += 1
+        if cfg.eval_every and self.step_count % cfg.eval_every == 0:
+            self.evaluate()
+
+    def end_of_epoch(self, epoch: int) -> None:
+        evaluated = bool(self.history.step) and self.history.step[-1] == self.step_count
+        if (not self.cfg.eval_every or epoch == self.cfg.epochs - 1) and not evaluated:
+            self.evaluate()
 
     def _check_divergence(self, value: float) -> None:
         if not math.isfinite(value):
-            raise TrainingDiverged(self.step, value, "non-finite loss")
+            raise TrainingDiverged(self.step_count, value, "non-finite loss")
         if self.first_loss is None:
             self.first_loss = value
         elif value > self.cfg.divergence_factor * max(self.first_loss, 1e-12):
             raise TrainingDiverged(
-                self.step, value, f"loss exceeded {self.cfg.divergence_factor:g}x the first "
-                f"step's loss ({self.first_loss:.4g})")
+                self.step_count, value, f"loss exceeded {self.cfg.divergence_factor:g}x the "
+                f"first step's loss ({self.first_loss:.4g})")
 
     @torch.no_grad()
-    def _evaluate(self, bar: tqdm) -> None:
+    def evaluate(self) -> None:
         sae = self.sae
         acc = ReconstructionAccumulator()
         for start in range(0, self.eval_x.shape[0], self.cfg.batch_size):
@@ -425,18 +502,55 @@ class _Loop:
         m = acc.result()
         n_dead = self.dead.count()
         result = EvalResult(
-            step=self.step, epoch=self.epoch, tokens=self.dead.tokens,
+            step=self.step_count, epoch=self.epoch, tokens=self.dead.tokens,
             loss=self.loss_sum / max(self.loss_n, 1), r2=m.r2, fvu=m.fvu, mse=m.mse, l0=m.l0,
             dead_features=n_dead, dead_ratio=n_dead / sae.n_latents,
             lr=self.opt.param_groups[0]["lr"], elapsed_s=time.perf_counter() - self.start)
         self.loss_sum, self.loss_n = 0.0, 0
         self.history.append(result)
-        bar.set_postfix(r2=f"{m.r2:.4f}", l0=f"{m.l0:.1f}", dead=n_dead)
+        self.postfix = f"r2={m.r2:.4f} l0={m.l0:.1f} dead={n_dead}"
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in dataclasses.asdict(result).items() if k != "step"},
-                           step=self.step)
-        for callback in self.callbacks:
+                           step=self.step_count)
+        for callback in self.member.callbacks:
             callback(result)  # may raise StopTraining
+
+    def close_wandb(self, error: BaseException | None) -> None:
+        if self.wandb is None:
+            return
+        if error is not None:
+            self.wandb.set_summary({"status": "diverged" if isinstance(error, TrainingDiverged)
+                                    else "failed", "error": str(error)})
+            self.wandb.finish(exit_code=1)
+        else:
+            final = self.history.final
+            self.wandb.set_summary({**(dataclasses.asdict(final) if final else {}),
+                                    "stop_reason": self.history.stop_reason,
+                                    "status": "finished"})
+            self.wandb.finish()
+        self.wandb = None
+
+    def finish(self) -> MemberOutcome:
+        """Close W&B and save (nothing is saved for a run that failed)."""
+        self.close_wandb(self.error)
+        if self.error is not None:
+            return MemberOutcome(history=None, error=self.error)
+        self.history.wall_time_s = time.perf_counter() - self.start
+        if self.member.save:
+            self.history.run_dir = str(self.out_dir)
+            _save_run(self.out_dir, self.sae, self.cfg, self.history, self.source, self.store,
+                      self.training_run_id, self.member.extra_meta or {})
+        return MemberOutcome(history=self.history)
+
+
+def _adam(sae: TopKSae, cfg: SaeTrainingConfig) -> torch.optim.Optimizer:
+    """Adam, fused into one kernel where this torch build supports it for these parameters."""
+    params = list(sae.parameters())
+    try:
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
+                                fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
 
 
 def _resolve_device(name: str | None, sae: TopKSae) -> torch.device:

@@ -25,7 +25,14 @@ from harness.atomic import write_json
 from harness.sae import TopKSae
 from harness.space import LoadedSpace, TrialSetup
 from harness.store import StoreError
-from harness.train import EvalResult, SaeTrainer, StopTraining, TrainingDiverged
+from harness.train import (
+    EvalResult,
+    LockstepMember,
+    MemberOutcome,
+    SaeTrainer,
+    StopTraining,
+    TrainingDiverged,
+)
 
 # user attributes that describe an outcome: reset at the start of every trial, since a retry
 # inherits the attributes of the trial it replaces
@@ -55,6 +62,8 @@ class TrialOutcome:
     state: TrialState
     values: list[float] | None
     summary: str
+    fatal: bool = False
+    """The worker must stop after telling this (bad data would fail every trial)."""
 
 
 class PruningCallback:
@@ -92,9 +101,56 @@ class PruningCallback:
         raise StopTraining(reason)
 
 
+@dataclass
+class _Prepared:
+    """A trial ready to train: its setup and the trainer member built from it."""
+
+    trial: optuna.Trial
+    setup: TrialSetup
+    member: LockstepMember
+    trial_dir: Path
+    start: float
+
+
 def run_trial(trial: optuna.Trial, loaded: LoadedSpace, ctx: WorkerContext,
               guard: Any) -> TrialOutcome:
     """Train one configuration. `guard` is a context manager marking the interruptible part."""
+    return run_trials([trial], loaded, ctx, guard)[0]
+
+
+def run_trials(trials: list[optuna.Trial], loaded: LoadedSpace, ctx: WorkerContext,
+               guard: Any) -> list[TrialOutcome]:
+    """Train several configurations in lockstep on the same batches (one when len == 1).
+
+    Each trial is still sampled, pruned, failed, recorded and saved on its own.
+    """
+    space = loaded.space
+    outcomes: dict[int, TrialOutcome] = {}
+    prepared: list[_Prepared] = []
+    for trial in trials:
+        item = _prepare(trial, loaded, ctx)
+        if isinstance(item, TrialOutcome):
+            outcomes[trial.number] = item
+        else:
+            prepared.append(item)
+    if prepared:
+        try:
+            with guard:
+                results = SaeTrainer.train_lockstep(
+                    space.data.store, space.data.run_id, space.data.layer_signature,
+                    [p.member for p in prepared])
+        except StoreError as e:  # bad data fails every trial: record it, then stop the worker
+            for p in prepared:
+                outcomes[p.trial.number] = _fail(p.trial, p.trial_dir, f"bad data: {e}",
+                                                 p.start, p.setup, fatal=True)
+        else:
+            for p, result in zip(prepared, results, strict=True):
+                outcomes[p.trial.number] = _finish(p, result, loaded)
+    return [outcomes[t.number] for t in trials]
+
+
+def _prepare(trial: optuna.Trial, loaded: LoadedSpace,
+             ctx: WorkerContext) -> _Prepared | TrialOutcome:
     space = loaded.space
     for key in OUTCOME_ATTRS:
         trial.set_user_attr(key, None)
@@ -111,7 +167,6 @@ def run_trial(trial: optuna.Trial, loaded: LoadedSpace, ctx: WorkerContext,
     for key, value in (("n_latents", setup.n_latents), ("k", setup.k), ("lr", setup.lr),
                        ("expansion", setup.expansion)):
         trial.set_user_attr(key, value)
-
     cfg = dataclasses.replace(
         setup.config, device=ctx.device, progress=False, use_wandb=ctx.wandb_mode != "off",
         wandb_mode=None if ctx.wandb_mode == "off" else ctx.wandb_mode,
@@ -123,25 +178,25 @@ def run_trial(trial: optuna.Trial, loaded: LoadedSpace, ctx: WorkerContext,
              "expansion": setup.expansion, "lr": setup.lr}
     sae = TopKSae(setup.n_latents, loaded.d, setup.k, device=ctx.device,
                   seed=cfg.seed * 1_000_003 + trial.number)
-    try:
-        with guard:
-            history = SaeTrainer(sae).train(
-                store=space.data.store, run_id=space.data.run_id,
-                layer_signature=space.data.layer_signature, config=cfg,
-                callbacks=[PruningCallback(trial, loaded)],
-                training_run_id=f"{space.study.name}-trial-{trial.number:04d}",
-                save_dir=trial_dir, extra_meta=extra)
-    except TrainingDiverged as e:
-        trial.set_user_attr("diverged_step", e.step)
-        return _fail(trial, trial_dir, f"diverged: {e}", start, setup)
-    except StoreError:
-        raise  # bad data fails every trial: stop the worker, do not burn the budget
-    except Exception as e:  # noqa: BLE001 - one broken trial must not end the sweep
+    member = LockstepMember(sae=sae, config=cfg, callbacks=[PruningCallback(trial, loaded)],
+                            training_run_id=f"{space.study.name}-trial-{trial.number:04d}",
+                            save_dir=trial_dir, extra_meta=extra)
+    return _Prepared(trial=trial, setup=setup, member=member, trial_dir=trial_dir, start=start)
+
+
+def _finish(p: _Prepared, result: MemberOutcome, loaded: LoadedSpace) -> TrialOutcome:
+    trial, setup, trial_dir, start = p.trial, p.setup, p.trial_dir, p.start
+    if isinstance(result.error, TrainingDiverged):
+        trial.set_user_attr("diverged_step", result.error.step)
+        return _fail(trial, trial_dir, f"diverged: {result.error}", start, setup)
+    if result.error is not None:  # one broken trial must not end the sweep
+        e = result.error
         detail = traceback.format_exception_only(type(e), e)[-1].strip()
         return _fail(trial, trial_dir, f"error: {detail}", start, setup)
-
+    history = result.history
+    assert history is not None and history.final is not None  # always evaluated at least once
     final = history.final
-    assert final is not None  # train() always evaluates at least once
+    cfg = p.member.config
     metrics = {
         "final_r2": final.r2, "best_r2": max(history.r2), "final_fvu": final.fvu,
         "best_fvu": min(history.fvu), "final_mse": final.mse, "final_l0": final.l0,
@@ -157,9 +212,10 @@ def run_trial(trial: optuna.Trial, loaded: LoadedSpace, ctx: WorkerContext,
     if history.stop_reason is not None:
         _write_trial_json(trial, trial_dir, "PRUNED", None, setup, metrics)
         return TrialOutcome(TrialState.PRUNED, None, f"pruned: {history.stop_reason}")
-    values = [float(_metric(final, setup, o.metric)) for o in space.objectives]
+    objectives = loaded.space.objectives
+    values = [float(_metric(final, setup, o.metric)) for o in objectives]
     _write_trial_json(trial, trial_dir, "COMPLETE", values, setup, metrics)
-    shown = " ".join(f"{o.metric}={v:.4g}" for o, v in zip(space.objectives, values, strict=True))
+    shown = " ".join(f"{o.metric}={v:.4g}" for o, v in zip(objectives, values, strict=True))
     return TrialOutcome(TrialState.COMPLETE, values, shown)
 
 
@@ -172,11 +228,11 @@ def _metric(final: EvalResult, setup: TrialSetup, name: str) -> float:
 
 
 def _fail(trial: optuna.Trial, trial_dir: Path, reason: str, start: float,
-          setup: TrialSetup | None = None) -> TrialOutcome:
+          setup: TrialSetup | None = None, fatal: bool = False) -> TrialOutcome:
     trial.set_user_attr("fail_reason", reason)
     trial.set_user_attr("wall_time_s", time.perf_counter() - start)
     _write_trial_json(trial, trial_dir, "FAIL", None, setup, {"fail_reason": reason})
-    return TrialOutcome(TrialState.FAIL, None, reason)
+    return TrialOutcome(TrialState.FAIL, None, reason, fatal=fatal)
 
 
 def _write_trial_json(trial: optuna.Trial, trial_dir: Path, state: str,

@@ -34,7 +34,7 @@ from harness.study import (
     requeue,
     worker_seed,
 )
-from harness.trial import Interrupted, WorkerContext, run_trial
+from harness.trial import Interrupted, WorkerContext, run_trials
 
 log = logging.getLogger("saesweep.worker")
 
@@ -103,30 +103,42 @@ def main(argv: list[str] | None = None) -> int:
             break
         with budget_lock(args.storage):
             budget = budget_state(study)
-            full = budget.waiting == 0 and budget.used >= space.budget.n_trials
-            trial = None if full else study.ask()
-        if trial is None:
+            room = budget.waiting + max(0, space.budget.n_trials - budget.used)
+            trials = [study.ask() for _ in range(min(space.lockstep, room))]
+        if not trials:
             if budget.running:
                 # a trial still running may yet be reaped and re-enqueued: stay to run it
                 time.sleep(min(faults.heartbeat_s, 2.0))
                 continue
             break
-        heartbeat = Heartbeat(storage, trial._trial_id, trial.number, faults.heartbeat_s).start()
+        beats = [Heartbeat(storage, t._trial_id, t.number, faults.heartbeat_s).start()
+                 for t in trials]
         try:
-            outcome = run_trial(trial, loaded, ctx, guard=signals)
+            outcomes = run_trials(trials, loaded, ctx, guard=signals)
         except Interrupted as stop:
-            heartbeat.stop()
-            _requeue(study, trial, f"interrupted by {stop}", faults.max_retry)
-            log.info("trial %d interrupted by %s; re-enqueued", trial.number, stop)
+            for beat in beats:
+                beat.stop()
+            for trial in trials:
+                _requeue(study, trial, f"interrupted by {stop}", faults.max_retry)
+            log.info("trials %s interrupted by %s; re-enqueued", [t.number for t in trials],
+                     stop)
             break
         finally:
-            heartbeat.stop()
-        try:
-            study.tell(trial, outcome.values, state=outcome.state)
-        except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError) as e:
-            log.warning("trial %d was reaped while running, result dropped: %s", trial.number, e)
-            continue
-        log.info("trial %d %s %s", trial.number, outcome.state.name, outcome.summary)
+            for beat in beats:
+                beat.stop()
+        fatal = False
+        for trial, outcome in zip(trials, outcomes, strict=True):
+            fatal = fatal or outcome.fatal
+            try:
+                study.tell(trial, outcome.values, state=outcome.state)
+            except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError) as e:
+                log.warning("trial %d was reaped while running, result dropped: %s",
+                            trial.number, e)
+                continue
+            log.info("trial %d %s %s", trial.number, outcome.state.name, outcome.summary)
+        if fatal:
+            log.error("stopping: the activation data is unusable (see the trials' fail_reason)")
+            return 3
     log.info("stopping (%s)", signals.stop_requested or "budget met")
     return 0
 

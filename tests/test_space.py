@@ -120,3 +120,13 @@ def test_shipped_spaces_validate(tmp_path):
     assert any(f.name == "quickstart.yaml" for f in files)
     for f in files:
         load_space(f, check_data=False)  # schema only: their data lives elsewhere
+
+
+def test_lockstep_cannot_sample_data_fields(space_dict, tmp_path):
+    space_dict["lockstep"] = 2
+    del space_dict["training"]["batch_size"]
+    space_dict["params"]["batch_size"] = {"type": "categorical", "choices": [128, 256]}
+    with pytest.raises(SpaceError, match=r"params.batch_size: lockstep trials share one data"):
+        _load(tmp_path, space_dict)
+    space_dict["lockstep"] = 1
+    _load(tmp_path, space_dict)

@@ -99,7 +99,10 @@ def test_two_workers_complete_a_sweep_with_offline_wandb(synthetic_store, tmp_pa
     assert first["summary"]["status"] == "finished"
 
 
-def test_hopeless_learning_rates_are_pruned_and_diverged_ones_fail(synthetic_store, tmp_path):
+@pytest.mark.parametrize("lockstep", [1, 3])
+def test_hopeless_learning_rates_are_pruned_and_diverged_ones_fail(synthetic_store, tmp_path,
+                                                                   lockstep):
+    """With --lockstep 3 the three trials train as one pack: each still ends on its own."""
     results = tmp_path / "results"
     space = tiny_space(
         synthetic_store, results,
@@ -108,8 +111,9 @@ def test_hopeless_learning_rates_are_pruned_and_diverged_ones_fail(synthetic_sto
         sampler={"type": "grid"},
         pruner={"type": "median", "r2_floor": {"min_r2": 0.0, "warmup_steps": 5}},
         budget={"n_trials": 3})
-    proc = sweep(str(write_space(tmp_path / "lr.yaml", space)))
+    proc = sweep(str(write_space(tmp_path / "lr.yaml", space)), "--lockstep", str(lockstep))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert load(results).user_attrs["space"]["lockstep"] == lockstep
     by_lr = {t.params["lr"]: t for t in load(results).get_trials()}
     good, hopeless, diverging = by_lr[1e-3], by_lr[1.0], by_lr[30.0]
     assert good.state == TrialState.COMPLETE
