@@ -156,7 +156,7 @@ class BudgetState:
 
 def budget_state(study: optuna.Study) -> BudgetState:
     trials = study.get_trials(deepcopy=False)
-    superseded = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    superseded = superseded_numbers(trials)
     used = sum(1 for t in trials if t.state != TrialState.WAITING and t.number not in superseded)
     waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
     running = sum(1 for t in trials if t.state == TrialState.RUNNING)

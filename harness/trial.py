@@ -112,17 +112,12 @@ class _Prepared:
     start: float
 
 
-def run_trial(trial: optuna.Trial, loaded: LoadedSpace, ctx: WorkerContext,
-              guard: Any) -> TrialOutcome:
-    """Train one configuration. `guard` is a context manager marking the interruptible part."""
-    return run_trials([trial], loaded, ctx, guard)[0]
-
-
 def run_trials(trials: list[optuna.Trial], loaded: LoadedSpace, ctx: WorkerContext,
                guard: Any) -> list[TrialOutcome]:
     """Train several configurations in lockstep on the same batches (one when len == 1).
 
-    Each trial is still sampled, pruned, failed, recorded and saved on its own.
+    Each trial is still sampled, pruned, failed, recorded and saved on its own. `guard` is a
+    context manager marking the interruptible part (the worker's signal handling).
     """
     space = loaded.space
     outcomes: dict[int, TrialOutcome] = {}
