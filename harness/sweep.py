@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"re-enqueued trials abandoned by an earlier run: {reaped}")
     slots = _worker_slots(args)
     print(f"study {space.study.name!r}: storage {storage_url}, {space.budget.n_trials} trials, "
-          f"{len(slots)} worker(s) on {', '.join(d for d, _ in slots)}; results in {out}/")
+          f"{len(slots)} worker(s) on {', '.join(e.get('_label', d) for d, e in slots)}; "
+          f"results in {out}/")
     deadline = time.time() + space.budget.timeout if space.budget.timeout else 0.0
     procs = _start_workers(slots, resolved, storage_url, out, deadline)
     status = _monitor(study, procs, loaded)
@@ -144,13 +145,15 @@ def _ensure_data(loaded: LoadedSpace) -> None:
 def _worker_slots(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
     """(device, extra environment) per worker. Each GPU worker sees exactly one GPU."""
     if args.devices:
+        devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+        n_cpu = sum(1 for d in devices if not d.startswith("cuda"))
         slots = []
-        for dev in (d.strip() for d in args.devices.split(",") if d.strip()):
+        for dev in devices:
             if dev.startswith("cuda"):
                 index = dev.split(":", 1)[1] if ":" in dev else "0"
                 slots.append(("cuda:0", {"CUDA_VISIBLE_DEVICES": index, "_label": dev}))
             else:
-                slots.append((dev, {}))
+                slots.append(_cpu_slot(n_cpu))
         return slots
     import torch
 
@@ -159,9 +162,14 @@ def _worker_slots(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
         gpus = torch.cuda.device_count()
         return [("cuda:0", {"CUDA_VISIBLE_DEVICES": str(i % gpus), "_label": f"cuda:{i % gpus}"})
                 for i in range(n)]
-    threads = max(1, (os.cpu_count() or 1) // n)
-    return [("cpu", {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                     "_threads": str(threads)}) for _ in range(n)]
+    return [_cpu_slot(n) for _ in range(n)]
+
+
+def _cpu_slot(n_workers: int) -> tuple[str, dict[str, str]]:
+    """A CPU worker's share of the cores, set before torch starts its thread pools."""
+    threads = str(max(1, (os.cpu_count() or 1) // n_workers))
+    return ("cpu", {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+                    "_threads": threads, "_label": "cpu"})
 
 
 def _start_workers(slots: list[tuple[str, dict[str, str]]], space_file: Path, storage: str,

@@ -282,3 +282,17 @@ def test_bad_space_exits_2_with_its_message_and_writes_nothing(synthetic_store, 
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr and str(path) in proc.stderr
     assert not results.exists()
+
+
+def test_devices_pin_one_gpu_per_worker_and_divide_cpu_cores():
+    import argparse
+
+    from harness.sweep import _worker_slots
+
+    gpus = _worker_slots(argparse.Namespace(devices="cuda:0,cuda:3", workers=1))
+    # each worker sees exactly its GPU (set before torch is imported there) as cuda:0
+    assert [(dev, env["CUDA_VISIBLE_DEVICES"]) for dev, env in gpus] == [("cuda:0", "0"),
+                                                                         ("cuda:0", "3")]
+    cpus = _worker_slots(argparse.Namespace(devices=None, workers=2))
+    share = str(max(1, (os.cpu_count() or 1) // 2))
+    assert [env["OMP_NUM_THREADS"] for _, env in cpus] == [share, share]
