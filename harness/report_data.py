@@ -16,7 +16,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.sae import WEIGHTS_FILE
-from harness.study import open_storage, superseded_numbers
+from harness.study import journal_path, open_storage, superseded_numbers
 
 STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
                TrialState.FAIL: "failed", TrialState.RUNNING: "running",
@@ -36,7 +36,7 @@ def study_storage(name: str, storage: str | None, results_dir: str | Path) -> st
     """The storage URL of a study: given, or the sweep's default journal file."""
     if storage:
         return storage
-    path = Path(results_dir) / name / "study.journal"
+    path = journal_path(results_dir, name)
     if not path.exists():
         raise ReportError(f"no study storage for {name!r}: {path} does not exist (pass "
                           "--storage, or --results for another results folder)")

@@ -96,7 +96,11 @@ class TopKSae(nn.Module):
 
     # ------------------------------------------------------------------------- model
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addmm(self.b_enc, x - self.b_dec, self.enc_weight.T)
+        return self._dense_pre(x - self.b_dec)
+
+    def _dense_pre(self, centered: torch.Tensor) -> torch.Tensor:
+        """b_enc + centered @ W_enc: the one dense product of a step."""
+        return torch.addmm(self.b_enc, centered, self.enc_weight.T)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k latents of `x`: (values after ReLU [B, k], indices [B, k])."""
@@ -112,12 +116,12 @@ class TopKSae(nn.Module):
     def forward(self, x: torch.Tensor) -> SaeOutput:
         centered = x - self.b_dec
         if self.sparse_backward and torch.is_grad_enabled():
-            with torch.no_grad():  # the one dense product; no graph kept for it
-                pre = torch.addmm(self.b_enc, centered, self.enc_weight.T)
+            with torch.no_grad():  # no graph kept for the dense product
+                pre = self._dense_pre(centered)
             top, indices = pre.topk(self.k, dim=-1, sorted=False)
             values = gather_preacts(top, indices, centered, self.enc_weight, self.b_enc)
         else:
-            pre = torch.addmm(self.b_enc, centered, self.enc_weight.T)
+            pre = self._dense_pre(centered)
             values, indices = pre.topk(self.k, dim=-1, sorted=False)
         values = F.relu(values)
         return SaeOutput(self.decode(values, indices), values, indices, pre, centered)

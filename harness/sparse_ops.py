@@ -10,7 +10,7 @@ with a backward that touches only them:
 - dL/db_enc[j]     = sum of g over the slots choosing j (an index_add over B*k values);
 - dL/dx[b]         = sum_s g[b, s] * W_enc[:, idx[b, s]]  (an embedding_bag over encoder rows).
 
-The dense path (autograd through topk) is kept as `dense_preacts` for tests and benchmarks.
+The dense path (autograd through topk) stays in TopKSae as the reference (sparse_backward=False).
 """
 
 from __future__ import annotations
@@ -66,7 +66,3 @@ def gather_preacts(values: torch.Tensor, indices: torch.Tensor, x: torch.Tensor,
     rows w_enc_t [n, d] and b_enc."""
     return _GatherPreacts.apply(values, indices, x, w_enc_t, b_enc)
 
-
-def dense_preacts(x: torch.Tensor, w_enc_t: torch.Tensor, b_enc: torch.Tensor) -> torch.Tensor:
-    """The reference: plain autograd through a dense pre-activation matrix."""
-    return x @ w_enc_t.T + b_enc

@@ -46,9 +46,13 @@ LEASE_ATTR = "saesweep:lease"
 
 
 # ------------------------------------------------------------------------------ construction
+def journal_path(results_dir: str | Path, study_name: str) -> Path:
+    """Where a sweep keeps its study by default: <results_dir>/<study>/study.journal."""
+    return Path(results_dir) / study_name / "study.journal"
+
+
 def default_storage(loaded: LoadedSpace) -> str:
-    s = loaded.space
-    return str(Path(s.results_dir) / s.study.name / "study.journal")
+    return str(journal_path(loaded.space.results_dir, loaded.space.study.name))
 
 
 def open_storage(url: str) -> BaseStorage:

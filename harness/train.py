@@ -83,7 +83,7 @@ class SaeTrainingConfig:
     grad_clip: float | None = None
     """Clip the global gradient norm to this value; None or 0 = no clipping."""
     seed: int = 0
-    """Seed of the data order and the SAE's initialisation draws done by the trainer."""
+    """Seed of the data order (shard order and shuffles); the SAE's own init takes its seed."""
     device: str | None = None
     """Device to train on ("cpu", "cuda", "cuda:1", "auto"); None keeps the SAE's device."""
     dtype: str | None = None
@@ -398,7 +398,7 @@ class _Run:
                  loader: ActivationLoader, eval_x: torch.Tensor, b_dec_center: torch.Tensor | None,
                  device: torch.device) -> None:
         self.member, self.sae, self.cfg = member, member.sae, member.config
-        self.store, self.source, self.loader, self.eval_x = store, source, loader, eval_x
+        self.store, self.source, self.eval_x = store, source, eval_x
         cfg, sae = self.cfg, self.sae
         sae.to(device)
         sae.sparse_backward = cfg.sparse_backward

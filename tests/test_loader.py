@@ -1,8 +1,10 @@
+import threading
+
 import pytest
 import torch
 from conftest import indexed_tokens
 
-from harness.loader import ActivationLoader, LoaderConfig
+from harness.loader import ActivationLoader, LoaderConfig, prefetched
 from harness.store import LocalStore, StoreError
 
 
@@ -78,3 +80,23 @@ def test_too_few_tokens_for_a_split_is_an_error(tmp_path):
     store.put_activations("t", "L", indexed_tokens(1))
     with pytest.raises(StoreError, match="none left for training"):
         ActivationLoader(store.open("t", "L"), LoaderConfig())
+
+
+def test_prefetched_keeps_order_raises_errors_and_stops_its_thread():
+    """The GPU-side prefetch thread (CPU training does not use it)."""
+    items = [torch.full((2,), float(i)) for i in range(7)]
+    assert [int(t[0]) for t in prefetched(iter(items), depth=2)] == list(range(7))
+
+    def broken():
+        yield torch.zeros(1)
+        raise StoreError("shard_00003.safetensors: unreadable")
+
+    gen = prefetched(broken(), depth=2)
+    next(gen)
+    with pytest.raises(StoreError, match="shard_00003"):
+        next(gen)
+
+    endless = prefetched((torch.zeros(1) for _ in iter(int, 1)), depth=2)
+    next(endless)
+    endless.close()  # a pruned trial stops consuming: the producer must stop too
+    assert not any(t.name == "batch-prefetch" and t.is_alive() for t in threading.enumerate())

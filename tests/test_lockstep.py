@@ -21,23 +21,17 @@ def test_pack_members_match_solo_training_and_drop_out_on_their_own(synthetic_st
 
     pack = [_member(2, 1e-3), _member(4, 3e-3, [prune_at_10]), _member(8, 10.0)]
     outcomes = SaeTrainer.train_lockstep(synthetic_store, "syn", "synthetic", pack)
-    solo = SaeTrainer(TopKSae(64, 16, 2, seed=2)).train(
+    solo_sae = TopKSae(64, 16, 2, seed=2)
+    solo = SaeTrainer(solo_sae).train(
         store=synthetic_store, run_id="syn", layer_signature="synthetic",
         config=SaeTrainingConfig(lr=1e-3, **BASE), save=False)
     assert outcomes[0].error is None
     assert outcomes[0].history["r2"] == solo["r2"]  # the same batches, the same result
-    assert torch.equal(pack[0].sae.W_dec, solo_sae_weights(synthetic_store))
+    assert torch.equal(pack[0].sae.W_dec, solo_sae.W_dec)
     assert outcomes[1].history.stop_reason == "test prune"
     assert outcomes[1].history["step"][-1] == 10
     assert isinstance(outcomes[2].error, TrainingDiverged)  # lr=10 drops out, others go on
     assert outcomes[0].history["step"][-1] > 10
-
-
-def solo_sae_weights(store):
-    sae = TopKSae(64, 16, 2, seed=2)
-    SaeTrainer(sae).train(store=store, run_id="syn", layer_signature="synthetic",
-                          config=SaeTrainingConfig(lr=1e-3, **BASE), save=False)
-    return sae.W_dec
 
 
 def test_members_must_share_the_data_stream(synthetic_store):

@@ -15,7 +15,7 @@ from harness import (
     feature_recovery,
 )
 from harness.store import LocalStore
-from harness.synthetic import SyntheticSpec, write_synthetic_store
+from harness.synthetic import SyntheticSpec, load_ground_truth, write_synthetic_store
 
 FAST = dict(epochs=2, batch_size=256, lr=1e-3, progress=False)
 
@@ -26,6 +26,7 @@ def test_learns_ground_truth_features(tmp_path: Path):
                          magnitude="exponential", magnitude_low=0.0, magnitude_high=1.0,
                          frequency_decay=0.75, seed=0)
     directions = write_synthetic_store(tmp_path, "gt", spec)
+    assert torch.equal(load_ground_truth(tmp_path, "gt"), directions)  # kept with the store
     torch.manual_seed(1)
     sae = TopKSae(n_latents=512, n_inputs=64, k=8)
     history = SaeTrainer(sae).train(
