@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2 as pb
 
 BLOCK = 32768
@@ -41,13 +43,35 @@ def records(path: Path) -> list[Any]:
     return out
 
 
+def finished_records(path: Path, timeout_s: float = 60.0) -> list[Any]:
+    """The log's records once it holds the run's final `exit` record.
+
+    `run.finish()` can return before the W&B service has flushed the log to disk (it finishes
+    writing in the background, and at the latest when the process exits), so a reader in the
+    same process waits for it.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            recs = records(path)
+        except (AssertionError, struct.error, DecodeError):  # caught mid-write
+            recs = []
+        if any(r.WhichOneof("record_type") == "exit" for r in recs):
+            return recs
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path}: no exit record after {timeout_s:.0f} s; records: "
+                                 f"{[r.WhichOneof('record_type') for r in recs]}")
+        time.sleep(0.1)
+
+
 def run_contents(path: Path) -> dict[str, Any]:
-    """{"config": {...}, "history": [{...}], "summary": {...}, "run": RunRecord} of one log."""
+    """{"config": {...}, "history": [{...}], "summary": {...}, "run": RunRecord} of one
+    finished run's log."""
     config: dict[str, Any] = {}
     summary: dict[str, Any] = {}
     history: list[dict[str, Any]] = []
     run = None
-    for rec in records(path):
+    for rec in finished_records(path):
         kind = rec.WhichOneof("record_type")
         if kind == "run":
             run = rec.run
