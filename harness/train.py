@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.atomic import write_json
+from harness.cpu_memory import reuse_freed_blocks
 from harness.loader import ActivationLoader, LoaderConfig
 from harness.metrics import DeadFeatureTracker, ReconstructionAccumulator
 from harness.sae import TopKSae, data_center
@@ -130,6 +131,9 @@ class SaeTrainingConfig:
     prefetch_batches: int = 2
     """Batches a background thread prepares ahead of the step when training on a GPU; 0 =
     none."""
+    cpu_reuse_freed_memory: bool = True
+    """On CPU with glibc, keep freed blocks up to 1 GiB for the next step instead of unmapping
+    them (harness.cpu_memory): 7-17% faster steps. Process-wide and kept once set."""
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "lr", "max_eval_tokens", "shuffle_buffer_tokens",
@@ -344,6 +348,8 @@ class SaeTrainer:
                 raise ValueError(f"activation run {run_id!r} layer {source.layer_signature!r} "
                                  f"has d={source.d}, but the SAE has n_inputs={m.sae.n_inputs}")
         device = _resolve_device(first.device, members[0].sae)
+        if device.type == "cpu" and any(m.config.cpu_reuse_freed_memory for m in members):
+            reuse_freed_blocks()
         dtype = getattr(torch, first.dtype) if first.dtype else members[0].sae.W_dec.dtype
         loader = ActivationLoader(source, LoaderConfig(
             batch_size=first.batch_size, holdout_fraction=first.holdout_fraction,

@@ -7,17 +7,19 @@ For each n_latents (default 3072 and 12288; d=768, k=32, batch 4096, 2 threads o
   matmul, autograd, Adam) -- what most TopK trainers do;
 - bound: the encoder forward product x @ W_enc.T alone, the one dense product a TopK step needs;
 then store-fed (streamed from disk) vs in-memory throughput, peak RSS, and M=4 lockstep trials
-against 4 sequential trials of the same size. Ratios are what to read; absolute tokens/s depend
-on the machine.
+against 4 sequential trials of the same size (repeated in alternating order). Ratios are what
+to read; absolute tokens/s depend on the machine.
 
     python scripts/bench_trainer.py
     python scripts/bench_trainer.py --n-latents 3072 --steps 6 --device cuda
+    python scripts/bench_trainer.py --glibc-default   # without harness.cpu_memory
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import statistics
 import tempfile
 import time
 
@@ -25,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from harness import LocalStore, SaeTrainer, SaeTrainingConfig, TopKSae
+from harness.cpu_memory import reuse_freed_blocks
 from harness.train import LockstepMember
 
 
@@ -68,13 +71,16 @@ def bound_tokens_per_s(d: int, n: int, batches: list[torch.Tensor], device: str)
     return (len(batches) - 1) * batches[0].shape[0] / (time.perf_counter() - start)
 
 
+REUSE_FREED = True  # --glibc-default turns it off for every run
+
+
 def _config(batch: int, device: str, **extra: object) -> SaeTrainingConfig:
     # AuxK active (a 2-batch dead window), L1 on: the full step the issue defines; b_dec starts
     # at the geometric median as by default (setup that whole-run timings include)
     return SaeTrainingConfig(epochs=1, batch_size=batch, lr=1e-4, l1_lambda=1e-4,
                              holdout_fraction=0.01, max_eval_tokens=batch,
                              dead_window_tokens=2 * batch, progress=False, device=device,
-                             **extra)
+                             cpu_reuse_freed_memory=REUSE_FREED, **extra)
 
 
 def harness_tokens_per_s(store: LocalStore, d: int, n: int, k: int, batch: int, device: str,
@@ -88,22 +94,27 @@ def harness_tokens_per_s(store: LocalStore, d: int, n: int, k: int, batch: int, 
     return history.tokens[-1] / times[-1]
 
 
-def lockstep_vs_sequential(store: LocalStore, d: int, n: int, k: int, batch: int, device: str,
-                           m: int = 4, **extra: object) -> tuple[float, float]:
-    """(seconds for m sequential trainings, seconds for the same m in lockstep), whole runs."""
+def sequential_s(store: LocalStore, d: int, n: int, k: int, batch: int, device: str,
+                 m: int = 4, **extra: object) -> float:
+    """Seconds for m whole trainings one after another."""
     start = time.perf_counter()
     for i in range(m):
         SaeTrainer(TopKSae(n, d, k, seed=i)).train(store=store, run_id="bench",
                                                    layer_signature="bench",
                                                    config=_config(batch, device, **extra),
                                                    save=False)
-    sequential = time.perf_counter() - start
+    return time.perf_counter() - start
+
+
+def lockstep_s(store: LocalStore, d: int, n: int, k: int, batch: int, device: str,
+               m: int = 4, **extra: object) -> float:
+    """Seconds for the same m trainings as one lockstep pack."""
     members = [LockstepMember(sae=TopKSae(n, d, k, seed=i),
                               config=_config(batch, device, **extra), save=False)
                for i in range(m)]
     start = time.perf_counter()
     SaeTrainer.train_lockstep(store, "bench", "bench", members)
-    return sequential, time.perf_counter() - start
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -116,7 +127,14 @@ def main() -> None:
                    "(the store-fed comparison uses three times as many)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--rounds", type=int, default=3, help="repeats of the lockstep comparison")
+    p.add_argument("--glibc-default", action="store_true", help="leave glibc's malloc "
+                   "thresholds alone (cpu_reuse_freed_memory=False), to see what reuse gives")
     args = p.parse_args()
+    global REUSE_FREED
+    REUSE_FREED = not args.glibc_default
+    # set before any timing so the dense reference and the bound run with the same allocator
+    reused = REUSE_FREED and reuse_freed_blocks()
     torch.set_num_threads(args.threads)
     d, k, bs, dev = args.d, args.k, args.batch, args.device
     gen = torch.Generator().manual_seed(0)
@@ -124,7 +142,7 @@ def main() -> None:
     batches = [b.to(dev) for b in tokens.split(bs)]
     long_tokens = torch.randn((3 * args.steps + 1) * bs, d, generator=gen)
     print(f"d={d} k={k} batch={bs} threads={args.threads} device={dev} "
-          f"torch={torch.__version__}")
+          f"torch={torch.__version__} freed-block reuse={'on' if reused else 'off'}")
     with tempfile.TemporaryDirectory() as tmp:
         store = LocalStore(tmp)
         # 1% is held out: add it back so the timed loop trains `steps + 1` full batches
@@ -147,11 +165,20 @@ def main() -> None:
                                         shuffle_buffer_tokens=4 * bs)
         print(f"store-fed (streamed from disk) vs in-memory at n={n}, {3 * args.steps} steps: "
               f"{streamed:.0f} vs {memory:.0f} tokens/s ({100 * streamed / memory:.1f}%)")
+        print(f"4 trials at n={n}, {args.rounds} rounds in alternating order (whole runs):")
         for label, extra in (("in-memory", {}), ("streamed", {"in_memory_bytes": 0,
                                                               "shuffle_buffer_tokens": 4 * bs})):
-            sequential, lockstep = lockstep_vs_sequential(store, d, n, k, bs, dev, **extra)
-            print(f"4 trials at n={n}, {label} store: sequential {sequential:.1f} s, lockstep "
-                  f"{lockstep:.1f} s ({sequential / lockstep:.2f}x)")
+            ratios = []
+            for r in range(args.rounds):
+                # alternate which goes first, so drift on a shared machine favours neither
+                t = {}
+                for what in ("seq", "pack") if r % 2 == 0 else ("pack", "seq"):
+                    t[what] = (sequential_s if what == "seq" else lockstep_s)(
+                        store, d, n, k, bs, dev, **extra)
+                ratios.append(t["seq"] / t["pack"])
+                print(f"  {label:9s} sequential {t['seq']:5.1f} s, lockstep {t['pack']:5.1f} s "
+                      f"({ratios[-1]:.2f}x)")
+            print(f"  {label:9s} median {statistics.median(ratios):.2f}x")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
