@@ -6,9 +6,9 @@ For each n_latents (default 3072 and 12288; d=768, k=32, batch 4096, 2 threads o
 - dense: a naive dense PyTorch step (Linear encoder, topk, scatter into [B, n], dense decoder
   matmul, autograd, Adam) -- what most TopK trainers do;
 - bound: the encoder forward product x @ W_enc.T alone, the one dense product a TopK step needs;
-then store-fed (streamed from disk) vs in-memory throughput, peak RSS, and M=4 lockstep trials
-against 4 sequential trials of the same size (repeated in alternating order). Ratios are what
-to read; absolute tokens/s depend on the machine.
+then store-fed (streamed from disk) vs in-memory throughput and M=4 lockstep trials against 4
+sequential trials of the same size (both repeated in alternating order), and peak RSS. Ratios
+are what to read; absolute tokens/s depend on the machine.
 
     python scripts/bench_trainer.py
     python scripts/bench_trainer.py --n-latents 3072 --steps 6 --device cuda
@@ -127,7 +127,8 @@ def main() -> None:
                    "(the store-fed comparison uses three times as many)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--rounds", type=int, default=3, help="repeats of the lockstep comparison")
+    p.add_argument("--rounds", type=int, default=3, help="repeats of the store-fed and the "
+                   "lockstep comparisons")
     p.add_argument("--glibc-default", action="store_true", help="leave glibc's malloc "
                    "thresholds alone (cpu_reuse_freed_memory=False), to see what reuse gives")
     args = p.parse_args()
@@ -160,11 +161,18 @@ def main() -> None:
         extra_rows = long_tokens[: bs // 50 + 1]  # the held-out 1%, as above
         store.put_activations("long", "bench", torch.cat([long_tokens, extra_rows]),
                               shard_tokens=bs * 2)
-        memory = harness_tokens_per_s(store, d, n, k, bs, dev, run="long")
-        streamed = harness_tokens_per_s(store, d, n, k, bs, dev, run="long", in_memory_bytes=0,
-                                        shuffle_buffer_tokens=4 * bs)
-        print(f"store-fed (streamed from disk) vs in-memory at n={n}, {3 * args.steps} steps: "
-              f"{streamed:.0f} vs {memory:.0f} tokens/s ({100 * streamed / memory:.1f}%)")
+        print(f"store-fed (streamed from disk) vs in-memory at n={n}, {3 * args.steps} steps, "
+              f"{args.rounds} rounds in alternating order:")
+        shares = []
+        for r in range(args.rounds):
+            tps = {}
+            for how in ("memory", "streamed") if r % 2 == 0 else ("streamed", "memory"):
+                stream = {"in_memory_bytes": 0, "shuffle_buffer_tokens": 4 * bs}
+                tps[how] = harness_tokens_per_s(store, d, n, k, bs, dev, run="long",
+                                                **(stream if how == "streamed" else {}))
+            shares.append(100 * tps["streamed"] / tps["memory"])
+            print(f"  {tps['streamed']:.0f} vs {tps['memory']:.0f} tokens/s ({shares[-1]:.1f}%)")
+        print(f"  median {statistics.median(shares):.1f}%")
         print(f"4 trials at n={n}, {args.rounds} rounds in alternating order (whole runs):")
         for label, extra in (("in-memory", {}), ("streamed", {"in_memory_bytes": 0,
                                                               "shuffle_buffer_tokens": 4 * bs})):
