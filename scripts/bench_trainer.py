@@ -163,19 +163,18 @@ def main() -> None:
                               shard_tokens=bs * 2)
         print(f"store-fed (streamed from disk) vs in-memory at n={n}, {3 * args.steps} steps, "
               f"{args.rounds} rounds in alternating order:")
+        stream = {"in_memory_bytes": 0, "shuffle_buffer_tokens": 4 * bs}
         shares = []
         for r in range(args.rounds):
             tps = {}
             for how in ("memory", "streamed") if r % 2 == 0 else ("streamed", "memory"):
-                stream = {"in_memory_bytes": 0, "shuffle_buffer_tokens": 4 * bs}
                 tps[how] = harness_tokens_per_s(store, d, n, k, bs, dev, run="long",
                                                 **(stream if how == "streamed" else {}))
             shares.append(100 * tps["streamed"] / tps["memory"])
             print(f"  {tps['streamed']:.0f} vs {tps['memory']:.0f} tokens/s ({shares[-1]:.1f}%)")
         print(f"  median {statistics.median(shares):.1f}%")
         print(f"4 trials at n={n}, {args.rounds} rounds in alternating order (whole runs):")
-        for label, extra in (("in-memory", {}), ("streamed", {"in_memory_bytes": 0,
-                                                              "shuffle_buffer_tokens": 4 * bs})):
+        for label, extra in (("in-memory", {}), ("streamed", stream)):
             ratios = []
             for r in range(args.rounds):
                 # alternate which goes first, so drift on a shared machine favours neither
@@ -184,7 +183,7 @@ def main() -> None:
                     t[what] = (sequential_s if what == "seq" else lockstep_s)(
                         store, d, n, k, bs, dev, **extra)
                 ratios.append(t["seq"] / t["pack"])
-                print(f"  {label:9s} sequential {t['seq']:5.1f} s, lockstep {t['pack']:5.1f} s "
+                print(f"  {label:9s} sequential {t['seq']:6.2f} s, lockstep {t['pack']:6.2f} s "
                       f"({ratios[-1]:.2f}x)")
             print(f"  {label:9s} median {statistics.median(ratios):.2f}x")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
