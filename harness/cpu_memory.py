@@ -6,7 +6,7 @@ block over its mmap threshold (at most 32 MiB) with a fresh mapping and unmaps i
 each step pays page faults and kernel zeroing for them again: 7% of an isolated step at n=3072
 and 17% at n=12288 on a 2-core machine. Raising the mmap and trim thresholds keeps such blocks in
 the heap for the next step, much as PyTorch's caching allocator does on the GPU; the benchmark's
-harness step runs 3% and 12% faster with it (`python scripts/bench_trainer.py --glibc-default`
+harness step runs 3% and 11% faster with it (`python scripts/bench_trainer.py --glibc-default`
 shows the other side). RSS stays flat from step to step; its peak is a few per cent higher, since
 freed blocks stay in the process for the next step.
 """

@@ -133,7 +133,7 @@ class SaeTrainingConfig:
     none."""
     cpu_reuse_freed_memory: bool = True
     """On CPU with glibc, keep freed blocks up to 1 GiB for the next step instead of unmapping
-    them (harness.cpu_memory): 3-12% faster steps at d=768. Process-wide and kept once set."""
+    them (harness.cpu_memory): 3-11% faster steps at d=768. Process-wide and kept once set."""
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "lr", "max_eval_tokens", "shuffle_buffer_tokens",
