@@ -27,6 +27,7 @@ from harness.store import LocalStore, StoreError
 
 MINILM = "minilm"
 PYDOC_CORPUS = "pydoc"
+PYTHON_DOCS_CORPUS = "python-docs"
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ class CaptureConfig:
     run_id: str
     """Activation run name."""
     text: str = PYDOC_CORPUS
-    """A .txt file, a folder of .txt files, or "pydoc" (English that ships with CPython)."""
+    """A .txt file, a folder of .txt files, "pydoc" (CPython's help texts, 128k MiniLM tokens)
+    or "python-docs" (those plus the standard library's docstrings, about 2M tokens)."""
     max_tokens: int | None = None
     """Stop after this many kept tokens."""
     seq_len: int = 128
@@ -114,12 +116,17 @@ def list_layers(model: torch.nn.Module) -> list[tuple[str, str]]:
 
 
 def corpus_texts(source: str) -> tuple[list[str], str]:
-    """(texts, description) from a .txt file, a folder of .txt files, or "pydoc"."""
-    if source == PYDOC_CORPUS:
+    """(texts, description) from a .txt file, a folder of .txt files, "pydoc" or
+    "python-docs"."""
+    if source in (PYDOC_CORPUS, PYTHON_DOCS_CORPUS):
         from pydoc_data.topics import topics
 
-        return ([topics[k] for k in sorted(topics)],
-                "pydoc_data.topics of CPython (Python's help texts, English)")
+        texts = [topics[k] for k in sorted(topics)]
+        if source == PYDOC_CORPUS:
+            return texts, "pydoc_data.topics of CPython (Python's help texts, English)"
+        docs = stdlib_docstrings()
+        return (texts + docs, f"pydoc_data.topics of CPython and {len(docs)} docstrings of its "
+                "standard library (English)")
     path = Path(source)
     if path.is_dir():
         files = sorted(path.rglob("*.txt"))
@@ -128,7 +135,33 @@ def corpus_texts(source: str) -> tuple[list[str], str]:
         return [f.read_text(encoding="utf-8") for f in files], f"{len(files)} .txt files in {path}"
     if path.is_file():
         return [path.read_text(encoding="utf-8")], f"text file {path}"
-    raise StoreError(f"{source}: no such text file or folder (or use 'pydoc')")
+    raise StoreError(f"{source}: no such text file or folder (or use 'pydoc' or "
+                     "'python-docs')")
+
+
+def stdlib_docstrings() -> list[str]:
+    """Module, class and function docstrings of the standard library's .py files, in path
+    order. Read with `ast`, so nothing is imported; only docstrings of 200+ characters (short
+    ones are mostly signatures)."""
+    import ast
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    docs = []
+    for path in sorted(root.rglob("*.py")):
+        if "site-packages" in path.parts or "test" in path.parts or "tests" in path.parts:
+            continue
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                 ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) >= 200:
+                    docs.append(doc)
+    return docs
 
 
 def _sequences(tokenizer: Any, texts: list[str], seq_len: int) -> list[list[int]]:

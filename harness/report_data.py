@@ -17,6 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness.sae import WEIGHTS_FILE
 from harness.study import journal_path, open_storage, superseded_numbers
+from harness.train import SaeTrainingConfig
 
 STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
                TrialState.FAIL: "failed", TrialState.RUNNING: "running",
@@ -105,7 +106,8 @@ def _planned_tokens(trial_dir: Path, n_train: int | None) -> int | None:
     cfg = trial_dir / "training_config.json"
     if n_train is None or not cfg.exists():
         return None
-    return int(json.loads(cfg.read_text())["epochs"]) * int(n_train)
+    values = json.loads(cfg.read_text())
+    return SaeTrainingConfig.from_dict(values, where=str(cfg)).planned_tokens(int(n_train))
 
 
 def load_history(trial_dir: str | Path) -> dict[str, list] | None:

@@ -81,6 +81,12 @@ class SaeTrainingConfig:
     """Weight of the AuxK loss on dead latents (the paper's 1/32); 0 turns it off."""
     lr_warmup_steps: int = 0
     """Linear learning-rate warm-up from 0 over this many steps."""
+    lr_decay_fraction: float = 0.0
+    """Decay the learning rate linearly to 0 over this last fraction of the planned steps
+    (dictionary_learning's schedule); 0 keeps it constant."""
+    max_train_tokens: int | None = None
+    """Stop after this many training tokens in all (a token budget across epochs); None = every
+    epoch in full."""
     grad_clip: float | None = None
     """Clip the global gradient norm to this value; None or 0 = no clipping."""
     seed: int = 0
@@ -141,12 +147,18 @@ class SaeTrainingConfig:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"SaeTrainingConfig.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("l1_lambda", "auxk_alpha", "lr_warmup_steps", "eval_every"):
+        for name in ("l1_lambda", "auxk_alpha", "lr_warmup_steps", "eval_every",
+                     "lr_decay_fraction"):
             if getattr(self, name) < 0:
                 raise ValueError(
                     f"SaeTrainingConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_tokens is not None and self.max_tokens <= 0:
-            raise ValueError(f"SaeTrainingConfig.max_tokens must be > 0, got {self.max_tokens}")
+        for name in ("max_tokens", "max_train_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"SaeTrainingConfig.{name} must be > 0, got "
+                                 f"{getattr(self, name)}")
+        if self.lr_decay_fraction > 1:
+            raise ValueError("SaeTrainingConfig.lr_decay_fraction must be in [0, 1], got "
+                             f"{self.lr_decay_fraction}")
         if self.dead_window_tokens is not None and self.dead_window_tokens <= 0:
             raise ValueError("SaeTrainingConfig.dead_window_tokens must be > 0, got "
                              f"{self.dead_window_tokens}")
@@ -170,6 +182,37 @@ class SaeTrainingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def loader_config(self) -> LoaderConfig:
+        """How this run's tokens are split, shuffled and batched."""
+        return LoaderConfig(
+            batch_size=self.batch_size, holdout_fraction=self.holdout_fraction,
+            max_tokens=self.max_tokens, max_eval_tokens=self.max_eval_tokens,
+            shuffle_buffer_tokens=self.shuffle_buffer_tokens,
+            in_memory_bytes=self.in_memory_bytes, seed=self.seed,
+            prefetch_batches=self.prefetch_batches)
+
+    def planned_tokens(self, n_train_tokens: int) -> int:
+        """Training tokens this config sees in full: every epoch, capped by the budget."""
+        tokens = self.epochs * n_train_tokens
+        return min(tokens, self.max_train_tokens) if self.max_train_tokens else tokens
+
+    def planned_steps(self, batches_per_epoch: int) -> int:
+        """Optimisation steps this config runs in full: every epoch, capped by the budget."""
+        steps = self.epochs * batches_per_epoch
+        if self.max_train_tokens is not None:
+            steps = min(steps, math.ceil(self.max_train_tokens / self.batch_size))
+        return steps
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, decay_fraction: float) -> float:
+    """Learning-rate multiplier of 0-based `step`: linear warm-up from 0, constant, then a
+    linear decay that would reach 0 one step after the last."""
+    factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    decay_steps = round(decay_fraction * total_steps)
+    if decay_steps > 0:
+        factor = min(factor, (total_steps - step) / decay_steps)
+    return max(factor, 0.0)
 
 
 @dataclass(frozen=True)
@@ -266,9 +309,9 @@ class TrainingHistory:
 Callback = Callable[[EvalResult], None]
 
 # fields that shape the data stream: SAEs trained in lockstep must agree on them
-DATA_FIELDS = ("epochs", "batch_size", "max_tokens", "holdout_fraction", "max_eval_tokens",
-               "shuffle_buffer_tokens", "in_memory_bytes", "seed", "device", "dtype",
-               "b_dec_init", "b_dec_init_tokens", "prefetch_batches")
+DATA_FIELDS = ("epochs", "batch_size", "max_tokens", "max_train_tokens", "holdout_fraction",
+               "max_eval_tokens", "shuffle_buffer_tokens", "in_memory_bytes", "seed", "device",
+               "dtype", "b_dec_init", "b_dec_init_tokens", "prefetch_batches")
 
 
 @dataclass
@@ -351,17 +394,14 @@ class SaeTrainer:
         if device.type == "cpu" and any(m.config.cpu_reuse_freed_memory for m in members):
             reuse_freed_blocks()
         dtype = getattr(torch, first.dtype) if first.dtype else members[0].sae.W_dec.dtype
-        loader = ActivationLoader(source, LoaderConfig(
-            batch_size=first.batch_size, holdout_fraction=first.holdout_fraction,
-            max_tokens=first.max_tokens, max_eval_tokens=first.max_eval_tokens,
-            shuffle_buffer_tokens=first.shuffle_buffer_tokens,
-            in_memory_bytes=first.in_memory_bytes, seed=first.seed,
-            prefetch_batches=first.prefetch_batches), device=device, dtype=dtype)
+        loader = ActivationLoader(source, first.loader_config(), device=device, dtype=dtype)
         eval_x = loader.eval_tokens()
         # the same sample and method for every member: compute b_dec's starting centre once
         center = (data_center(_first_tokens(loader, first.b_dec_init_tokens), first.b_dec_init)
                   if first.b_dec_init != "zeros" else None)
-        runs = [_Run(m, store, source, loader, eval_x, center, device) for m in members]
+        total_steps = first.planned_steps(loader.batches_per_epoch)
+        runs = [_Run(m, store, source, loader, eval_x, center, device, total_steps)
+                for m in members]
         try:
             _drive(loader, runs, first)
         except BaseException as e:  # an interrupt: close every W&B run as failed
@@ -373,10 +413,11 @@ class SaeTrainer:
 
 def _drive(loader: ActivationLoader, runs: list[_Run], cfg: SaeTrainingConfig) -> None:
     """Feed every batch to every active run; evaluate each on its own schedule."""
-    total = cfg.epochs * loader.batches_per_epoch
+    total = cfg.planned_steps(loader.batches_per_epoch)
     show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     bar = tqdm(total=total, disable=not show, unit="step", dynamic_ncols=True)
     active = list(runs)
+    done = 0
     try:
         for epoch in range(cfg.epochs):
             for x in loader.train_batches(epoch):
@@ -384,14 +425,16 @@ def _drive(loader: ActivationLoader, runs: list[_Run], cfg: SaeTrainingConfig) -
                     if not run.guarded(run.step, x, epoch):
                         active.remove(run)
                 bar.update(1)
+                done += 1
                 if active and len(runs) == 1:
                     bar.set_postfix_str(runs[0].postfix)
-                if not active:
-                    return
+                if not active or done >= total:
+                    break
+            last = done >= total or epoch == cfg.epochs - 1
             for run in list(active):
-                if not run.guarded(run.end_of_epoch, epoch):
+                if not run.guarded(run.end_of_epoch, epoch, last):
                     active.remove(run)
-            if not active:
+            if not active or last:
                 return
     finally:
         bar.close()
@@ -402,7 +445,7 @@ class _Run:
 
     def __init__(self, member: LockstepMember, store: LocalStore, source: Any,
                  loader: ActivationLoader, eval_x: torch.Tensor, b_dec_center: torch.Tensor | None,
-                 device: torch.device) -> None:
+                 device: torch.device, total_steps: int) -> None:
         self.member, self.sae, self.cfg = member, member.sae, member.config
         self.store, self.source, self.eval_x = store, source, eval_x
         cfg, sae = self.cfg, self.sae
@@ -422,9 +465,9 @@ class _Run:
             with torch.no_grad():
                 sae.b_dec.copy_(b_dec_center.to(sae.b_dec))
         self.opt = _adam(sae, cfg)
-        warm = cfg.lr_warmup_steps
         self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+            self.opt, lambda s: lr_factor(s, cfg.lr_warmup_steps, total_steps,
+                                          cfg.lr_decay_fraction))
         self.step_count = 0
         self.epoch = 0
         self.first_loss: float | None = None
@@ -482,9 +525,9 @@ class _Run:
         if cfg.eval_every and self.step_count % cfg.eval_every == 0:
             self.evaluate()
 
-    def end_of_epoch(self, epoch: int) -> None:
+    def end_of_epoch(self, epoch: int, last: bool) -> None:
         evaluated = bool(self.history.step) and self.history.step[-1] == self.step_count
-        if (not self.cfg.eval_every or epoch == self.cfg.epochs - 1) and not evaluated:
+        if (not self.cfg.eval_every or last) and not evaluated:
             self.evaluate()
 
     def _check_divergence(self, value: float) -> None:

@@ -200,7 +200,7 @@ def _finish(p: _Prepared, result: MemberOutcome, loaded: LoadedSpace) -> TrialOu
         "wall_time_s": time.perf_counter() - start, "train_time_s": history.wall_time_s,
         "dead_window_tokens": history.dead_window_tokens,
         "n_train_tokens": history.n_train_tokens, "n_eval_tokens": history.n_eval_tokens,
-        "planned_tokens": cfg.epochs * history.n_train_tokens,
+        "planned_tokens": cfg.planned_tokens(history.n_train_tokens),
     }
     for key, value in metrics.items():
         trial.set_user_attr(key, value)

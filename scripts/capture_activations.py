@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layer", help="module path to hook, e.g. encoder.layer.3 or transformer.h.6")
     p.add_argument("--list-layers", action="store_true", help="print the module paths and exit")
     p.add_argument("--text", default=PYDOC_CORPUS,
-                   help='a .txt file, a folder of .txt files, or "pydoc" (default)')
+                   help='a .txt file, a folder of .txt files, "pydoc" (default; CPython help '
+                   'texts) or "python-docs" (those plus the standard library\'s docstrings)')
     p.add_argument("--store", help="store folder (shards go to <store>/activations/<run-id>/)")
     p.add_argument("--run-id", help="activation run name")
     p.add_argument("--max-tokens", type=int, help="stop after this many kept tokens")

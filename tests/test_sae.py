@@ -1,3 +1,4 @@
+import math
 import json
 
 import pytest
@@ -18,10 +19,14 @@ def test_seed_constructor_honours_k():
     assert sae.k_aux == 512  # the paper's value for d = 768
 
 
-def test_encoder_starts_as_transpose_of_unit_norm_decoder():
+def test_encoder_starts_as_scaled_transpose_of_unit_norm_decoder():
     sae = TopKSae(64, 16, 4, seed=0)
     assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(64), atol=1e-6)
-    assert torch.equal(sae.W_enc, sae.W_dec.T)
+    assert torch.allclose(sae.W_enc, sae.W_dec.T / math.sqrt(3))  # nn.Linear's row norm
+    legacy = TopKSae(64, 16, 4, seed=0, encoder_init_scale=1.0)
+    assert torch.equal(legacy.W_enc, legacy.W_dec.T)
+    with pytest.raises(ValueError, match="encoder_init_scale"):
+        TopKSae(64, 16, 4, encoder_init_scale=0.0)
 
 
 def test_decode_equals_dense_reference():

@@ -1,0 +1,258 @@
+"""Held-out SAE quality: ours (and EleutherAI sparsify, when importable) on the same tokens.
+
+    python scripts/bench_quality.py --store results/quality_store --run-id python_docs_l3 \\
+        --layer encoder.layer.3 --tokens 200000 --lrs 1e-3,2e-3,4e-3,8e-3,1.6e-2,3.2e-2
+
+The last `--heldout` tokens of the activation run are held out; neither trainer sees them. The
+rest is written to a temporary store that ours trains on through the seed API
+(`SaeTrainer(TopKSae(...)).train(...)`, `holdout_fraction=0.001`), and sparsify is fed the very
+batches our loader yields (same tokens, same order) through its own step: `SparseCoder` forward
+(FVU + AuxK), backward, `remove_gradient_parallel_to_decoder_directions`, Adam at a constant
+learning rate, decoder renormalised before each step, `b_dec` from the first batch's mean, as
+its trainer does. Every SAE is saved, loaded back from disk, and scored by one function here:
+held-out FVU = sum (X - X_hat)^2 / sum (X - mu)^2 over the whole held-out set, in float64
+(docs/metrics.md), with its held-out L0.
+
+A recipe is a name and settings: `default` (SaeTrainingConfig and TopKSae defaults), `legacy`
+(the recipe before the quality work, `harness.recipes.LEGACY_RECIPE`), or
+`NAME:key=value,key=value` where each key is a SaeTrainingConfig field or a TopKSae argument
+(`encoder_init_scale`, `k_aux`), e.g. `decay:lr_decay_fraction=0.2`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import json
+import math
+import re
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from harness.loader import ActivationLoader
+from harness.recipes import LEGACY_RECIPE
+from harness.sae import TopKSae
+from harness.store import LocalStore
+from harness.train import SaeTrainer, SaeTrainingConfig
+
+SAE_ARGS = set(inspect.signature(TopKSae.__init__).parameters) - {"self", "n_latents",
+                                                                   "n_inputs", "k", "device"}
+
+
+@dataclass(frozen=True)
+class Score:
+    """One trained SAE, scored on the held-out tokens."""
+
+    trainer: str
+    """"sparsify" or the recipe name of ours."""
+    lr: float
+    """Learning rate it trained with."""
+    fvu: float
+    """Held-out fraction of variance unexplained."""
+    l0: float
+    """Held-out mean active latents per token."""
+    seconds: float
+    """Wall time of the training."""
+
+
+@torch.no_grad()
+def heldout_fvu(reconstruct, x: torch.Tensor, chunk: int = 4096) -> tuple[float, float]:
+    """(FVU, L0) of `reconstruct` (x -> (x_hat, active latents per token)) over all of x."""
+    x64 = x.double()
+    total = (x64 - x64.mean(0)).pow(2).sum()
+    sse = torch.zeros((), dtype=torch.float64)
+    active = 0.0
+    for start in range(0, x.shape[0], chunk):
+        xb = x[start:start + chunk]
+        x_hat, n_active = reconstruct(xb)
+        sse += (xb.double() - x_hat.double()).pow(2).sum()
+        active += float(n_active.sum())
+    return float(sse / total), active / x.shape[0]
+
+
+def parse_recipe(text: str) -> tuple[str, dict, dict]:
+    """`default`, `legacy` or `NAME:key=value,...` -> (name, config fields, TopKSae args)."""
+    name, _, rest = text.partition(":")
+    values = dict(LEGACY_RECIPE) if name == "legacy" else {}
+    for item in filter(None, re.split(r",(?![^()\[\]]*[)\]])", rest)):  # not inside (...)
+        key, _, raw = item.partition("=")
+        try:
+            values[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            values[key] = raw
+    sae_args = {k: v for k, v in values.items() if k in SAE_ARGS}
+    cfg_fields = {k: v for k, v in values.items() if k not in SAE_ARGS}
+    unknown = set(cfg_fields) - set(SaeTrainingConfig.field_names())
+    if unknown:
+        raise SystemExit(f"recipe {text!r}: unknown setting(s) {sorted(unknown)}; expected "
+                         f"SaeTrainingConfig fields or TopKSae arguments {sorted(SAE_ARGS)}")
+    return name, cfg_fields, sae_args
+
+
+def train_ours(store: Path, run: str, layer: str, base: SaeTrainingConfig, d: int, args,
+               recipe: str, lr: float, heldout: torch.Tensor, tmp: Path) -> Score:
+    name, fields, sae_args = parse_recipe(recipe)
+    cfg = SaeTrainingConfig(**{**asdict(base), **fields, "lr": lr})
+    sae = TopKSae(n_latents=args.n_latents, n_inputs=d, k=args.k, seed=args.seed, **sae_args)
+    out = tmp / f"ours_{name}_{lr:g}"
+    start = time.perf_counter()
+    SaeTrainer(sae).train(store=store, run_id=run, layer_signature=layer, config=cfg,
+                          save_dir=out)
+    seconds = time.perf_counter() - start
+    loaded = TopKSae.load(out)
+
+    def reconstruct(x: torch.Tensor):
+        values, _ = loaded.encode(x)
+        return loaded(x).reconstruction, (values > 0).sum(-1)
+
+    fvu, l0 = heldout_fvu(reconstruct, heldout)
+    return Score(name, lr, fvu, l0, seconds)
+
+
+def train_sparsify(loader: ActivationLoader, cfg: SaeTrainingConfig, d: int, args, lr: float,
+                   heldout: torch.Tensor, tmp: Path) -> Score:
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    torch.manual_seed(args.seed)
+    sae = SparseCoder(d, SparseCoderConfig(num_latents=args.n_latents, k=args.k),
+                      dtype=torch.float32)
+    opt = torch.optim.Adam(sae.parameters(), lr=lr)
+    since_fired = torch.zeros(args.n_latents, dtype=torch.long)
+    steps = cfg.planned_steps(loader.batches_per_epoch)
+    done = 0
+    start = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        for x in loader.train_batches(epoch):
+            if done == 0:
+                sae.b_dec.data = x.mean(0)
+            sae.set_decoder_norm_to_unit_norm()
+            out = sae(x, dead_mask=since_fired > 10_000_000)
+            (out.fvu + out.auxk_loss / 32).backward()
+            sae.remove_gradient_parallel_to_decoder_directions()
+            opt.step()
+            opt.zero_grad()
+            since_fired += x.shape[0]
+            since_fired[out.latent_indices.flatten()] = 0
+            done += 1
+            if done >= steps:
+                break
+        if done >= steps:
+            break
+    seconds = time.perf_counter() - start
+    path = tmp / f"sparsify_{lr:g}"
+    sae.save_to_disk(path)
+    loaded = SparseCoder.load_from_disk(path)
+
+    def reconstruct(x: torch.Tensor):
+        out = loaded(x)
+        return out.sae_out, (out.latent_acts > 0).sum(-1)
+
+    fvu, l0 = heldout_fvu(reconstruct, heldout)
+    return Score("sparsify", lr, fvu, l0, seconds)
+
+
+def sparsify_available() -> bool:
+    try:
+        import sparsify  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means "not installed here"
+        return False
+    return True
+
+
+def table(scores: list[Score], lrs: list[float]) -> str:
+    rows = {}
+    for s in scores:
+        rows.setdefault(s.trainer, {})[s.lr] = s
+    lines = ["| trainer | " + " | ".join(f"{lr:.3g}" for lr in lrs) + " | best |",
+             "|---" * (len(lrs) + 2) + "|"]
+    for trainer, by_lr in rows.items():
+        best = min(by_lr.values(), key=lambda s: s.fvu)
+        cells = [f"**{by_lr[lr].fvu:.4f}**" if by_lr.get(lr) is best else
+                 (f"{by_lr[lr].fvu:.4f}" if lr in by_lr else "") for lr in lrs]
+        lines.append(f"| {trainer} | " + " | ".join(cells) + f" | {best.fvu:.4f} |")
+    if "sparsify" in rows:
+        ref = rows["sparsify"]
+        ref_best = min(s.fvu for s in ref.values())
+        for trainer, by_lr in rows.items():
+            if trainer == "sparsify":
+                continue
+            cells = [f"{by_lr[lr].fvu / ref[lr].fvu:.3f}" if lr in by_lr and lr in ref else ""
+                     for lr in lrs]
+            best = min(s.fvu for s in by_lr.values())
+            lines.append(f"| {trainer} / sparsify | " + " | ".join(cells)
+                         + f" | {best / ref_best:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", required=True)
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--layer", required=True)
+    p.add_argument("--tokens", type=int, default=200_000, help="training tokens (default 200k)")
+    p.add_argument("--lrs", default="1e-3,2e-3,4e-3,8e-3,1.6e-2,3.2e-2",
+                   help="comma-separated learning rates")
+    p.add_argument("--n-latents", type=int, default=3072)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--heldout", type=int, default=32768, help="last tokens held out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recipe", action="append",
+                   help="default, legacy or NAME:key=value,... (repeatable; default: default "
+                        "and legacy)")
+    p.add_argument("--no-sparsify", action="store_true", help="train ours only")
+    p.add_argument("--json", help="also write every score to this JSON file")
+    args = p.parse_args(argv)
+    recipes = args.recipe or ["default", "legacy"]
+
+    source = LocalStore(args.store).open(args.run_id, args.layer)
+    x = torch.cat([source.read_shard(i) for i in range(len(source.shards))])
+    if x.shape[0] <= args.heldout:
+        raise SystemExit(f"{args.store}: {x.shape[0]} tokens, not more than --heldout "
+                         f"{args.heldout}")
+    heldout = x[-args.heldout:].float()
+    train = x[:-args.heldout]
+    d = x.shape[1]
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        store = tmp / "store"
+        LocalStore(store).put_activations("train", args.layer, train)
+        n_train = train.shape[0]
+        base = SaeTrainingConfig(batch_size=args.batch, holdout_fraction=0.001,
+                                 epochs=math.ceil(args.tokens / (n_train * 0.999)),
+                                 max_train_tokens=args.tokens, seed=args.seed, progress=False)
+        lrs = [float(v) for v in args.lrs.split(",")]
+        loader = ActivationLoader(LocalStore(store).open("train", args.layer),
+                                  base.loader_config())
+        print(f"# {source.run_id} {args.layer}: d={d}, n_latents={args.n_latents}, k={args.k}, "
+              f"batch {args.batch}, {args.tokens:,} training tokens of {loader.n_train_tokens:,} "
+              f"distinct, FVU on the last {args.heldout:,} tokens; torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads", flush=True)
+        scores: list[Score] = []
+        with_sparsify = not args.no_sparsify and sparsify_available()
+        if not args.no_sparsify and not with_sparsify:
+            print("# sparsify is not importable (pip install eai-sparsify): ours only")
+        for lr in lrs:
+            if with_sparsify:
+                scores.append(train_sparsify(loader, base, d, args, lr, heldout, tmp))
+                print(json.dumps(asdict(scores[-1])), flush=True)
+            for recipe in recipes:
+                scores.append(train_ours(store, "train", args.layer, base, d, args, recipe, lr,
+                                         heldout, tmp))
+                print(json.dumps(asdict(scores[-1])), flush=True)
+    print()
+    print(table(scores, lrs))
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(s) for s in scores], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""scripts/bench_quality.py end to end on a tiny store (ours only: sparsify is not a dependency)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from harness.store import LocalStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_quality_scores_every_recipe_on_the_held_out_tail(tmp_path: Path):
+    LocalStore(tmp_path / "store").put_activations("acts", "L", torch.randn(6000, 16) + 3.0)
+    out = tmp_path / "scores.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_quality.py"), "--store",
+         str(tmp_path / "store"), "--run-id", "acts", "--layer", "L", "--tokens", "3000",
+         "--lrs", "1e-3,4e-3", "--n-latents", "64", "--k", "4", "--batch", "256",
+         "--heldout", "1000", "--no-sparsify", "--recipe", "default", "--recipe", "legacy",
+         "--recipe", "decay:lr_decay_fraction=0.5,adam_betas=(0.8,0.99)", "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "3,000 training tokens" in proc.stdout and "last 1,000 tokens" in proc.stdout
+    scores = json.loads(out.read_text())
+    assert {(s["trainer"], s["lr"]) for s in scores} == {
+        (r, lr) for r in ("default", "legacy", "decay") for lr in (1e-3, 4e-3)}
+    for s in scores:  # random data: a real FVU, near but below 1, at L0 <= k
+        assert 0.3 < s["fvu"] < 1.0 and 0 < s["l0"] <= 4
+    assert "| default |" in proc.stdout and "| legacy |" in proc.stdout
+
+
+def test_bench_quality_rejects_an_unknown_recipe_setting(tmp_path: Path):
+    LocalStore(tmp_path / "store").put_activations("acts", "L", torch.randn(3000, 8))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_quality.py"), "--store",
+         str(tmp_path / "store"), "--run-id", "acts", "--layer", "L", "--heldout", "500",
+         "--no-sparsify", "--recipe", "x:lr_decay=0.2"], capture_output=True, text=True,
+        timeout=120)
+    assert proc.returncode != 0 and "unknown setting(s) ['lr_decay']" in proc.stderr
