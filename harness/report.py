@@ -205,11 +205,13 @@ def _summary_md(label: str, df: pd.DataFrame, best: pd.DataFrame, group_by: Sequ
         lines += ["Not fitted (see *Not produced* below).", ""]
     if report.fits:
         lines += ["FVU = c · n^b at fixed k (best trial per size, 95% CI):", "",
-                  "| k | exponent b | 95% CI | c | points | R² (log-log) |",
-                  "|---|---|---|---|---|---|"]
+                  "| k | exponent b | 95% CI | c | points | R² (log-log) | reliable |",
+                  "|---|---|---|---|---|---|---|"]
         lines += [f"| {f.k} | {f.exponent:.3f} | [{f.exponent_ci[0]:.3f}, {f.exponent_ci[1]:.3f}]"
-                  f" | {f.coefficient:.3g} | {f.n_points} | {f.r2_log:.3f} |" for f in report.fits]
+                  f" | {f.coefficient:.3g} | {f.n_points} | {f.r2_log:.3f} | "
+                  f"{'no' if f.unreliable else 'yes'} |" for f in report.fits]
         lines.append("")
+        lines += _unreliable_notes([(f"k={f.k}", f) for f in report.fits])
     if report.joint is not None:
         lines += ["Joint fit (Gao et al. 2024): L(n, k) = exp(α + β_k log k + β_n log n + "
                   "γ log k log n) + exp(ζ + η log k):", "", "| parameter | value | 95% CI |",
@@ -217,6 +219,7 @@ def _summary_md(label: str, df: pd.DataFrame, best: pd.DataFrame, group_by: Sequ
         lines += [f"| {name} | {v:.3f} | [{lo:.3f}, {hi:.3f}] |"
                   for name, (v, lo, hi) in report.joint.params.items()]
         lines.append("")
+        lines += _unreliable_notes([("the joint fit", report.joint)])
     if importances:
         lines += ["## Hyperparameter importance (Optuna fANOVA, target: final held-out "
                   f"{'R²' if metric == 'r2' else 'FVU'})", ""]
@@ -231,6 +234,13 @@ def _summary_md(label: str, df: pd.DataFrame, best: pd.DataFrame, group_by: Sequ
     lines += ["## Figures", ""]
     lines += [f"![{p.stem}]({p.name})" for p in report.files if p.suffix == ".png"]
     return "\n".join(lines) + "\n"
+
+
+def _unreliable_notes(fits: list[tuple[str, PowerLawFit | JointFit]]) -> list[str]:
+    """A warning per fit whose values mean little, with the sweep that would settle it."""
+    lines = [f"**Unreliable: {name}.** {fit.unreliable}. To settle it, {fit.advice}."
+             for name, fit in fits if fit.unreliable]
+    return [line for note in lines for line in (note, "")]
 
 
 def _log_to_wandb(label: str, df: pd.DataFrame, best: pd.DataFrame, report: Report,

@@ -207,8 +207,10 @@ def plot_scaling(best: pd.DataFrame, fits: list[PowerLawFit], out: Path) -> list
             if fit is not None:
                 n = np.geomspace(group["n_latents"].min(), group["n_latents"].max(), 50)
                 lo, hi = fit.exponent_ci
-                ax.plot(n, fit.predict(n), color=colors[k], lw=0.9, ls="--",
-                        label=f"k={int(k)}: $n^{{{fit.exponent:.2f}}}$ [{lo:.2f}, {hi:.2f}]")
+                flag = " (unreliable)" if fit.unreliable else ""
+                ax.plot(n, fit.predict(n), color=colors[k], lw=0.9,
+                        ls=":" if fit.unreliable else "--", alpha=0.6 if fit.unreliable else 1,
+                        label=f"k={int(k)}: $n^{{{fit.exponent:.2f}}}$ [{lo:.2f}, {hi:.2f}]{flag}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
@@ -217,4 +219,7 @@ def plot_scaling(best: pd.DataFrame, fits: list[PowerLawFit], out: Path) -> list
         ax.set_ylabel("FVU (held-out, fraction)")
         ax.legend(loc="upper right", handlelength=1.5)
         ax.grid(True, which="major", lw=0.3, alpha=0.5)
+        if any(f.unreliable for f in fits):
+            ax.set_title("dotted: unreliable fit (interval wider than the exponent; "
+                         "see summary.md)", fontsize="small")
         return _save(fig, out, "scaling")

@@ -65,7 +65,9 @@ def scaling_table_tex(fits: list[PowerLawFit], joint: JointFit | None, study: st
     """Fitted exponents with 95% confidence intervals."""
     if not fits and joint is None:
         return ""
-    rows = [{"Fit": f"$k={f.k}$", "Exponent": f"${f.exponent:.3f}$",
+    mark = "$^\\dagger$"
+    rows = [{"Fit": f"$k={f.k}$" + (mark if f.unreliable else ""),
+             "Exponent": f"${f.exponent:.3f}$",
              "95\\% CI": f"$[{f.exponent_ci[0]:.3f}, {f.exponent_ci[1]:.3f}]$",
              "Points": f.n_points} for f in fits]
     if joint is not None:
@@ -73,11 +75,15 @@ def scaling_table_tex(fits: list[PowerLawFit], joint: JointFit | None, study: st
             v, lo, hi = joint.params[name]
             symbol = {"beta_n": "\\beta_n", "beta_k": "\\beta_k", "gamma": "\\gamma",
                       "eta": "\\eta"}[name]
-            rows.append({"Fit": f"joint ${symbol}$", "Exponent": f"${v:.3f}$",
-                         "95\\% CI": f"$[{lo:.3f}, {hi:.3f}]$", "Points": joint.n_points})
+            rows.append({"Fit": f"joint ${symbol}$" + (mark if joint.unreliable else ""),
+                         "Exponent": f"${v:.3f}$", "95\\% CI": f"$[{lo:.3f}, {hi:.3f}]$",
+                         "Points": joint.n_points})
     caption = ("Scaling of held-out FVU with dictionary size: $\\mathrm{FVU} = c\\,n^{b}$ at "
                "fixed $k$" + (", and the joint form of Gao et al. (2024)" if joint else "")
                + f" (study \\texttt{{{_tex_escape(study)}}}).")
+    if any(f.unreliable for f in fits) or (joint is not None and joint.unreliable):
+        caption += (f" {mark}~Unreliable: an interval wider than its estimate, or too few "
+                    "points; a wider sweep of sizes is needed (see summary.md).")
     return pd.DataFrame(rows).style.hide(axis="index").to_latex(
         hrules=True, caption=caption, label=f"tab:{_label(study)}-scaling",
         position_float="centering", column_format="lrcr")

@@ -8,6 +8,10 @@
   log space with scipy's curve_fit; intervals from the fit's covariance and Student's t.
 Each fit is made on the best trial of every (n_latents, k): the scaling law is about the
 optimum at each size, not about badly tuned runs.
+
+A fit is *unreliable* when a fitted value's 95% interval is wider than the value itself (its sign
+is not even settled) or it has fewer points than twice its parameters; `unreliable` says why and
+`advice` which sweep would settle it. Reports show both beside the fit.
 """
 
 from __future__ import annotations
@@ -20,6 +24,15 @@ import pandas as pd
 from scipy import optimize, stats
 
 JOINT_PARAMS = ("alpha", "beta_k", "beta_n", "gamma", "zeta", "eta")
+# what a sweep needs for a settled fit: sizes spanning a wide range, several k for the joint law
+MIN_SIZES, MIN_SPAN = 5, 16
+MIN_JOINT_K, MIN_JOINT_N = 3, 4
+
+
+def _wide(name: str, value: float, lo: float, hi: float) -> str | None:
+    if hi - lo > abs(value):
+        return f"{name} = {value:.3g} has a 95% interval [{lo:.3g}, {hi:.3g}] wider than itself"
+    return None
 
 
 @dataclass(frozen=True)
@@ -38,9 +51,27 @@ class PowerLawFit:
     """Distinct n_latents values fitted."""
     r2_log: float
     """R² of the straight-line fit in log-log space."""
+    n_span: float = 1.0
+    """Largest n_latents over the smallest."""
 
     def predict(self, n: np.ndarray) -> np.ndarray:
         return self.coefficient * np.asarray(n, float) ** self.exponent
+
+    @property
+    def unreliable(self) -> str | None:
+        """Why this fit means little, or None when it is settled."""
+        reasons = [r for r in (_wide("the exponent", self.exponent, *self.exponent_ci),) if r]
+        if self.n_points < 2 * 2:
+            reasons.append(f"{self.n_points} points for 2 parameters")
+        return "; ".join(reasons) or None
+
+    @property
+    def advice(self) -> str:
+        """The sweep that would settle it."""
+        at = f" at k={self.k}" if self.k is not None else ""
+        return (f"train {MIN_SIZES}+ n_latents spanning {MIN_SPAN}x or more{at} (this study: "
+                f"{self.n_points} spanning {self.n_span:.0f}x), each with enough lr trials that "
+                "its best is near the optimum")
 
 
 @dataclass(frozen=True)
@@ -52,10 +83,30 @@ class JointFit:
     n_points: int
     rmse_log: float
     """Root mean squared error of log L."""
+    n_sizes: int = 0
+    """Distinct n_latents fitted."""
+    n_ks: int = 0
+    """Distinct k fitted."""
 
     def predict(self, n: np.ndarray, k: np.ndarray) -> np.ndarray:
         return np.exp(_joint_log(np.vstack([np.log(n), np.log(k)]),
                                  *(self.params[p][0] for p in JOINT_PARAMS)))
+
+    @property
+    def unreliable(self) -> str | None:
+        """Why this fit means little, or None when it is settled."""
+        reasons = [r for name, (v, lo, hi) in self.params.items() if (r := _wide(name, v, lo, hi))]
+        if self.n_points < 2 * len(JOINT_PARAMS):
+            reasons.append(f"{self.n_points} points for {len(JOINT_PARAMS)} parameters")
+        return "; ".join(reasons) or None
+
+    @property
+    def advice(self) -> str:
+        """The sweep that would settle it."""
+        return (f"train every combination of {MIN_JOINT_K}+ k values and {MIN_JOINT_N}+ "
+                f"n_latents spanning {MIN_SPAN}x ({MIN_JOINT_K * MIN_JOINT_N}+ sizes; this study:"
+                f" {self.n_ks} k x {self.n_sizes} n_latents, {self.n_points} sizes), each with "
+                "enough lr trials that its best is near the optimum")
 
 
 def fit_power_law(n: np.ndarray, fvu: np.ndarray, k: int | None = None,
@@ -71,7 +122,8 @@ def fit_power_law(n: np.ndarray, fvu: np.ndarray, k: int | None = None,
     t = stats.t.ppf(0.5 + confidence / 2, len(x) - 2)
     return PowerLawFit(k=k, coefficient=float(np.exp(intercept)), exponent=float(slope),
                        exponent_ci=(float(slope - t * stderr), float(slope + t * stderr)),
-                       n_points=len(x), r2_log=float(r**2))
+                       n_points=len(x), r2_log=float(r**2),
+                       n_span=float(np.exp(x.max() - x.min())))
 
 
 def fit_per_k(best: pd.DataFrame) -> list[PowerLawFit]:
@@ -116,4 +168,5 @@ def fit_joint(best: pd.DataFrame, confidence: float = 0.95) -> JointFit | None:
     params = {name: (float(v), float(v - t * s), float(v + t * s))
               for name, v, s in zip(JOINT_PARAMS, values, se, strict=True)}
     resid = y - _joint_log(np.vstack([log_n, log_k]), *values)
-    return JointFit(params=params, n_points=len(y), rmse_log=float(np.sqrt(np.mean(resid**2))))
+    return JointFit(params=params, n_points=len(y), rmse_log=float(np.sqrt(np.mean(resid**2))),
+                    n_sizes=int(data["n_latents"].nunique()), n_ks=int(data["k"].nunique()))

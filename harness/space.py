@@ -220,6 +220,8 @@ class SweepSpace(_Strict):
     results_dir: str = "results"
     lockstep: int = Field(1, ge=1)
     """Trials a worker trains together on the same batches (each batch read and moved once)."""
+    workers: int = Field(1, ge=1)
+    """Worker processes when neither --workers nor --devices is given."""
 
     @field_validator("params")
     @classmethod

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import fcntl
 import inspect
+import json
 import os
 import socket
 import threading
@@ -29,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import joblib
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import (
@@ -40,7 +42,7 @@ from optuna.storages import (
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.space import PRUNERS, SAMPLERS, LoadedSpace, SpaceError
+from harness.space import PRUNERS, SAMPLERS, LoadedSpace, ParamSpec, SpaceError
 
 LEASE_ATTR = "saesweep:lease"
 
@@ -115,6 +117,10 @@ def create_study(loaded: LoadedSpace, storage_url: str) -> optuna.Study:
         raise SpaceError(f"{loaded.path}: objectives: study {s.study.name!r} in {storage_url} has "
                          f"directions {[d.name.lower() for d in existing.directions]}, the space "
                          f"asks for {s.directions}; use another study name")
+    definition = study_definition(loaded)
+    fingerprint = joblib.hash(definition)
+    if existing is not None:
+        _refuse_changed_definition(existing, definition, fingerprint, loaded, storage_url)
     study = optuna.create_study(study_name=s.study.name, storage=storage, sampler=sampler,
                                 pruner=pruner, directions=s.directions, load_if_exists=True)
     attrs = study.user_attrs
@@ -136,6 +142,8 @@ def create_study(loaded: LoadedSpace, storage_url: str) -> optuna.Study:
         "saesweep_version": _version(),
         "results_dir": str(Path(s.results_dir) / s.study.name),
         "storage": storage_url,
+        "definition": definition,
+        "fingerprint": fingerprint,
     }
     if "created" not in attrs:
         record["created"] = now
@@ -143,6 +151,57 @@ def create_study(loaded: LoadedSpace, storage_url: str) -> optuna.Study:
     for key, value in record.items():
         study.set_user_attr(key, value)
     return study
+
+
+def study_definition(loaded: LoadedSpace) -> dict[str, Any]:
+    """What a study's trials are comparable on: its objectives, its data (the activation run,
+    its width, the held-out split) and its parameter distributions. Budget, workers, sampler,
+    pruner and W&B may change between runs of one study; these may not."""
+    s = loaded.space
+    return {
+        "objectives": [o.model_dump() for o in s.objectives],
+        "data": {"store": str(Path(s.data.store).resolve()), "run_id": s.data.run_id,
+                 "layer_signature": s.data.layer_signature, "d": loaded.d,
+                 "max_tokens": s.data.max_tokens,
+                 "holdout_fraction": s.training.get("holdout_fraction")},
+        "params": {name: spec.model_dump() if isinstance(spec, ParamSpec) else spec
+                   for name, spec in s.params.items()},
+    }
+
+
+def _refuse_changed_definition(study: optuna.Study, definition: dict[str, Any],
+                               fingerprint: str, loaded: LoadedSpace, storage_url: str) -> None:
+    """A SpaceError naming what differs, when the study was defined otherwise (joblib.hash of
+    the definition). Studies made before fingerprints were recorded are adopted as they are."""
+    attrs = study.user_attrs
+    if attrs.get("fingerprint") in (None, fingerprint):
+        return
+    before = attrs.get("definition", {})
+    now = json.loads(json.dumps(definition))  # as storage returns it: tuples are lists
+    changes = []
+    for section, new_section in now.items():
+        old_section = before.get(section)
+        for key in _keys(old_section, new_section):
+            old, new = _item(old_section, key), _item(new_section, key)
+            if old != new:
+                changes.append(f"{section}[{key}]: {old!r} -> {new!r}" if isinstance(key, int)
+                               else f"{section}.{key}: {old!r} -> {new!r}")
+    raise SpaceError(
+        f"{loaded.path}: study {loaded.space.study.name!r} in {storage_url} was run with another "
+        f"definition, so its trials would not be comparable: {'; '.join(changes) or 'changed'}. "
+        "Start a new study instead (--study NEW_NAME), or restore the space it was run with.")
+
+
+def _keys(old: Any, new: Any) -> list[Any]:
+    if isinstance(old, list) or isinstance(new, list):  # objectives: compared by position
+        return list(range(max(len(old or []), len(new or []))))
+    return sorted(set(old or {}) | set(new or {}))
+
+
+def _item(section: Any, key: Any) -> Any:
+    if isinstance(section, list):
+        return section[key] if key < len(section) else None
+    return (section or {}).get(key)
 
 
 # ------------------------------------------------------------------------------ budget

@@ -51,13 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run or resume a sweep of TopK SAEs declared in a search-space YAML file. "
                     "Re-running the same command continues the study where it stopped.")
     p.add_argument("space", nargs="?", help="search-space YAML (default: "
-                   "search_spaces/quickstart.yaml, synthetic data, under a minute on 2 CPUs)")
+                   "search_spaces/quickstart.yaml: synthetic data, about 26 s on 2 CPU cores)")
     p.add_argument("--n-trials", type=_positive_int,
                    help="trial budget for the whole study (overrides budget.n_trials)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--workers", type=_positive_int, default=1,
-                       help="worker processes on one machine (default 1); on CPU the cores are "
-                            "divided among them, on GPUs they are spread over the visible ones")
+    group.add_argument("--workers", type=_positive_int,
+                       help="worker processes on one machine (default: the space's workers, "
+                            "else 1); on CPU the cores are divided among them, on GPUs they are "
+                            "spread over the visible ones")
     group.add_argument("--devices", help="comma-separated devices, one worker each, e.g. "
                        "cuda:0,cuda:1 (each worker sees only its GPU via CUDA_VISIBLE_DEVICES)")
     p.add_argument("--storage", help="Optuna storage: a journal file path (default "
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     reaped = reap_stale(study, space.faults.lease_s, space.faults.max_retry)
     if reaped:
         print(f"re-enqueued trials abandoned by an earlier run: {reaped}")
-    slots = _worker_slots(args)
+    slots = _worker_slots(args.devices, space.workers)
     print(f"study {space.study.name!r}: storage {storage_url}, {space.budget.n_trials} trials, "
           f"{len(slots)} worker(s) on {', '.join(e.get('_label', d) for d, e in slots)}; "
           f"results in {out}/")
@@ -126,6 +127,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object] | object
         out["results_dir"] = args.results
     if args.lockstep:
         out["lockstep"] = args.lockstep
+    if args.workers:
+        out["workers"] = args.workers
     return out
 
 
@@ -142,10 +145,11 @@ def _ensure_data(loaded: LoadedSpace) -> None:
     write_synthetic_store(data.store, data.run_id, spec, layer_signature=data.layer_signature)
 
 
-def _worker_slots(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
-    """(device, extra environment) per worker. Each GPU worker sees exactly one GPU."""
-    if args.devices:
-        devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+def _worker_slots(devices_arg: str | None, n: int) -> list[tuple[str, dict[str, str]]]:
+    """(device, extra environment) per worker: one per device in `devices_arg`, else `n`. Each
+    GPU worker sees exactly one GPU."""
+    if devices_arg:
+        devices = [d.strip() for d in devices_arg.split(",") if d.strip()]
         n_cpu = sum(1 for d in devices if not d.startswith("cuda"))
         slots = []
         for dev in devices:
@@ -157,7 +161,6 @@ def _worker_slots(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
         return slots
     import torch
 
-    n = args.workers
     if torch.cuda.is_available():
         gpus = torch.cuda.device_count()
         return [("cuda:0", {"CUDA_VISIBLE_DEVICES": str(i % gpus), "_label": f"cuda:{i % gpus}"})
@@ -200,18 +203,25 @@ def _monitor(study: optuna.Study, procs: list[subprocess.Popen], loaded: LoadedS
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     n_trials = loaded.space.budget.n_trials
     seen: set[int] = set()
+    started = time.perf_counter()
+    done_before: int | None = None  # trials finished by earlier runs (not part of the rate)
     bar = tqdm(total=n_trials, unit="trial", dynamic_ncols=True, file=sys.stderr,
                disable=not sys.stderr.isatty())
     try:
         while True:
             alive = [p for p in procs if p.poll() is None]
             trials = study.get_trials(deepcopy=False)
-            for t in sorted(trials, key=lambda t: t.number):
-                if t.state.is_finished() and t.number not in seen:
-                    seen.add(t.number)
-                    tqdm.write(_trial_line(t, loaded))
             superseded = superseded_numbers(trials)
             done = sum(1 for t in trials if t.state.is_finished() and t.number not in superseded)
+            if done_before is None:
+                done_before = done
+            new = [t for t in sorted(trials, key=lambda t: t.number)
+                   if t.state.is_finished() and t.number not in seen]
+            for i, t in enumerate(new):
+                seen.add(t.number)
+                done_then = done - (len(new) - 1 - i)  # several may finish between two polls
+                tqdm.write(_trial_line(t, loaded)
+                           + _time_left(done_then, done_before, n_trials, started))
             bar.n = min(done, n_trials)
             best = _best_value(study, loaded)
             if best is not None:
@@ -237,6 +247,23 @@ def _monitor(study: optuna.Study, procs: list[subprocess.Popen], loaded: LoadedS
     return 0
 
 
+def _time_left(done: int, done_before: int, n_trials: int, started: float) -> str:
+    """`  [7/24, ~18 s left]`: the rate of this run's finished trials times what remains."""
+    finished_here = done - done_before
+    if finished_here <= 0 or done >= n_trials:
+        return f"  [{min(done, n_trials)}/{n_trials}]"
+    left = (time.perf_counter() - started) / finished_here * (n_trials - done)
+    return f"  [{done}/{n_trials}, ~{_duration(left)} left]"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _trial_line(t: FrozenTrial, loaded: LoadedSpace) -> str:
     a = t.user_attrs
     cfg = f"n_latents={a.get('n_latents')} k={a.get('k')} lr={a.get('lr', 0) or 0:.2e}"
@@ -245,6 +272,8 @@ def _trial_line(t: FrozenTrial, loaded: LoadedSpace) -> str:
     if t.state == TrialState.COMPLETE:
         what = (f"r2={a.get('final_r2', math.nan):.4f} l0={a.get('final_l0', math.nan):.1f} "
                 f"dead={100 * a.get('final_dead_ratio', math.nan):.1f}%")
+        if "recovery" in a:
+            what += f" recovered={100 * a['recovery']:.0f}%"
     elif t.state == TrialState.PRUNED:
         what = f"pruned: {a.get('prune_reason')}"
     else:
@@ -280,20 +309,42 @@ def _print_best(study: optuna.Study, loaded: LoadedSpace, storage: str, out: Pat
                           reverse=space.objectives[0].direction == "maximize")[:5]
             title = "best trials"
         print(f"{title} ({', '.join(f'{o.direction} {o.metric}' for o in space.objectives)}):")
+        truth = all("recovery" in t.user_attrs for t in best)
         print(f"{'trial':>6} {'r2':>8} {'l0':>6} {'dead%':>6} {'n_latents':>9} {'k':>4} "
-              f"{'lr':>9}  folder")
+              f"{'lr':>9}" + (f" {'found%':>6}" if truth else "") + "  folder")
         for t in best:
             a = t.user_attrs
+            found = f" {100 * a['recovery']:6.0f}" if truth else ""
             print(f"{t.number:6d} {a['final_r2']:8.4f} {a['final_l0']:6.1f} "
                   f"{100 * a['final_dead_ratio']:6.1f} {a['n_latents']:9d} {a['k']:4d} "
-                  f"{a['lr']:9.2e}  {a['trial_dir']}")
+                  f"{a['lr']:9.2e}{found}  {a['trial_dir']}")
+        if truth:
+            print("found% = planted features recovered (a decoder row within cos 0.9 of the "
+                  "true direction)")
     print(f"study storage: {storage}")
     print(f"trial folders: {out / 'trials'}/   worker logs: {out / 'logs'}/")
     if space.wandb.mode == "offline":
         runs = out / "wandb"
         print(f"W&B offline runs: {runs}/ (upload: wandb sync {runs}/offline-run-*)")
-    hint = "" if shutil.which("optuna-dashboard") else "pip install optuna-dashboard; "
-    print(f"dashboard: {hint}optuna-dashboard {storage}")
+    print(next_steps(space.study.name, storage, space.results_dir))
+
+
+def next_steps(study: str, storage: str, results_dir: str) -> str:
+    """The three commands a user runs after a sweep (the README's first screen shows them)."""
+    report = f"python -m harness.report {study}"
+    if results_dir != "results":
+        report += f" --results {results_dir}"
+    if "://" in storage and not storage.startswith("journal://"):
+        report += " --storage URL"
+    dashboard = f"optuna-dashboard {storage if '://' not in storage else 'URL'}"
+    hint = "" if shutil.which("optuna-dashboard") else "   (pip install optuna-dashboard)"
+    rows = [(report, f"tables, Pareto and scaling plots -> {results_dir}/{study}/report/"),
+            (dashboard, "the study live in a browser" + hint),
+            ("python -m harness.sweep my_space.yaml",
+             "your store: copy search_spaces/minilm.yaml (or mi_crow_store.yaml), set "
+             "data.store, run_id, layer_signature")]
+    width = max(len(cmd) for cmd, _ in rows)
+    return "next:\n" + "\n".join(f"  {cmd:<{width}}  # {why}" for cmd, why in rows)
 
 
 def _positive_int(text: str) -> int:

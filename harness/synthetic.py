@@ -104,3 +104,8 @@ def load_ground_truth(base: str | Path, run_id: str) -> torch.Tensor:
     """The true directions of a synthetic run."""
     path = LocalStore(base).activation_dir(run_id) / GROUND_TRUTH_FILE
     return load_file(str(path))["directions"]
+
+
+def has_ground_truth(base: str | Path, run_id: str) -> bool:
+    """Whether the run was generated here and so carries its true directions."""
+    return (LocalStore(base).activation_dir(run_id) / GROUND_TRUTH_FILE).exists()

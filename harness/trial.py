@@ -22,9 +22,11 @@ import optuna
 from optuna.trial import TrialState
 
 from harness.atomic import write_json
+from harness.metrics import feature_recovery
 from harness.sae import TopKSae
 from harness.space import LoadedSpace, TrialSetup
 from harness.store import StoreError
+from harness.synthetic import has_ground_truth, load_ground_truth
 from harness.train import (
     EvalResult,
     LockstepMember,
@@ -202,6 +204,11 @@ def _finish(p: _Prepared, result: MemberOutcome, loaded: LoadedSpace) -> TrialOu
         "n_train_tokens": history.n_train_tokens, "n_eval_tokens": history.n_eval_tokens,
         "planned_tokens": cfg.planned_tokens(history.n_train_tokens),
     }
+    data = loaded.space.data
+    if has_ground_truth(data.store, data.run_id):  # synthetic data: how many features it found
+        rec = feature_recovery(load_ground_truth(data.store, data.run_id),
+                               p.member.sae.W_dec.detach().cpu())
+        metrics.update(recovery=rec.recovery, mmcs=rec.mmcs)
     for key, value in metrics.items():
         trial.set_user_attr(key, value)
     if history.stop_reason is not None:

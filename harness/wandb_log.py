@@ -60,7 +60,9 @@ class WandbRun:
             self.run = wandb.init(
                 project=project, name=name, config=config, mode=self.mode,
                 dir=str(dir) if dir is not None else None, group=group, job_type=job_type,
-                reinit="create_new", settings=wandb.Settings(silent=True, console="off"),
+                reinit="create_new", settings=wandb.Settings(
+                    silent=True, console="off", x_save_requirements=False, disable_git=True,
+                    x_disable_stats=True, disable_code=True),
             )
         except Exception as e:  # noqa: BLE001 - W&B must never stop training
             self._fail("init", e)

@@ -37,7 +37,8 @@ def run(space: dict, results: Path, name: str, n_trials: int, wandb: str) -> tup
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "harness.sweep", str(path), "--n-trials", str(n_trials),
-                    "--wandb", wandb], cwd=ROOT, check=True, capture_output=True)
+                    "--wandb", wandb, "--workers", "1"], cwd=ROOT, check=True,
+                   capture_output=True)
     wall = time.perf_counter() - start
     storage = open_storage(str(results / name / "study.journal"))
     return wall, optuna.load_study(study_name=name, storage=storage).get_trials()

@@ -85,13 +85,18 @@ def test_report_writes_every_table_and_plot_without_warnings(study_results, tmp_
     assert "| r2_floor |        6 |" in summary
     assert len(report.fits) == 1 and report.fits[0].k == 4 and report.fits[0].n_points == 3
     assert report.fits[0].exponent < 0  # more latents, less unexplained variance
+    # 3 sizes spanning 4x: flagged, with the sweep that would settle it
+    assert "3 points for 2 parameters" in report.fits[0].unreliable
+    assert "| 4 |" in summary and "| no |" in summary
+    assert "**Unreliable: k=4.**" in summary
+    assert "train 5+ n_latents spanning 16x or more at k=4 (this study: 3 spanning 4x)" in summary
 
 
 def test_table_tex_compiles(study_results, tmp_path):
     build_report(["t"], results_dir=study_results, out=tmp_path, formats=["tex"])
     tex = (tmp_path / "table.tex").read_text()
     for piece in ("\\toprule", "\\midrule", "\\bottomrule", "\\caption{", "\\label{tab:t-best}",
-                  "\\textbf{", "tab:t-scaling"):
+                  "\\textbf{", "tab:t-scaling", "$k=4$$^\\dagger$", "Unreliable:"):
         assert piece in tex, piece
     if shutil.which("pdflatex") is None:
         assert tex.count("\\begin{tabular}") == tex.count("\\end{tabular}") == 2

@@ -14,6 +14,16 @@ def test_power_law_fit_recovers_a_known_exponent_within_5_percent():
     assert fit.exponent_ci[0] < -0.3 < fit.exponent_ci[1]
     assert fit.coefficient == pytest.approx(2.5, rel=0.2)
     assert fit.r2_log > 0.99
+    assert fit.unreliable is None  # 7 sizes over 64x, a tight interval
+    assert fit.n_span == pytest.approx(64)
+
+
+def test_a_fit_whose_interval_is_wider_than_its_estimate_is_flagged():
+    """The quickstart's case: a near-zero exponent with a huge interval."""
+    fit = fit_power_law([128, 256, 512, 1024], [0.30, 0.20, 0.32, 0.21])
+    assert fit.exponent_ci[1] - fit.exponent_ci[0] > abs(fit.exponent)
+    assert "wider than itself" in fit.unreliable
+    assert "spanning 16x or more" in fit.advice and "4 spanning 8x" in fit.advice
 
 
 def test_power_law_needs_three_sizes():
@@ -35,6 +45,7 @@ def test_joint_fit_recovers_the_generating_law():
             rows.append((n, k, np.exp(first) + np.exp(truth["zeta"] + truth["eta"] * np.log(k))))
     joint = fit_joint(_best(rows))
     assert joint is not None and joint.rmse_log < 1e-3
+    assert joint.unreliable is None and (joint.n_ks, joint.n_sizes) == (4, 5)
     # a size between the fitted ones is predicted as the generating law says
     expected = (np.exp(truth["alpha"] + truth["beta_k"] * np.log(24)
                        + truth["beta_n"] * np.log(3000)
@@ -48,3 +59,13 @@ def test_joint_fit_recovers_the_generating_law():
 
 def test_joint_fit_declines_a_single_k():
     assert fit_joint(_best([(n, 8, 0.1 * n ** -0.2) for n in (64, 128, 256, 512)])) is None
+
+
+def test_a_joint_fit_on_few_noisy_sizes_is_flagged():
+    rng = np.random.default_rng(1)
+    rows = [(n, k, 0.5 * n ** -0.2 * k ** -0.5 * np.exp(rng.normal(0, 0.2)))
+            for k in (4, 8) for n in (64, 128, 256, 512)]
+    joint = fit_joint(_best(rows))
+    assert joint is not None
+    assert "8 points for 6 parameters" in joint.unreliable
+    assert "this study: 2 k x 4 n_latents, 8 sizes" in joint.advice

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -280,6 +281,35 @@ def test_multi_objective_sweep_keeps_dead_feature_pruning(synthetic_store, tmp_p
     assert pruned and all(t.user_attrs["prune_rule"] == "dead_features" for t in pruned)
 
 
+def test_a_changed_study_definition_is_refused_and_nothing_is_written(synthetic_store,
+                                                                     tmp_path):
+    """Same direction, other metric: once accepted, it mixed FVU with L0 values in one study."""
+    results = tmp_path / "results"
+    space = tiny_space(synthetic_store, results,
+                       objectives=[{"metric": "fvu", "direction": "minimize"}],
+                       budget={"n_trials": 2}, wandb={"mode": "off"})
+    proc = sweep(str(write_space(tmp_path / "s.yaml", space)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    journal = results / "t" / "study.journal"
+    before = journal.read_bytes()
+    resolved = (results / "t" / "space.resolved.yaml").read_bytes()
+    changed = copy.deepcopy(space)
+    changed["objectives"] = [{"metric": "l0", "direction": "minimize"}]
+    changed["params"]["lr"]["high"] = 0.1
+    proc = sweep(str(write_space(tmp_path / "changed.yaml", changed)), "--n-trials", "4")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "objectives[0]: {'metric': 'fvu', 'direction': 'minimize'} -> {'metric': 'l0'" in \
+        proc.stderr
+    assert "params.lr:" in proc.stderr and "'high': 0.1" in proc.stderr
+    assert "--study NEW_NAME" in proc.stderr
+    assert journal.read_bytes() == before  # no trial, no attribute, no invocation recorded
+    assert (results / "t" / "space.resolved.yaml").read_bytes() == resolved
+    # the same definition with a larger budget resumes as before
+    proc = sweep(str(tmp_path / "s.yaml"), "--n-trials", "3")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(load(results).get_trials()) == 3
+
+
 BAD_CLI = [
     ("unknown key", {"budget": {"n_trials": 2, "trials": 3}}, "budget.trials: Extra inputs"),
     ("wrong type", {"budget": {"n_trials": "two"}}, "budget.n_trials: Input should be a valid"),
@@ -315,14 +345,12 @@ def test_bad_space_exits_2_with_its_message_and_writes_nothing(synthetic_store, 
 
 
 def test_devices_pin_one_gpu_per_worker_and_divide_cpu_cores():
-    import argparse
-
     from harness.sweep import _worker_slots
 
-    gpus = _worker_slots(argparse.Namespace(devices="cuda:0,cuda:3", workers=1))
+    gpus = _worker_slots("cuda:0,cuda:3", 1)
     # each worker sees exactly its GPU (set before torch is imported there) as cuda:0
     assert [(dev, env["CUDA_VISIBLE_DEVICES"]) for dev, env in gpus] == [("cuda:0", "0"),
                                                                          ("cuda:0", "3")]
-    cpus = _worker_slots(argparse.Namespace(devices=None, workers=2))
+    cpus = _worker_slots(None, 2)
     share = str(max(1, (os.cpu_count() or 1) // 2))
     assert [env["OMP_NUM_THREADS"] for _, env in cpus] == [share, share]

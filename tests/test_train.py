@@ -14,10 +14,10 @@ from harness import (
     TrainingDiverged,
     feature_recovery,
 )
-from harness.train import lr_factor
 from harness.recipes import LEGACY_RECIPE
 from harness.store import LocalStore
 from harness.synthetic import SyntheticSpec, load_ground_truth, write_synthetic_store
+from harness.train import lr_factor
 
 FAST = dict(epochs=2, batch_size=256, lr=1e-3, progress=False)
 
