@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,6 +89,15 @@ def test_two_workers_complete_a_sweep_with_offline_wandb(synthetic_store, tmp_pa
             assert (folder / name).exists(), folder / name
         assert json.loads((folder / "trial.json").read_text())["params"] == t.params
     assert "best trials" in proc.stdout and proc.stdout.count("COMPLETE") >= 8
+    # the synthetic store carries its true directions: every trial says how many it recovered
+    assert all(0.0 <= t.user_attrs["recovery"] <= 1.0 and 0.0 < t.user_attrs["mmcs"] <= 1.0
+               for t in trials)
+    assert proc.stdout.count("recovered=") == 8 and "found%" in proc.stdout
+    lines = [line for line in proc.stdout.splitlines() if re.match(r"trial +\d+ ", line)]
+    assert lines[-1].endswith("[8/8]") and all("/8" in line for line in lines)
+    assert any(" left]" in line for line in lines)  # a time-left estimate while trials remain
+    assert f"next:\n  python -m harness.report t --results {results}" in proc.stdout
+    assert "python -m harness.sweep my_space.yaml" in proc.stdout
 
     logs = sorted((results / "t" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(logs) == len(trials)  # one W&B run per trial
@@ -342,6 +352,25 @@ def test_bad_space_exits_2_with_its_message_and_writes_nothing(synthetic_store, 
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr and str(path) in proc.stderr
     assert not results.exists()
+
+
+def test_time_left_is_the_rate_of_this_run_times_what_remains():
+    from harness.sweep import _time_left
+
+    started = time.perf_counter() - 10.0  # 10 s ago, 4 trials finished here since
+    assert _time_left(9, 5, 24, started) in ("  [9/24, ~38 s left]", "  [9/24, ~37 s left]")
+    assert _time_left(5, 5, 24, started) == "  [5/24]"  # nothing finished in this run yet
+    assert _time_left(24, 5, 24, started) == "  [24/24]"
+
+
+def test_the_space_sets_the_worker_count_and_the_flag_overrides_it(synthetic_store, tmp_path):
+    results = tmp_path / "results"
+    space = tiny_space(synthetic_store, results, workers=2, budget={"n_trials": 2},
+                       wandb={"mode": "off"})
+    proc = sweep(str(write_space(tmp_path / "s.yaml", space)))
+    assert proc.returncode == 0 and "2 worker(s)" in proc.stdout, proc.stdout + proc.stderr
+    proc = sweep(str(tmp_path / "s.yaml"), "--workers", "1", "--n-trials", "3")
+    assert proc.returncode == 0 and "1 worker(s)" in proc.stdout, proc.stdout + proc.stderr
 
 
 def test_devices_pin_one_gpu_per_worker_and_divide_cpu_cores():
