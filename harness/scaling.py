@@ -60,7 +60,8 @@ class PowerLawFit:
     @property
     def unreliable(self) -> str | None:
         """Why this fit means little, or None when it is settled."""
-        reasons = [r for r in (_wide("the exponent", self.exponent, *self.exponent_ci),) if r]
+        wide = _wide("the exponent", self.exponent, *self.exponent_ci)
+        reasons = [wide] if wide else []
         if self.n_points < 2 * 2:
             reasons.append(f"{self.n_points} points for 2 parameters")
         return "; ".join(reasons) or None

@@ -43,6 +43,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.space import PRUNERS, SAMPLERS, LoadedSpace, ParamSpec, SpaceError
+from harness.train import SaeTrainingConfig
 
 LEASE_ATTR = "saesweep:lease"
 
@@ -163,7 +164,8 @@ def study_definition(loaded: LoadedSpace) -> dict[str, Any]:
         "data": {"store": str(Path(s.data.store).resolve()), "run_id": s.data.run_id,
                  "layer_signature": s.data.layer_signature, "d": loaded.d,
                  "max_tokens": s.data.max_tokens,
-                 "holdout_fraction": s.training.get("holdout_fraction")},
+                 "holdout_fraction": s.training.get("holdout_fraction",
+                                                    SaeTrainingConfig.holdout_fraction)},
         "params": {name: spec.model_dump() if isinstance(spec, ParamSpec) else spec
                    for name, spec in s.params.items()},
     }

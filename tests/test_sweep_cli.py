@@ -314,8 +314,10 @@ def test_a_changed_study_definition_is_refused_and_nothing_is_written(synthetic_
     assert "--study NEW_NAME" in proc.stderr
     assert journal.read_bytes() == before  # no trial, no attribute, no invocation recorded
     assert (results / "t" / "space.resolved.yaml").read_bytes() == resolved
-    # the same definition with a larger budget resumes as before
-    proc = sweep(str(tmp_path / "s.yaml"), "--n-trials", "3")
+    # the same definition (the default holdout now written out) with a larger budget resumes
+    same = copy.deepcopy(space)
+    same["training"]["holdout_fraction"] = 0.05
+    proc = sweep(str(write_space(tmp_path / "same.yaml", same)), "--n-trials", "3")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(load(results).get_trials()) == 3
 
