@@ -24,9 +24,9 @@ STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
                TrialState.WAITING: "waiting"}
 METRIC_ATTRS = ("final_r2", "best_r2", "final_fvu", "best_fvu", "final_mse", "final_l0",
                 "final_dead_ratio", "dead_features", "tokens_seen", "planned_tokens", "steps",
-                "n_train_tokens", "wall_time_s", "train_time_s")
-INFO_ATTRS = ("expansion", "n_latents", "k", "lr", "prune_rule", "prune_step", "prune_tokens",
-              "prune_reason", "fail_reason", "device", "worker", "trial_dir")
+                "n_train_tokens", "wall_time_s", "train_time_s", "recovery", "mmcs")
+INFO_ATTRS = ("expansion", "n_latents", "k", "lr", "activation", "prune_rule", "prune_step",
+              "prune_tokens", "prune_reason", "fail_reason", "device", "worker", "trial_dir")
 
 
 class ReportError(Exception):

@@ -9,6 +9,13 @@
   each row is removed before the step;
 - an auxiliary loss (AuxK) lets dead latents model the residual error.
 
+`activation="batchtopk"` (Bussmann et al. 2024, "BatchTopK Sparse Autoencoders") keeps the top
+k*B pre-activations of a whole training batch instead of k per token, so L0 is k on average but
+varies per token. Each token's candidates are its top 4k pre-activations (BATCHTOPK_CANDIDATES),
+which bounds a token's L0 and keeps the sparse backward. Training (a forward with gradients)
+updates `threshold`, an exponential average of each batch's cut value; inference (no gradients)
+keeps the candidates above it, as the paper does.
+
 Weights are stored with SAELens' names and shapes, `W_enc` [d_in, d_sae], `b_enc` [d_sae],
 `W_dec` [d_sae, d_in], `b_dec` [d_in], in `sae_weights.safetensors` beside a `cfg.json` that
 carries SAELens' TopK fields (`architecture`, `d_in`, `d_sae`, `k`, ...). No pickles anywhere.
@@ -31,6 +38,9 @@ from harness.sparse_ops import gather_preacts
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 DEFAULT_ENCODER_INIT_SCALE = 1 / math.sqrt(3)  # nn.Linear's default row norm, for any d_in
+ACTIVATIONS = ("topk", "batchtopk")
+BATCHTOPK_CANDIDATES = 4  # a BatchTopK token keeps at most this many times k latents
+THRESHOLD_EMA = 0.1  # weight of the newest batch's cut in BatchTopK's inference threshold
 CONFIG_FILE = "cfg.json"
 
 
@@ -40,9 +50,10 @@ class SaeOutput(NamedTuple):
     reconstruction: torch.Tensor
     """[B, d_in] decoded input."""
     top_values: torch.Tensor
-    """[B, k] latent activations after ReLU (may contain zeros)."""
+    """[B, k] latent activations after ReLU (may contain zeros); [B, 4k] for BatchTopK, whose
+    unselected candidates are zero."""
     top_indices: torch.Tensor
-    """[B, k] latent indices chosen by top-k."""
+    """[B, k] (BatchTopK: [B, 4k]) latent indices of those values."""
     pre_acts: torch.Tensor
     """[B, d_sae] encoder pre-activations (AuxK picks dead latents from these). On the sparse
     path they carry no graph: gradients flow only through the chosen entries."""
@@ -68,6 +79,7 @@ class TopKSae(nn.Module):
         k_aux: int | None = None,
         seed: int | None = None,
         encoder_init_scale: float = DEFAULT_ENCODER_INIT_SCALE,
+        activation: str = "topk",
     ) -> None:
         super().__init__()
         if not 0 < k <= n_latents:
@@ -76,6 +88,9 @@ class TopKSae(nn.Module):
             raise ValueError(f"n_inputs must be positive, got {n_inputs}")
         if not encoder_init_scale > 0:
             raise ValueError(f"encoder_init_scale must be positive, got {encoder_init_scale}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        self.activation = activation
         self.n_latents = int(n_latents)
         self.n_inputs = int(n_inputs)
         self.k = int(k)
@@ -91,6 +106,9 @@ class TopKSae(nn.Module):
         self.enc_weight = nn.Parameter((w_dec * encoder_init_scale).to(**factory))
         self.b_enc = nn.Parameter(torch.zeros(n_latents, **factory))
         self.b_dec = nn.Parameter(torch.zeros(n_inputs, **factory))
+        # BatchTopK's inference threshold (a buffer, so .to() and state_dict carry it)
+        self.register_buffer("threshold", torch.zeros((), **factory))
+        self._threshold_updates = 0
         self.sparse_backward = True
         """Gradients through the chosen latents only (harness.sparse_ops); False = autograd
         through the dense pre-activations (the reference)."""
@@ -108,10 +126,33 @@ class TopKSae(nn.Module):
         """b_enc + centered @ W_enc: the one dense product of a step."""
         return torch.addmm(self.b_enc, centered, self.enc_weight.T)
 
+    @property
+    def n_candidates(self) -> int:
+        """Latents a token may keep: k, or BATCHTOPK_CANDIDATES * k for BatchTopK."""
+        if self.activation == "topk":
+            return self.k
+        return min(self.n_latents, BATCHTOPK_CANDIDATES * self.k)
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k latents of `x`: (values after ReLU [B, k], indices [B, k])."""
-        values, indices = self.pre_activations(x).topk(self.k, dim=-1, sorted=False)
-        return F.relu(values), indices
+        """Active latents of `x` at inference: (values after ReLU, indices), both [B, k] (BatchTopK:
+        [B, 4k], zero where a candidate is below the threshold)."""
+        with torch.no_grad():
+            out = self(x)
+        return out.top_values, out.top_indices
+
+    def _keep(self, values: torch.Tensor) -> torch.Tensor:
+        """BatchTopK's mask over the candidates: the top k*B of the batch when training (and the
+        threshold learns the cut), the learned threshold at inference."""
+        if not torch.is_grad_enabled():
+            return values > self.threshold
+        with torch.no_grad():
+            flat = values.detach().flatten()
+            cut = flat.topk(min(flat.numel(), self.k * values.shape[0]), sorted=False).values.min()
+            if cut > 0:  # a non-positive cut would let ReLU zeros through: no information
+                self._threshold_updates += 1
+                weight = max(THRESHOLD_EMA, 1 / self._threshold_updates)
+                self.threshold.lerp_(cut.to(self.threshold), weight)
+        return values >= cut
 
     def decode(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """Sum of the chosen decoder rows weighted by their activations, plus `b_dec`."""
@@ -124,12 +165,14 @@ class TopKSae(nn.Module):
         if self.sparse_backward and torch.is_grad_enabled():
             with torch.no_grad():  # no graph kept for the dense product
                 pre = self._dense_pre(centered)
-            top, indices = pre.topk(self.k, dim=-1, sorted=False)
+            top, indices = pre.topk(self.n_candidates, dim=-1, sorted=False)
             values = gather_preacts(top, indices, centered, self.enc_weight, self.b_enc)
         else:
             pre = self._dense_pre(centered)
-            values, indices = pre.topk(self.k, dim=-1, sorted=False)
+            values, indices = pre.topk(self.n_candidates, dim=-1, sorted=False)
         values = F.relu(values)
+        if self.activation == "batchtopk":
+            values = values * self._keep(values)
         return SaeOutput(self.decode(values, indices), values, indices, pre, centered)
 
     def encode_dense(self, x: torch.Tensor) -> torch.Tensor:
@@ -191,7 +234,7 @@ class TopKSae(nn.Module):
     def config_dict(self) -> dict[str, Any]:
         """SAELens-readable config (TopK architecture) plus our own fields."""
         return {
-            "architecture": "topk",
+            "architecture": self.activation,
             "d_in": self.n_inputs,
             "d_sae": self.n_latents,
             "k": self.k,
@@ -200,16 +243,20 @@ class TopKSae(nn.Module):
             "device": str(self.W_dec.device),
             "apply_b_dec_to_input": True,
             "normalize_activations": "none",
-            "activation_fn": "topk",
+            "activation_fn": self.activation,
             "activation_fn_kwargs": {"k": self.k},
+            **({"threshold": float(self.threshold)} if self.activation == "batchtopk" else {}),
             "decoder_rows_unit_norm": True,
         }
 
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
         """Write `sae_weights.safetensors` and `cfg.json` into folder `path` (atomically)."""
         path = Path(path)
-        write_safetensors(path / WEIGHTS_FILE, {"W_enc": self.W_enc, "b_enc": self.b_enc,
-                                                "W_dec": self.W_dec, "b_dec": self.b_dec})
+        tensors = {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec,
+                   "b_dec": self.b_dec}
+        if self.activation == "batchtopk":
+            tensors["threshold"] = self.threshold
+        write_safetensors(path / WEIGHTS_FILE, tensors)
         cfg = self.config_dict()
         if metadata:
             cfg["metadata"] = metadata
@@ -218,25 +265,31 @@ class TopKSae(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> TopKSae:
-        """Load a folder written by `save` (or by SAELens for a TopK SAE). Never runs code."""
+        """Load a folder written by `save` (or by SAELens for a TopK SAE); a BatchTopK SAE comes
+        back with its inference threshold. Never runs code."""
         path = Path(path)
         cfg_path = path / CONFIG_FILE
         if not cfg_path.exists():
             raise FileNotFoundError(f"{cfg_path}: no SAE config here")
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        if cfg.get("architecture", "topk") != "topk":
-            raise ValueError(f"{cfg_path}: architecture {cfg.get('architecture')!r} is not topk")
+        architecture = cfg.get("architecture", "topk")
+        if architecture not in ACTIVATIONS:
+            raise ValueError(f"{cfg_path}: architecture {architecture!r} is not one of "
+                             f"{ACTIVATIONS}")
         for key in ("d_in", "d_sae", "k"):
             if key not in cfg:
                 raise ValueError(f"{cfg_path}: missing key {key!r}")
         weights = load_file(str(path / WEIGHTS_FILE), device=str(device))
         dtype = weights["W_dec"].dtype
         sae = cls(cfg["d_sae"], cfg["d_in"], cfg["k"], device=device, dtype=dtype,
-                  k_aux=cfg.get("k_aux"))
-        missing = {"W_enc", "b_enc", "W_dec", "b_dec"} - weights.keys()
+                  k_aux=cfg.get("k_aux"), activation=architecture)
+        needed = {"W_enc", "b_enc", "W_dec", "b_dec"} | (
+            {"threshold"} if architecture == "batchtopk" else set())
+        missing = needed - weights.keys()
         if missing:
             raise ValueError(f"{path / WEIGHTS_FILE}: missing tensors {sorted(missing)}")
         sae.load_state_dict({"enc_weight": weights["W_enc"].T.contiguous(),
+                             "threshold": weights.get("threshold", sae.threshold),
                              **{k: weights[k] for k in ("b_enc", "W_dec", "b_dec")}})
         return sae
 

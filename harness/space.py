@@ -18,6 +18,7 @@ import optuna
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from harness.sae import ACTIVATIONS
 from harness.store import LocalStore, StoreError
 from harness.synthetic import SyntheticSpec
 from harness.train import DATA_FIELDS, SaeTrainingConfig
@@ -25,7 +26,7 @@ from harness.train import DATA_FIELDS, SaeTrainingConfig
 # lr = 2e-4 / sqrt(n_latents / 2**14): the scaling rule of sparsify and dictionary_learning
 LR_RULE_BASE = 2e-4
 LR_RULE_LATENTS = 2**14
-SPECIAL_PARAMS = {"expansion", "k", "k_fraction", "lr", "lr_scale"}
+SPECIAL_PARAMS = {"expansion", "k", "k_fraction", "lr", "lr_scale", "activation"}
 # training fields that belong to the harness, not to the search
 NOT_SAMPLED = {"device", "progress", "use_wandb", "wandb_project", "wandb_run_name", "wandb_mode",
                "wandb_dir", "wandb_group", "wandb_job_type", "max_tokens"}
@@ -237,6 +238,13 @@ class SweepSpace(_Strict):
             raise ValueError("'expansion' (n_latents = expansion x d) must be sampled or fixed")
         if "k" not in params and "k_fraction" not in params:
             raise ValueError("'k' or 'k_fraction' must be sampled or fixed")
+        activation = params.get("activation")
+        values = activation.choices if isinstance(activation, ParamSpec) else [activation]
+        if activation is not None and (
+                isinstance(activation, ParamSpec) and activation.type != "categorical"
+                or any(v not in ACTIVATIONS for v in values or [])):
+            raise ValueError(f"'activation' must be one of {list(ACTIVATIONS)} or a categorical "
+                             f"choice among them, got {values if values else activation}")
         return params
 
     @property
@@ -258,6 +266,8 @@ class TrialSetup:
     lr: float
     config: SaeTrainingConfig
     sampled: dict[str, Any]
+    activation: str = "topk"
+    """TopK per token, or BatchTopK over the batch (harness.sae)."""
 
 
 @dataclass
@@ -291,7 +301,8 @@ class LoadedSpace:
         fields["lr"] = lr
         fields["max_tokens"] = s.data.max_tokens
         return TrialSetup(expansion=expansion, n_latents=n_latents, k=k, lr=lr,
-                          config=SaeTrainingConfig(**fields), sampled=values)
+                          config=SaeTrainingConfig(**fields), sampled=values,
+                          activation=str(values.get("activation", "topk")))
 
     def grid(self) -> dict[str, list[Any]]:
         """GridSampler's search space: every sampled parameter must be categorical."""

@@ -162,7 +162,7 @@ def _prepare(trial: optuna.Trial, loaded: LoadedSpace,
     except ValueError as e:
         return _fail(trial, trial_dir, f"invalid configuration: {e}", start)
     for key, value in (("n_latents", setup.n_latents), ("k", setup.k), ("lr", setup.lr),
-                       ("expansion", setup.expansion)):
+                       ("expansion", setup.expansion), ("activation", setup.activation)):
         trial.set_user_attr(key, value)
     cfg = dataclasses.replace(
         setup.config, device=ctx.device, progress=False, use_wandb=ctx.wandb_mode != "off",
@@ -172,9 +172,9 @@ def _prepare(trial: optuna.Trial, loaded: LoadedSpace,
         wandb_dir=str(ctx.results_dir))
     extra = {"study": space.study.name, "trial_number": trial.number,
              "params": setup.sampled, "n_latents": setup.n_latents, "k": setup.k,
-             "expansion": setup.expansion, "lr": setup.lr}
+             "expansion": setup.expansion, "lr": setup.lr, "activation": setup.activation}
     sae = TopKSae(setup.n_latents, loaded.d, setup.k, device=ctx.device,
-                  seed=cfg.seed * 1_000_003 + trial.number)
+                  seed=cfg.seed * 1_000_003 + trial.number, activation=setup.activation)
     member = LockstepMember(sae=sae, config=cfg, callbacks=[PruningCallback(trial, loaded)],
                             training_run_id=f"{space.study.name}-trial-{trial.number:04d}",
                             save_dir=trial_dir, extra_meta=extra)
@@ -244,6 +244,6 @@ def _write_trial_json(trial: optuna.Trial, trial_dir: Path, state: str,
         "number": trial.number, "state": state, "values": values, "params": trial.params,
         "resolved": None if setup is None else {
             "n_latents": setup.n_latents, "k": setup.k, "lr": setup.lr,
-            "expansion": setup.expansion},
+            "expansion": setup.expansion, "activation": setup.activation},
         "metrics": metrics,
     })

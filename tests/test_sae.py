@@ -93,7 +93,7 @@ def test_load_rejects_other_architectures(tmp_path):
     cfg = json.loads((tmp_path / "cfg.json").read_text())
     cfg["architecture"] = "jumprelu"
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="not topk"):
+    with pytest.raises(ValueError, match="'jumprelu' is not one of"):
         TopKSae.load(tmp_path)
 
 
@@ -101,3 +101,56 @@ def test_bad_k_is_rejected():
     with pytest.raises(ValueError, match="k must be"):
         TopKSae(8, 4, 9)
     assert default_k_aux(64, 512) == 32
+
+
+def test_batchtopk_keeps_k_per_token_on_average_and_learns_a_threshold():
+    torch.manual_seed(0)
+    sae = TopKSae(256, 16, 4, seed=0, activation="batchtopk")
+    x = torch.randn(512, 16) * torch.rand(512, 1) * 3  # tokens of very different norms
+    out = sae(x)  # a training forward (gradients on)
+    per_token = (out.top_values > 0).sum(-1)
+    assert out.top_values.shape == (512, 16)  # 4k candidates per token
+    assert per_token.sum() == 4 * 512  # k*B over the batch...
+    assert per_token.min() < 4 < per_token.max()  # ...spread unevenly over its tokens
+    cut = out.top_values[out.top_values > 0].min()
+    assert float(sae.threshold) == pytest.approx(float(cut.detach()))  # the first batch sets it
+    with torch.no_grad():
+        inference = sae(x)
+    assert torch.equal(inference.top_values > 0, out.top_values > float(sae.threshold))
+    out.reconstruction.pow(2).sum().backward()
+    grads = sae.enc_weight.grad.abs().sum(-1) > 0
+    assert set(torch.nonzero(grads).flatten().tolist()) == set(
+        out.top_indices[out.top_values > 0].unique().tolist())  # only kept latents learn
+
+
+def test_batchtopk_sparse_backward_matches_the_dense_reference():
+    x = torch.randn(64, 16)
+    saes = [TopKSae(128, 16, 4, seed=3, activation="batchtopk") for _ in range(2)]
+    saes[1].sparse_backward = False
+    grads = []
+    for sae in saes:
+        out = sae(x)
+        (out.reconstruction - x).pow(2).mean().backward()
+        grads.append([p.grad.clone() for p in (sae.enc_weight, sae.b_enc, sae.W_dec)])
+    for sparse, dense in zip(*grads, strict=True):
+        assert torch.allclose(sparse, dense, atol=1e-6)
+
+
+def test_batchtopk_round_trips_with_its_threshold(tmp_path):
+    sae = TopKSae(64, 8, 3, seed=1, activation="batchtopk")
+    sae(torch.randn(128, 8))  # sets the threshold
+    sae.save(tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    assert cfg["architecture"] == "batchtopk" and cfg["threshold"] > 0
+    loaded = TopKSae.load(tmp_path)
+    assert loaded.activation == "batchtopk"
+    assert torch.equal(loaded.threshold, sae.threshold)
+    x = torch.randn(32, 8)
+    assert torch.equal(loaded.encode(x)[0], sae.encode(x)[0])
+    (tmp_path / "sae_weights.safetensors").unlink()
+    TopKSae(64, 8, 3).save(tmp_path)  # weights without a threshold under a batchtopk cfg.json
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=r"missing tensors \['threshold'\]"):
+        TopKSae.load(tmp_path)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        TopKSae(64, 8, 3, activation="jumprelu")

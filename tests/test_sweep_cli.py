@@ -322,7 +322,26 @@ def test_a_changed_study_definition_is_refused_and_nothing_is_written(synthetic_
     assert len(load(results).get_trials()) == 3
 
 
+def test_a_sweep_samples_batchtopk_beside_topk(synthetic_store, tmp_path):
+    results = tmp_path / "results"
+    space = tiny_space(synthetic_store, results, sampler={"type": "grid"},
+                       params={"expansion": 4, "k": 4, "lr": 3e-3, "activation": {
+                           "type": "categorical", "choices": ["topk", "batchtopk"]}},
+                       budget={"n_trials": 2}, wandb={"mode": "off"})
+    proc = sweep(str(write_space(tmp_path / "s.yaml", space)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    trials = load(results).get_trials()
+    assert sorted(t.user_attrs["activation"] for t in trials) == ["batchtopk", "topk"]
+    for t in trials:
+        assert t.state == TrialState.COMPLETE
+        cfg = json.loads((Path(t.user_attrs["trial_dir"]) / "cfg.json").read_text())
+        assert cfg["architecture"] == t.params["activation"]
+        assert 3.0 <= t.user_attrs["final_l0"] <= 5.0  # mean L0 near k for both, held out
+
+
 BAD_CLI = [
+    ("unknown activation", {"params": {"expansion": 2, "k": 4, "activation": "relu"}},
+     "params: Value error, 'activation' must be one of ['topk', 'batchtopk']"),
     ("unknown key", {"budget": {"n_trials": 2, "trials": 3}}, "budget.trials: Extra inputs"),
     ("wrong type", {"budget": {"n_trials": "two"}}, "budget.n_trials: Input should be a valid"),
     ("low > high", {"params": {"expansion": 2, "k": 4,

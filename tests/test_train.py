@@ -237,3 +237,14 @@ def test_token_budget_stops_mid_epoch_and_evaluates_at_the_end(synthetic_store: 
         SaeTrainingConfig(max_train_tokens=0)
     with pytest.raises(ValueError, match="lr_decay_fraction"):
         SaeTrainingConfig(lr_decay_fraction=1.5)
+
+
+def test_batchtopk_trains_through_the_seed_api_with_inference_l0_near_k(synthetic_store: Path):
+    sae = TopKSae(64, 16, 4, seed=0, activation="batchtopk")
+    history = SaeTrainer(sae).train(
+        store=synthetic_store, run_id="syn", layer_signature="synthetic",
+        config=SaeTrainingConfig(epochs=3, batch_size=256, lr=3e-3, progress=False),
+        save=False)
+    assert history["r2"][-1] > 0.5
+    assert float(sae.threshold) > 0
+    assert 3.0 <= history["l0"][-1] <= 5.0  # held out, with the learned threshold
