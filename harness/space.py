@@ -9,7 +9,6 @@ low > high, log with low <= 0, missing store or layer, k that can reach n_latent
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,8 +23,6 @@ from harness.synthetic import SyntheticSpec
 from harness.train import DATA_FIELDS, SaeTrainingConfig
 
 # lr = 2e-4 / sqrt(n_latents / 2**14): the scaling rule of sparsify and dictionary_learning
-LR_RULE_BASE = 2e-4
-LR_RULE_LATENTS = 2**14
 SPECIAL_PARAMS = {"expansion", "k", "k_fraction", "lr", "lr_scale", "activation"}
 # training fields that belong to the harness, not to the search
 NOT_SAMPLED = {"device", "progress", "use_wandb", "wandb_project", "wandb_run_name", "wandb_mode",
@@ -292,14 +289,17 @@ class LoadedSpace:
             raise ValueError(f"k={k} must be in [1, n_latents={n_latents})")
         fields = {**s.training}
         fields.update({n: v for n, v in values.items() if n not in SPECIAL_PARAMS})
+        fields["max_tokens"] = s.data.max_tokens
         if "lr" in values:
             lr = float(values["lr"])
-        elif "lr_scale" in values:
-            lr = float(values["lr_scale"]) * lr_rule(n_latents)
+        elif "lr_scale" in values or fields.get("lr") is None:
+            # the trainer's default for this size and step count, resolved here to record it
+            config = SaeTrainingConfig(**{**fields, "lr": None})
+            data = LocalStore(s.data.store).open(s.data.run_id, s.data.layer_signature)
+            lr = float(values.get("lr_scale", 1.0)) * config.resolved_lr(config.steps_on(data))
         else:
-            lr = float(fields.get("lr", SaeTrainingConfig.lr))
+            lr = float(fields["lr"])
         fields["lr"] = lr
-        fields["max_tokens"] = s.data.max_tokens
         return TrialSetup(expansion=expansion, n_latents=n_latents, k=k, lr=lr,
                           config=SaeTrainingConfig(**fields), sampled=values,
                           activation=str(values.get("activation", "topk")))
@@ -311,11 +311,6 @@ class LoadedSpace:
             if isinstance(spec, ParamSpec):
                 out[name] = list(spec.choices or [])
         return out
-
-
-def lr_rule(n_latents: int) -> float:
-    """2e-4 / sqrt(n_latents / 2**14)."""
-    return LR_RULE_BASE / math.sqrt(n_latents / LR_RULE_LATENTS)
 
 
 def load_space(path: str | Path, overrides: dict[str, Any] | None = None,

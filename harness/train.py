@@ -33,8 +33,9 @@ from harness.atomic import write_json
 from harness.cpu_memory import reuse_freed_blocks
 from harness.loader import ActivationLoader, LoaderConfig
 from harness.metrics import DeadFeatureTracker, ReconstructionAccumulator
+from harness.recipes import default_lr
 from harness.sae import TopKSae, data_center
-from harness.store import LocalStore, flatten_layer_name
+from harness.store import ActivationSource, LocalStore, flatten_layer_name
 from harness.wandb_log import WandbRun
 
 DEFAULT_DEAD_WINDOW = 10_000_000  # sparsify / dictionary_learning: dead after 10M tokens
@@ -66,8 +67,9 @@ class SaeTrainingConfig:
     """Passes over the training split of the store."""
     batch_size: int = 4096
     """Tokens per optimisation step."""
-    lr: float = 2e-4
-    """Adam learning rate (after warm-up)."""
+    lr: float | None = None
+    """Adam learning rate (after warm-up); None = harness.recipes.default_lr of the planned steps
+    (fitted on measured lr grids)."""
     l1_lambda: float = 0.0
     """Weight of the decoder-norm weighted L1 penalty (per token; the MSE is per element)."""
     max_tokens: int | None = None
@@ -145,6 +147,8 @@ class SaeTrainingConfig:
         positive = ("epochs", "batch_size", "lr", "max_eval_tokens", "shuffle_buffer_tokens",
                     "b_dec_init_tokens", "divergence_factor")
         for name in positive:
+            if name == "lr" and self.lr is None:
+                continue
             if not getattr(self, name) > 0:
                 raise ValueError(f"SaeTrainingConfig.{name} must be > 0, got {getattr(self, name)}")
         for name in ("l1_lambda", "auxk_alpha", "lr_warmup_steps", "eval_every",
@@ -203,6 +207,14 @@ class SaeTrainingConfig:
         if self.max_train_tokens is not None:
             steps = min(steps, math.ceil(self.max_train_tokens / self.batch_size))
         return steps
+
+    def steps_on(self, source: ActivationSource) -> int:
+        """The planned steps on an activation source (its split is arithmetic: nothing read)."""
+        return self.planned_steps(ActivationLoader(source, self.loader_config()).batches_per_epoch)
+
+    def resolved_lr(self, steps: int) -> float:
+        """`lr`, or the default learning rate for this number of steps."""
+        return self.lr if self.lr is not None else default_lr(steps)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, decay_fraction: float) -> float:
@@ -446,7 +458,9 @@ class _Run:
     def __init__(self, member: LockstepMember, store: LocalStore, source: Any,
                  loader: ActivationLoader, eval_x: torch.Tensor, b_dec_center: torch.Tensor | None,
                  device: torch.device, total_steps: int) -> None:
-        self.member, self.sae, self.cfg = member, member.sae, member.config
+        self.member, self.sae = member, member.sae
+        self.cfg = dataclasses.replace(member.config,
+                                       lr=member.config.resolved_lr(total_steps))
         self.store, self.source, self.eval_x = store, source, eval_x
         cfg, sae = self.cfg, self.sae
         sae.to(device)

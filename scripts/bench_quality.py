@@ -14,9 +14,11 @@ held-out FVU = sum (X - X_hat)^2 / sum (X - mu)^2 over the whole held-out set, i
 (docs/metrics.md), with its held-out L0.
 
 A recipe is a name and settings: `default` (SaeTrainingConfig and TopKSae defaults), `legacy`
-(the recipe before the quality work, `harness.recipes.LEGACY_RECIPE`), or
+(the recipe before the quality work, `harness.recipes.LEGACY_SAE` and `LEGACY_TRAINING`), or
 `NAME:key=value,key=value` where each key is a SaeTrainingConfig field or a TopKSae argument
-(`encoder_init_scale`, `k_aux`), e.g. `decay:lr_decay_fraction=0.2`.
+(`encoder_init_scale`, `activation`, `k_aux`), e.g. `decay:lr_decay_fraction=0.2`. A learning
+rate of `default` trains ours with `lr=None` (harness.recipes.default_lr of the planned steps) and
+sparsify with its own default, 2e-4 / sqrt(n_latents / 2^14).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from pathlib import Path
 import torch
 
 from harness.loader import ActivationLoader
-from harness.recipes import LEGACY_RECIPE
+from harness.recipes import LEGACY_SAE, LEGACY_TRAINING
 from harness.sae import TopKSae
 from harness.store import LocalStore
 from harness.train import SaeTrainer, SaeTrainingConfig
@@ -51,6 +53,8 @@ class Score:
 
     trainer: str
     """"sparsify" or the recipe name of ours."""
+    column: str
+    """The grid column: the learning rate asked for, or "default"."""
     lr: float
     """Learning rate it trained with."""
     fvu: float
@@ -79,7 +83,7 @@ def heldout_fvu(reconstruct, x: torch.Tensor, chunk: int = 4096) -> tuple[float,
 def parse_recipe(text: str) -> tuple[str, dict, dict]:
     """`default`, `legacy` or `NAME:key=value,...` -> (name, config fields, TopKSae args)."""
     name, _, rest = text.partition(":")
-    values = dict(LEGACY_RECIPE) if name == "legacy" else {}
+    values = {**LEGACY_SAE, **LEGACY_TRAINING} if name == "legacy" else {}
     for item in filter(None, re.split(r",(?![^()\[\]]*[)\]])", rest)):  # not inside (...)
         key, _, raw = item.partition("=")
         try:
@@ -96,11 +100,12 @@ def parse_recipe(text: str) -> tuple[str, dict, dict]:
 
 
 def train_ours(store: Path, run: str, layer: str, base: SaeTrainingConfig, d: int, args,
-               recipe: str, lr: float, heldout: torch.Tensor, tmp: Path) -> Score:
+               recipe: str, column: str, heldout: torch.Tensor, tmp: Path) -> Score:
     name, fields, sae_args = parse_recipe(recipe)
+    lr = None if column == "default" else float(column)
     cfg = SaeTrainingConfig(**{**asdict(base), **fields, "lr": lr})
     sae = TopKSae(n_latents=args.n_latents, n_inputs=d, k=args.k, seed=args.seed, **sae_args)
-    out = tmp / f"ours_{name}_{lr:g}"
+    out = tmp / f"ours_{name}_{column}"
     start = time.perf_counter()
     SaeTrainer(sae).train(store=store, run_id=run, layer_signature=layer, config=cfg,
                           save_dir=out)
@@ -112,13 +117,15 @@ def train_ours(store: Path, run: str, layer: str, base: SaeTrainingConfig, d: in
         return loaded(x).reconstruction, (values > 0).sum(-1)
 
     fvu, l0 = heldout_fvu(reconstruct, heldout)
-    return Score(name, lr, fvu, l0, seconds)
+    used = json.loads((out / "training_config.json").read_text())["lr"]  # default resolved
+    return Score(name, column, used, fvu, l0, seconds)
 
 
-def train_sparsify(loader: ActivationLoader, cfg: SaeTrainingConfig, d: int, args, lr: float,
+def train_sparsify(loader: ActivationLoader, cfg: SaeTrainingConfig, d: int, args, column: str,
                    heldout: torch.Tensor, tmp: Path) -> Score:
     from sparsify import SparseCoder, SparseCoderConfig
 
+    lr = 2e-4 / math.sqrt(args.n_latents / 2**14) if column == "default" else float(column)
     torch.manual_seed(args.seed)
     sae = SparseCoder(d, SparseCoderConfig(num_latents=args.n_latents, k=args.k),
                       dtype=torch.float32)
@@ -145,7 +152,7 @@ def train_sparsify(loader: ActivationLoader, cfg: SaeTrainingConfig, d: int, arg
         if done >= steps:
             break
     seconds = time.perf_counter() - start
-    path = tmp / f"sparsify_{lr:g}"
+    path = tmp / f"sparsify_{column}"
     sae.save_to_disk(path)
     loaded = SparseCoder.load_from_disk(path)
 
@@ -154,7 +161,21 @@ def train_sparsify(loader: ActivationLoader, cfg: SaeTrainingConfig, d: int, arg
         return out.sae_out, (out.latent_acts > 0).sum(-1)
 
     fvu, l0 = heldout_fvu(reconstruct, heldout)
-    return Score("sparsify", lr, fvu, l0, seconds)
+    return Score("sparsify", column, lr, fvu, l0, seconds)
+
+
+def _grid_best(by_lr: dict[str, Score]) -> Score:
+    """The lowest FVU among the explicit learning rates (all of them if only 'default' ran)."""
+    grid = [s for column, s in by_lr.items() if column != "default"] or list(by_lr.values())
+    return min(grid, key=lambda s: s.fvu)
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def sparsify_available() -> bool:
@@ -165,26 +186,27 @@ def sparsify_available() -> bool:
     return True
 
 
-def table(scores: list[Score], lrs: list[float]) -> str:
-    rows = {}
+def table(scores: list[Score], lrs: list[str]) -> str:
+    """FVU per trainer (rows) and learning rate (columns), then ours over sparsify's."""
+    rows: dict[str, dict[str, Score]] = {}
     for s in scores:
-        rows.setdefault(s.trainer, {})[s.lr] = s
-    lines = ["| trainer | " + " | ".join(f"{lr:.3g}" for lr in lrs) + " | best |",
+        rows.setdefault(s.trainer, {})[s.column] = s
+    lines = ["| trainer | " + " | ".join(lrs) + " | best on the grid |",
              "|---" * (len(lrs) + 2) + "|"]
     for trainer, by_lr in rows.items():
-        best = min(by_lr.values(), key=lambda s: s.fvu)
+        best = _grid_best(by_lr)
         cells = [f"**{by_lr[lr].fvu:.4f}**" if by_lr.get(lr) is best else
                  (f"{by_lr[lr].fvu:.4f}" if lr in by_lr else "") for lr in lrs]
         lines.append(f"| {trainer} | " + " | ".join(cells) + f" | {best.fvu:.4f} |")
     if "sparsify" in rows:
         ref = rows["sparsify"]
-        ref_best = min(s.fvu for s in ref.values())
+        ref_best = _grid_best(ref).fvu
         for trainer, by_lr in rows.items():
             if trainer == "sparsify":
                 continue
             cells = [f"{by_lr[lr].fvu / ref[lr].fvu:.3f}" if lr in by_lr and lr in ref else ""
                      for lr in lrs]
-            best = min(s.fvu for s in by_lr.values())
+            best = _grid_best(by_lr).fvu
             lines.append(f"| {trainer} / sparsify | " + " | ".join(cells)
                          + f" | {best / ref_best:.3f} |")
     return "\n".join(lines)
@@ -198,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layer", required=True)
     p.add_argument("--tokens", type=int, default=200_000, help="training tokens (default 200k)")
     p.add_argument("--lrs", default="1e-3,2e-3,4e-3,8e-3,1.6e-2,3.2e-2",
-                   help="comma-separated learning rates")
+                   help="comma-separated learning rates; 'default' = each trainer's default")
     p.add_argument("--n-latents", type=int, default=3072)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--batch", type=int, default=4096)
@@ -228,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         base = SaeTrainingConfig(batch_size=args.batch, holdout_fraction=0.001,
                                  epochs=math.ceil(args.tokens / (n_train * 0.999)),
                                  max_train_tokens=args.tokens, seed=args.seed, progress=False)
-        lrs = [float(v) for v in args.lrs.split(",")]
+        lrs = [v.strip() for v in args.lrs.split(",")]
+        bad = [v for v in lrs if v != "default" and not _is_float(v)]
+        if bad:
+            raise SystemExit(f"--lrs: {bad} are neither learning rates nor 'default'")
         loader = ActivationLoader(LocalStore(store).open("train", args.layer),
                                   base.loader_config())
         print(f"# {source.run_id} {args.layer}: d={d}, n_latents={args.n_latents}, k={args.k}, "

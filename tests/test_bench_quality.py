@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from harness.recipes import default_lr
 from harness.store import LocalStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,15 +19,17 @@ def test_bench_quality_scores_every_recipe_on_the_held_out_tail(tmp_path: Path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench_quality.py"), "--store",
          str(tmp_path / "store"), "--run-id", "acts", "--layer", "L", "--tokens", "3000",
-         "--lrs", "1e-3,4e-3", "--n-latents", "64", "--k", "4", "--batch", "256",
+         "--lrs", "1e-3,4e-3,default", "--n-latents", "64", "--k", "4", "--batch", "256",
          "--heldout", "1000", "--no-sparsify", "--recipe", "default", "--recipe", "legacy",
          "--recipe", "decay:lr_decay_fraction=0.5,adam_betas=(0.8,0.99)", "--json", str(out)],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "3,000 training tokens" in proc.stdout and "last 1,000 tokens" in proc.stdout
     scores = json.loads(out.read_text())
-    assert {(s["trainer"], s["lr"]) for s in scores} == {
-        (r, lr) for r in ("default", "legacy", "decay") for lr in (1e-3, 4e-3)}
+    assert {(s["trainer"], s["column"]) for s in scores} == {
+        (r, lr) for r in ("default", "legacy", "decay") for lr in ("1e-3", "4e-3", "default")}
+    for s in scores:  # the learning rate each trained with, the default resolved
+        assert s["lr"] == (default_lr(12) if s["column"] == "default" else float(s["column"]))
     for s in scores:  # random data: a real FVU, near but below 1, at L0 <= k
         assert 0.3 < s["fvu"] < 1.0 and 0 < s["l0"] <= 4
     assert "| default |" in proc.stdout and "| legacy |" in proc.stdout

@@ -1,11 +1,11 @@
-import math
 from pathlib import Path
 
 import optuna
 import pytest
 from spaces import tiny_space, write_space
 
-from harness.space import SpaceError, load_space, lr_rule
+from harness.recipes import default_lr
+from harness.space import SpaceError, load_space
 
 
 @pytest.fixture()
@@ -96,14 +96,15 @@ def _sample(loaded):
     return loaded.setup(study.ask())
 
 
-def test_setup_resolves_k_fraction_and_lr_rule(space_dict, tmp_path):
+def test_setup_resolves_k_fraction_and_lr_scale_of_the_default_lr(space_dict, tmp_path):
     space_dict["params"] = {"expansion": 4, "k_fraction": 0.125,
                             "lr_scale": {"type": "float", "low": 2.0, "high": 2.0},
                             "auxk_alpha": {"type": "categorical", "choices": [0.0]}}
     setup = _sample(_load(tmp_path, space_dict))
     assert setup.n_latents == 64 and setup.k == 8
-    assert setup.lr == pytest.approx(2.0 * 2e-4 / math.sqrt(64 / 2**14))
-    assert setup.lr == pytest.approx(2.0 * lr_rule(64))
+    # the synthetic store: 6000 tokens, 5% held out, batches of 256, 2 epochs = 2 x 23 steps
+    assert setup.lr == pytest.approx(2.0 * default_lr(46))
+    assert setup.lr == pytest.approx(2.0 * 0.0802 * 46 ** -0.615)
     assert setup.config.auxk_alpha == 0.0 and setup.config.epochs == 2  # sampled + fixed
 
 
