@@ -3,8 +3,8 @@
 `default_lr(steps)` is fitted on measured learning-rate grids (scripts/bench_quality.py, held-out
 FVU; the data are in the README's *Quality* section): the best Adam learning rate of a TopK SAE
 depends on how many steps it trains, not, over the widths measured (n_latents 256-6144, d 64 and
-384), on its size. `LEGACY_RECIPE` holds, at their old values, the settings the quality work
-changed, so that the old recipe stays one setting away (`bench_quality.py --recipe legacy`):
+384), on its size. `LEGACY_SAE` and `LEGACY_TRAINING` hold, at their old values, the settings the
+quality work changed, so that the old recipe stays one setting away (`--recipe legacy`):
 `TopKSae(..., **LEGACY_SAE)` trained with `SaeTrainingConfig(..., **LEGACY_TRAINING)`.
 """
 

@@ -236,12 +236,12 @@ class SweepSpace(_Strict):
         if "k" not in params and "k_fraction" not in params:
             raise ValueError("'k' or 'k_fraction' must be sampled or fixed")
         activation = params.get("activation")
-        values = activation.choices if isinstance(activation, ParamSpec) else [activation]
-        if activation is not None and (
-                isinstance(activation, ParamSpec) and activation.type != "categorical"
-                or any(v not in ACTIVATIONS for v in values or [])):
-            raise ValueError(f"'activation' must be one of {list(ACTIVATIONS)} or a categorical "
-                             f"choice among them, got {values if values else activation}")
+        if activation is not None:
+            sampled = isinstance(activation, ParamSpec)
+            choices = (activation.choices or []) if sampled else [activation]
+            if sampled and activation.type != "categorical" or not set(choices) <= {*ACTIVATIONS}:
+                raise ValueError(f"'activation' must be one of {list(ACTIVATIONS)} or a "
+                                 f"categorical choice among them, got {choices or activation}")
         return params
 
     @property
@@ -293,7 +293,7 @@ class LoadedSpace:
         if "lr" in values:
             lr = float(values["lr"])
         elif "lr_scale" in values or fields.get("lr") is None:
-            # the trainer's default for this size and step count, resolved here to record it
+            # the trainer's default for this run's step count, resolved here to record it
             config = SaeTrainingConfig(**{**fields, "lr": None})
             data = LocalStore(s.data.store).open(s.data.run_id, s.data.layer_signature)
             lr = float(values.get("lr_scale", 1.0)) * config.resolved_lr(config.steps_on(data))
