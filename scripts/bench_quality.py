@@ -17,8 +17,8 @@ A recipe is a name and settings: `default` (SaeTrainingConfig and TopKSae defaul
 (the recipe before the quality work, `harness.recipes.LEGACY_SAE` and `LEGACY_TRAINING`), or
 `NAME:key=value,key=value` where each key is a SaeTrainingConfig field or a TopKSae argument
 (`encoder_init_scale`, `activation`, `k_aux`), e.g. `decay:lr_decay_fraction=0.2`. A learning
-rate of `default` trains ours with `lr=None` (harness.recipes.default_lr of the planned steps) and
-sparsify with its own default, 2e-4 / sqrt(n_latents / 2^14).
+rate of `default` trains each with its own default: ours with `lr=None` (harness.recipes.default_lr
+of the planned steps; the legacy recipe with its fixed 2e-4), sparsify with 2e-4 / sqrt(n / 2^14).
 """
 
 from __future__ import annotations
@@ -102,7 +102,8 @@ def parse_recipe(text: str) -> tuple[str, dict, dict]:
 def train_ours(store: Path, run: str, layer: str, base: SaeTrainingConfig, d: int, args,
                recipe: str, column: str, heldout: torch.Tensor, tmp: Path) -> Score:
     name, fields, sae_args = parse_recipe(recipe)
-    lr = None if column == "default" else float(column)
+    # "default": the recipe's own default (legacy: 2e-4), else default_lr of the planned steps
+    lr = fields.get("lr") if column == "default" else float(column)
     cfg = SaeTrainingConfig(**{**asdict(base), **fields, "lr": lr})
     sae = TopKSae(n_latents=args.n_latents, n_inputs=d, k=args.k, seed=args.seed, **sae_args)
     out = tmp / f"ours_{name}_{column}"
