@@ -293,10 +293,11 @@ class LoadedSpace:
         if "lr" in values:
             lr = float(values["lr"])
         elif "lr_scale" in values or fields.get("lr") is None:
-            # the trainer's default for this run's step count, resolved here to record it
+            # the trainer's default for this size and step count, resolved here to record it
             config = SaeTrainingConfig(**{**fields, "lr": None})
             data = LocalStore(s.data.store).open(s.data.run_id, s.data.layer_signature)
-            lr = float(values.get("lr_scale", 1.0)) * config.resolved_lr(config.steps_on(data))
+            lr = float(values.get("lr_scale", 1.0)) * config.resolved_lr(
+                n_latents, self.d, config.steps_on(data))
         else:
             lr = float(fields["lr"])
         fields["lr"] = lr

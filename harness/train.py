@@ -68,8 +68,8 @@ class SaeTrainingConfig:
     batch_size: int = 4096
     """Tokens per optimisation step."""
     lr: float | None = None
-    """Adam learning rate (after warm-up); None = harness.recipes.default_lr of the planned steps
-    (fitted on measured lr grids)."""
+    """Adam learning rate (after warm-up); None = harness.recipes.default_lr of the SAE's size and
+    the planned steps (fitted on measured lr grids)."""
     l1_lambda: float = 0.0
     """Weight of the decoder-norm weighted L1 penalty (per token; the MSE is per element)."""
     max_tokens: int | None = None
@@ -212,9 +212,9 @@ class SaeTrainingConfig:
         """The planned steps on an activation source (its split is arithmetic: nothing read)."""
         return self.planned_steps(ActivationLoader(source, self.loader_config()).batches_per_epoch)
 
-    def resolved_lr(self, steps: int) -> float:
-        """`lr`, or the default learning rate for this number of steps."""
-        return self.lr if self.lr is not None else default_lr(steps)
+    def resolved_lr(self, n_latents: int, d: int, steps: int) -> float:
+        """`lr`, or the default learning rate for this SAE size and number of steps."""
+        return self.lr if self.lr is not None else default_lr(n_latents, d, steps)
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, decay_fraction: float) -> float:
@@ -459,8 +459,8 @@ class _Run:
                  loader: ActivationLoader, eval_x: torch.Tensor, b_dec_center: torch.Tensor | None,
                  device: torch.device, total_steps: int) -> None:
         self.member, self.sae = member, member.sae
-        self.cfg = dataclasses.replace(member.config,
-                                       lr=member.config.resolved_lr(total_steps))
+        self.cfg = dataclasses.replace(member.config, lr=member.config.resolved_lr(
+            member.sae.n_latents, member.sae.n_inputs, total_steps))
         self.store, self.source, self.eval_x = store, source, eval_x
         cfg, sae = self.cfg, self.sae
         sae.to(device)

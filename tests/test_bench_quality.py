@@ -29,7 +29,7 @@ def test_bench_quality_scores_every_recipe_on_the_held_out_tail(tmp_path: Path):
     assert {(s["trainer"], s["column"]) for s in scores} == {
         (r, lr) for r in ("default", "legacy", "decay") for lr in ("1e-3", "4e-3", "default")}
     for s in scores:  # the learning rate each trained with: each recipe's default resolved
-        default = 2e-4 if s["trainer"] == "legacy" else default_lr(12)
+        default = 2e-4 if s["trainer"] == "legacy" else default_lr(64, 16, 12)
         assert s["lr"] == (default if s["column"] == "default" else float(s["column"]))
     for s in scores:  # random data: a real FVU, near but below 1, at L0 <= k
         assert 0.3 < s["fvu"] < 1.0 and 0 < s["l0"] <= 4

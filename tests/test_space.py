@@ -103,8 +103,7 @@ def test_setup_resolves_k_fraction_and_lr_scale_of_the_default_lr(space_dict, tm
     setup = _sample(_load(tmp_path, space_dict))
     assert setup.n_latents == 64 and setup.k == 8
     # the synthetic store: 6000 tokens, 5% held out, batches of 256, 2 epochs = 2 x 23 steps
-    assert setup.lr == pytest.approx(2.0 * default_lr(46))
-    assert setup.lr == pytest.approx(2.0 * 0.0802 * 46 ** -0.615)
+    assert setup.lr == pytest.approx(2.0 * default_lr(64, 16, 46))
     assert setup.config.auxk_alpha == 0.0 and setup.config.epochs == 2  # sampled + fixed
 
 
