@@ -1,4 +1,4 @@
-"""Metric definitions, exactly as fixed in shared/METRICS.md.
+"""Metric definitions, exactly as fixed in docs/metrics.md, and the one table of metrics.
 
 - fvu  = sum_{t,j} (X - X_hat)^2 / sum_{t,j} (X - mu)^2 over the whole held-out set (sums are
          accumulated across batches and divided once, never averaged per batch);
@@ -14,9 +14,79 @@ parallel update, so a large activation mean does not eat the precision of sum (X
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What the harness knows about one metric: the single source for every part that shows,
+    optimises, prunes on or reports it."""
+
+    name: str
+    """Its key everywhere: histories, objectives, W&B, the trial record (final_<name>)."""
+    direction: Literal["maximize", "minimize"]
+    """Which way is better."""
+    label: str
+    """Axis and prose label."""
+    header: str
+    """Short column header (Markdown)."""
+    tex: str
+    """Column header in LaTeX."""
+    fmt: str
+    """Format spec of a value."""
+    source: Literal["eval", "setup", "truth"]
+    """Where a trial's value comes from: a held-out evaluation, the trial's resolved
+    configuration, or the planted ground truth of a synthetic store."""
+    objective: bool = True
+    """May be a study objective."""
+
+    @property
+    def larger_is_better(self) -> bool:
+        return self.direction == "maximize"
+
+    def format(self, value: float | None) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "-"
+        return format(value, self.fmt)
+
+    def better(self, a: float, b: float) -> bool:
+        """a is strictly better than b."""
+        return a > b if self.larger_is_better else a < b
+
+    def best(self, values: Iterable[float]) -> float:
+        return max(values) if self.larger_is_better else min(values)
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("r2", "maximize", "held-out R²", "R²", "$R^2$", ".4f", "eval"),
+    Metric("fvu", "minimize", "held-out FVU", "FVU", "FVU", ".4g", "eval"),
+    Metric("mse", "minimize", "held-out MSE", "MSE", "MSE", ".4g", "eval"),
+    Metric("l0", "minimize", "held-out L0 (active latents per token)", "L0", "$L_0$", ".1f",
+           "eval"),
+    Metric("dead_ratio", "minimize", "dead latents (fraction)", "dead ratio", "Dead ratio",
+           ".3f", "eval"),
+    Metric("n_latents", "minimize", "latents", "latents", "Latents", "d", "setup"),
+    Metric("k", "minimize", "k", "k", "$k$", "d", "setup"),
+    Metric("recovery", "maximize", "planted features recovered (cos >= 0.9)", "found",
+           "Recovered", ".3f", "truth", objective=False),
+    Metric("mmcs", "maximize", "mean max cosine to the planted features", "MMCS", "MMCS",
+           ".3f", "truth", objective=False),
+)}
+OBJECTIVE_METRICS = tuple(name for name, m in METRICS.items() if m.objective)
+EVAL_METRICS = tuple(name for name, m in METRICS.items() if m.source == "eval")
+
+
+def metric(name: str) -> Metric:
+    """The table entry of `name`; a KeyError lists the known ones."""
+    try:
+        return METRICS[name]
+    except KeyError:
+        raise KeyError(f"unknown metric {name!r}; known: {list(METRICS)}") from None
 
 
 @dataclass(frozen=True)

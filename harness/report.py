@@ -15,8 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from harness.metrics import METRICS
 from harness.report_data import (
     ReportError,
     best_per_group,
@@ -96,13 +98,15 @@ def build_report(
         df.to_parquet(out_dir / "trials.parquet", index=False)
         report.files.append(out_dir / "trials.parquet")
 
+    df = _without_non_finite(df, report)
     done = complete(df)
     if done.empty:
         counts = df["state"].value_counts().to_dict()
         reasons = df["fail_reason"].dropna().value_counts().head(3).to_dict()
         raise ReportError(f"study {label!r} has no complete trial ({counts}); nothing to plot. "
                           f"Most common failure reasons: {reasons or 'none recorded'}. "
-                          f"trials.csv was written to {out_dir}")
+                          + "".join(f"{note[0].upper()}{note[1:]}. " for note in report.notes)
+                          + f"trials.csv was written to {out_dir}")
     missing = [c for c in group_by if c not in df.columns]
     if missing:
         raise ReportError(f"--group-by {missing}: not a column; columns: {list(df.columns)}")
@@ -146,6 +150,21 @@ def build_report(
     return report
 
 
+def _without_non_finite(df: pd.DataFrame, report: Report) -> pd.DataFrame:
+    """Complete trials whose final metrics are not finite (degenerate data, e.g. zero held-out
+    variance) cannot be plotted or fitted: leave them out, with a note saying which."""
+    columns = [c for c in df.columns if c.startswith(("final_", "best_"))]
+    values = df[columns].apply(pd.to_numeric, errors="coerce")
+    bad = (df["state"] == "complete") & ~np.isfinite(values.fillna(0.0)).all(axis=1)
+    if not bad.any():
+        return df
+    shown = ", ".join(str(n) for n in df.loc[bad, "number"].head(10))
+    report.notes.append(f"{int(bad.sum())} complete trial(s) with non-finite metrics (trial(s) "
+                        f"{shown}) are left out of the tables, plots and fits; trials.csv keeps "
+                        "them")
+    return df[~bad].reset_index(drop=True)
+
+
 def _importances(studies: list[str], storage: str | None, results_dir: str | Path, metric: str,
                  out_dir: Path, report: Report) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
@@ -172,7 +191,7 @@ def _importances(studies: list[str], storage: str | None, results_dir: str | Pat
 def _summary_md(label: str, df: pd.DataFrame, best: pd.DataFrame, group_by: Sequence[str],
                 metric: str, report: Report, importances: dict[str, dict[str, float]]) -> str:
     col = f"final_{metric}"
-    larger = metric == "r2"
+    larger = METRICS[metric].larger_is_better
     done = complete(df).sort_values(col, ascending=not larger)
     columns = dict(TRIAL_COLUMNS)
     if df["study"].nunique() == 1:
@@ -222,7 +241,7 @@ def _summary_md(label: str, df: pd.DataFrame, best: pd.DataFrame, group_by: Sequ
         lines += _unreliable_notes([("the joint fit", report.joint)])
     if importances:
         lines += ["## Hyperparameter importance (Optuna fANOVA, target: final held-out "
-                  f"{'R²' if metric == 'r2' else 'FVU'})", ""]
+                  f"{METRICS[metric].header})", ""]
         for name, values in importances.items():
             lines += [f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items()), ""]
     failed = df[df["state"] == "failed"]

@@ -15,18 +15,15 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
+from harness.metrics import METRICS
 from harness.sae import WEIGHTS_FILE
 from harness.study import journal_path, open_storage, superseded_numbers
 from harness.train import SaeTrainingConfig
+from harness.trial_record import TrialRecord
 
 STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
                TrialState.FAIL: "failed", TrialState.RUNNING: "running",
                TrialState.WAITING: "waiting"}
-METRIC_ATTRS = ("final_r2", "best_r2", "final_fvu", "best_fvu", "final_mse", "final_l0",
-                "final_dead_ratio", "dead_features", "tokens_seen", "planned_tokens", "steps",
-                "n_train_tokens", "wall_time_s", "train_time_s", "recovery", "mmcs")
-INFO_ATTRS = ("expansion", "n_latents", "k", "lr", "activation", "prune_rule", "prune_step",
-              "prune_tokens", "prune_reason", "fail_reason", "device", "worker", "trial_dir")
 
 
 class ReportError(Exception):
@@ -81,24 +78,27 @@ def load_trials(studies: str | Sequence[str], storage: str | None = None,
 
 
 def _row(study: str, t: FrozenTrial, superseded: bool, training_seed: int) -> dict[str, Any]:
-    a = t.user_attrs
+    record = TrialRecord.from_frozen(t)
     row: dict[str, Any] = {"study": study, "number": t.number,
                            "state": STATE_NAMES.get(t.state, t.state.name.lower()),
                            "superseded": superseded,
                            "retry_of": t.system_attrs.get("failed_trial")}
     row.update({f"param_{k}": v for k, v in t.params.items()})
-    for key in INFO_ATTRS + METRIC_ATTRS:
-        row[key] = a.get(key)
+    for key in TrialRecord.columns():
+        if key != "prune_values":
+            row[key] = record.get(key)
     row["seed"] = t.params.get("seed", training_seed)
-    trial_dir = a.get("trial_dir")
-    row["sae_path"] = (trial_dir if trial_dir and (Path(trial_dir) / WEIGHTS_FILE).exists()
-                       else None)
+    trial_dir = record.trial_dir
+    # a failed trial's folder may hold a half-saved SAE: only finished trials point at theirs
+    finished = t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    row["sae_path"] = (trial_dir if finished and trial_dir
+                       and (Path(trial_dir) / WEIGHTS_FILE).exists() else None)
     for i, v in enumerate(t.values or []):
         row[f"value_{i}"] = v
     row["datetime_start"] = t.datetime_start
     row["datetime_complete"] = t.datetime_complete
     if row["planned_tokens"] is None and trial_dir:
-        row["planned_tokens"] = _planned_tokens(Path(trial_dir), a.get("n_train_tokens"))
+        row["planned_tokens"] = _planned_tokens(Path(trial_dir), record.get("n_train_tokens"))
     return row
 
 
@@ -125,7 +125,7 @@ def metric_column(metric: str) -> tuple[str, bool]:
     """(column of the final metric, True if larger is better)."""
     if metric not in ("r2", "fvu"):
         raise ValueError(f"metric must be r2 or fvu, got {metric!r}")
-    return f"final_{metric}", metric == "r2"
+    return f"final_{metric}", METRICS[metric].larger_is_better
 
 
 def best_per_group(df: pd.DataFrame, by: Sequence[str], metric: str = "r2") -> pd.DataFrame:

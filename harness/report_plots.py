@@ -20,6 +20,7 @@ import pandas as pd  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from harness.metrics import METRICS  # noqa: E402
 from harness.report_data import complete, load_history, pareto_mask  # noqa: E402
 from harness.scaling import PowerLawFit  # noqa: E402
 
@@ -112,6 +113,10 @@ def plot_learning_curves(df: pd.DataFrame, out: Path, metric: str = "r2") -> lis
                 continue
             x = np.asarray(history["tokens"], float)
             y = np.asarray(history[metric], float)
+            finite = np.isfinite(y)  # a degenerate evaluation cannot be drawn (nor log-scaled)
+            x, y = x[finite], y[finite]
+            if not len(y):
+                continue
             color = kinds[row["state"]]
             ax.plot(x, y, color=color, lw=0.7, alpha=0.7)
             if row["state"] == "pruned":
@@ -134,7 +139,7 @@ def plot_learning_curves(df: pd.DataFrame, out: Path, metric: str = "r2") -> lis
             ax.set_yscale("log")
             _plain_log(ax, "y")
         ax.set_xlabel("training tokens")
-        ax.set_ylabel("held-out R²" if metric == "r2" else "held-out FVU")
+        ax.set_ylabel(METRICS[metric].label)
         ax.xaxis.set_major_formatter(ticker.EngFormatter(sep=""))
         handles = [Line2D([], [], color=kinds["complete"], lw=1, label="complete"),
                    Line2D([], [], color=kinds["pruned"], lw=1, label="pruned"),
@@ -162,7 +167,7 @@ def plot_importance(importances: dict[str, float], out: Path, metric: str = "r2"
         height = max(1.4, 0.35 * len(names) + 0.6)
         fig, ax = plt.subplots(figsize=(COLUMN[0], height), layout="constrained")
         ax.barh(names, [importances[n] for n in names], color=OKABE_ITO[0], height=0.6)
-        ax.set_xlabel(f"fANOVA importance for held-out {'R²' if metric == 'r2' else 'FVU'}")
+        ax.set_xlabel(f"fANOVA importance for {METRICS[metric].label}")
         ax.set_xlim(0, 1)
         return _save(fig, out, name)
 

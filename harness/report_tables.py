@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.metrics import METRICS
 from harness.scaling import JointFit, PowerLawFit
 
 BOLD = "textbf:--rwrap;"
@@ -21,14 +22,14 @@ def _sci_tex(value: float) -> str:
 
 
 def _fmt_metric(metric: str):  # noqa: ANN202
-    return (lambda v: f"{v:.4f}") if metric == "r2" else (lambda v: f"{v:.3g}")
+    return METRICS[metric].format
 
 
 def best_table_tex(best: pd.DataFrame, metric: str, study: str) -> str:
     """Best trial per (expansion, k); bold marks the best metric and the fewest dead latents
     within each expansion group."""
     col = f"final_{metric}"
-    metric_name = "$R^2$" if metric == "r2" else "FVU"
+    metric_name = METRICS[metric].tex
     rows = best.sort_values(["expansion", "k"]).reset_index(drop=True)
     table = pd.DataFrame({
         "Expansion": rows["expansion"].map(lambda v: f"{v:g}"),
@@ -52,7 +53,8 @@ def best_table_tex(best: pd.DataFrame, metric: str, study: str) -> str:
     styler = table.style.hide(axis="index")
     styler = styler.format({"LR": _sci_tex, metric_name: _fmt_metric(metric),
                             "$L_0$": "{:.1f}", "Dead (\\%)": "{:.1f}"})
-    styler = styler.apply(bold_best, subset=[metric_name], larger=metric == "r2")
+    styler = styler.apply(bold_best, subset=[metric_name],
+                          larger=METRICS[metric].larger_is_better)
     styler = styler.apply(bold_best, subset=["Dead (\\%)"], larger=False)
     caption = (f"Best trial per (expansion, $k$) in study \\texttt{{{_tex_escape(study)}}}: "
                f"held-out {metric_name}, mean active latents $L_0$ and dead latents. Bold: best "

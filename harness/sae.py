@@ -34,6 +34,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from harness.atomic import write_json, write_safetensors
+from harness.seeding import stream_seed
 from harness.sparse_ops import gather_preacts
 
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -96,7 +97,9 @@ class TopKSae(nn.Module):
         self.k = int(k)
         self.k_aux = int(k_aux) if k_aux is not None else default_k_aux(n_inputs, n_latents)
         dtype = dtype or torch.float32
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        # a stream of its own: synthetic data made with the same seed draws other numbers
+        gen = (torch.Generator().manual_seed(stream_seed(seed, "sae.init"))
+               if seed is not None else None)
         w_dec = torch.randn(n_latents, n_inputs, generator=gen, dtype=torch.float32)
         w_dec = F.normalize(w_dec, dim=1)
         factory = {"device": device, "dtype": dtype}

@@ -8,17 +8,32 @@ low > high, log with low <= 0, missing store or layer, k that can reach n_latent
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
+import math
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import optuna
+import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
+from harness.loader import ActivationLoader
+from harness.metrics import OBJECTIVE_METRICS
 from harness.sae import ACTIVATIONS
-from harness.store import LocalStore, StoreError
+from harness.store import ActivationSource, LocalStore, StoreError
 from harness.synthetic import SyntheticSpec
 from harness.train import DATA_FIELDS, SaeTrainingConfig
 
@@ -43,6 +58,9 @@ PRUNERS: dict[str, type | None] = {
     "wilcoxon": optuna.pruners.WilcoxonPruner,
     "none": None,
 }
+
+
+MIN_EVAL_TOKENS = 64  # fewer held-out tokens make FVU and L0 noise, not a measurement
 
 
 class SpaceError(Exception):
@@ -111,7 +129,8 @@ class ParamSpec(_Strict):
 
 
 class StudySection(_Strict):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+    """Letters, digits, _ . - (not starting with a dot): it names a folder of results_dir."""
     storage: str | None = None
     """Optuna storage URL; None = a journal file results/<name>/study.journal."""
     seed: int = 0
@@ -135,15 +154,32 @@ class SyntheticSection(_Strict):
 
 class DataSection(_Strict):
     store: str
-    run_id: str = Field(min_length=1)
+    run_id: str = Field(min_length=1, pattern=r"^[^/\\]+$")
+    """A folder name of the store: no '/' (nor '.' or '..')."""
     layer_signature: str = Field(min_length=1)
     max_tokens: int | None = Field(None, gt=0)
     synthetic: SyntheticSection | None = None
 
+    @field_validator("run_id")
+    @classmethod
+    def _not_dots(cls, run_id: str) -> str:
+        if run_id in (".", ".."):
+            raise ValueError(f"run_id must name a folder of the store, got {run_id!r}")
+        return run_id
+
 
 class Objective(_Strict):
-    metric: Literal["r2", "fvu", "mse", "l0", "dead_ratio", "n_latents", "k"]
+    metric: str
+    """A metric of harness.metrics.METRICS that may be an objective."""
     direction: Literal["maximize", "minimize"]
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        if metric not in OBJECTIVE_METRICS:
+            raise ValueError(f"unknown objective metric {metric!r}; expected one of "
+                             f"{list(OBJECTIVE_METRICS)}")
+        return metric
 
 
 class SamplerSection(_Strict):
@@ -184,6 +220,11 @@ class BudgetSection(_Strict):
 class WandbSection(_Strict):
     mode: Literal["online", "offline", "off"] = "off"
     project: str = "saesweep"
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, mode: Any) -> Any:
+        return "off" if mode is False else mode  # YAML 1.1 reads an unquoted off as false
 
 
 class FaultsSection(_Strict):
@@ -335,6 +376,7 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None,
         space = SweepSpace.model_validate(raw)
     except ValidationError as e:
         raise SpaceError(_format_validation(path, e)) from e
+    _check_special(path, space)
     _check_training(path, space)
     _check_options(path, space)
     d = _check_data(path, space) if check_data else (
@@ -376,6 +418,8 @@ def _format_validation(path: Path, error: ValidationError) -> str:
 
 
 def _check_training(path: Path, space: SweepSpace) -> None:
+    """Every training value (in `training:` and every value a sampled training parameter can
+    take) type-checked strictly against SaeTrainingConfig, then range-checked by it."""
     known = set(SaeTrainingConfig.field_names())
     for key in space.training:
         if key not in known:
@@ -385,10 +429,82 @@ def _check_training(path: Path, space: SweepSpace) -> None:
             raise SpaceError(f"{path}: training.max_tokens: set it as data.max_tokens")
         if key in space.params:
             raise SpaceError(f"{path}: training.{key}: also given under params; give it once")
+    _validate_training(path, "training", space.training)
+    hints = typing.get_type_hints(SaeTrainingConfig)
+    for name, spec in space.params.items():
+        if name in SPECIAL_PARAMS:
+            continue
+        if isinstance(spec, ParamSpec) and spec.type == "float" and hints[name] in (int,
+                                                                                 int | None):
+            raise SpaceError(f"{path}: params.{name}: SaeTrainingConfig.{name} is a whole "
+                             "number: sample it with type int or categorical")
+        for value in _values(spec):
+            _validate_training(path, f"params.{name}", {**space.training, name: value})
+
+
+@functools.cache
+def _training_model() -> type[BaseModel]:
+    """SaeTrainingConfig as a strict pydantic model: 2.5 is no int, "yes" no bool."""
+    hints = typing.get_type_hints(SaeTrainingConfig)
+    fields: dict[str, Any] = {
+        f.name: (hints[f.name], f.default if f.default is not dataclasses.MISSING else ...)
+        for f in dataclasses.fields(SaeTrainingConfig)}
+    return create_model("TrainingSection", __config__=ConfigDict(extra="forbid", strict=True),
+                        **fields)
+
+
+def _validate_training(path: Path, where: str, values: dict[str, Any]) -> None:
+    tuples = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     try:
-        SaeTrainingConfig(**space.training)
+        _training_model().model_validate(tuples)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        shown = where if where.startswith("params.") else f"{where}.{key}"
+        raise SpaceError(f"{path}: {shown}: {err['msg']} (got {err.get('input')!r})") from e
+    try:
+        SaeTrainingConfig(**tuples)
     except (TypeError, ValueError) as e:
-        raise SpaceError(f"{path}: training: {e}") from e
+        raise SpaceError(f"{path}: {where}: {e}") from e
+
+
+def _values(spec: ParamSpec | float | int | str | bool) -> list[Any]:
+    """The values a parameter can take that bound its range: a fixed value, the choices, or
+    low and high (as ints for an int parameter)."""
+    if not isinstance(spec, ParamSpec):
+        return [spec]
+    if spec.type == "categorical":
+        return list(spec.choices or [])
+    cast = int if spec.type == "int" else float
+    return [cast(spec.low), cast(spec.high)]  # type: ignore[arg-type]
+
+
+# what each special parameter's values must be: (check, expected)
+_SPECIAL_CHECKS: dict[str, tuple[Any, str]] = {
+    "expansion": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "k": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+          "a whole number >= 1"),
+    "k_fraction": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
+    "lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "lr_scale": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_special(path: Path, space: SweepSpace) -> None:
+    for name, (ok, expected) in _SPECIAL_CHECKS.items():
+        spec = space.params.get(name)
+        if spec is None:
+            continue
+        if name == "k" and isinstance(spec, ParamSpec) and spec.type == "float":
+            raise SpaceError(f"{path}: params.k: k is a whole number: sample it with type int "
+                             "or categorical")
+        for value in _values(spec):
+            if not ok(value):
+                raise SpaceError(f"{path}: params.{name}: expected {expected}, got {value!r}")
 
 
 def _check_options(path: Path, space: SweepSpace) -> None:
@@ -411,13 +527,33 @@ def _check_data(path: Path, space: SweepSpace) -> int:
     data = space.data
     store = LocalStore(data.store)
     try:
-        return store.open(data.run_id, data.layer_signature).d
+        source = store.open(data.run_id, data.layer_signature)
+        _check_evaluable(path, space, source)
+        return source.d
     except StoreError as e:
         if data.synthetic is not None and not (store.activation_dir(data.run_id)
                                                / "meta.json").exists():
             return data.synthetic.d  # generated on first use
         key = "data.layer_signature" if "layer" in str(e) else "data.run_id"
         raise SpaceError(f"{path}: {key}: {e}") from e
+
+
+def _check_evaluable(path: Path, space: SweepSpace, source: ActivationSource) -> None:
+    """Refuse data whose held-out split cannot give a meaningful FVU: too few tokens, or no
+    variance (FVU divides by it). Only the held-out tokens are read."""
+    config = SaeTrainingConfig(**{**space.training, "max_tokens": space.data.max_tokens})
+    loader = ActivationLoader(source, config.loader_config())
+    n_eval = min(loader.n_heldout_tokens, config.max_eval_tokens)
+    where = f"{path}: data: run {space.data.run_id!r} layer {source.layer_signature!r}"
+    if n_eval < MIN_EVAL_TOKENS:
+        raise SpaceError(f"{where}: only {n_eval} held-out token(s) of {loader.n_tokens} "
+                         f"(holdout_fraction {config.holdout_fraction:g}); the held-out metrics "
+                         f"need at least {MIN_EVAL_TOKENS}: use a larger store or "
+                         "training.holdout_fraction")
+    x = loader.eval_tokens().to(torch.float64)
+    if not float(x.var(dim=0, unbiased=False).sum()) > 0:
+        raise SpaceError(f"{where}: the held-out activations have zero variance (every token "
+                         "is the same vector), so FVU is undefined; check the capture")
 
 
 def _check_k(path: Path, space: SweepSpace, d: int) -> None:
@@ -444,6 +580,10 @@ def _check_k(path: Path, space: SweepSpace, d: int) -> None:
         if not (lo > 0 and hi < 1):
             raise SpaceError(f"{path}: params.k_fraction: must lie in (0, 1), got "
                              f"[{lo:g}, {hi:g}]")
+        if round(hi * min_latents) >= min_latents:  # the trial rounds k = k_fraction x n
+            raise SpaceError(f"{path}: params.k_fraction: {hi:g} x n_latents rounds to "
+                             f"{round(hi * min_latents)} = n_latents when n_latents is "
+                             f"{min_latents} (expansion {min_exp:g} x d={d}); need k < n_latents")
 
 
 def synthetic_spec(section: SyntheticSection) -> SyntheticSpec:

@@ -235,6 +235,10 @@ class LocalStore:
         for entry in meta["shards"]:
             path = meta_path.parent / entry["file"]
             shape = _header_shape(path, ACTIVATIONS_KEY)
+            stored_dtype = _header_dtype(path, ACTIVATIONS_KEY)
+            if stored_dtype != _torch_dtype(meta["dtype"], meta_path):
+                raise StoreError(f"{path}: shard holds {_dtype_name(stored_dtype)} but "
+                                 f"{meta_path} says dtype {meta['dtype']!r}")
             if shape[-1] != d:
                 raise StoreError(f"{path}: shard has d={shape[-1]} but {meta_path} says d={d}")
             rows = _numel(shape[:-1])
@@ -276,9 +280,16 @@ def _resolve_layer(requested: str, present: Iterable[str], where: Path) -> str:
 
 
 def _same_layer(stored: str, requested: str) -> bool:
-    """Either spelling: dotted module path or mi_crow's flattened `<modelclass>_<path>` name."""
+    """Either spelling: dotted module path or mi_crow's flattened `<modelclass>_<path>` name.
+
+    Only a model-class prefix may differ (one word, no '_' or '.'): `model.layers.3.synthetic`
+    is not the layer `synthetic`."""
     a, b = flatten_layer_name(stored), flatten_layer_name(requested)
-    return a == b or a.endswith("_" + b) or b.endswith("_" + a)
+    if a == b:
+        return True
+    longer, shorter = (a, b) if len(a) > len(b) else (b, a)
+    prefix = longer[: -len(shorter) - 1]
+    return longer.endswith("_" + shorter) and prefix.isalnum()
 
 
 def _open_mi_crow(run_id: str, layer: str, run: Path) -> ActivationSource:
@@ -402,6 +413,15 @@ def _header_shape(path: Path, key: str) -> tuple[int, ...]:
         raise StoreError(f"{path}: tensor {key!r} has shape {shape}; expected [tokens, d] or "
                          "[batch, seq, d]")
     return shape
+
+
+def _header_dtype(path: Path, key: str) -> torch.dtype:
+    with _open_safetensors(path) as f:
+        return _torch_dtype(f.get_slice(key).get_dtype(), path)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _load_tensor(path: Path, key: str) -> torch.Tensor:

@@ -21,6 +21,8 @@ import fcntl
 import inspect
 import json
 import os
+import re
+import shutil
 import socket
 import threading
 import time
@@ -39,7 +41,7 @@ from optuna.storages import (
     RDBStorage,
     RetryHeartbeatStaleTrialCallback,
 )
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.space import PRUNERS, SAMPLERS, LoadedSpace, ParamSpec, SpaceError
@@ -58,13 +60,90 @@ def default_storage(loaded: LoadedSpace) -> str:
     return str(journal_path(loaded.space.results_dir, loaded.space.study.name))
 
 
+def is_rdb(url: str) -> bool:
+    return "://" in url and not url.startswith("journal://")
+
+
 def open_storage(url: str) -> BaseStorage:
     """A journal file (a path, or journal:///path) or an RDB URL (sqlite://, postgresql://...)."""
-    if "://" in url and not url.startswith("journal://"):
+    if is_rdb(url):
         return RDBStorage(url)
     path = Path(url.removeprefix("journal://"))
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
+
+
+def masked(url: str) -> str:
+    """A storage URL fit to print: the password of user:password@host replaced by ***."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def prepare_storage(url: str) -> str | None:
+    """Check a storage before a sweep writes to it; a SpaceError says why it cannot be used.
+
+    An RDB URL is opened once (a missing driver, an unreachable server or a folder that does
+    not exist fails here). A journal file whose last record was torn by a crash mid-write is
+    repaired: returns the line to print about it, else None.
+    """
+    if is_rdb(url):
+        try:
+            RDBStorage(url)
+        except Exception as e:  # noqa: BLE001 - SQLAlchemy and drivers raise many kinds
+            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+            hint = (" (PostgreSQL needs a driver: pip install psycopg2-binary)"
+                    if isinstance(e, ModuleNotFoundError) else "")
+            raise SpaceError(f"--storage {masked(url)}: cannot open the storage: "
+                             f"{type(e).__name__}: {detail}{hint}") from e
+        return None
+    path = Path(url.removeprefix("journal://"))
+    if not path.exists():
+        return None
+    return repair_torn_tail(path)
+
+
+def repair_torn_tail(path: Path) -> str | None:
+    """Cut a journal back to its last complete record when a crash tore the last one.
+
+    Optuna appends a record as one JSON line; a crash mid-write leaves a fragment without its
+    newline (or an undecodable last line). Readers skip it, but the next append would glue a
+    record to it and make the whole study unreadable. The file is copied to a backup first and
+    the repair runs under the journal's own lock. A damaged record followed by good ones cannot
+    be cut without losing them: that is a SpaceError.
+    """
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        data = path.read_bytes()
+        lines = data.split(b"\n")
+        tail = lines.pop()  # the bytes after the last newline: b"" when the file is whole
+        keep = len(data) - len(tail)
+        while lines and not _is_record(lines[-1]):
+            keep -= len(lines.pop()) + 1
+            tail = b"..." + tail  # a complete but undecodable last line goes too
+        for number, line in enumerate(lines, start=1):
+            if not _is_record(line):
+                raise SpaceError(f"{path}: line {number} is not a journal record (a write torn "
+                                 "by a crash, then more records after it); the study cannot be "
+                                 "read. Keep a copy of the file, delete that line and re-run.")
+        if keep == len(data):
+            return None
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        backup = path.with_name(f"{path.name}.torn-{stamp}.bak")
+        shutil.copy2(path, backup)
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+            os.fsync(f.fileno())
+    finally:
+        lock.release()
+    return (f"repaired {path}: its last record was torn by a crash mid-write ({len(data) - keep} "
+            f"bytes cut, {len(lines)} complete records kept); the file as it was: {backup}")
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def make_sampler(loaded: LoadedSpace, seed: int) -> optuna.samplers.BaseSampler:
@@ -115,7 +194,8 @@ def create_study(loaded: LoadedSpace, storage_url: str) -> optuna.Study:
     except KeyError:
         existing = None
     if existing is not None and list(existing.directions) != directions:
-        raise SpaceError(f"{loaded.path}: objectives: study {s.study.name!r} in {storage_url} has "
+        raise SpaceError(f"{loaded.path}: objectives: study {s.study.name!r} in "
+                         f"{masked(storage_url)} has "
                          f"directions {[d.name.lower() for d in existing.directions]}, the space "
                          f"asks for {s.directions}; use another study name")
     definition = study_definition(loaded)
@@ -142,7 +222,7 @@ def create_study(loaded: LoadedSpace, storage_url: str) -> optuna.Study:
         "optuna_version": optuna.__version__,
         "saesweep_version": _version(),
         "results_dir": str(Path(s.results_dir) / s.study.name),
-        "storage": storage_url,
+        "storage": masked(storage_url),
         "definition": definition,
         "fingerprint": fingerprint,
     }
@@ -189,7 +269,8 @@ def _refuse_changed_definition(study: optuna.Study, definition: dict[str, Any],
                 changes.append(f"{section}[{key}]: {old!r} -> {new!r}" if isinstance(key, int)
                                else f"{section}.{key}: {old!r} -> {new!r}")
     raise SpaceError(
-        f"{loaded.path}: study {loaded.space.study.name!r} in {storage_url} was run with another "
+        f"{loaded.path}: study {loaded.space.study.name!r} in {masked(storage_url)} was run "
+        "with another "
         f"definition, so its trials would not be comparable: {'; '.join(changes) or 'changed'}. "
         "Start a new study instead (--study NEW_NAME), or restore the space it was run with.")
 
@@ -231,7 +312,7 @@ def budget_state(study: optuna.Study) -> BudgetState:
 @contextlib.contextmanager
 def budget_lock(storage_url: str) -> Iterator[None]:
     """Serialises "check the budget, then ask for a trial" across this machine's workers."""
-    if "://" in storage_url and not storage_url.startswith("journal://"):
+    if is_rdb(storage_url):
         yield  # RDB storage: workers may be on other machines, a file lock cannot help
         return
     path = Path(storage_url.removeprefix("journal://") + ".budget.lock")

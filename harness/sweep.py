@@ -26,10 +26,22 @@ from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from harness.atomic import write_text
+from harness.devices import DeviceError, WorkerSlot, parse_devices, visible_gpu_count, worker_slots
+from harness.metrics import METRICS
 from harness.space import LoadedSpace, SpaceError, load_space, synthetic_spec
 from harness.store import LocalStore
-from harness.study import create_study, default_storage, reap_stale, superseded_numbers
+from harness.study import (
+    budget_state,
+    create_study,
+    default_storage,
+    masked,
+    prepare_storage,
+    reap_stale,
+    superseded_numbers,
+)
 from harness.synthetic import write_synthetic_store
+from harness.trial_record import TrialRecord
+from harness.worker import EXIT_BAD_DATA, EXIT_NO_DEVICE
 
 EXIT_BAD_SPACE = 2
 QUICKSTART = "quickstart.yaml"
@@ -66,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help="study name (overrides study.name)")
     p.add_argument("--wandb", choices=("online", "offline", "off"),
                    help="W&B mode for the trial runs (overrides wandb.mode)")
-    p.add_argument("--timeout", type=float, help="stop starting new trials after this many "
-                   "seconds (overrides budget.timeout)")
+    p.add_argument("--timeout", type=_positive_float, help="stop starting new trials after "
+                   "this many seconds (overrides budget.timeout)")
     p.add_argument("--results", help="results folder (overrides results_dir, default results/)")
     p.add_argument("--lockstep", type=_positive_int, help="trials each worker trains together "
                    "on the same batches (overrides lockstep, default 1)")
@@ -77,16 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
+    try:  # every check that needs no writing comes first: a mistake leaves nothing behind
         space_path = Path(args.space) if args.space else find_quickstart()
         loaded = load_space(space_path, overrides=_overrides(args))
-    except SpaceError as e:
+        slots = _slots(args.devices, loaded.space.workers)
+        space = loaded.space
+        check_writable(Path(space.results_dir), "--results / results_dir")
+        storage_url = space.study.storage or default_storage(loaded)
+        repaired = prepare_storage(storage_url)
+    except (SpaceError, DeviceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_SPACE
-    space = loaded.space
+    if repaired:
+        print(repaired)
     out = Path(space.results_dir) / space.study.name
     _ensure_data(loaded)
-    storage_url = space.study.storage or default_storage(loaded)
     try:
         study = create_study(loaded, storage_url)
     except SpaceError as e:
@@ -99,10 +116,15 @@ def main(argv: list[str] | None = None) -> int:
     reaped = reap_stale(study, space.faults.lease_s, space.faults.max_retry)
     if reaped:
         print(f"re-enqueued trials abandoned by an earlier run: {reaped}")
-    slots = _worker_slots(args.devices, space.workers)
-    print(f"study {space.study.name!r}: storage {storage_url}, {space.budget.n_trials} trials, "
-          f"{len(slots)} worker(s) on {', '.join(e.get('_label', d) for d, e in slots)}; "
-          f"results in {out}/")
+    budget = budget_state(study)
+    if budget.waiting == 0 and budget.running == 0 and budget.used >= space.budget.n_trials:
+        print(f"study {space.study.name!r} already has {budget.used} of its "
+              f"{space.budget.n_trials} trials: nothing to run (raise --n-trials to run more)")
+        _print_best(study, loaded, storage_url, out)
+        return 0
+    print(f"study {space.study.name!r}: storage {masked(storage_url)}, "
+          f"{space.budget.n_trials} trials, "
+          f"{len(slots)} worker(s) on {', '.join(s.label for s in slots)}; results in {out}/")
     deadline = time.time() + space.budget.timeout if space.budget.timeout else 0.0
     procs = _start_workers(slots, resolved, storage_url, out, deadline)
     status = _monitor(study, procs, loaded)
@@ -110,12 +132,32 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+def _slots(devices_arg: str | None, n_workers: int) -> list[WorkerSlot]:
+    gpus = visible_gpu_count()
+    devices = parse_devices(devices_arg, gpus) if devices_arg is not None else None
+    return worker_slots(devices, n_workers, gpus)
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """A SpaceError unless `folder` exists as a writable folder or can be created (nothing is
+    created here)."""
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise SpaceError(f"{what}: {folder} cannot be created: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise SpaceError(f"{what}: {folder} is not writable ({probe} does not allow writing)")
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object] | object]:
     """Command-line flags as a partial space, validated together with the file."""
     out: dict[str, dict[str, object] | object] = {}
     if args.n_trials:
         out["budget"] = {"n_trials": args.n_trials}
-    if args.timeout:
+    if args.timeout is not None:
         out.setdefault("budget", {})["timeout"] = args.timeout  # type: ignore[index]
     if args.study:
         out["study"] = {"name": args.study}
@@ -145,46 +187,17 @@ def _ensure_data(loaded: LoadedSpace) -> None:
     write_synthetic_store(data.store, data.run_id, spec, layer_signature=data.layer_signature)
 
 
-def _worker_slots(devices_arg: str | None, n: int) -> list[tuple[str, dict[str, str]]]:
-    """(device, extra environment) per worker: one per device in `devices_arg`, else `n`. Each
-    GPU worker sees exactly one GPU."""
-    if devices_arg:
-        devices = [d.strip() for d in devices_arg.split(",") if d.strip()]
-        n_cpu = sum(1 for d in devices if not d.startswith("cuda"))
-        slots = []
-        for dev in devices:
-            if dev.startswith("cuda"):
-                index = dev.split(":", 1)[1] if ":" in dev else "0"
-                slots.append(("cuda:0", {"CUDA_VISIBLE_DEVICES": index, "_label": dev}))
-            else:
-                slots.append(_cpu_slot(n_cpu))
-        return slots
-    import torch
-
-    if torch.cuda.is_available():
-        gpus = torch.cuda.device_count()
-        return [("cuda:0", {"CUDA_VISIBLE_DEVICES": str(i % gpus), "_label": f"cuda:{i % gpus}"})
-                for i in range(n)]
-    return [_cpu_slot(n) for _ in range(n)]
-
-
-def _cpu_slot(n_workers: int) -> tuple[str, dict[str, str]]:
-    """A CPU worker's share of the cores, set before torch starts its thread pools."""
-    threads = str(max(1, (os.cpu_count() or 1) // n_workers))
-    return ("cpu", {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
-                    "_threads": threads, "_label": "cpu"})
-
-
-def _start_workers(slots: list[tuple[str, dict[str, str]]], space_file: Path, storage: str,
+def _start_workers(slots: list[WorkerSlot], space_file: Path, storage: str,
                    out: Path, deadline: float) -> list[subprocess.Popen]:
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     procs = []
-    for i, (device, extra) in enumerate(slots):
-        env = {**os.environ, **{k: v for k, v in extra.items() if not k.startswith("_")}}
+    for i, slot in enumerate(slots):
+        env = {**os.environ, **slot.env}
         cmd = [sys.executable, "-m", "harness.worker", "--space", str(space_file),
-               "--storage", storage, "--index", str(i), "--device", device,
-               "--threads", extra.get("_threads", "0"), "--deadline", str(deadline)]
+               "--storage", storage, "--index", str(i), "--device", slot.device,
+               "--device-label", slot.label, "--threads", str(slot.threads),
+               "--deadline", str(deadline)]
         log = open(logs / f"worker_{i}.log", "a", encoding="utf-8")  # noqa: SIM115 - kept open
         procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
     return procs
@@ -239,6 +252,14 @@ def _monitor(study: optuna.Study, procs: list[subprocess.Popen], loaded: LoadedS
         print(f"stopped by {stop[0]}; the study is consistent: re-run the same command to "
               "continue")
         return 130 if stop[0] == "SIGINT" else 143
+    if EXIT_BAD_DATA in codes:
+        print("stopped: the activation data is unusable (see the failed trials above); fix the "
+              "store, then re-run the same command", file=sys.stderr)
+        return 1
+    if EXIT_NO_DEVICE in codes:
+        print("stopped: a worker could not use its device (see the logs folder); re-run with "
+              "--devices naming usable ones", file=sys.stderr)
+        return 1
     crashed = [(i, c) for i, c in enumerate(codes) if c != 0]
     if crashed:
         print(f"worker(s) exited abnormally: {crashed}; see the logs folder. Re-run the same "
@@ -265,20 +286,24 @@ def _duration(seconds: float) -> str:
 
 
 def _trial_line(t: FrozenTrial, loaded: LoadedSpace) -> str:
-    a = t.user_attrs
-    cfg = f"n_latents={a.get('n_latents')} k={a.get('k')} lr={a.get('lr', 0) or 0:.2e}"
-    secs = a.get("wall_time_s")
+    r = TrialRecord.from_frozen(t)
+    cfg = f"n_latents={r.n_latents} k={r.k} lr={r.lr or 0:.2e}"
+    secs = r.get("wall_time_s")
     took = f" {secs:.1f}s" if isinstance(secs, float) else ""
     if t.state == TrialState.COMPLETE:
-        what = (f"r2={a.get('final_r2', math.nan):.4f} l0={a.get('final_l0', math.nan):.1f} "
-                f"dead={100 * a.get('final_dead_ratio', math.nan):.1f}%")
-        if "recovery" in a:
-            what += f" recovered={100 * a['recovery']:.0f}%"
+        what = " ".join(f"{name}={METRICS[name].format(r.final(name))}"
+                        for name in ("r2", "l0")) + f" dead={_percent(r.final('dead_ratio'))}"
+        if r.final("recovery") is not None:
+            what += f" recovered={_percent(r.final('recovery'), 0)}"
     elif t.state == TrialState.PRUNED:
-        what = f"pruned: {a.get('prune_reason')}"
+        what = f"pruned: {r.prune_reason}"
     else:
-        what = f"failed: {a.get('fail_reason')}"
+        what = f"failed: {r.fail_reason}"
     return f"trial {t.number:4d} {t.state.name:8s} {cfg} {what}{took}"
+
+
+def _percent(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{100 * value:.{digits}f}%"
 
 
 def _best_value(study: optuna.Study, loaded: LoadedSpace) -> str | None:
@@ -286,42 +311,43 @@ def _best_value(study: optuna.Study, loaded: LoadedSpace) -> str | None:
         if loaded.space.multi_objective:
             return f"pareto={len(study.best_trials)}"
         o = loaded.space.objectives[0]
-        return f"best {o.metric}={study.best_value:.4f}"
+        return f"best {o.metric}={METRICS[o.metric].format(study.best_value)}"
     except ValueError:
         return None
 
 
 def _print_best(study: optuna.Study, loaded: LoadedSpace, storage: str, out: Path) -> None:
     space = loaded.space
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    trials = study.get_trials(deepcopy=False)
     counts = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
                                   TrialState.RUNNING, TrialState.WAITING)}
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     print("trials: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v))
+    first = METRICS[space.objectives[0].metric]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete:
         if space.multi_objective:
-            best = sorted(study.best_trials, key=lambda t: t.values[0],
-                          reverse=space.objectives[0].direction == "maximize")
-            title = "Pareto front"
+            best, title = list(study.best_trials), "Pareto front"
         else:
-            best = sorted(complete, key=lambda t: t.value,
-                          reverse=space.objectives[0].direction == "maximize")[:5]
-            title = "best trials"
+            best, title = complete, "best trials"
+        best = sorted(best, key=lambda t: t.values[0], reverse=first.larger_is_better)
+        best = best if space.multi_objective else best[:5]
         print(f"{title} ({', '.join(f'{o.direction} {o.metric}' for o in space.objectives)}):")
-        truth = all("recovery" in t.user_attrs for t in best)
+        records = [TrialRecord.from_frozen(t) for t in best]
+        truth = all(r.final("recovery") is not None for r in records)
         print(f"{'trial':>6} {'r2':>8} {'l0':>6} {'dead%':>6} {'n_latents':>9} {'k':>4} "
               f"{'lr':>9}" + (f" {'found%':>6}" if truth else "") + "  folder")
-        for t in best:
-            a = t.user_attrs
-            found = f" {100 * a['recovery']:6.0f}" if truth else ""
-            print(f"{t.number:6d} {a['final_r2']:8.4f} {a['final_l0']:6.1f} "
-                  f"{100 * a['final_dead_ratio']:6.1f} {a['n_latents']:9d} {a['k']:4d} "
-                  f"{a['lr']:9.2e}{found}  {a['trial_dir']}")
+        for r in records:
+            found = f" {100 * (r.final('recovery') or 0):6.0f}" if truth else ""
+            print(f"{r.number:6d} {METRICS['r2'].format(r.final('r2')):>8} "
+                  f"{METRICS['l0'].format(r.final('l0')):>6} "
+                  f"{100 * (r.final('dead_ratio') or 0):6.1f} {r.n_latents:9d} {r.k:4d} "
+                  f"{r.lr or 0:9.2e}{found}  {r.trial_dir}")
         if truth:
             print("found% = planted features recovered (a decoder row within cos 0.9 of the "
                   "true direction)")
-    print(f"study storage: {storage}")
+    print(f"study storage: {masked(storage)}")
     print(f"trial folders: {out / 'trials'}/   worker logs: {out / 'logs'}/")
     if space.wandb.mode == "offline":
         runs = out / "wandb"
@@ -348,9 +374,23 @@ def next_steps(study: str, storage: str, results_dir: str) -> str:
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got "
+                                         f"{text!r}") from None
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
     return value
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from harness.atomic import write_safetensors
+from harness.seeding import stream_seed
 from harness.store import LocalStore
 
 GROUND_TRUTH_FILE = "ground_truth.safetensors"
@@ -54,7 +55,7 @@ class SyntheticData:
 
     def __init__(self, spec: SyntheticSpec) -> None:
         self.spec = spec
-        gen = torch.Generator().manual_seed(spec.seed)
+        gen = torch.Generator().manual_seed(stream_seed(spec.seed, "synthetic"))
         self.directions = F.normalize(torch.randn(spec.n_features, spec.d, generator=gen), dim=1)
         self.offset = F.normalize(torch.randn(spec.d, generator=gen), dim=0) * spec.offset_norm
         weights = (torch.arange(spec.n_features, dtype=torch.float64) + 1) ** -spec.frequency_decay

@@ -5,7 +5,7 @@
     history["r2"], history["l0"], history["dead_features"]
 
 Loss = MSE + l1_lambda * (decoder-norm weighted L1 of the latents) + auxk_alpha * AuxK.
-Each evaluation computes held-out r2 / fvu / mse / l0 exactly as in shared/METRICS.md, plus the
+Each evaluation computes held-out r2 / fvu / mse / l0 exactly as in docs/metrics.md, plus the
 dead-feature count over the last `dead_window_tokens` training tokens; callbacks see it and may
 raise `StopTraining` (this is how the sweep prunes). A non-finite or exploding loss raises
 `TrainingDiverged` with the step.
@@ -16,10 +16,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import platform
+import re
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +41,8 @@ from harness.store import ActivationSource, LocalStore, flatten_layer_name
 from harness.wandb_log import WandbRun
 
 DEFAULT_DEAD_WINDOW = 10_000_000  # sparsify / dictionary_learning: dead after 10M tokens
+FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+_DEVICE_NAME = re.compile(r"^(cpu|mps|auto|cuda(:\d+)?)$")
 
 
 class TrainingDiverged(RuntimeError):
@@ -49,6 +53,20 @@ class TrainingDiverged(RuntimeError):
         self.step = step
         self.loss = loss
         self.reason = reason
+
+
+class SaveFailed(OSError):
+    """The trained SAE could not be written to its folder; it was written to `fallback`."""
+
+    def __init__(self, target: Path, fallback: Path | None, cause: BaseException) -> None:
+        kept = (f"the trained SAE was saved to {fallback} instead" if fallback is not None
+                else "no fallback folder was writable either: the weights are lost")
+        super().__init__(f"could not save to {target} ({_short(cause)}); {kept}")
+        self.target, self.fallback, self.cause = target, fallback, cause
+
+
+def _short(e: BaseException) -> str:
+    return f"{type(e).__name__}: {getattr(e, 'strerror', None) or e}"
 
 
 class StopTraining(Exception):  # noqa: N818 - a control signal, like optuna.TrialPruned
@@ -169,6 +187,15 @@ class SaeTrainingConfig:
         if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
             raise ValueError("SaeTrainingConfig.b_dec_init must be geometric_median, mean or "
                              f"zeros, got {self.b_dec_init!r}")
+        if not 0 < self.holdout_fraction < 1:
+            raise ValueError("SaeTrainingConfig.holdout_fraction must be in (0, 1), got "
+                             f"{self.holdout_fraction}")
+        if self.dtype is not None and self.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"SaeTrainingConfig.dtype must be one of {list(FLOAT_DTYPES)} or "
+                             f"None, got {self.dtype!r}")
+        if self.device is not None and not _DEVICE_NAME.match(self.device):
+            raise ValueError("SaeTrainingConfig.device must be cpu, cuda, cuda:N, mps, auto or "
+                             f"None, got {self.device!r}")
         self.adam_betas = tuple(self.adam_betas)  # type: ignore[assignment]  # YAML gives lists
 
     @classmethod
@@ -260,9 +287,10 @@ class EvalResult:
 HISTORY_FIELDS = [f.name for f in dataclasses.fields(EvalResult)]
 
 
-@dataclass
-class TrainingHistory:
-    """Per-evaluation curves plus what the run was. `history["r2"]` gives the r2 list."""
+@dataclass(eq=False)
+class TrainingHistory(Mapping[str, Any]):
+    """Per-evaluation curves plus what the run was; a read-only mapping like the seed's dict:
+    `history["r2"]`, `history.get("l0")`, `keys()`, `items()`. `n_evals` counts evaluations."""
 
     step: list[int] = field(default_factory=list)
     epoch: list[int] = field(default_factory=list)
@@ -294,17 +322,19 @@ class TrainingHistory:
             getattr(self, name).append(getattr(result, name))
 
     def __getitem__(self, key: str) -> Any:
-        if key not in self.keys():
-            raise KeyError(f"{key!r}; history keys: {self.keys()}")
+        if key not in _HISTORY_KEYS:
+            raise KeyError(f"{key!r}; history keys: {list(_HISTORY_KEYS)}")
         return getattr(self, key)
 
-    def __contains__(self, key: object) -> bool:
-        return key in self.keys()
-
-    def keys(self) -> list[str]:
-        return [f.name for f in dataclasses.fields(self)]
+    def __iter__(self) -> Iterator[str]:
+        return iter(_HISTORY_KEYS)
 
     def __len__(self) -> int:
+        return len(_HISTORY_KEYS)
+
+    @property
+    def n_evals(self) -> int:
+        """Evaluations recorded."""
         return len(self.step)
 
     @property
@@ -316,6 +346,9 @@ class TrainingHistory:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+_HISTORY_KEYS = tuple(f.name for f in dataclasses.fields(TrainingHistory))
 
 
 Callback = Callable[[EvalResult], None]
@@ -341,7 +374,8 @@ class LockstepMember:
 
 @dataclass
 class MemberOutcome:
-    """How one member of a pack ended: its history, or the error that stopped it."""
+    """How one member of a pack ended: its history, the error that stopped it, or both (a run
+    that trained but could not be saved where asked: SaveFailed)."""
 
     history: TrainingHistory | None
     error: Exception | None = None
@@ -599,11 +633,23 @@ class _Run:
         if self.error is not None:
             return MemberOutcome(history=None, error=self.error)
         self.history.wall_time_s = time.perf_counter() - self.start
-        if self.member.save:
-            self.history.run_dir = str(self.out_dir)
-            _save_run(self.out_dir, self.sae, self.cfg, self.history, self.source, self.store,
-                      self.training_run_id, self.member.extra_meta or {})
+        if not self.member.save:
+            return MemberOutcome(history=self.history)
+        try:
+            self._save(self.out_dir)
+        except OSError as e:  # keep the trained weights somewhere and say where
+            fallback = Path(tempfile.mkdtemp(prefix=f"saesweep-unsaved-{self.training_run_id}-"))
+            try:
+                self._save(fallback)
+            except OSError:
+                fallback = None  # type: ignore[assignment]
+            return MemberOutcome(history=self.history, error=SaveFailed(self.out_dir, fallback, e))
         return MemberOutcome(history=self.history)
+
+    def _save(self, folder: Path) -> None:
+        self.history.run_dir = str(folder)
+        _save_run(folder, self.sae, self.cfg, self.history, self.source, self.store,
+                  self.training_run_id, self.member.extra_meta or {})
 
 
 def _adam(sae: TopKSae, cfg: SaeTrainingConfig) -> torch.optim.Optimizer:

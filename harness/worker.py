@@ -37,6 +37,10 @@ from harness.study import (
 from harness.trial import Interrupted, WorkerContext, run_trials
 
 log = logging.getLogger("saesweep.worker")
+EXIT_BAD_DATA = 3
+"""The activation data failed every trial: the worker stopped."""
+EXIT_NO_DEVICE = 4
+"""The worker's device cannot be used: it stopped before asking for a trial."""
 
 
 class _Signals:
@@ -69,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--space", required=True, help="resolved space file written by the sweep")
     p.add_argument("--storage", required=True)
     p.add_argument("--index", type=int, required=True)
-    p.add_argument("--device", required=True)
+    p.add_argument("--device", required=True, help="as this process addresses it")
+    p.add_argument("--device-label", help="as the machine names it (recorded per trial)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--deadline", type=float, default=0.0, help="unix time; 0 = none")
     args = p.parse_args(argv)
@@ -81,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    problem = _device_problem(torch, args.device)
+    if problem is not None:  # a global cause: stop before any trial is asked for
+        log.error("device %s (%s) cannot be used: %s", args.device, args.device_label, problem)
+        return EXIT_NO_DEVICE
     loaded = load_space(args.space)
     space = loaded.space
     storage = open_storage(args.storage)
@@ -88,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     study = optuna.load_study(
         study_name=space.study.name, storage=storage, pruner=make_pruner(loaded),
         sampler=make_sampler(loaded, worker_seed(space.study.seed, args.index + 1, n_existing)))
-    ctx = WorkerContext(device=args.device, worker_index=args.index,
+    ctx = WorkerContext(device=args.device, device_label=args.device_label or args.device,
+                        worker_index=args.index,
                         wandb_mode=space.wandb.mode,
                         results_dir=Path(space.results_dir) / space.study.name)
     faults = space.faults
@@ -138,9 +148,18 @@ def main(argv: list[str] | None = None) -> int:
             log.info("trial %d %s %s", trial.number, outcome.state.name, outcome.summary)
         if fatal:
             log.error("stopping: the activation data is unusable (see the trials' fail_reason)")
-            return 3
+            return EXIT_BAD_DATA
     log.info("stopping (%s)", signals.stop_requested or "budget met")
     return 0
+
+
+def _device_problem(torch: object, device: str) -> str | None:
+    """Why this process cannot train on `device`, or None (a tensor is placed there to know)."""
+    try:
+        torch.zeros(1, device=device)  # type: ignore[attr-defined]
+    except Exception as e:  # noqa: BLE001 - any failure here means the device is unusable
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def _requeue(study: optuna.Study, trial: optuna.Trial, reason: str, max_retry: int) -> None:

@@ -74,3 +74,18 @@ def test_feature_recovery_hand_case():
     # best cosines: e0 -> 1.0, e1 -> 0.6, e2 -> 0.8
     assert r.mmcs == pytest.approx((1.0 + 0.6 + 0.8) / 3)
     assert r.recovery == pytest.approx(2 / 3)
+
+
+def test_every_metric_of_the_table_is_defined_in_the_docs():
+    from pathlib import Path
+
+    from harness.metrics import METRICS, OBJECTIVE_METRICS
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
+    for name, m in METRICS.items():
+        if m.source != "setup":  # n_latents and k are configuration, not measurements
+            assert f"`{name}`" in docs or f"`{name}@c`" in docs, name
+        assert m.direction in ("maximize", "minimize")
+    assert METRICS["r2"].larger_is_better and not METRICS["fvu"].larger_is_better
+    assert METRICS["r2"].better(0.9, 0.8) and METRICS["fvu"].better(0.1, 0.2)
+    assert "recovery" not in OBJECTIVE_METRICS and "r2" in OBJECTIVE_METRICS

@@ -165,3 +165,35 @@ def test_report_can_log_tables_and_plots_to_an_offline_wandb_run(study_results, 
     logged = contents["history"][0]
     assert logged["best_per_group._type"] == "table-file"
     assert logged["pareto._type"] == "image-file"
+
+
+def test_non_finite_metrics_are_left_out_of_plots_with_a_note(tmp_path):
+    """A trial recorded before validation refused degenerate data (r2 = -inf) once crashed the
+    report in matplotlib ("Data cannot be log-scaled")."""
+    from optuna.distributions import FloatDistribution
+
+    journal = str(tmp_path / "s.journal")
+    study = optuna.create_study(study_name="nf", storage=open_storage(journal))
+    rows = [(64, 4, 1e-3, 0.8), (128, 4, 2e-3, 0.85), (256, 4, 3e-3, 0.9),
+            (64, 8, 4e-3, 0.88), (128, 8, 5e-3, float("-inf"))]
+    for n, k, lr, r2 in rows:
+        fvu = 1 - r2
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": lr}, distributions={"lr": FloatDistribution(1e-4, 1e-2, log=True)},
+            value=r2, user_attrs={"n_latents": n, "k": k, "lr": lr, "expansion": n / 16,
+                                  "final_r2": r2, "final_fvu": fvu, "final_l0": k * 0.9,
+                                  "final_dead_ratio": 0.0, "tokens_seen": 1000}))
+    proc = _cli("nf", "--storage", journal, "--out", str(tmp_path / "o"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = (tmp_path / "o" / "summary.md").read_text()
+    assert "1 complete trial(s) with non-finite metrics (trial(s) 4) are left out" in summary
+    assert (tmp_path / "o" / "pareto.png").exists()
+    assert "-inf" in (tmp_path / "o" / "trials.csv").read_text()  # kept in the data
+    degenerate = optuna.create_study(study_name="zero", storage=open_storage(journal))
+    for _ in range(3):  # every trial of an all-zero store: nothing can be drawn
+        degenerate.add_trial(optuna.trial.create_trial(value=float("-inf"), user_attrs={
+            "n_latents": 64, "k": 4, "lr": 1e-3, "final_r2": float("-inf"),
+            "final_fvu": float("inf"), "final_l0": 4.0, "final_dead_ratio": 0.0}))
+    proc = _cli("zero", "--storage", journal, "--out", str(tmp_path / "z"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "3 complete trial(s) with non-finite metrics" in proc.stderr

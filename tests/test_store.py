@@ -56,6 +56,30 @@ def test_wrong_layer_lists_layers_present(tmp_path: Path):
         store.open("r", "blocks.9")
 
 
+def test_a_layer_name_that_only_ends_like_the_stored_one_is_not_it(tmp_path: Path):
+    store = LocalStore(tmp_path)
+    store.put_activations("r", "synthetic", torch.randn(4, 8))
+    for wrong in ("model.layers.3.synthetic", "layers_3_synthetic"):
+        with pytest.raises(StoreError, match=f"layer '{wrong}' not in run"):
+            store.open("r", wrong)
+    store.put_activations("m", "GPT2Model_h_3", torch.randn(4, 8))
+    assert store.open("m", "h.3").layer_signature == "GPT2Model_h_3"  # a model-class prefix
+    with pytest.raises(StoreError, match="not in run"):
+        store.open("m", "3")
+
+
+def test_a_meta_json_dtype_unlike_its_shards_is_named(tmp_path: Path):
+    store = LocalStore(tmp_path)
+    store.put_activations("r", "L", torch.randn(4, 8))
+    meta_path = store.activation_dir("r") / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["dtype"] = "bfloat16"
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="shard holds float32 but .*meta.json says dtype "
+                                         "'bfloat16'"):
+        store.open("r", "L")
+
+
 def test_truncated_shard_is_named(tmp_path: Path):
     store = LocalStore(tmp_path)
     store.put_activations("r", "L", torch.randn(100, 8))

@@ -119,3 +119,47 @@ def test_heartbeat_keeps_lease_fresh_and_reaper_requeues_abandoned(tmp_path):
 def test_worker_seeds_differ_per_worker_and_per_rerun():
     seeds = {worker_seed(0, w, n) for w in range(4) for n in (0, 10)}
     assert len(seeds) == 8
+
+
+# ------------------------------------------------------------------ storage checks
+def test_a_torn_journal_tail_is_cut_to_the_last_record_with_a_backup(tmp_path):
+    from harness.study import repair_torn_tail
+
+    journal = tmp_path / "study.journal"
+    storage = open_storage(str(journal))
+    optuna.create_study(study_name="s", storage=storage).optimize(lambda t: 1.0, n_trials=2)
+    whole = journal.read_bytes()
+    assert repair_torn_tail(journal) is None  # an intact journal is left alone
+    journal.write_bytes(whole + b'{"op_code":7,"st')
+    message = repair_torn_tail(journal)
+    assert message is not None and "16 bytes cut" in message
+    assert journal.read_bytes() == whole
+    (backup,) = tmp_path.glob("study.journal.torn-*.bak")
+    assert backup.read_bytes() == whole + b'{"op_code":7,"st'
+    study = optuna.load_study(study_name="s", storage=open_storage(str(journal)))
+    study.optimize(lambda t: 2.0, n_trials=1)  # appending works again
+    assert len(study.trials) == 3
+
+
+def test_a_damaged_record_followed_by_good_ones_is_refused(tmp_path):
+    from harness.space import SpaceError
+    from harness.study import repair_torn_tail
+
+    journal = tmp_path / "study.journal"
+    optuna.create_study(study_name="s", storage=open_storage(str(journal))).optimize(
+        lambda t: 1.0, n_trials=1)
+    lines = journal.read_bytes().split(b"\n")
+    lines.insert(2, b'{"op_code":7,"st')
+    journal.write_bytes(b"\n".join(lines))
+    before = journal.read_bytes()
+    with pytest.raises(SpaceError, match="line 3 is not a journal record"):
+        repair_torn_tail(journal)
+    assert journal.read_bytes() == before
+
+
+def test_storage_urls_are_printed_without_their_password():
+    from harness.study import masked
+
+    assert masked("postgresql://alice:s3cret@db:5432/x") == "postgresql://alice:***@db:5432/x"
+    assert masked("postgresql://alice@db/x") == "postgresql://alice@db/x"
+    assert masked("results/t/study.journal") == "results/t/study.journal"

@@ -392,15 +392,3 @@ def test_the_space_sets_the_worker_count_and_the_flag_overrides_it(synthetic_sto
     assert proc.returncode == 0 and "2 worker(s)" in proc.stdout, proc.stdout + proc.stderr
     proc = sweep(str(tmp_path / "s.yaml"), "--workers", "1", "--n-trials", "3")
     assert proc.returncode == 0 and "1 worker(s)" in proc.stdout, proc.stdout + proc.stderr
-
-
-def test_devices_pin_one_gpu_per_worker_and_divide_cpu_cores():
-    from harness.sweep import _worker_slots
-
-    gpus = _worker_slots("cuda:0,cuda:3", 1)
-    # each worker sees exactly its GPU (set before torch is imported there) as cuda:0
-    assert [(dev, env["CUDA_VISIBLE_DEVICES"]) for dev, env in gpus] == [("cuda:0", "0"),
-                                                                         ("cuda:0", "3")]
-    cpus = _worker_slots(None, 2)
-    share = str(max(1, (os.cpu_count() or 1) // 2))
-    assert [env["OMP_NUM_THREADS"] for _, env in cpus] == [share, share]

@@ -17,7 +17,7 @@ from harness import (
 from harness.recipes import LEGACY_SAE, LEGACY_TRAINING
 from harness.store import LocalStore
 from harness.synthetic import SyntheticSpec, load_ground_truth, write_synthetic_store
-from harness.train import lr_factor
+from harness.train import SaveFailed, lr_factor
 
 FAST = dict(epochs=2, batch_size=256, lr=1e-3, progress=False)
 
@@ -49,7 +49,7 @@ def test_seed_api_returns_real_history_and_saves_the_run(synthetic_store: Path):
                                     layer_signature="synthetic", config=config,
                                     training_run_id="seed_api")
     for key in ("loss", "r2", "l0", "dead_features", "step", "tokens", "fvu"):
-        assert len(history[key]) == len(history) > 2
+        assert len(history[key]) == history.n_evals > 2
     assert all(0 < v <= 4 for v in history["l0"])  # a real mean L0, bounded by k
     assert all(isinstance(v, int) for v in history["dead_features"])  # a count
     assert history["r2"][-1] == pytest.approx(1 - history["fvu"][-1])
@@ -66,6 +66,27 @@ def test_seed_api_returns_real_history_and_saves_the_run(synthetic_store: Path):
     assert json.loads((run / "history.json").read_text())["l0"] == history["l0"]
     loaded = TopKSae.load(run)
     assert torch.equal(loaded.W_dec, sae.W_dec)
+    # a read-only mapping, as users of the seed's dict-like history expect
+    assert history.get("r2") is history["r2"] and history.get("nope") is None
+    assert list(history.keys())[:3] == ["step", "epoch", "tokens"] and "loss" in history
+    assert dict(history.items())["l0"] == history["l0"]
+    with pytest.raises(TypeError):
+        history["r2"] = []  # type: ignore[index]
+
+
+def test_a_run_that_cannot_be_saved_keeps_its_weights_elsewhere(synthetic_store: Path,
+                                                               tmp_path: Path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    sae = TopKSae(n_latents=32, n_inputs=16, k=4, seed=1)
+    config = SaeTrainingConfig(epochs=1, batch_size=256, lr=1e-3, progress=False)
+    with pytest.raises(SaveFailed, match=f"could not save to {blocker / 'run'}") as info:
+        SaeTrainer(sae).train(store=LocalStore(synthetic_store), run_id="syn",
+                              layer_signature="synthetic", config=config,
+                              save_dir=blocker / "run")
+    kept = info.value.fallback
+    assert kept is not None and f"saved to {kept} instead" in str(info.value)
+    assert torch.equal(TopKSae.load(kept).W_dec, sae.W_dec.detach().cpu())
 
 
 def test_huge_lr_raises_training_diverged_with_step(synthetic_store: Path):
@@ -122,6 +143,11 @@ def test_unknown_config_field_and_bad_values_are_errors():
         SaeTrainingConfig(epoch=3)  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="lr must be > 0"):
         SaeTrainingConfig(lr=0)
+    for bad, message in (({"holdout_fraction": 1.5}, "holdout_fraction must be in"),
+                         ({"dtype": "float33"}, "dtype must be one of"),
+                         ({"device": "tpu"}, "device must be cpu, cuda")):
+        with pytest.raises(ValueError, match=message):
+            SaeTrainingConfig(**bad)
 
 
 def test_wrong_layer_or_width_is_an_error(synthetic_store: Path):
@@ -159,7 +185,7 @@ def test_wandb_offline_run_has_config_history_and_summary(synthetic_store: Path,
     contents = run_contents(logs[0])
     assert contents["run"].display_name == "offline_test"
     assert contents["config"]["lr"] == FAST["lr"] and contents["config"]["k"] == 4
-    assert len(contents["history"]) == len(history)
+    assert len(contents["history"]) == history.n_evals
     assert [row["r2"] for row in contents["history"]] == pytest.approx(history["r2"])
     assert contents["summary"]["r2"] == pytest.approx(history["r2"][-1])
     assert contents["summary"]["status"] == "finished"

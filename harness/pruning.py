@@ -1,0 +1,118 @@
+"""Pruning rules: small objects behind one protocol, applied at every evaluation of a trial.
+
+- dead_features: dead_ratio above `max_ratio` (single- and multi-objective);
+- r2_floor: held-out R² below `min_r2` (single- and multi-objective);
+- Optuna's pruner on the first objective, reported with `trial.report(value, step)` (single-
+  objective only: Optuna does not prune multi-objective trials).
+
+A new rule is a class here with a `name` and `check`, listed in RULES, plus its section in the
+space's `pruner:` block (harness.space.PrunerSection).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import optuna
+
+from harness.metrics import METRICS
+from harness.train import EvalResult, StopTraining
+
+
+class PruneRule(Protocol):
+    """Decides at one evaluation whether a trial is hopeless."""
+
+    name: str
+
+    def check(self, r: EvalResult) -> dict[str, float] | None:
+        """The values that condemn the trial, or None to let it go on."""
+
+
+@dataclass(frozen=True)
+class DeadFeaturesRule:
+    """Prune when more than `max_ratio` of the latents are dead after `warmup_steps`."""
+
+    max_ratio: float
+    warmup_steps: int = 0
+    name: str = "dead_features"
+
+    def check(self, r: EvalResult) -> dict[str, float] | None:
+        if r.step >= self.warmup_steps and r.dead_ratio > self.max_ratio:
+            return {"dead_ratio": r.dead_ratio, "max_ratio": self.max_ratio}
+        return None
+
+
+@dataclass(frozen=True)
+class R2FloorRule:
+    """Prune when held-out R² is below `min_r2` (or not a number) after `warmup_steps`."""
+
+    min_r2: float
+    warmup_steps: int = 0
+    name: str = "r2_floor"
+
+    def check(self, r: EvalResult) -> dict[str, float] | None:
+        if r.step >= self.warmup_steps and not r.r2 >= self.min_r2:
+            return {"r2": r.r2, "min_r2": self.min_r2}
+        return None
+
+
+class OptunaPrunerRule:
+    """Reports the objective to Optuna at each evaluation and prunes when its pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, metric: str, pruner_name: str) -> None:
+        self.trial, self.metric, self.name = trial, metric, pruner_name
+
+    def check(self, r: EvalResult) -> dict[str, float] | None:
+        value = float(getattr(r, self.metric))
+        self.trial.report(value, r.step)
+        return {self.metric: value} if self.trial.should_prune() else None
+
+
+# the space's pruner sections that are rules of ours, by key
+RULES: dict[str, type] = {"dead_features": DeadFeaturesRule, "r2_floor": R2FloorRule}
+
+
+@dataclass(frozen=True)
+class PruneEvent:
+    """Which rule stopped a trial, when, and on which values."""
+
+    rule: str
+    step: int
+    tokens: int
+    values: dict[str, float]
+
+    @property
+    def reason(self) -> str:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in self.values.items())
+        return f"{self.rule} at step {self.step} ({self.tokens} tokens): {shown}"
+
+
+def rules_for(trial: optuna.Trial, pruner: Any, objectives: list[Any]) -> list[PruneRule]:
+    """The rules of a space's `pruner` section for one trial, ours first."""
+    rules: list[PruneRule] = []
+    for key, cls in RULES.items():
+        section = getattr(pruner, key, None)
+        if section is not None:
+            rules.append(cls(**section.model_dump()))
+    metric = objectives[0].metric
+    if len(objectives) == 1 and METRICS[metric].source == "eval":
+        # reported even under the "none" pruner: the dashboard draws the intermediate values
+        rules.append(OptunaPrunerRule(trial, metric, pruner.type))
+    return rules
+
+
+class PruningCallback:
+    """A trainer callback: applies the rules at each evaluation, raises StopTraining on the
+    first that fires and keeps the event for the trial's record."""
+
+    def __init__(self, rules: list[PruneRule]) -> None:
+        self.rules = rules
+        self.event: PruneEvent | None = None
+
+    def __call__(self, r: EvalResult) -> None:
+        for rule in self.rules:
+            values = rule.check(r)
+            if values is not None:
+                self.event = PruneEvent(rule.name, r.step, r.tokens, values)
+                raise StopTraining(self.event.reason)

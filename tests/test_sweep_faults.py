@@ -1,0 +1,295 @@
+"""Hardening, end to end through the real `python -m harness.sweep` CLI: bad input stops with
+exit 2 and a message naming the file, key or value before anything is written; faults fail the
+trial with a reason and leave the study readable."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+from spaces import tiny_space, write_space
+
+from harness.store import LocalStore
+from harness.trial_record import TrialRecord
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sweep(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.sweep", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def load(results: Path, name: str = "t") -> optuna.Study:
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(results / name / "study.journal")))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def one_trial(store: Path, results: Path, **sections) -> dict:
+    base = {"params": {"expansion": 2, "k": 4, "lr": 3e-3}, "budget": {"n_trials": 1},
+            "wandb": {"mode": "off"}, "training": {"epochs": 1, "batch_size": 256}}
+    return tiny_space(store, results, **{**base, **sections})
+
+
+@pytest.fixture(scope="module")
+def odd_stores(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Stores that validation must refuse: 20 tokens, all zeros, a meta.json lying about dtype."""
+    base = tmp_path_factory.mktemp("odd_stores")
+    store = LocalStore(base)
+    store.put_activations("tiny", "synthetic", torch.randn(20, 16))
+    store.put_activations("zeros", "synthetic", torch.zeros(4000, 16))
+    store.put_activations("lying", "synthetic", torch.randn(4000, 16))
+    meta_path = store.activation_dir("lying") / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["dtype"] = "float16"
+    meta_path.write_text(json.dumps(meta))
+    return base
+
+
+# (id, change to the space or None, extra CLI args, expected message)
+PARAMS = {"expansion": 2, "k": 4, "lr": 3e-3}
+BAD = [
+    ("expansion not a number", {"params": {**PARAMS, "expansion": "abc"}}, (),
+     "params.expansion: expected a number > 0, got 'abc'"),
+    ("k choices strings", {"params": {**PARAMS, "k": {"type": "categorical",
+                                                      "choices": ["4", "8"]}}}, (),
+     "params.k: expected a whole number >= 1, got '4'"),
+    ("lr a word", {"params": {**PARAMS, "lr": "fast"}}, (),
+     "params.lr: expected a number > 0, got 'fast'"),
+    ("k_fraction reaching n_latents", {"params": {"expansion": 1, "k_fraction": 0.999,
+                                                  "lr": 3e-3}}, (),
+     "params.k_fraction: 0.999 x n_latents rounds to 16 = n_latents"),
+    ("run_id escaping the store", {"data": {"run_id": "../x"}}, (),
+     "data.run_id: String should match pattern"),
+    ("epochs a fraction", {"training": {"epochs": 2.5}}, (),
+     "training.epochs: Input should be a valid integer (got 2.5)"),
+    ("bool a string", {"training": {"progress": "yes"}}, (),
+     "training.progress: Input should be a valid boolean (got 'yes')"),
+    ("holdout above 1", {"training": {"holdout_fraction": 1.5}}, (),
+     "training: SaeTrainingConfig.holdout_fraction must be in (0, 1), got 1.5"),
+    ("unknown dtype", {"training": {"dtype": "float33"}}, (),
+     "training: SaeTrainingConfig.dtype must be one of ['float32'"),
+    ("unknown device in training", {"training": {"device": "tpu"}}, (),
+     "SaeTrainingConfig.device must be cpu, cuda, cuda:N, mps, auto or None, got 'tpu'"),
+    ("float sampled for an int field", {"params": {**PARAMS, "batch_size": {
+        "type": "float", "low": 100, "high": 200}}, "training": {"epochs": 1}}, (),
+     "params.batch_size: SaeTrainingConfig.batch_size is a whole number"),
+    ("study name ..", None, ("--study", ".."), "study.name: String should match pattern"),
+    ("layer ending like the stored one", {"data": {"layer_signature":
+                                                   "model.layers.3.synthetic"}}, (),
+     "data.layer_signature:"),
+    ("unknown device", None, ("--devices", "banana"),
+     "--devices: unknown device 'banana'; expected cpu, cuda or cuda:N"),
+    ("empty device list", None, ("--devices", ","), "--devices ',': no device given"),
+    ("missing GPU", None, ("--devices", "cpu,cuda:7"), "--devices: cuda:7 does not exist"),
+    ("zero timeout", None, ("--timeout", "0"), "expected a positive number of seconds, got 0"),
+    ("n-trials a word", None, ("--n-trials", "abc"), "expected a positive integer, got 'abc'"),
+    ("sqlite in a missing folder", None, ("--storage", "sqlite:////nonexistent/dir/x.db"),
+     "--storage sqlite:////nonexistent/dir/x.db: cannot open the storage"),
+    ("postgresql without a driver", None,
+     ("--storage", "postgresql://alice:s3cret@127.0.0.1:1/db"),
+     "--storage postgresql://alice:***@127.0.0.1:1/db: cannot open the storage"),
+    ("a store of 20 tokens", {"data": {"run_id": "tiny"}}, (), "held-out token(s) of 20"),
+    ("an all-zero store", {"data": {"run_id": "zeros"}}, (),
+     "the held-out activations have zero variance"),
+    ("meta.json dtype unlike its shards", {"data": {"run_id": "lying"}}, (),
+     "shard holds float32 but"),
+]
+
+
+@pytest.mark.parametrize(("case", "change", "args", "message"), BAD, ids=[b[0] for b in BAD])
+def test_bad_input_exits_2_naming_it_and_writes_nothing(synthetic_store, odd_stores, tmp_path,
+                                                        case, change, args, message):
+    results = tmp_path / "results"
+    space = one_trial(synthetic_store, results)
+    for key, value in (change or {}).items():
+        if key == "data":
+            store = odd_stores if value.get("run_id") in ("tiny", "zeros", "lying") else None
+            space["data"] = {**space["data"], **value,
+                             **({"store": str(store)} if store else {})}
+        else:
+            space[key] = value
+    path = write_space(tmp_path / "bad.yaml", space)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    proc = sweep(str(path), *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "s3cret" not in proc.stdout + proc.stderr
+    assert not results.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_an_unwritable_results_folder_exits_2(synthetic_store, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    space = write_space(tmp_path / "s.yaml", one_trial(synthetic_store, tmp_path / "unused"))
+    proc = sweep(str(space), "--results", str(blocker / "results"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"--results / results_dir: {blocker / 'results'} cannot be created: {blocker} is " \
+           "not a folder" in proc.stderr
+    assert blocker.read_text() == "not a folder"
+
+
+def test_unquoted_wandb_off_is_accepted_and_trials_record_their_device_and_host(
+        synthetic_store, tmp_path):
+    results = tmp_path / "results"
+    text = yaml_text(one_trial(synthetic_store, results)).replace("mode: 'off'", "mode: off")
+    assert "mode: off" in text
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    proc = sweep(str(path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (t,) = load(results).get_trials()
+    record = TrialRecord.from_frozen(t)
+    assert (record.state, record.device, record.host) == ("COMPLETE", "cpu",
+                                                          socket.gethostname())
+    assert json.loads((Path(record.trial_dir) / "trial.json").read_text())["device"] == "cpu"
+
+
+def yaml_text(space: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(space, sort_keys=False)
+
+
+def test_a_torn_journal_tail_is_repaired_with_a_backup_and_the_study_goes_on(synthetic_store,
+                                                                            tmp_path):
+    results = tmp_path / "results"
+    path = write_space(tmp_path / "s.yaml", one_trial(synthetic_store, results,
+                                                      budget={"n_trials": 2}))
+    assert sweep(str(path)).returncode == 0
+    journal = results / "t" / "study.journal"
+    whole = journal.read_bytes()
+    with open(journal, "ab") as f:
+        f.write(b'{"op_code":7,"st')  # a crash in the middle of a write
+    proc = sweep(str(path), "--n-trials", "3")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"repaired {journal}: its last record was torn by a crash mid-write (16 bytes cut" \
+        in proc.stdout
+    (backup,) = journal.parent.glob("study.journal.torn-*.bak")
+    assert backup.read_bytes() == whole + b'{"op_code":7,"st'
+    assert journal.read_bytes().startswith(whole)
+    trials = load(results).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+
+
+def test_a_save_failure_fails_the_trial_keeps_the_weights_and_the_sweep_goes_on(
+        synthetic_store, tmp_path):
+    results = tmp_path / "results"
+    (results / "t").mkdir(parents=True)
+    (results / "t" / "trials").write_text("a file where the trial folders go")
+    path = write_space(tmp_path / "s.yaml", one_trial(synthetic_store, results,
+                                                      budget={"n_trials": 2}))
+    proc = sweep(str(path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    trials = load(results).get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
+    for t in trials:
+        record = TrialRecord.from_frozen(t)
+        assert record.fail_reason.startswith(f"save failed: could not save to "
+                                             f"{results / 't' / 'trials'}")
+        assert f"the trained SAE was saved to {record.saved_to} instead" in record.fail_reason
+        kept = Path(record.saved_to)
+        assert (kept / "sae_weights.safetensors").exists() and (kept / "history.json").exists()
+        assert record.final("r2") is not None  # what it measured is still recorded
+    assert "save failed" in proc.stdout
+
+
+def test_a_finished_study_says_so_instead_of_asking_for_a_rerun(synthetic_store, tmp_path):
+    results = tmp_path / "results"
+    path = write_space(tmp_path / "s.yaml", one_trial(synthetic_store, results))
+    assert sweep(str(path)).returncode == 0
+    proc = sweep(str(path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "already has 1 of its 1 trials: nothing to run (raise --n-trials" in proc.stdout
+    assert "re-run" not in (proc.stdout + proc.stderr).lower()
+
+
+def test_bad_training_data_stops_with_advice_to_fix_the_store(tmp_path):
+    """NaNs in a shard holding training tokens only: validation (which reads the held-out
+    split) passes, the worker meets them, fails the trial and stops the sweep."""
+    from safetensors.torch import save_file
+
+    from harness.loader import ActivationLoader, LoaderConfig
+
+    store = LocalStore(tmp_path / "store")
+    store.put_activations("nan", "synthetic", torch.randn(6000, 16), shard_tokens=60)
+    source = store.open("nan", "synthetic")
+    loader = ActivationLoader(source, LoaderConfig(batch_size=256))
+    held = loader._held_blocks(torch.arange(len(source.shards)))  # one block per shard here
+    assert loader.block == 60
+    victim = source.shards[int(torch.nonzero(~held)[-1])]
+    damaged = torch.randn(60, 16)
+    damaged[3] = float("nan")
+    save_file({victim.key: damaged}, str(victim.path))
+    results = tmp_path / "results"
+    space = one_trial(tmp_path / "store", results, data={
+        "store": str(tmp_path / "store"), "run_id": "nan", "layer_signature": "synthetic"})
+    proc = sweep(str(write_space(tmp_path / "s.yaml", space)))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "the activation data is unusable" in proc.stderr and "fix the store" in proc.stderr
+    assert "re-run the same command to continue" not in out
+    (t,) = load(results).get_trials()
+    assert t.state == TrialState.FAIL and "NaN or inf" in t.user_attrs["fail_reason"]
+    assert str(victim.path) in t.user_attrs["fail_reason"]
+
+
+def test_a_worker_without_its_device_stops_before_asking_for_a_trial(synthetic_store, tmp_path):
+    """The global-cause rule: a device the worker cannot use ends it cleanly, no trial RUNNING."""
+    from harness.space import load_space
+    from harness.study import create_study
+    from harness.worker import EXIT_NO_DEVICE
+
+    results = tmp_path / "results"
+    path = write_space(tmp_path / "s.yaml", one_trial(synthetic_store, results))
+    loaded = load_space(path)
+    journal = str(results / "t" / "study.journal")
+    create_study(loaded, journal)
+    device = "cuda:0" if not torch.cuda.is_available() else "cuda:99"
+    proc = subprocess.run([sys.executable, "-m", "harness.worker", "--space", str(path),
+                           "--storage", journal, "--index", "0", "--device", device],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == EXIT_NO_DEVICE, proc.stdout + proc.stderr
+    assert f"device {device}" in proc.stderr and "cannot be used" in proc.stderr
+    assert load(results).get_trials() == []
+
+
+def test_outputs_respect_the_umask(synthetic_store, tmp_path):
+    results = tmp_path / "results"
+    path = write_space(tmp_path / "s.yaml", one_trial(synthetic_store, results))
+    env = {**os.environ}
+    proc = subprocess.run(["sh", "-c", f"umask 022 && {sys.executable} -m harness.sweep "
+                           f"{path}"], cwd=ROOT, capture_output=True, text=True, env=env,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    folder = results / "t" / "trials" / "0000"
+    for name in ("sae_weights.safetensors", "cfg.json", "trial.json", "history.json"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o644, name
+    assert stat.S_IMODE((results / "t" / "space.resolved.yaml").stat().st_mode) == 0o644
+
+
+def test_changing_only_the_metric_is_refused(synthetic_store, tmp_path):
+    """Item 1 of the hardening issue, once more from the CLI: r2 -> fvu flips the direction
+    too, so pick two minimised metrics."""
+    results = tmp_path / "results"
+    space = one_trial(synthetic_store, results,
+                      objectives=[{"metric": "fvu", "direction": "minimize"}])
+    assert sweep(str(write_space(tmp_path / "a.yaml", space))).returncode == 0
+    changed = copy.deepcopy(space)
+    changed["objectives"] = [{"metric": "l0", "direction": "minimize"}]
+    proc = sweep(str(write_space(tmp_path / "b.yaml", changed)), "--n-trials", "2")
+    assert proc.returncode == 2 and "--study NEW_NAME" in proc.stderr
+    assert len(load(results).get_trials()) == 1
