@@ -1,21 +1,34 @@
-"""saesweep: sweeps of top-k sparse autoencoders over saved language-model activations."""
+"""saesweep: sweeps of top-k sparse autoencoders over saved language-model activations.
 
-from harness.loader import ActivationLoader, LoaderConfig
-from harness.metrics import FeatureRecovery, ReconstructionMetrics, feature_recovery
-from harness.sae import SaeOutput, TopKSae
-from harness.store import ActivationSource, LocalStore, StoreError
-from harness.train import (
+    harness/core/    activation stores and batches, TopKSae, the shared trainer, metrics
+    harness/data/    capture from real models; synthetic data with planted features
+    harness/sweep/   search spaces, the Optuna study, workers, trials (python -m harness.sweep)
+    harness/report/  trials as DataFrames, tables, plots, scaling fits (python -m harness.report)
+"""
+
+from harness.core.loader import ActivationLoader, LoaderConfig
+from harness.core.metrics import (
+    METRICS,
+    FeatureRecovery,
+    Metric,
+    ReconstructionMetrics,
+    feature_recovery,
+)
+from harness.core.sae import SaeOutput, TopKSae
+from harness.core.store import ActivationSource, LocalStore, StoreError
+from harness.core.train import (
     EvalResult,
     SaeTrainer,
     SaeTrainingConfig,
+    SaveFailed,
     StopTraining,
     TrainingDiverged,
     TrainingHistory,
 )
 
 __all__ = [
-    "ActivationLoader", "ActivationSource", "EvalResult", "FeatureRecovery", "LoaderConfig",
-    "LocalStore", "ReconstructionMetrics", "SaeOutput", "SaeTrainer", "SaeTrainingConfig",
-    "StopTraining", "StoreError", "TopKSae", "TrainingDiverged", "TrainingHistory",
-    "feature_recovery",
+    "METRICS", "ActivationLoader", "ActivationSource", "EvalResult", "FeatureRecovery",
+    "LoaderConfig", "LocalStore", "Metric", "ReconstructionMetrics", "SaeOutput", "SaeTrainer",
+    "SaeTrainingConfig", "SaveFailed", "StopTraining", "StoreError", "TopKSae",
+    "TrainingDiverged", "TrainingHistory", "feature_recovery",
 ]

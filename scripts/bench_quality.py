@@ -37,11 +37,11 @@ from pathlib import Path
 
 import torch
 
-from harness.loader import ActivationLoader
-from harness.recipes import LEGACY_SAE, LEGACY_TRAINING
-from harness.sae import TopKSae
-from harness.store import LocalStore
-from harness.train import SaeTrainer, SaeTrainingConfig
+from harness.core.loader import ActivationLoader
+from harness.core.recipes import LEGACY_SAE, LEGACY_TRAINING
+from harness.core.sae import TopKSae
+from harness.core.store import LocalStore
+from harness.core.train import SaeTrainer, SaeTrainingConfig
 
 SAE_ARGS = set(inspect.signature(TopKSae.__init__).parameters) - {"self", "n_latents",
                                                                    "n_inputs", "k", "device"}

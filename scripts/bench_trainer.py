@@ -12,7 +12,7 @@ are what to read; absolute tokens/s depend on the machine.
 
     python scripts/bench_trainer.py
     python scripts/bench_trainer.py --n-latents 3072 --steps 6 --device cuda
-    python scripts/bench_trainer.py --glibc-default   # without harness.cpu_memory
+    python scripts/bench_trainer.py --glibc-default   # without harness.core.cpu_memory
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from harness import LocalStore, SaeTrainer, SaeTrainingConfig, TopKSae
-from harness.cpu_memory import reuse_freed_blocks
-from harness.train import LockstepMember
+from harness.core.cpu_memory import reuse_freed_blocks
+from harness.core.train import LockstepMember
 
 
 def _sync(device: str) -> None:

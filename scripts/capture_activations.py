@@ -15,14 +15,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from harness.capture import (
+from harness.core.store import StoreError
+from harness.data.capture import (
     PYDOC_CORPUS,
     CaptureConfig,
     capture,
     list_layers,
     load_model,
 )
-from harness.store import StoreError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.store import LocalStore
-from harness.synthetic import SyntheticSpec, write_synthetic_store
+from harness.core.store import LocalStore
+from harness.data.synthetic import SyntheticSpec, write_synthetic_store
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import stat
 import pytest
 import torch
 
-from harness.atomic import write_json, write_safetensors, write_text
+from harness.core.atomic import write_json, write_safetensors, write_text
 
 
 @pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])

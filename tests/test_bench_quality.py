@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from harness.recipes import default_lr
-from harness.store import LocalStore
+from harness.core.recipes import default_lr
+from harness.core.store import LocalStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

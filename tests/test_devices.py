@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from harness.devices import DeviceError, parse_devices, worker_slots
+from harness.sweep.devices import DeviceError, parse_devices, worker_slots
 
 
 def test_each_gpu_worker_sees_only_its_gpu_and_records_the_machines_name(monkeypatch):

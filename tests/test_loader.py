@@ -4,8 +4,8 @@ import pytest
 import torch
 from conftest import indexed_tokens
 
-from harness.loader import ActivationLoader, LoaderConfig, prefetched
-from harness.store import LocalStore, StoreError
+from harness.core.loader import ActivationLoader, LoaderConfig, prefetched
+from harness.core.store import LocalStore, StoreError
 
 
 def _ids(batches) -> list[int]:

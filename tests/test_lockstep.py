@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from harness import SaeTrainer, SaeTrainingConfig, StopTraining, TopKSae, TrainingDiverged
-from harness.train import LockstepMember
+from harness.core.train import LockstepMember
 
 BASE = dict(epochs=2, batch_size=256, eval_every=5, progress=False)
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from harness.metrics import DeadFeatureTracker, ReconstructionAccumulator, feature_recovery
+from harness.core.metrics import DeadFeatureTracker, ReconstructionAccumulator, feature_recovery
 
 
 def test_fvu_r2_mse_l0_match_hand_computed_values():
@@ -79,7 +79,7 @@ def test_feature_recovery_hand_case():
 def test_every_metric_of_the_table_is_defined_in_the_docs():
     from pathlib import Path
 
-    from harness.metrics import METRICS, OBJECTIVE_METRICS
+    from harness.core.metrics import METRICS, OBJECTIVE_METRICS
 
     docs = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
     for name, m in METRICS.items():

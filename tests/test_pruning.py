@@ -5,15 +5,15 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from harness.pruning import (
+from harness.core.train import EvalResult, StopTraining
+from harness.sweep.pruning import (
     DeadFeaturesRule,
     OptunaPrunerRule,
     PruningCallback,
     R2FloorRule,
     rules_for,
 )
-from harness.space import Objective, PrunerSection
-from harness.train import EvalResult, StopTraining
+from harness.sweep.space import Objective, PrunerSection
 
 
 def result(step: int, r2: float = 0.5, dead_ratio: float = 0.0) -> EvalResult:

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from spaces import tiny_space, write_space
 
-from harness.report import build_parser, build_report, load_trials
-from harness.study import open_storage
+from harness.report.cli import build_parser, build_report, load_trials
+from harness.sweep.study import open_storage
 
 ROOT = Path(__file__).resolve().parent.parent
 PLOTS = ("pareto", "learning_curves", "importance", "lr_sensitivity", "scaling")

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.report_data import best_per_group, pareto_front, pareto_mask, pruning_summary
+from harness.report.data import best_per_group, pareto_front, pareto_mask, pruning_summary
 
 
 def test_pareto_mask_on_hand_made_points():

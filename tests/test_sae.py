@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness.sae import TopKSae, default_k_aux, geometric_median
+from harness.core.sae import TopKSae, default_k_aux, geometric_median
 
 
 def test_seed_constructor_honours_k():

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.scaling import fit_joint, fit_per_k, fit_power_law
+from harness.report.scaling import fit_joint, fit_per_k, fit_power_law
 
 
 def test_power_law_fit_recovers_a_known_exponent_within_5_percent():

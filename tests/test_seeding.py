@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from harness.sae import TopKSae
-from harness.seeding import stream_seed
-from harness.synthetic import SyntheticData, SyntheticSpec
+from harness.core.sae import TopKSae
+from harness.core.seeding import stream_seed
+from harness.data.synthetic import SyntheticData, SyntheticSpec
 
 
 def test_sae_init_and_synthetic_data_with_one_seed_draw_different_numbers():

@@ -4,8 +4,8 @@ import optuna
 import pytest
 from spaces import tiny_space, write_space
 
-from harness.recipes import default_lr
-from harness.space import SpaceError, load_space
+from harness.core.recipes import default_lr
+from harness.sweep.space import SpaceError, load_space
 
 
 @pytest.fixture()

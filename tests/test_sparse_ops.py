@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from harness import SaeTrainer, SaeTrainingConfig, TopKSae
-from harness.sparse_ops import gather_preacts
+from harness.core.sparse_ops import gather_preacts
 
 
 def test_gather_preacts_gradients_equal_dense_autograd():

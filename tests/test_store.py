@@ -6,7 +6,7 @@ import torch
 from mi_crow_layout import flat, write_padded_run, write_run_meta
 from safetensors.torch import save_file
 
-from harness.store import LocalStore, StoreError
+from harness.core.store import LocalStore, StoreError
 
 
 def test_put_activations_appends_shards_and_keeps_meta_correct(tmp_path: Path):

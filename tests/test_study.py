@@ -10,8 +10,8 @@ import pytest
 from optuna.trial import TrialState
 from spaces import tiny_space, write_space
 
-from harness.space import load_space
-from harness.study import (
+from harness.sweep.space import load_space
+from harness.sweep.study import (
     LEASE_ATTR,
     Heartbeat,
     budget_state,
@@ -123,7 +123,7 @@ def test_worker_seeds_differ_per_worker_and_per_rerun():
 
 # ------------------------------------------------------------------ storage checks
 def test_a_torn_journal_tail_is_cut_to_the_last_record_with_a_backup(tmp_path):
-    from harness.study import repair_torn_tail
+    from harness.sweep.study import repair_torn_tail
 
     journal = tmp_path / "study.journal"
     storage = open_storage(str(journal))
@@ -142,8 +142,8 @@ def test_a_torn_journal_tail_is_cut_to_the_last_record_with_a_backup(tmp_path):
 
 
 def test_a_damaged_record_followed_by_good_ones_is_refused(tmp_path):
-    from harness.space import SpaceError
-    from harness.study import repair_torn_tail
+    from harness.sweep.space import SpaceError
+    from harness.sweep.study import repair_torn_tail
 
     journal = tmp_path / "study.journal"
     optuna.create_study(study_name="s", storage=open_storage(str(journal))).optimize(
@@ -158,7 +158,7 @@ def test_a_damaged_record_followed_by_good_ones_is_refused(tmp_path):
 
 
 def test_storage_urls_are_printed_without_their_password():
-    from harness.study import masked
+    from harness.sweep.study import masked
 
     assert masked("postgresql://alice:s3cret@db:5432/x") == "postgresql://alice:***@db:5432/x"
     assert masked("postgresql://alice@db/x") == "postgresql://alice@db/x"

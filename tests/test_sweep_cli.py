@@ -19,9 +19,9 @@ from optuna.trial import TrialState
 from spaces import tiny_space, write_space
 from wandb_records import run_contents
 
-from harness.space import load_space
-from harness.study import LEASE_ATTR, budget_state, create_study, open_storage
-from harness.sweep import build_parser
+from harness.sweep.cli import build_parser
+from harness.sweep.space import load_space
+from harness.sweep.study import LEASE_ATTR, budget_state, create_study, open_storage
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -376,7 +376,7 @@ def test_bad_space_exits_2_with_its_message_and_writes_nothing(synthetic_store, 
 
 
 def test_time_left_is_the_rate_of_this_run_times_what_remains():
-    from harness.sweep import _time_left
+    from harness.sweep.cli import _time_left
 
     started = time.perf_counter() - 10.0  # 10 s ago, 4 trials finished here since
     assert _time_left(9, 5, 24, started) in ("  [9/24, ~38 s left]", "  [9/24, ~37 s left]")

@@ -19,8 +19,8 @@ import torch
 from optuna.trial import TrialState
 from spaces import tiny_space, write_space
 
-from harness.store import LocalStore
-from harness.trial_record import TrialRecord
+from harness.core.store import LocalStore
+from harness.sweep.trial_record import TrialRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -222,7 +222,7 @@ def test_bad_training_data_stops_with_advice_to_fix_the_store(tmp_path):
     split) passes, the worker meets them, fails the trial and stops the sweep."""
     from safetensors.torch import save_file
 
-    from harness.loader import ActivationLoader, LoaderConfig
+    from harness.core.loader import ActivationLoader, LoaderConfig
 
     store = LocalStore(tmp_path / "store")
     store.put_activations("nan", "synthetic", torch.randn(6000, 16), shard_tokens=60)
@@ -249,9 +249,9 @@ def test_bad_training_data_stops_with_advice_to_fix_the_store(tmp_path):
 
 def test_a_worker_without_its_device_stops_before_asking_for_a_trial(synthetic_store, tmp_path):
     """The global-cause rule: a device the worker cannot use ends it cleanly, no trial RUNNING."""
-    from harness.space import load_space
-    from harness.study import create_study
-    from harness.worker import EXIT_NO_DEVICE
+    from harness.sweep.space import load_space
+    from harness.sweep.study import create_study
+    from harness.sweep.worker import EXIT_NO_DEVICE
 
     results = tmp_path / "results"
     path = write_space(tmp_path / "s.yaml", one_trial(synthetic_store, results))
@@ -259,7 +259,7 @@ def test_a_worker_without_its_device_stops_before_asking_for_a_trial(synthetic_s
     journal = str(results / "t" / "study.journal")
     create_study(loaded, journal)
     device = "cuda:0" if not torch.cuda.is_available() else "cuda:99"
-    proc = subprocess.run([sys.executable, "-m", "harness.worker", "--space", str(path),
+    proc = subprocess.run([sys.executable, "-m", "harness.sweep.worker", "--space", str(path),
                            "--storage", journal, "--index", "0", "--device", device],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == EXIT_NO_DEVICE, proc.stdout + proc.stderr

@@ -14,10 +14,10 @@ from harness import (
     TrainingDiverged,
     feature_recovery,
 )
-from harness.recipes import LEGACY_SAE, LEGACY_TRAINING
-from harness.store import LocalStore
-from harness.synthetic import SyntheticSpec, load_ground_truth, write_synthetic_store
-from harness.train import SaveFailed, lr_factor
+from harness.core.recipes import LEGACY_SAE, LEGACY_TRAINING
+from harness.core.store import LocalStore
+from harness.core.train import SaveFailed, lr_factor
+from harness.data.synthetic import SyntheticSpec, load_ground_truth, write_synthetic_store
 
 FAST = dict(epochs=2, batch_size=256, lr=1e-3, progress=False)
 
@@ -151,7 +151,7 @@ def test_unknown_config_field_and_bad_values_are_errors():
 
 
 def test_wrong_layer_or_width_is_an_error(synthetic_store: Path):
-    from harness.store import StoreError
+    from harness.core.store import StoreError
 
     with pytest.raises(StoreError, match="layers present"):
         SaeTrainer(TopKSae(32, 16, 4)).train(store=synthetic_store, run_id="syn",

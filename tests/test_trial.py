@@ -9,10 +9,10 @@ import torch
 from optuna.trial import TrialState
 from spaces import tiny_space, write_space
 
-from harness.space import load_space
-from harness.study import create_study, open_storage
-from harness.trial import WorkerContext, run_trials
-from harness.trial_record import TrialRecord
+from harness.sweep.space import load_space
+from harness.sweep.study import create_study, open_storage
+from harness.sweep.trial import WorkerContext, run_trials
+from harness.sweep.trial_record import TrialRecord
 
 
 def test_an_exception_inside_a_trial_fails_it_with_the_reason(synthetic_store, tmp_path):

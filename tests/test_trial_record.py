@@ -7,9 +7,9 @@ import json
 import optuna
 from optuna.trial import TrialState
 
-from harness.metrics import METRICS
-from harness.study import open_storage
-from harness.trial_record import RUN_COLUMNS, TrialRecord, metric_columns
+from harness.core.metrics import METRICS
+from harness.sweep.study import open_storage
+from harness.sweep.trial_record import RUN_COLUMNS, TrialRecord, metric_columns
 
 
 def study(tmp_path) -> optuna.Study:

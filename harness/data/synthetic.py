@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from harness.atomic import write_safetensors
-from harness.seeding import stream_seed
-from harness.store import LocalStore
+from harness.core.atomic import write_safetensors
+from harness.core.seeding import stream_seed
+from harness.core.store import LocalStore
 
 GROUND_TRUTH_FILE = "ground_truth.safetensors"
 

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 import optuna
 
-from harness.metrics import METRICS
-from harness.train import EvalResult, StopTraining
+from harness.core.metrics import METRICS
+from harness.core.train import EvalResult, StopTraining
 
 
 class PruneRule(Protocol):

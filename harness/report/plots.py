@@ -20,9 +20,9 @@ import pandas as pd  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from harness.metrics import METRICS  # noqa: E402
-from harness.report_data import complete, load_history, pareto_mask  # noqa: E402
-from harness.scaling import PowerLawFit  # noqa: E402
+from harness.core.metrics import METRICS  # noqa: E402
+from harness.report.data import complete, load_history, pareto_mask  # noqa: E402
+from harness.report.scaling import PowerLawFit  # noqa: E402
 
 # Okabe-Ito without its yellow, which is too faint on white
 OKABE_ITO = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]

@@ -44,8 +44,8 @@ from optuna.storages import (
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.space import PRUNERS, SAMPLERS, LoadedSpace, ParamSpec, SpaceError
-from harness.train import SaeTrainingConfig
+from harness.core.train import SaeTrainingConfig
+from harness.sweep.space import PRUNERS, SAMPLERS, LoadedSpace, ParamSpec, SpaceError
 
 LEASE_ATTR = "saesweep:lease"
 

@@ -30,12 +30,12 @@ from pydantic import (
     model_validator,
 )
 
-from harness.loader import ActivationLoader
-from harness.metrics import OBJECTIVE_METRICS
-from harness.sae import ACTIVATIONS
-from harness.store import ActivationSource, LocalStore, StoreError
-from harness.synthetic import SyntheticSpec
-from harness.train import DATA_FIELDS, SaeTrainingConfig
+from harness.core.loader import ActivationLoader
+from harness.core.metrics import OBJECTIVE_METRICS
+from harness.core.sae import ACTIVATIONS
+from harness.core.store import ActivationSource, LocalStore, StoreError
+from harness.core.train import DATA_FIELDS, SaeTrainingConfig
+from harness.data.synthetic import SyntheticSpec
 
 # lr = 2e-4 / sqrt(n_latents / 2**14): the scaling rule of sparsify and dictionary_learning
 SPECIAL_PARAMS = {"expansion", "k", "k_fraction", "lr", "lr_scale", "activation"}
@@ -305,7 +305,7 @@ class TrialSetup:
     config: SaeTrainingConfig
     sampled: dict[str, Any]
     activation: str = "topk"
-    """TopK per token, or BatchTopK over the batch (harness.sae)."""
+    """TopK per token, or BatchTopK over the batch (harness.core.sae)."""
 
 
 @dataclass

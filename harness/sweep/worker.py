@@ -22,8 +22,8 @@ from types import FrameType
 import optuna
 from optuna.trial import TrialState
 
-from harness.space import load_space
-from harness.study import (
+from harness.sweep.space import load_space
+from harness.sweep.study import (
     Heartbeat,
     budget_lock,
     budget_state,
@@ -34,7 +34,7 @@ from harness.study import (
     requeue,
     worker_seed,
 )
-from harness.trial import Interrupted, WorkerContext, run_trials
+from harness.sweep.trial import Interrupted, WorkerContext, run_trials
 
 log = logging.getLogger("saesweep.worker")
 EXIT_BAD_DATA = 3
@@ -69,7 +69,7 @@ class _Signals:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="saesweep worker (started by harness.sweep)")
+    p = argparse.ArgumentParser(description="saesweep worker (started by python -m harness.sweep)")
     p.add_argument("--space", required=True, help="resolved space file written by the sweep")
     p.add_argument("--storage", required=True)
     p.add_argument("--index", type=int, required=True)

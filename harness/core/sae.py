@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from harness.atomic import write_json, write_safetensors
-from harness.seeding import stream_seed
-from harness.sparse_ops import gather_preacts
+from harness.core.atomic import write_json, write_safetensors
+from harness.core.seeding import stream_seed
+from harness.core.sparse_ops import gather_preacts
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 DEFAULT_ENCODER_INIT_SCALE = 1 / math.sqrt(3)  # nn.Linear's default row norm, for any d_in
@@ -113,7 +113,7 @@ class TopKSae(nn.Module):
         self.register_buffer("threshold", torch.zeros((), **factory))
         self._threshold_updates = 0
         self.sparse_backward = True
-        """Gradients through the chosen latents only (harness.sparse_ops); False = autograd
+        """Gradients through the chosen latents only (harness.core.sparse_ops); False = autograd
         through the dense pre-activations (the reference)."""
 
     @property

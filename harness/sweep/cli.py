@@ -25,12 +25,19 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from harness.atomic import write_text
-from harness.devices import DeviceError, WorkerSlot, parse_devices, visible_gpu_count, worker_slots
-from harness.metrics import METRICS
-from harness.space import LoadedSpace, SpaceError, load_space, synthetic_spec
-from harness.store import LocalStore
-from harness.study import (
+from harness.core.atomic import write_text
+from harness.core.metrics import METRICS
+from harness.core.store import LocalStore
+from harness.data.synthetic import write_synthetic_store
+from harness.sweep.devices import (
+    DeviceError,
+    WorkerSlot,
+    parse_devices,
+    visible_gpu_count,
+    worker_slots,
+)
+from harness.sweep.space import LoadedSpace, SpaceError, load_space, synthetic_spec
+from harness.sweep.study import (
     budget_state,
     create_study,
     default_storage,
@@ -39,9 +46,8 @@ from harness.study import (
     reap_stale,
     superseded_numbers,
 )
-from harness.synthetic import write_synthetic_store
-from harness.trial_record import TrialRecord
-from harness.worker import EXIT_BAD_DATA, EXIT_NO_DEVICE
+from harness.sweep.trial_record import TrialRecord
+from harness.sweep.worker import EXIT_BAD_DATA, EXIT_NO_DEVICE
 
 EXIT_BAD_SPACE = 2
 QUICKSTART = "quickstart.yaml"
@@ -49,7 +55,7 @@ QUICKSTART = "quickstart.yaml"
 
 def find_quickstart() -> Path:
     """The embedded default space: search_spaces/quickstart.yaml of this checkout."""
-    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
         candidate = root / "search_spaces" / QUICKSTART
         if candidate.exists():
             return candidate
@@ -194,7 +200,7 @@ def _start_workers(slots: list[WorkerSlot], space_file: Path, storage: str,
     procs = []
     for i, slot in enumerate(slots):
         env = {**os.environ, **slot.env}
-        cmd = [sys.executable, "-m", "harness.worker", "--space", str(space_file),
+        cmd = [sys.executable, "-m", "harness.sweep.worker", "--space", str(space_file),
                "--storage", storage, "--index", str(i), "--device", slot.device,
                "--device-label", slot.label, "--threads", str(slot.threads),
                "--deadline", str(deadline)]
@@ -393,6 +399,3 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
     return value
 
-
-if __name__ == "__main__":
-    sys.exit(main())

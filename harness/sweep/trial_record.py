@@ -14,8 +14,8 @@ from typing import Any
 
 from optuna.trial import FrozenTrial
 
-from harness.atomic import write_json
-from harness.metrics import METRICS
+from harness.core.atomic import write_json
+from harness.core.metrics import METRICS
 
 TRIAL_FILE = "trial.json"
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.metrics import METRICS
-from harness.report_data import (
+from harness.core.metrics import METRICS
+from harness.report.data import (
     ReportError,
     best_per_group,
     complete,
@@ -29,7 +29,7 @@ from harness.report_data import (
     pruning_summary,
     seed_summary,
 )
-from harness.report_plots import (
+from harness.report.plots import (
     param_importances,
     plot_importance,
     plot_learning_curves,
@@ -37,13 +37,13 @@ from harness.report_plots import (
     plot_pareto,
     plot_scaling,
 )
-from harness.report_tables import (
+from harness.report.scaling import JointFit, PowerLawFit, fit_joint, fit_per_k
+from harness.report.tables import (
     best_table_tex,
     markdown_table,
     scaling_table_tex,
     write_table_tex,
 )
-from harness.scaling import JointFit, PowerLawFit, fit_joint, fit_per_k
 
 __all__ = ["Report", "build_report", "load_trials", "main"]
 FORMATS = ("md", "tex", "csv", "parquet")
@@ -264,7 +264,7 @@ def _unreliable_notes(fits: list[tuple[str, PowerLawFit | JointFit]]) -> list[st
 
 def _log_to_wandb(label: str, df: pd.DataFrame, best: pd.DataFrame, report: Report,
                   mode: str) -> None:
-    from harness.wandb_log import WandbRun
+    from harness.core.wandb_log import WandbRun
 
     run = WandbRun(project="saesweep", name=f"report-{label}", config={"studies": label},
                    mode=mode, dir=report.out_dir, job_type="report", group=label)
@@ -317,6 +317,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  note: {note}")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

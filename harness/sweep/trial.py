@@ -1,8 +1,8 @@
 """One sweep trial: sample, train through the shared trainer, prune, record, save.
 
-Every way a trial can end is recorded in its TrialRecord (harness.trial_record): COMPLETE with
-its objective values, PRUNED with the rule (harness.pruning), or FAIL with the reason. An
-exception anywhere in a trial fails that trial, never the worker.
+Every way a trial can end is recorded in its TrialRecord (harness.sweep.trial_record): COMPLETE
+with its objective values, PRUNED with the rule (harness.sweep.pruning), or FAIL with the
+reason. An exception anywhere in a trial fails that trial, never the worker.
 """
 
 from __future__ import annotations
@@ -20,21 +20,21 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from harness.metrics import EVAL_METRICS, feature_recovery
-from harness.pruning import PruningCallback, rules_for
-from harness.sae import TopKSae
-from harness.seeding import stream_seed
-from harness.space import LoadedSpace, TrialSetup
-from harness.store import StoreError
-from harness.synthetic import has_ground_truth, load_ground_truth
-from harness.train import (
+from harness.core.metrics import EVAL_METRICS, feature_recovery
+from harness.core.sae import TopKSae
+from harness.core.seeding import stream_seed
+from harness.core.store import StoreError
+from harness.core.train import (
     LockstepMember,
     MemberOutcome,
     SaeTrainer,
     SaveFailed,
     TrainingDiverged,
 )
-from harness.trial_record import TrialRecord
+from harness.data.synthetic import has_ground_truth, load_ground_truth
+from harness.sweep.pruning import PruningCallback, rules_for
+from harness.sweep.space import LoadedSpace, TrialSetup
+from harness.sweep.trial_record import TrialRecord
 
 log = logging.getLogger("saesweep.trial")
 

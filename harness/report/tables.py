@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.metrics import METRICS
-from harness.scaling import JointFit, PowerLawFit
+from harness.core.metrics import METRICS
+from harness.report.scaling import JointFit, PowerLawFit
 
 BOLD = "textbf:--rwrap;"
 

@@ -15,11 +15,11 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.metrics import METRICS
-from harness.sae import WEIGHTS_FILE
-from harness.study import journal_path, open_storage, superseded_numbers
-from harness.train import SaeTrainingConfig
-from harness.trial_record import TrialRecord
+from harness.core.metrics import METRICS
+from harness.core.sae import WEIGHTS_FILE
+from harness.core.train import SaeTrainingConfig
+from harness.sweep.study import journal_path, open_storage, superseded_numbers
+from harness.sweep.trial_record import TrialRecord
 
 STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
                TrialState.FAIL: "failed", TrialState.RUNNING: "running",

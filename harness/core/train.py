@@ -31,14 +31,14 @@ import safetensors
 import torch
 from tqdm.auto import tqdm
 
-from harness.atomic import write_json
-from harness.cpu_memory import reuse_freed_blocks
-from harness.loader import ActivationLoader, LoaderConfig
-from harness.metrics import DeadFeatureTracker, ReconstructionAccumulator
-from harness.recipes import default_lr
-from harness.sae import TopKSae, data_center
-from harness.store import ActivationSource, LocalStore, flatten_layer_name
-from harness.wandb_log import WandbRun
+from harness.core.atomic import write_json
+from harness.core.cpu_memory import reuse_freed_blocks
+from harness.core.loader import ActivationLoader, LoaderConfig
+from harness.core.metrics import DeadFeatureTracker, ReconstructionAccumulator
+from harness.core.recipes import default_lr
+from harness.core.sae import TopKSae, data_center
+from harness.core.store import ActivationSource, LocalStore, flatten_layer_name
+from harness.core.wandb_log import WandbRun
 
 DEFAULT_DEAD_WINDOW = 10_000_000  # sparsify / dictionary_learning: dead after 10M tokens
 FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
@@ -159,7 +159,7 @@ class SaeTrainingConfig:
     none."""
     cpu_reuse_freed_memory: bool = True
     """On CPU with glibc, keep freed blocks up to 1 GiB for the next step instead of unmapping
-    them (harness.cpu_memory): 3-11% faster steps at d=768. Process-wide and kept once set."""
+    them (harness.core.cpu_memory): 3-11% faster steps at d=768. Process-wide and kept once set."""
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "lr", "max_eval_tokens", "shuffle_buffer_tokens",

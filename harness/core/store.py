@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from harness.atomic import write_json, write_safetensors
+from harness.core.atomic import write_json, write_safetensors
 
 FORMAT = "saesweep.activations/1"
 ACTIVATIONS_KEY = "activations"

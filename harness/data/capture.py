@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from harness.store import LocalStore, StoreError
+from harness.core.store import LocalStore, StoreError
 
 MINILM = "minilm"
 PYDOC_CORPUS = "pydoc"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.store import ActivationSource, StoreError
+from harness.core.store import ActivationSource, StoreError
 
 
 @dataclass(frozen=True)

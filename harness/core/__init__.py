@@ -1,0 +1,2 @@
+"""The core: activation stores and batches, the TopK SAE and its sparse backward, the one shared
+trainer, and the metric definitions (docs/metrics.md) everything else reports."""

@@ -1,0 +1,2 @@
+"""Making activation stores: capture from real models, and synthetic data with planted
+features (ground truth)."""
