@@ -33,3 +33,21 @@ def indexed_store(tmp_path: Path) -> LocalStore:
     store = LocalStore(tmp_path)
     store.put_activations("idx", "L", indexed_tokens(5000), shard_tokens=700)
     return store
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server for the session (skips, saying why, where none starts)."""
+    from postgres import start_server
+
+    server = start_server()
+    if isinstance(server, str):
+        pytest.skip(f"PostgreSQL tests need a server: {server}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def postgres_url(postgres_server) -> str:
+    """The URL of a fresh database on the session's PostgreSQL server (password included)."""
+    return postgres_server.new_database()

@@ -6,6 +6,7 @@ Everything here reads the study storage and the trial folders only (never W&B).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ from optuna.trial import FrozenTrial, TrialState
 from harness.core.metrics import METRICS
 from harness.core.sae import WEIGHTS_FILE
 from harness.core.train import SaeTrainingConfig
-from harness.sweep.study import journal_path, open_storage, superseded_numbers
+from harness.sweep.study import STORAGE_ENV, journal_path, open_storage, superseded_numbers
 from harness.sweep.trial_record import TrialRecord
+from harness.sweep.urls import masked
 
 STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
                TrialState.FAIL: "failed", TrialState.RUNNING: "running",
@@ -31,7 +33,9 @@ class ReportError(Exception):
 
 
 def study_storage(name: str, storage: str | None, results_dir: str | Path) -> str:
-    """The storage URL of a study: given, or the sweep's default journal file."""
+    """The storage URL of a study: given, else $SAESWEEP_STORAGE, else the sweep's default
+    journal file."""
+    storage = storage or os.environ.get(STORAGE_ENV)
     if storage:
         return storage
     path = journal_path(results_dir, name)
@@ -49,7 +53,7 @@ def load_study(name: str, storage: str | None = None,
         return optuna.load_study(study_name=name, storage=backend)
     except KeyError:
         names = optuna.get_all_study_names(backend)
-        raise ReportError(f"no study {name!r} in {url}; studies there: {names}") from None
+        raise ReportError(f"no study {name!r} in {masked(url)}; studies there: {names}") from None
 
 
 def load_trials(studies: str | Sequence[str], storage: str | None = None,

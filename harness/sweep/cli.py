@@ -38,15 +38,17 @@ from harness.sweep.devices import (
 )
 from harness.sweep.space import LoadedSpace, SpaceError, load_space, synthetic_spec
 from harness.sweep.study import (
+    STORAGE_ENV,
     budget_state,
     create_study,
     default_storage,
-    masked,
     prepare_storage,
     reap_stale,
+    storage_url,
     superseded_numbers,
 )
 from harness.sweep.trial_record import TrialRecord
+from harness.sweep.urls import masked
 from harness.sweep.worker import EXIT_BAD_DATA, EXIT_NO_DEVICE
 
 EXIT_BAD_SPACE = 2
@@ -79,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "spread over the visible ones")
     group.add_argument("--devices", help="comma-separated devices, one worker each, e.g. "
                        "cuda:0,cuda:1 (each worker sees only its GPU via CUDA_VISIBLE_DEVICES)")
-    p.add_argument("--storage", help="Optuna storage: a journal file path (default "
-                   "results/<study>/study.journal) or an RDB URL such as postgresql://...")
+    p.add_argument("--storage", help="Optuna storage (else $SAESWEEP_STORAGE, else the space's "
+                   "study.storage): a journal file path (default results/<study>/study.journal) "
+                   "or an RDB URL such as postgresql://user:password@host/db")
     p.add_argument("--study", help="study name (overrides study.name)")
     p.add_argument("--wandb", choices=("online", "offline", "off"),
                    help="W&B mode for the trial runs (overrides wandb.mode)")
@@ -101,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         slots = _slots(args.devices, loaded.space.workers)
         space = loaded.space
         check_writable(Path(space.results_dir), "--results / results_dir")
-        storage_url = space.study.storage or default_storage(loaded)
-        repaired = prepare_storage(storage_url)
+        url = storage_url(args.storage, space.study.storage, default_storage(loaded))
+        repaired = prepare_storage(url)
     except (SpaceError, DeviceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_SPACE
@@ -111,13 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(space.results_dir) / space.study.name
     _ensure_data(loaded)
     try:
-        study = create_study(loaded, storage_url)
+        study = create_study(loaded, url)
     except SpaceError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_SPACE
     # what the workers load: the file with the command-line overrides applied
     resolved = out / "space.resolved.yaml"
-    write_text(resolved, yaml.safe_dump(loaded.raw, sort_keys=False))
+    write_text(resolved, yaml.safe_dump(loaded.raw_masked(), sort_keys=False))
 
     reaped = reap_stale(study, space.faults.lease_s, space.faults.max_retry)
     if reaped:
@@ -126,15 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     if budget.waiting == 0 and budget.running == 0 and budget.used >= space.budget.n_trials:
         print(f"study {space.study.name!r} already has {budget.used} of its "
               f"{space.budget.n_trials} trials: nothing to run (raise --n-trials to run more)")
-        _print_best(study, loaded, storage_url, out)
+        _print_best(study, loaded, url, out)
         return 0
-    print(f"study {space.study.name!r}: storage {masked(storage_url)}, "
+    print(f"study {space.study.name!r}: storage {masked(url)}, "
           f"{space.budget.n_trials} trials, "
           f"{len(slots)} worker(s) on {', '.join(s.label for s in slots)}; results in {out}/")
     deadline = time.time() + space.budget.timeout if space.budget.timeout else 0.0
-    procs = _start_workers(slots, resolved, storage_url, out, deadline)
+    procs = _start_workers(slots, resolved, url, out, deadline)
     status = _monitor(study, procs, loaded)
-    _print_best(study, loaded, storage_url, out)
+    _print_best(study, loaded, url, out)
     return status
 
 
@@ -167,8 +170,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object] | object
         out.setdefault("budget", {})["timeout"] = args.timeout  # type: ignore[index]
     if args.study:
         out["study"] = {"name": args.study}
-    if args.storage:
-        out.setdefault("study", {})["storage"] = args.storage  # type: ignore[index]
     if args.wandb:
         out["wandb"] = {"mode": args.wandb}
     if args.results:
@@ -199,9 +200,10 @@ def _start_workers(slots: list[WorkerSlot], space_file: Path, storage: str,
     logs.mkdir(parents=True, exist_ok=True)
     procs = []
     for i, slot in enumerate(slots):
-        env = {**os.environ, **slot.env}
+        # the URL travels in the environment: not in `ps`, the logs or the resolved space
+        env = {**os.environ, **slot.env, STORAGE_ENV: storage}
         cmd = [sys.executable, "-m", "harness.sweep.worker", "--space", str(space_file),
-               "--storage", storage, "--index", str(i), "--device", slot.device,
+               "--index", str(i), "--device", slot.device,
                "--device-label", slot.label, "--threads", str(slot.threads),
                "--deadline", str(deadline)]
         log = open(logs / f"worker_{i}.log", "a", encoding="utf-8")  # noqa: SIM115 - kept open

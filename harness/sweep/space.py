@@ -8,6 +8,7 @@ low > high, log with low <= 0, missing store or layer, k that can reach n_latent
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import inspect
@@ -36,6 +37,7 @@ from harness.core.sae import ACTIVATIONS
 from harness.core.store import ActivationSource, LocalStore, StoreError
 from harness.core.train import DATA_FIELDS, SaeTrainingConfig
 from harness.data.synthetic import SyntheticSpec
+from harness.sweep.urls import masked
 
 # lr = 2e-4 / sqrt(n_latents / 2**14): the scaling rule of sparsify and dictionary_learning
 SPECIAL_PARAMS = {"expansion", "k", "k_fraction", "lr", "lr_scale", "activation"}
@@ -345,6 +347,15 @@ class LoadedSpace:
         return TrialSetup(expansion=expansion, n_latents=n_latents, k=k, lr=lr,
                           config=SaeTrainingConfig(**fields), sampled=values,
                           activation=str(values.get("activation", "topk")))
+
+    def raw_masked(self) -> dict[str, Any]:
+        """The space as given, with a storage URL's password replaced by *** (what is written
+        to space.resolved.yaml and the study's attributes)."""
+        raw = copy.deepcopy(self.raw)
+        study = raw.get("study")
+        if isinstance(study, dict) and isinstance(study.get("storage"), str):
+            study["storage"] = masked(study["storage"])
+        return raw
 
     def grid(self) -> dict[str, list[Any]]:
         """GridSampler's search space: every sampled parameter must be categorical."""

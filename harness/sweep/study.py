@@ -20,8 +20,8 @@ import dataclasses
 import fcntl
 import inspect
 import json
+import logging
 import os
-import re
 import shutil
 import socket
 import threading
@@ -34,6 +34,7 @@ from typing import Any
 
 import joblib
 import optuna
+import sqlalchemy.exc
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import (
     BaseStorage,
@@ -45,9 +46,20 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.core.train import SaeTrainingConfig
-from harness.sweep.space import PRUNERS, SAMPLERS, LoadedSpace, ParamSpec, SpaceError
+from harness.sweep.space import (
+    PRUNERS,
+    SAMPLERS,
+    FaultsSection,
+    LoadedSpace,
+    ParamSpec,
+    SpaceError,
+)
+from harness.sweep.urls import is_rdb, masked
 
 LEASE_ATTR = "saesweep:lease"
+STORAGE_ENV = "SAESWEEP_STORAGE"
+"""Where a storage URL may be given instead of --storage (and how workers receive it: a URL in
+an environment variable stays out of `ps` and the logs)."""
 
 
 # ------------------------------------------------------------------------------ construction
@@ -60,22 +72,47 @@ def default_storage(loaded: LoadedSpace) -> str:
     return str(journal_path(loaded.space.results_dir, loaded.space.study.name))
 
 
-def is_rdb(url: str) -> bool:
-    return "://" in url and not url.startswith("journal://")
+def open_storage(url: str, faults: FaultsSection | None = None) -> BaseStorage:
+    """A journal file (a path, or journal:///path) or an RDB URL (sqlite://, postgresql://...).
 
-
-def open_storage(url: str) -> BaseStorage:
-    """A journal file (a path, or journal:///path) or an RDB URL (sqlite://, postgresql://...)."""
+    With `faults`, an RDB storage runs Optuna's own heartbeat: every `heartbeat_s` a running
+    trial records a beat, and a trial silent for `lease_s` is failed and re-enqueued by
+    RetryHeartbeatStaleTrialCallback (at most `max_retry` times)."""
     if is_rdb(url):
-        return RDBStorage(url)
+        kwargs: dict[str, Any] = {}
+        if faults is not None:
+            kwargs = {"heartbeat_interval": max(1, round(faults.heartbeat_s)),
+                      "grace_period": max(2, round(faults.lease_s)),
+                      "heartbeat_stale_trial_callback": _retry_callback(faults.max_retry)}
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                # nodes starting together race to create Optuna's tables: the loser retries
+                # and finds them made
+                if attempt == 4:
+                    raise
+                time.sleep(0.5 + attempt)
     path = Path(url.removeprefix("journal://"))
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-def masked(url: str) -> str:
-    """A storage URL fit to print: the password of user:password@host replaced by ***."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+def storage_url(flag: str | None, space_value: str | None, default: str) -> str:
+    """--storage, else $SAESWEEP_STORAGE, else the space's study.storage, else the default."""
+    return flag or os.environ.get(STORAGE_ENV) or space_value or default
+
+
+def _retry_callback(max_retry: int) -> RetryHeartbeatStaleTrialCallback:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+
+def uses_optuna_heartbeat(storage: BaseStorage) -> bool:
+    return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
 
 
 def prepare_storage(url: str) -> str | None:
@@ -87,7 +124,7 @@ def prepare_storage(url: str) -> str | None:
     """
     if is_rdb(url):
         try:
-            RDBStorage(url)
+            open_storage(url)
         except Exception as e:  # noqa: BLE001 - SQLAlchemy and drivers raise many kinds
             detail = str(e).splitlines()[0] if str(e) else type(e).__name__
             hint = (" (PostgreSQL needs a driver: pip install psycopg2-binary)"
@@ -185,7 +222,7 @@ def worker_seed(study_seed: int, worker_index: int, n_existing: int) -> int:
 def create_study(loaded: LoadedSpace, storage_url: str) -> optuna.Study:
     """Create the study (or load it when resuming) and record how it is run."""
     s = loaded.space
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, s.faults)
     sampler = make_sampler(loaded, worker_seed(s.study.seed, 0, 0))
     pruner = make_pruner(loaded)
     directions = [optuna.study.StudyDirection[d.upper()] for d in s.directions]
@@ -207,7 +244,7 @@ def create_study(loaded: LoadedSpace, storage_url: str) -> optuna.Study:
     attrs = study.user_attrs
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     record = {
-        "space": loaded.raw,
+        "space": loaded.raw_masked(),
         "space_file": str(loaded.path),
         "objectives": [o.model_dump() for o in s.objectives],
         "sampler": {"type": s.sampler.type, "options": s.sampler.options,
@@ -310,12 +347,25 @@ def budget_state(study: optuna.Study) -> BudgetState:
 
 
 @contextlib.contextmanager
-def budget_lock(storage_url: str) -> Iterator[None]:
-    """Serialises "check the budget, then ask for a trial" across this machine's workers."""
-    if is_rdb(storage_url):
-        yield  # RDB storage: workers may be on other machines, a file lock cannot help
+def budget_lock(storage_url: str, storage: BaseStorage) -> Iterator[None]:
+    """Serialises "check the budget, then ask for a trial" across every worker of a study: a
+    file lock beside a journal or SQLite file, a PostgreSQL advisory lock on a PostgreSQL
+    storage (every node shares it). Other servers (MySQL) get no lock: workers may then
+    overshoot n_trials by at most one trial each."""
+    if isinstance(storage, RDBStorage) and storage.engine.dialect.name == "postgresql":
+        key = int(joblib.hash(storage_url.rsplit("/", 1)[-1])[:15], 16)  # one lock per database
+        with storage.engine.connect() as conn:
+            conn.exec_driver_sql(f"SELECT pg_advisory_lock({key})")
+            try:
+                yield
+            finally:
+                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
         return
-    path = Path(storage_url.removeprefix("journal://") + ".budget.lock")
+    if is_rdb(storage_url) and not storage_url.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(storage_url.removeprefix("journal://").removeprefix("sqlite:///")
+                + ".budget.lock")
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -340,11 +390,18 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name=f"heartbeat-{number}", daemon=True)
 
     def beat(self) -> None:
+        if uses_optuna_heartbeat(self.storage):
+            self.storage.record_heartbeat(self.trial_id)
+        else:
+            self._lease()
+
+    def _lease(self) -> None:
         self.storage.set_trial_system_attr(self.trial_id, LEASE_ATTR, {
             "trial": self.number, "host": socket.gethostname(), "pid": os.getpid(),
             "beat": time.time()})
 
     def start(self) -> Heartbeat:
+        self._lease()  # who runs it: lets a worker on the same host reap it the moment it dies
         self.beat()
         self._thread.start()
         return self
@@ -353,7 +410,9 @@ class Heartbeat:
         while not self._stop.wait(self.interval):
             try:
                 self.beat()
-            except Exception:  # noqa: BLE001 - trial finished (or storage hiccup): stop beating
+            except Exception as e:  # noqa: BLE001 - trial finished (or storage hiccup): stop
+                logging.getLogger("saesweep.worker").info(
+                    "trial %d: heartbeat stopped (%s: %s)", self.number, type(e).__name__, e)
                 return
 
     def stop(self) -> None:
@@ -371,17 +430,23 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def stale_reason(trial: FrozenTrial, lease_s: float, now: float | None = None) -> str | None:
-    """Why a RUNNING trial is abandoned, or None while its worker is alive."""
+def stale_reason(trial: FrozenTrial, lease_s: float, now: float | None = None,
+                 check_age: bool = True) -> str | None:
+    """Why a RUNNING trial is abandoned, or None while its worker is alive. `check_age=False`
+    leaves silent workers to Optuna's heartbeat (RDB storages) and only spots dead ones."""
     now = time.time() if now is None else now
     lease = trial.system_attrs.get(LEASE_ATTR)
     # a lease naming another trial number was inherited by a retry: ignore it
     if isinstance(lease, dict) and lease.get("trial") == trial.number:
         if lease.get("host") == socket.gethostname() and not _pid_alive(int(lease["pid"])):
             return f"worker process {lease['pid']} on {lease['host']} is gone"
+        if not check_age:
+            return None
         age = now - float(lease["beat"])
         if age > lease_s:
             return f"no heartbeat for {age:.0f}s (lease {lease_s:g}s)"
+        return None
+    if not check_age:
         return None
     started = trial.datetime_start.timestamp() if trial.datetime_start else now
     if now - started > lease_s:
@@ -390,11 +455,23 @@ def stale_reason(trial: FrozenTrial, lease_s: float, now: float | None = None) -
 
 
 def reap_stale(study: optuna.Study, lease_s: float, max_retry: int) -> list[int]:
-    """Fail abandoned RUNNING trials and re-enqueue their parameters; returns their numbers."""
+    """Fail abandoned RUNNING trials and re-enqueue their parameters; returns their numbers.
+
+    On an RDB storage Optuna's heartbeat decides which are stale (fail_stale_trials, which
+    re-enqueues them through the storage's callback); a worker process known to be gone on this
+    host is reaped at once on either storage."""
     storage = study._storage
     reaped = []
+    optuna_heartbeat = uses_optuna_heartbeat(storage)
+    if optuna_heartbeat:
+        running = {t.number for t in study.get_trials(deepcopy=False,
+                                                      states=(TrialState.RUNNING,))}
+        optuna.storages.fail_stale_trials(study)
+        still = {t.number for t in study.get_trials(deepcopy=False,
+                                                    states=(TrialState.RUNNING,))}
+        reaped += sorted(running - still)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        reason = stale_reason(trial, lease_s)
+        reason = stale_reason(trial, lease_s, check_age=not optuna_heartbeat)
         if reason is None:
             continue
         try:

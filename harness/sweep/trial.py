@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from harness.core.metrics import EVAL_METRICS, feature_recovery
@@ -133,7 +134,7 @@ def run_trials(trials: list[optuna.Trial], loaded: LoadedSpace, ctx: WorkerConte
 def _prepare(trial: optuna.Trial, record: TrialRecord, loaded: LoadedSpace, ctx: WorkerContext,
              start: float) -> _Prepared | TrialOutcome:
     space = loaded.space
-    record.save(trial, write_file=False)  # resets what a retry inherited from its predecessor
+    _save(trial, record, write_file=False)  # resets what a retry inherited from its predecessor
     try:
         setup = loaded.setup(trial)
     except ValueError as e:
@@ -141,7 +142,7 @@ def _prepare(trial: optuna.Trial, record: TrialRecord, loaded: LoadedSpace, ctx:
     record.params = dict(trial.params)
     record.expansion, record.n_latents, record.k = setup.expansion, setup.n_latents, setup.k
     record.lr, record.activation = setup.lr, setup.activation
-    record.save(trial, write_file=False)
+    _save(trial, record, write_file=False)
     name = f"{space.study.name}-trial-{trial.number:04d}"
     cfg = dataclasses.replace(
         setup.config, device=ctx.device, progress=False, use_wandb=ctx.wandb_mode != "off",
@@ -219,10 +220,16 @@ def _fail(trial: optuna.Trial, record: TrialRecord, reason: str, start: float,
     return TrialOutcome(TrialState.FAIL, None, reason, fatal=fatal)
 
 
-def _save(trial: optuna.Trial, record: TrialRecord) -> None:
+def _save(trial: optuna.Trial, record: TrialRecord, write_file: bool = True) -> None:
     """The record into the study, and into trial.json when the folder can be written (a failed
-    trial's folder is marked by its state there)."""
-    problem = record.save(trial)
+    trial's folder is marked by its state there). A trial reaped while it ran (its worker looked
+    dead) is already FAIL and re-enqueued: its result is dropped, the retry runs it again."""
+    try:
+        problem = record.save(trial, write_file=write_file)
+    except UpdateFinishedTrialError:
+        log.warning("trial %d was reaped while it ran; its result is dropped (a retry re-runs "
+                    "it)", record.number)
+        return
     if problem is not None:
         log.warning("trial %d: trial.json not written: %s", record.number, problem)
 

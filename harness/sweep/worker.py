@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 from types import FrameType
 
@@ -24,6 +25,7 @@ from optuna.trial import TrialState
 
 from harness.sweep.space import load_space
 from harness.sweep.study import (
+    STORAGE_ENV,
     Heartbeat,
     budget_lock,
     budget_state,
@@ -71,7 +73,7 @@ class _Signals:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="saesweep worker (started by python -m harness.sweep)")
     p.add_argument("--space", required=True, help="resolved space file written by the sweep")
-    p.add_argument("--storage", required=True)
+    p.add_argument("--storage", help="default: $SAESWEEP_STORAGE (how the sweep passes it)")
     p.add_argument("--index", type=int, required=True)
     p.add_argument("--device", required=True, help="as this process addresses it")
     p.add_argument("--device-label", help="as the machine names it (recorded per trial)")
@@ -80,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {args.index} %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # we drive Optuna's RDB heartbeat ourselves with ask/tell (harness.sweep.study.Heartbeat)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     signals = _Signals()
 
     import torch  # after the environment is set by the parent
@@ -92,7 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NO_DEVICE
     loaded = load_space(args.space)
     space = loaded.space
-    storage = open_storage(args.storage)
+    url = args.storage or os.environ.get(STORAGE_ENV)
+    if not url:
+        log.error("no storage: pass --storage or set %s", STORAGE_ENV)
+        return 2
+    storage = open_storage(url, space.faults)
     n_existing = len(optuna.load_study(study_name=space.study.name, storage=storage).trials)
     study = optuna.load_study(
         study_name=space.study.name, storage=storage, pruner=make_pruner(loaded),
@@ -111,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.deadline and time.time() >= args.deadline:
             log.info("timeout reached")
             break
-        with budget_lock(args.storage):
+        with budget_lock(url, storage):
             budget = budget_state(study)
             room = budget.waiting + max(0, space.budget.n_trials - budget.used)
             trials = [study.ask() for _ in range(min(space.lockstep, room))]

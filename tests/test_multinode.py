@@ -1,0 +1,70 @@
+"""Many nodes, one study: sweep commands in separate folders against one PostgreSQL server
+(started by the test, see tests/postgres.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+from spaces import tiny_space, write_space
+
+from harness.sweep.study import open_storage
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def node(folder: Path, space: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """One "node": its own working directory and results folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([sys.executable, "-m", "harness.sweep", str(space),
+                             "--results", str(folder / "results"), *args],
+                            cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+
+
+def every_file_text(folder: Path) -> str:
+    return "\n".join(p.read_bytes().decode("utf-8", "replace") for p in folder.rglob("*")
+                     if p.is_file())
+
+
+def test_two_nodes_share_one_postgres_study_exactly(postgres_url, synthetic_store, tmp_path):
+    from postgres import PASSWORD
+
+    space = write_space(tmp_path / "space.yaml", tiny_space(
+        synthetic_store, tmp_path / "unused", budget={"n_trials": 8}, wandb={"mode": "offline"},
+        training={"epochs": 1, "batch_size": 256, "eval_every": 5},
+        faults={"heartbeat_s": 1, "lease_s": 10}))
+    a = node(tmp_path / "node_a", space, "--storage", postgres_url, "--workers", "2")
+    b = node(tmp_path / "node_b", space, env={"SAESWEEP_STORAGE": postgres_url})
+    outs = [p.communicate(timeout=300)[0] for p in (a, b)]
+    assert [a.returncode, b.returncode] == [0, 0], outs
+    study = optuna.load_study(study_name="t", storage=open_storage(postgres_url))
+    trials = study.get_trials()
+    states = Counter(t.state for t in trials)
+    assert states == {TrialState.COMPLETE: 8}, states  # exact budget, nothing RUNNING
+    folders = Counter(Path(t.user_attrs["trial_dir"]).parts[-5] for t in trials)
+    assert set(folders) == {"node_a", "node_b"}, folders  # both nodes ran trials
+    assert len({t.number for t in trials}) == 8
+    # the connection string never leaves the command line: not in files, logs or output
+    for text in (*outs, every_file_text(tmp_path / "node_a"), every_file_text(tmp_path / "node_b"),
+                 str(study.user_attrs), *(str(t.user_attrs) for t in trials)):
+        assert PASSWORD not in text
+    assert "postgresql://saesweep:***@127.0.0.1" in outs[0]
+
+
+def test_a_postgres_url_without_a_reachable_server_exits_2(synthetic_store, tmp_path):
+    space = write_space(tmp_path / "space.yaml", tiny_space(synthetic_store,
+                                                            tmp_path / "results"))
+    proc = subprocess.run([sys.executable, "-m", "harness.sweep", str(space), "--storage",
+                           "postgresql://bob:hunter2@127.0.0.1:9/nowhere"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--storage postgresql://bob:***@127.0.0.1:9/nowhere: cannot open the storage" in \
+        proc.stderr
+    assert "hunter2" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
