@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -13,6 +14,8 @@ import optuna
 from optuna.trial import TrialState
 from spaces import tiny_space, write_space
 
+from harness import TopKSae
+from harness.report import load_trials
 from harness.sweep.study import open_storage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,8 +42,11 @@ def test_two_nodes_share_one_postgres_study_exactly(postgres_url, synthetic_stor
         synthetic_store, tmp_path / "unused", budget={"n_trials": 8}, wandb={"mode": "offline"},
         training={"epochs": 1, "batch_size": 256, "eval_every": 5},
         faults={"heartbeat_s": 1, "lease_s": 10}))
-    a = node(tmp_path / "node_a", space, "--storage", postgres_url, "--workers", "2")
-    b = node(tmp_path / "node_b", space, env={"SAESWEEP_STORAGE": postgres_url})
+    shared = tmp_path / "shared_artifacts"  # the filesystem every node mounts
+    a = node(tmp_path / "node_a", space, "--storage", postgres_url, "--workers", "2",
+             "--artifacts", str(shared))
+    b = node(tmp_path / "node_b", space, "--artifacts", str(shared),
+             env={"SAESWEEP_STORAGE": postgres_url})
     outs = [p.communicate(timeout=300)[0] for p in (a, b)]
     assert [a.returncode, b.returncode] == [0, 0], outs
     study = optuna.load_study(study_name="t", storage=open_storage(postgres_url))
@@ -55,6 +61,19 @@ def test_two_nodes_share_one_postgres_study_exactly(postgres_url, synthetic_stor
                  str(study.user_attrs), *(str(t.user_attrs) for t in trials)):
         assert PASSWORD not in text
     assert "postgresql://saesweep:***@127.0.0.1" in outs[0]
+    # node A's folder goes out of reach; a report on node B still finds every SAE
+    shutil.rmtree(tmp_path / "node_a")
+    df = load_trials("t", storage=postgres_url, results_dir=tmp_path / "node_b" / "results")
+    assert df["sae_path"].notna().all(), df[["number", "trial_dir", "sae_path"]]
+    for path in df["sae_path"]:
+        assert TopKSae.load(path).n_inputs == 16
+    report = subprocess.run([sys.executable, "-m", "harness.report", "t", "--results",
+                             str(tmp_path / "node_b" / "results")], cwd=tmp_path / "node_b",
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "SAESWEEP_STORAGE": postgres_url})
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert PASSWORD not in report.stdout + report.stderr
+    assert PASSWORD not in every_file_text(tmp_path / "node_b")
 
 
 def test_a_postgres_url_without_a_reachable_server_exits_2(synthetic_store, tmp_path):

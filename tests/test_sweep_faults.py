@@ -156,6 +156,11 @@ def test_unquoted_wandb_off_is_accepted_and_trials_record_their_device_and_host(
     assert (record.state, record.device, record.host) == ("COMPLETE", "cpu",
                                                           socket.gethostname())
     assert json.loads((Path(record.trial_dir) / "trial.json").read_text())["device"] == "cpu"
+    # its files also went to the default artifact store, by Optuna artifact id
+    assert record.artifact_store == str((results / "t" / "artifacts").resolve())
+    assert set(record.artifacts) >= {"sae_weights.safetensors", "history.json", "cfg.json"}
+    stored = list((results / "t" / "artifacts").rglob("*"))
+    assert sum(1 for f in stored if f.is_file()) == len(record.artifacts)
 
 
 def yaml_text(space: dict) -> str:

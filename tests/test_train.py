@@ -290,3 +290,29 @@ def test_batchtopk_trains_through_the_seed_api_with_inference_l0_near_k(syntheti
     assert history["r2"][-1] > 0.5
     assert float(sae.threshold) > 0
     assert 3.0 <= history["l0"][-1] <= 5.0  # held out, with the learned threshold
+
+
+def test_a_stopped_run_resumes_from_its_checkpoint_as_if_never_stopped(synthetic_store: Path,
+                                                                      tmp_path: Path):
+    from harness.core.train import LockstepMember, TrainingInterrupted
+
+    config = SaeTrainingConfig(epochs=3, batch_size=256, lr=3e-3, eval_every=7,
+                               progress=False, checkpoint_every=5)
+
+    def run(stop=None, checkpoint=None):
+        member = LockstepMember(sae=TopKSae(64, 16, 4, seed=3), config=config,
+                                checkpoint_path=checkpoint, save=False)
+        return SaeTrainer.train_lockstep(LocalStore(synthetic_store), "syn", "synthetic",
+                                         [member], stop=stop)[0].history
+
+    uninterrupted = run()
+    checkpoint = tmp_path / "ck.pt"
+    polls = iter(range(1, 10_000))
+    with pytest.raises(TrainingInterrupted) as info:  # a SIGTERM at step 40 of 69
+        run(stop=lambda: "SIGTERM" if next(polls) == 40 else None, checkpoint=checkpoint)
+    assert info.value.checkpoints == {str(checkpoint): 40} and checkpoint.exists()
+    resumed = run(checkpoint=checkpoint)
+    assert resumed.resumed_from_step == 40 and uninterrupted.resumed_from_step is None
+    assert resumed.step == uninterrupted.step  # the history before the stop came back too
+    assert resumed.r2[-1] == pytest.approx(uninterrupted.r2[-1], abs=1e-6)
+    assert not checkpoint.exists()  # the run is over: its checkpoint goes

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import optuna
 import torch
 from optuna.trial import TrialState
@@ -28,7 +26,7 @@ def test_an_exception_inside_a_trial_fails_it_with_the_reason(synthetic_store, t
     device = "cuda:0" if not torch.cuda.is_available() else "cuda:99"
     ctx = WorkerContext(device=device, device_label="cuda:7", worker_index=0,
                         wandb_mode="off", results_dir=results / "t")
-    outcomes = run_trials(trials, loaded, ctx, guard=contextlib.nullcontext())
+    outcomes = run_trials(trials, loaded, ctx)
     assert [o.state for o in outcomes] == [TrialState.FAIL, TrialState.FAIL]
     for trial, outcome in zip(trials, outcomes, strict=True):
         study.tell(trial, state=outcome.state)

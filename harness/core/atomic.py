@@ -69,6 +69,11 @@ def write_safetensors(
     _atomic_write(Path(path), lambda tmp: save_file(prepared, str(tmp), metadata=metadata))
 
 
+def write_torch(path: str | Path, obj: Any) -> None:
+    """torch.save `obj` (tensors, numbers, lists, dicts) to `path` atomically."""
+    _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)

@@ -31,7 +31,7 @@ import safetensors
 import torch
 from tqdm.auto import tqdm
 
-from harness.core.atomic import write_json
+from harness.core.atomic import write_json, write_torch
 from harness.core.cpu_memory import reuse_freed_blocks
 from harness.core.loader import ActivationLoader, LoaderConfig
 from harness.core.metrics import DeadFeatureTracker, ReconstructionAccumulator
@@ -67,6 +67,17 @@ class SaveFailed(OSError):
 
 def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {getattr(e, 'strerror', None) or e}"
+
+
+class TrainingInterrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt
+    """`stop` asked training to end (SIGTERM, SIGINT): every active run with a checkpoint path
+    wrote its checkpoint first. A BaseException, so handlers of ordinary errors let it pass."""
+
+    def __init__(self, reason: str, checkpoints: dict[str, int]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.checkpoints = checkpoints
+        """Checkpoint file -> the step it holds."""
 
 
 class StopTraining(Exception):  # noqa: N818 - a control signal, like optuna.TrialPruned
@@ -107,6 +118,9 @@ class SaeTrainingConfig:
     max_train_tokens: int | None = None
     """Stop after this many training tokens in all (a token budget across epochs); None = every
     epoch in full."""
+    checkpoint_every: int = 0
+    """With a checkpoint path (LockstepMember.checkpoint_path), write a resumable checkpoint
+    every this many steps, as well as when training is stopped; 0 = only when stopped."""
     grad_clip: float | None = None
     """Clip the global gradient norm to this value; None or 0 = no clipping."""
     seed: int = 0
@@ -170,7 +184,7 @@ class SaeTrainingConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"SaeTrainingConfig.{name} must be > 0, got {getattr(self, name)}")
         for name in ("l1_lambda", "auxk_alpha", "lr_warmup_steps", "eval_every",
-                     "lr_decay_fraction"):
+                     "lr_decay_fraction", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ValueError(
                     f"SaeTrainingConfig.{name} must be >= 0, got {getattr(self, name)}")
@@ -316,6 +330,8 @@ class TrainingHistory(Mapping[str, Any]):
     """Total training wall time."""
     run_dir: str | None = None
     """Folder the SAE, config and history were saved in."""
+    resumed_from_step: int | None = None
+    """The step of the checkpoint this run resumed from, or None if it started fresh."""
 
     def append(self, result: EvalResult) -> None:
         for name in HISTORY_FIELDS:
@@ -370,6 +386,9 @@ class LockstepMember:
     save_dir: str | Path | None = None
     save: bool = True
     extra_meta: dict[str, Any] | None = None
+    checkpoint_path: str | Path | None = None
+    """A resumable checkpoint is written here (config.checkpoint_every, and when stopped) and
+    resumed from when the file exists; it is removed once the run ends."""
 
 
 @dataclass
@@ -415,12 +434,18 @@ class SaeTrainer:
 
     @staticmethod
     def train_lockstep(store: LocalStore | str | Path, run_id: str, layer_signature: str,
-                       members: Sequence[LockstepMember]) -> list[MemberOutcome]:
+                       members: Sequence[LockstepMember],
+                       stop: Callable[[], str | None] | None = None) -> list[MemberOutcome]:
         """Train several SAEs on the same batches: each batch is read and moved once for all.
 
         Members must agree on the data fields (DATA_FIELDS); everything else (size, k, lr, ...)
         may differ. Each member is evaluated, stopped by its callbacks, failed by divergence and
         saved on its own; a member that stops drops out of the pack and the rest go on.
+
+        `stop` is polled after every batch: when it returns a reason, every active member with a
+        checkpoint path writes its checkpoint and TrainingInterrupted is raised. A member whose
+        checkpoint exists resumes from it: same weights, optimiser, schedule, dead-feature
+        counters, history and data position (the batches before it are skipped).
         """
         if not members:
             return []
@@ -449,7 +474,7 @@ class SaeTrainer:
         runs = [_Run(m, store, source, loader, eval_x, center, device, total_steps)
                 for m in members]
         try:
-            _drive(loader, runs, first)
+            _drive(loader, runs, first, stop)
         except BaseException as e:  # an interrupt: close every W&B run as failed
             for run in runs:
                 run.close_wandb(e)
@@ -457,27 +482,40 @@ class SaeTrainer:
         return [run.finish() for run in runs]
 
 
-def _drive(loader: ActivationLoader, runs: list[_Run], cfg: SaeTrainingConfig) -> None:
-    """Feed every batch to every active run; evaluate each on its own schedule."""
+def _drive(loader: ActivationLoader, runs: list[_Run], cfg: SaeTrainingConfig,
+           stop: Callable[[], str | None] | None = None) -> None:
+    """Feed every batch to every active run; evaluate each on its own schedule. A run resumed
+    from a checkpoint skips the batches before its position."""
     total = cfg.planned_steps(loader.batches_per_epoch)
     show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
     bar = tqdm(total=total, disable=not show, unit="step", dynamic_ncols=True)
     active = list(runs)
-    done = 0
+    first_epoch = min(run.position[0] for run in runs)  # whole epochs every run is past
+    done = first_epoch * loader.batches_per_epoch
+    bar.update(done)
     try:
-        for epoch in range(cfg.epochs):
-            for x in loader.train_batches(epoch):
+        for epoch in range(first_epoch, cfg.epochs):
+            for index, x in enumerate(loader.train_batches(epoch)):
                 for run in list(active):
-                    if not run.guarded(run.step, x, epoch):
+                    if (epoch, index) < run.position:
+                        continue
+                    if not run.guarded(run.step, x, epoch, index):
                         active.remove(run)
                 bar.update(1)
                 done += 1
                 if active and len(runs) == 1:
                     bar.set_postfix_str(runs[0].postfix)
+                reason = stop() if stop is not None else None
+                if reason:
+                    raise TrainingInterrupted(reason, {
+                        str(run.checkpoint_path): run.checkpoint(epoch, index + 1)
+                        for run in active if run.checkpoint_path is not None})
                 if not active or done >= total:
                     break
             last = done >= total or epoch == cfg.epochs - 1
             for run in list(active):
+                if epoch < run.position[0]:
+                    continue  # a resumed run already ended this epoch
                 if not run.guarded(run.end_of_epoch, epoch, last):
                     active.remove(run)
             if not active or last:
@@ -523,6 +561,13 @@ class _Run:
         self.loss_n = 0
         self.error: Exception | None = None
         self.postfix = ""
+        self.checkpoint_path = (Path(member.checkpoint_path) if member.checkpoint_path
+                                is not None else None)
+        self.position = (0, 0)
+        """(epoch, index of the next batch) this run trains from."""
+        self.start = time.perf_counter()
+        if self.checkpoint_path is not None and self.checkpoint_path.exists():
+            self._resume(self.checkpoint_path)
         self.wandb = None
         if cfg.use_wandb:
             self.wandb = WandbRun(
@@ -532,7 +577,6 @@ class _Run:
                         "n_train_tokens": loader.n_train_tokens, **(member.extra_meta or {})},
                 mode=cfg.wandb_mode, dir=cfg.wandb_dir or self.out_dir, group=cfg.wandb_group,
                 job_type=cfg.wandb_job_type)
-        self.start = time.perf_counter()
 
     def guarded(self, fn: Callable[..., None], *args: Any) -> bool:
         """Run a step or an evaluation; False once this run has stopped (pruned or failed)."""
@@ -545,7 +589,7 @@ class _Run:
             self.error = e
         return False
 
-    def step(self, x: torch.Tensor, epoch: int) -> None:
+    def step(self, x: torch.Tensor, epoch: int, index: int = 0) -> None:
         sae, cfg = self.sae, self.cfg
         self.epoch = epoch
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
@@ -572,6 +616,45 @@ class _Run:
         self.loss_n += 1
         if cfg.eval_every and self.step_count % cfg.eval_every == 0:
             self.evaluate()
+        if (self.checkpoint_path is not None and cfg.checkpoint_every
+                and self.step_count % cfg.checkpoint_every == 0):
+            self.checkpoint(epoch, index + 1)
+
+    def checkpoint(self, epoch: int, next_index: int) -> int:
+        """Write everything needed to go on from batch `next_index` of `epoch`, atomically;
+        returns the step it holds."""
+        assert self.checkpoint_path is not None
+        write_torch(self.checkpoint_path, {
+            "format": 1, "step": self.step_count, "epoch": epoch, "next_index": next_index,
+            "sae": self.sae.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "dead_tokens": self.dead.tokens,
+            "dead_last_fired": self.dead.last_fired, "first_loss": self.first_loss,
+            "loss_sum": self.loss_sum, "loss_n": self.loss_n,
+            "history": {name: list(getattr(self.history, name)) for name in HISTORY_FIELDS},
+            "elapsed_s": time.perf_counter() - self.start, "rng": torch.get_rng_state(),
+        })
+        return self.step_count
+
+    def _resume(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.sae.load_state_dict(state["sae"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.step_count, self.epoch = int(state["step"]), int(state["epoch"])
+        self.position = (int(state["epoch"]), int(state["next_index"]))
+        self.dead.tokens = int(state["dead_tokens"])
+        self.dead.last_fired = state["dead_last_fired"].to(self.device)
+        self.first_loss, self.loss_sum, self.loss_n = (state["first_loss"], state["loss_sum"],
+                                                       state["loss_n"])
+        for name in HISTORY_FIELDS:
+            setattr(self.history, name, list(state["history"][name]))
+        self.history.resumed_from_step = self.step_count
+        self.start = time.perf_counter() - float(state["elapsed_s"])
+        torch.set_rng_state(state["rng"].cpu())
+
+    def discard_checkpoint(self) -> None:
+        if self.checkpoint_path is not None:
+            self.checkpoint_path.unlink(missing_ok=True)
 
     def end_of_epoch(self, epoch: int, last: bool) -> None:
         evaluated = bool(self.history.step) and self.history.step[-1] == self.step_count
@@ -628,8 +711,10 @@ class _Run:
         self.wandb = None
 
     def finish(self) -> MemberOutcome:
-        """Close W&B and save (nothing is saved for a run that failed)."""
+        """Close W&B and save (nothing is saved for a run that failed); the run is over, so its
+        checkpoint goes."""
         self.close_wandb(self.error)
+        self.discard_checkpoint()
         if self.error is not None:
             return MemberOutcome(history=None, error=self.error)
         self.history.wall_time_s = time.perf_counter() - self.start

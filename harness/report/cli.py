@@ -76,13 +76,14 @@ def build_report(
     metric: str = "r2",
     group_by: Sequence[str] = ("expansion", "k"),
     wandb_mode: str | None = None,
+    artifacts: str | None = None,
 ) -> Report:
     """Build every table and plot; raises ReportError for an empty or all-failed study."""
     studies = list(studies)
     unknown = set(formats) - set(FORMATS)
     if unknown:
         raise ReportError(f"unknown format(s) {sorted(unknown)}; choose from {list(FORMATS)}")
-    df = load_trials(studies, storage, results_dir)
+    df = load_trials(studies, storage, results_dir, artifacts)
     label = "+".join(studies)
     if df.empty:
         raise ReportError(f"study {label!r} has no trials yet: nothing to report (run the sweep "
@@ -285,7 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("studies", nargs="+", metavar="STUDY", help="study name(s); several are "
                    "concatenated with a `study` column")
-    p.add_argument("--storage", help="Optuna storage (default results/<study>/study.journal)")
+    p.add_argument("--storage", help="Optuna storage (else $SAESWEEP_STORAGE, else "
+                   "results/<study>/study.journal)")
+    p.add_argument("--artifacts", help="where the sweep's artifact store is reachable from this "
+                   "machine, if not where the trials recorded it")
     p.add_argument("--results", default="results", help="results folder of the sweeps")
     p.add_argument("--out", help="output folder (default results/<study>/report/)")
     p.add_argument("--format", default=",".join(FORMATS),
@@ -306,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             args.studies, storage=args.storage, results_dir=args.results, out=args.out,
             formats=[f.strip() for f in args.format.split(",") if f.strip()],
             metric=args.metric, group_by=[c.strip() for c in args.group_by.split(",")],
-            wandb_mode=args.wandb)
+            wandb_mode=args.wandb, artifacts=args.artifacts)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from harness.core.metrics import METRICS
 from harness.core.sae import WEIGHTS_FILE
 from harness.core.train import SaeTrainingConfig
+from harness.sweep.artifacts import fetch_trial
 from harness.sweep.study import STORAGE_ENV, journal_path, open_storage, superseded_numbers
 from harness.sweep.trial_record import TrialRecord
 from harness.sweep.urls import masked
@@ -57,7 +58,8 @@ def load_study(name: str, storage: str | None = None,
 
 
 def load_trials(studies: str | Sequence[str], storage: str | None = None,
-                results_dir: str | Path = "results") -> pd.DataFrame:
+                results_dir: str | Path = "results", artifacts: str | None = None
+                ) -> pd.DataFrame:
     """One row per trial of each study (a `study` column tells them apart).
 
     Columns: study, number, state (complete / pruned / failed / running / waiting), superseded
@@ -66,6 +68,10 @@ def load_trials(studies: str | Sequence[str], storage: str | None = None,
     metrics (final_r2, best_r2, final_fvu, ..., final_l0, final_dead_ratio), tokens_seen,
     planned_tokens, wall_time_s, device, prune_rule / prune_step / prune_tokens /
     prune_reason, fail_reason, trial_dir and sae_path (None when no SAE was saved), value_<i>.
+
+    sae_path is the trial's own folder when this machine can read it; otherwise its files are
+    fetched from the Optuna artifact store it recorded (or `artifacts`, where that store is
+    mounted here) into <results_dir>/<study>/fetched/<number>/.
     """
     names = [studies] if isinstance(studies, str) else list(studies)
     rows: list[dict[str, Any]] = []
@@ -74,14 +80,17 @@ def load_trials(studies: str | Sequence[str], storage: str | None = None,
         trials = study.get_trials(deepcopy=False)
         superseded = superseded_numbers(trials)
         training_seed = (study.user_attrs.get("space", {}).get("training", {}) or {}).get("seed", 0)
-        rows.extend(_row(name, t, t.number in superseded, training_seed) for t in trials)
+        fetched = Path(results_dir) / name / "fetched"
+        rows.extend(_row(name, t, t.number in superseded, training_seed, fetched, artifacts)
+                    for t in trials)
     df = pd.DataFrame(rows)
     if df.empty:
         return pd.DataFrame(columns=["study", "number", "state"])
     return df.sort_values(["study", "number"]).reset_index(drop=True)
 
 
-def _row(study: str, t: FrozenTrial, superseded: bool, training_seed: int) -> dict[str, Any]:
+def _row(study: str, t: FrozenTrial, superseded: bool, training_seed: int, fetched: Path,
+         artifacts: str | None) -> dict[str, Any]:
     record = TrialRecord.from_frozen(t)
     row: dict[str, Any] = {"study": study, "number": t.number,
                            "state": STATE_NAMES.get(t.state, t.state.name.lower()),
@@ -95,8 +104,14 @@ def _row(study: str, t: FrozenTrial, superseded: bool, training_seed: int) -> di
     trial_dir = record.trial_dir
     # a failed trial's folder may hold a half-saved SAE: only finished trials point at theirs
     finished = t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-    row["sae_path"] = (trial_dir if finished and trial_dir
-                       and (Path(trial_dir) / WEIGHTS_FILE).exists() else None)
+    row["sae_path"] = None
+    if finished and trial_dir and (Path(trial_dir) / WEIGHTS_FILE).exists():
+        row["sae_path"] = trial_dir
+    elif finished and record.artifacts:  # trained on another node: from the artifact store
+        location = artifacts or record.artifact_store
+        got = fetch_trial(record.artifacts, location, fetched / f"{t.number:04d}") \
+            if location else None
+        row["sae_path"] = str(got) if got else None
     for i, v in enumerate(t.values or []):
         row[f"value_{i}"] = v
     row["datetime_start"] = t.datetime_start

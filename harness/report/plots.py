@@ -108,7 +108,8 @@ def plot_learning_curves(df: pd.DataFrame, out: Path, metric: str = "r2") -> lis
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=COLUMN, layout="constrained")
         for _, row in df[df["state"].isin(list(kinds))].iterrows():
-            history = load_history(row["trial_dir"]) if row["trial_dir"] else None
+            folder = row.get("sae_path") or row["trial_dir"]  # fetched from artifacts, if so
+            history = load_history(folder) if folder else None
             if not history or not history.get("tokens"):
                 continue
             x = np.asarray(history["tokens"], float)

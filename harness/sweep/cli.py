@@ -29,6 +29,7 @@ from harness.core.atomic import write_text
 from harness.core.metrics import METRICS
 from harness.core.store import LocalStore
 from harness.data.synthetic import write_synthetic_store
+from harness.sweep.artifacts import default_location
 from harness.sweep.devices import (
     DeviceError,
     WorkerSlot,
@@ -90,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_positive_float, help="stop starting new trials after "
                    "this many seconds (overrides budget.timeout)")
     p.add_argument("--results", help="results folder (overrides results_dir, default results/)")
+    p.add_argument("--artifacts", help="where every trial's files are also stored (Optuna "
+                   "artifact store): a folder, shared by all nodes, or s3://bucket (needs "
+                   "boto3); default results/<study>/artifacts")
     p.add_argument("--lockstep", type=_positive_int, help="trials each worker trains together "
                    "on the same batches (overrides lockstep, default 1)")
     return p
@@ -104,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         slots = _slots(args.devices, loaded.space.workers)
         space = loaded.space
         check_writable(Path(space.results_dir), "--results / results_dir")
+        _resolve_artifacts(loaded)
         url = storage_url(args.storage, space.study.storage, default_storage(loaded))
         repaired = prepare_storage(url)
     except (SpaceError, DeviceError) as e:
@@ -141,6 +146,24 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+def _resolve_artifacts(loaded: LoadedSpace) -> None:
+    """Fix the artifact location as an absolute path (workers and other nodes read it from the
+    resolved space and the trial records), checked like --results."""
+    space = loaded.space
+    location = space.artifacts or default_location(space.results_dir, space.study.name)
+    if location.startswith("s3://"):
+        try:
+            import boto3  # noqa: F401
+        except ImportError:
+            raise SpaceError(f"--artifacts / artifacts: {location}: an S3 artifact store needs "
+                             "boto3 (pip install boto3)") from None
+    else:
+        location = str(Path(location).resolve())
+        check_writable(Path(location), "--artifacts / artifacts")
+    space.artifacts = location
+    loaded.raw["artifacts"] = location
+
+
 def _slots(devices_arg: str | None, n_workers: int) -> list[WorkerSlot]:
     gpus = visible_gpu_count()
     devices = parse_devices(devices_arg, gpus) if devices_arg is not None else None
@@ -176,6 +199,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object] | object
         out["results_dir"] = args.results
     if args.lockstep:
         out["lockstep"] = args.lockstep
+    if args.artifacts:
+        out["artifacts"] = args.artifacts
     if args.workers:
         out["workers"] = args.workers
     return out

@@ -236,6 +236,9 @@ class FaultsSection(_Strict):
     """A running trial whose heartbeat is older than this is failed and re-enqueued."""
     max_retry: int = Field(2, ge=0)
     """How often one configuration is retried after its worker died."""
+    checkpoint_every: int = Field(1000, ge=0)
+    """A training trial writes a resumable checkpoint every this many steps (and on SIGTERM);
+    its retry resumes there. 0 = only on SIGTERM."""
 
     @model_validator(mode="after")
     def _check(self) -> FaultsSection:
@@ -259,6 +262,9 @@ class SweepSpace(_Strict):
     wandb: WandbSection = Field(default_factory=WandbSection)
     faults: FaultsSection = Field(default_factory=FaultsSection)
     results_dir: str = "results"
+    artifacts: str | None = None
+    """Optuna artifact store for every trial's files: a folder (a shared filesystem for several
+    nodes) or s3://bucket; None = <results_dir>/<study>/artifacts."""
     lockstep: int = Field(1, ge=1)
     """Trials a worker trains together on the same batches (each batch read and moved once)."""
     workers: int = Field(1, ge=1)

@@ -13,6 +13,7 @@ import math
 import socket
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,15 +34,12 @@ from harness.core.train import (
     TrainingDiverged,
 )
 from harness.data.synthetic import has_ground_truth, load_ground_truth
+from harness.sweep.artifacts import upload_trial
 from harness.sweep.pruning import PruningCallback, rules_for
 from harness.sweep.space import LoadedSpace, TrialSetup
 from harness.sweep.trial_record import TrialRecord
 
 log = logging.getLogger("saesweep.trial")
-
-
-class Interrupted(BaseException):  # noqa: N818 - like KeyboardInterrupt, not an Exception
-    """SIGTERM/SIGINT arrived while a trial was training."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +54,8 @@ class WorkerContext:
     wandb_mode: str
     results_dir: Path
     """results/<study>/"""
+    artifacts: str | None = None
+    """Artifact store location every trial's files are uploaded to; None = none."""
 
 
 @dataclass(frozen=True)
@@ -79,14 +79,16 @@ class _Prepared:
     member: LockstepMember
     pruning: PruningCallback
     start: float
+    artifacts: str | None = None
 
 
 def run_trials(trials: list[optuna.Trial], loaded: LoadedSpace, ctx: WorkerContext,
-               guard: Any) -> list[TrialOutcome]:
+               stop: Callable[[], str | None] | None = None) -> list[TrialOutcome]:
     """Train several configurations in lockstep on the same batches (one when len == 1).
 
-    Each trial is still sampled, pruned, failed, recorded and saved on its own. `guard` is a
-    context manager marking the interruptible part (the worker's signal handling).
+    Each trial is still sampled, pruned, failed, recorded and saved on its own. `stop` (the
+    worker's signal handling) is polled after every batch: when it gives a reason, the trials
+    write their checkpoints and TrainingInterrupted propagates to the worker.
     """
     space = loaded.space
     outcomes: dict[int, TrialOutcome] = {}
@@ -107,10 +109,9 @@ def run_trials(trials: list[optuna.Trial], loaded: LoadedSpace, ctx: WorkerConte
             prepared.append(item)
     if prepared:
         try:
-            with guard:
-                results = SaeTrainer.train_lockstep(
-                    space.data.store, space.data.run_id, space.data.layer_signature,
-                    [p.member for p in prepared])
+            results = SaeTrainer.train_lockstep(
+                space.data.store, space.data.run_id, space.data.layer_signature,
+                [p.member for p in prepared], stop=stop)
         except StoreError as e:  # bad data fails every trial: record it, then stop the worker
             for p in prepared:
                 outcomes[p.trial.number] = _fail(p.trial, p.record, f"bad data: {e}", p.start,
@@ -146,6 +147,7 @@ def _prepare(trial: optuna.Trial, record: TrialRecord, loaded: LoadedSpace, ctx:
     name = f"{space.study.name}-trial-{trial.number:04d}"
     cfg = dataclasses.replace(
         setup.config, device=ctx.device, progress=False, use_wandb=ctx.wandb_mode != "off",
+        checkpoint_every=space.faults.checkpoint_every,
         wandb_mode=None if ctx.wandb_mode == "off" else ctx.wandb_mode,
         wandb_project=space.wandb.project, wandb_group=space.study.name, wandb_job_type="trial",
         wandb_run_name=name, wandb_dir=str(ctx.results_dir))
@@ -156,10 +158,14 @@ def _prepare(trial: optuna.Trial, record: TrialRecord, loaded: LoadedSpace, ctx:
     sae = TopKSae(setup.n_latents, loaded.d, setup.k, device=ctx.device,
                   seed=stream_seed(cfg.seed, "trial", trial.number), activation=setup.activation)
     pruning = PruningCallback(rules_for(trial, space.pruner, space.objectives))
+    # keyed by the first trial of a retry chain: a retry resumes where its predecessor stopped
+    first = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial",
+                                                                       trial.number)
     member = LockstepMember(sae=sae, config=cfg, callbacks=[pruning], training_run_id=name,
-                            save_dir=record.trial_dir, extra_meta=extra)
+                            save_dir=record.trial_dir, extra_meta=extra,
+                            checkpoint_path=ctx.results_dir / "checkpoints" / f"{first:04d}.pt")
     return _Prepared(trial=trial, record=record, setup=setup, member=member, pruning=pruning,
-                     start=start)
+                     start=start, artifacts=ctx.artifacts)
 
 
 def _finish(p: _Prepared, result: MemberOutcome, loaded: LoadedSpace) -> TrialOutcome:
@@ -172,6 +178,7 @@ def _finish(p: _Prepared, result: MemberOutcome, loaded: LoadedSpace) -> TrialOu
         e = result.error
         return _fail(trial, record, f"error: {_describe(e) if e else 'no evaluation'}", p.start)
     final = history.final
+    record.resumed_from_step = history.resumed_from_step
     record.metrics = {
         **{f"final_{name}": getattr(final, name) for name in EVAL_METRICS},
         "best_r2": max(history.r2), "best_fvu": min(history.fvu),
@@ -192,6 +199,7 @@ def _finish(p: _Prepared, result: MemberOutcome, loaded: LoadedSpace) -> TrialOu
         return _fail(trial, record, f"save failed: {result.error}", p.start)
     if result.error is not None:
         return _fail(trial, record, f"error: {_describe(result.error)}", p.start)
+    _upload(trial, record, p.member.save_dir, p.artifacts)
     if p.pruning.event is not None:
         event = p.pruning.event
         record.state = "PRUNED"
@@ -210,6 +218,14 @@ def _finish(p: _Prepared, result: MemberOutcome, loaded: LoadedSpace) -> TrialOu
     _save(trial, record)
     shown = " ".join(f"{o.metric}={v:.4g}" for o, v in zip(objectives, values, strict=True))
     return TrialOutcome(TrialState.COMPLETE, values, shown)
+
+
+def _upload(trial: optuna.Trial, record: TrialRecord, folder: Any, location: str | None) -> None:
+    """The saved files, also to the artifact store (so every node can reach them)."""
+    if location is None or folder is None:
+        return
+    record.artifact_store = location
+    record.artifacts = upload_trial(trial, Path(folder), location) or None
 
 
 def _fail(trial: optuna.Trial, record: TrialRecord, reason: str, start: float,

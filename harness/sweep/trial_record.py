@@ -84,8 +84,14 @@ class TrialRecord:
     """The values the rule compared."""
     diverged_step: int | None = None
     """Step at which its loss diverged."""
+    resumed_from_step: int | None = None
+    """The checkpoint step it resumed from (a retry after preemption), or None."""
     saved_to: str | None = None
     """Where the trained SAE went when its trial folder could not be written."""
+    artifact_store: str | None = None
+    """The Optuna artifact store its files were uploaded to (a folder, or s3://bucket)."""
+    artifacts: dict[str, str] | None = None
+    """Artifact id of each uploaded file (sae_weights.safetensors, cfg.json, history.json, ...)."""
     metrics: dict[str, float | int | None] = field(default_factory=dict)
     """final_<m>/best_<m>/<m> of the metrics table, and the run's counts (RUN_COLUMNS)."""
 
@@ -158,6 +164,7 @@ class TrialRecord:
                    attrs: dict[str, Any], values: list[float] | None = None) -> TrialRecord:
         info = {name: attrs.get(name) for name in cls.info_columns()}
         info["prune_values"] = info["prune_values"] or None
+        info["artifacts"] = info["artifacts"] or None
         metrics = {c: attrs.get(c) for c in (*metric_columns(), *RUN_COLUMNS)
                    if attrs.get(c) is not None}
         return cls(number=number, state=state, params=dict(params), values=values,

@@ -3,9 +3,9 @@
 Started by `python -m harness.sweep`, one per worker slot, with CUDA_VISIBLE_DEVICES and the
 thread count already set in its environment (so they hold before torch is imported here).
 
-SIGTERM / SIGINT: a trial that is training is stopped at once, failed with the reason and
-re-enqueued, so the study holds no RUNNING trial and a re-run starts with that configuration.
-Between trials the worker just stops.
+SIGTERM / SIGINT: a trial that is training stops after its current step, writes its checkpoint,
+is failed with the reason and re-enqueued, so the study holds no RUNNING trial and the retry
+resumes from the checkpoint. Between trials the worker just stops.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from types import FrameType
 import optuna
 from optuna.trial import TrialState
 
+from harness.core.train import TrainingInterrupted
 from harness.sweep.space import load_space
 from harness.sweep.study import (
     STORAGE_ENV,
@@ -36,7 +37,7 @@ from harness.sweep.study import (
     requeue,
     worker_seed,
 )
-from harness.sweep.trial import Interrupted, WorkerContext, run_trials
+from harness.sweep.trial import WorkerContext, run_trials
 
 log = logging.getLogger("saesweep.worker")
 EXIT_BAD_DATA = 3
@@ -46,28 +47,19 @@ EXIT_NO_DEVICE = 4
 
 
 class _Signals:
-    """Turns SIGTERM/SIGINT into a stop request, raising Interrupted only inside `guard`."""
+    """Turns SIGTERM/SIGINT into a stop request that training polls after every batch (so the
+    step in progress completes and a consistent checkpoint is written)."""
 
     def __init__(self) -> None:
         self.stop_requested: str | None = None
-        self.guarded = False
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.stop_requested = signal.Signals(signum).name
-        if self.guarded:
-            self.guarded = False
-            raise Interrupted(self.stop_requested)
 
-    def __enter__(self) -> _Signals:
-        if self.stop_requested:
-            raise Interrupted(self.stop_requested)
-        self.guarded = True
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.guarded = False
+    def requested(self) -> str | None:
+        return self.stop_requested
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx = WorkerContext(device=args.device, device_label=args.device_label or args.device,
                         worker_index=args.index,
                         wandb_mode=space.wandb.mode,
-                        results_dir=Path(space.results_dir) / space.study.name)
+                        results_dir=Path(space.results_dir) / space.study.name,
+                        artifacts=space.artifacts)
     faults = space.faults
     log.info("started pid=%d device=%s threads=%d", os.getpid(), args.device,
              torch.get_num_threads())
@@ -132,14 +125,16 @@ def main(argv: list[str] | None = None) -> int:
         beats = [Heartbeat(storage, t._trial_id, t.number, faults.heartbeat_s).start()
                  for t in trials]
         try:
-            outcomes = run_trials(trials, loaded, ctx, guard=signals)
-        except Interrupted as stop:
+            outcomes = run_trials(trials, loaded, ctx, stop=signals.requested)
+        except TrainingInterrupted as stop:
             for beat in beats:
                 beat.stop()
+            saved = f"; checkpoint at step(s) {sorted(stop.checkpoints.values())}" \
+                if stop.checkpoints else ""
             for trial in trials:
-                _requeue(study, trial, f"interrupted by {stop}", faults.max_retry)
-            log.info("trials %s interrupted by %s; re-enqueued", [t.number for t in trials],
-                     stop)
+                _requeue(study, trial, f"interrupted by {stop.reason}{saved}", faults.max_retry)
+            log.info("trials %s interrupted by %s%s; re-enqueued", [t.number for t in trials],
+                     stop.reason, saved)
             break
         finally:
             for beat in beats:

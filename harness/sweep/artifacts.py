@@ -1,0 +1,87 @@
+"""Trial outputs every node can reach, through Optuna's artifact store.
+
+After a trial saves its SAE, the files of its folder are also uploaded with
+`optuna.artifacts.upload_artifact` to a FileSystemArtifactStore (default
+<results>/<study>/artifacts/; `--artifacts DIR` for a shared filesystem) or, for an s3:// URL, a
+Boto3ArtifactStore. The artifact ids go into the trial's record, so a report on any node fetches
+every trial's files with `optuna.artifacts.download_artifact`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import optuna
+from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
+from optuna.artifacts.exceptions import ArtifactNotFound
+
+log = logging.getLogger("saesweep.artifacts")
+
+# what a trial folder holds that another node needs to use the SAE
+TRIAL_FILES = ("sae_weights.safetensors", "cfg.json", "history.json", "training_config.json",
+               "meta.json")
+
+
+class ArtifactError(ValueError):
+    """An artifact location that cannot be used (the message says why)."""
+
+
+def default_location(results_dir: str | Path, study: str) -> str:
+    return str((Path(results_dir) / study / "artifacts").resolve())
+
+
+def open_store(location: str) -> FileSystemArtifactStore | Boto3ArtifactStore:
+    """The artifact store at `location`: s3://bucket (boto3 needed) or a folder (created)."""
+    if location.startswith("s3://"):
+        bucket = location.removeprefix("s3://").split("/", 1)[0]
+        try:
+            return Boto3ArtifactStore(bucket)
+        except ImportError as e:
+            raise ArtifactError(f"--artifacts {location}: an S3 artifact store needs boto3 "
+                                "(pip install boto3)") from e
+    folder = Path(location)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ArtifactError(f"--artifacts {location}: cannot create the folder "
+                            f"({e.strerror or e})") from e
+    return FileSystemArtifactStore(str(folder))
+
+
+def upload_trial(trial: optuna.Trial, trial_dir: Path, location: str) -> dict[str, str]:
+    """Upload a trial folder's files; returns {file name: artifact id} (empty on failure, which
+    is logged: the local folder still has them)."""
+    ids: dict[str, str] = {}
+    try:
+        store = open_store(location)
+        for name in TRIAL_FILES:
+            path = trial_dir / name
+            if path.exists():
+                ids[name] = optuna.artifacts.upload_artifact(
+                    artifact_store=store, file_path=str(path), study_or_trial=trial)
+    except Exception as e:  # noqa: BLE001 - an unreachable store must not fail a trained trial
+        log.warning("trial %d: artifacts not uploaded to %s: %s", trial.number, location, e)
+        return {}
+    return ids
+
+
+def fetch_trial(ids: dict[str, str], location: str, into: Path) -> Path | None:
+    """Download a trial's files into `into` (once); returns the folder, or None if they are
+    not reachable there."""
+    if "sae_weights.safetensors" not in ids:
+        return None
+    if all((into / name).exists() for name in ids):
+        return into
+    try:
+        store = open_store(location)
+        into.mkdir(parents=True, exist_ok=True)
+        for name, artifact_id in ids.items():
+            target = into / name
+            if not target.exists():
+                optuna.artifacts.download_artifact(artifact_store=store, file_path=str(target),
+                                                   artifact_id=artifact_id)
+    except (ArtifactError, ArtifactNotFound, OSError) as e:
+        log.warning("artifacts %s not reachable at %s: %s", sorted(ids), location, e)
+        return None
+    return into
