@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from spaces import tiny_space, write_space
 
 from harness import TopKSae
 from harness.report import load_trials
-from harness.sweep.study import open_storage
+from harness.sweep.study import open_storage, superseded_numbers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,3 +89,61 @@ def test_a_postgres_url_without_a_reachable_server_exits_2(synthetic_store, tmp_
         proc.stderr
     assert "hunter2" not in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_chaos_ten_sigkills_across_two_nodes_lose_and_duplicate_nothing(postgres_url,
+                                                                        synthetic_store,
+                                                                        tmp_path):
+    """A 30-trial study on two nodes; a random worker is SIGKILLed every ~1.5 s, 10 times; a
+    node whose workers are all gone is started again, as a scheduler would."""
+    import random
+
+    n_trials, n_kills = 30, 10
+    space = write_space(tmp_path / "space.yaml", tiny_space(
+        synthetic_store, tmp_path / "unused", budget={"n_trials": n_trials},
+        wandb={"mode": "off"}, training={"epochs": 4, "batch_size": 64, "eval_every": 50},
+        faults={"heartbeat_s": 1, "lease_s": 10, "max_retry": n_kills,
+                "checkpoint_every": 10}))
+    shared = tmp_path / "shared_artifacts"
+    folders = {"a": tmp_path / "node_a", "b": tmp_path / "node_b"}
+
+    def launch(name: str) -> subprocess.Popen:
+        return node(folders[name], space, "--workers", "2", "--artifacts", str(shared),
+                    env={"SAESWEEP_STORAGE": postgres_url})
+
+    procs = {name: launch(name) for name in folders}
+    starts, kills, rng = 2, 0, random.Random(0)
+    last_kill, end = time.time(), time.time() + 600
+    while time.time() < end:
+        for name, proc in procs.items():
+            if proc.poll() is not None and proc.returncode != 0:
+                proc.communicate()
+                procs[name], starts = launch(name), starts + 1  # the scheduler restarts it
+        if kills < n_kills and time.time() - last_kill > 1.5:
+            workers = [int(pid) for proc in procs.values() if proc.poll() is None
+                       for pid in subprocess.run(["pgrep", "-P", str(proc.pid)],
+                                                 capture_output=True, text=True).stdout.split()]
+            if workers:
+                os.kill(rng.choice(workers), signal.SIGKILL)
+                kills, last_kill = kills + 1, time.time()
+        if kills == n_kills and all(p.poll() == 0 for p in procs.values()):
+            break
+        time.sleep(0.2)
+    for proc in procs.values():
+        proc.communicate(timeout=60)
+    trials = optuna.load_study(study_name="t", storage=open_storage(postgres_url)).get_trials()
+    retried = superseded_numbers(trials)
+    chains = Counter(t.system_attrs.get("failed_trial", t.number) for t in trials
+                     if t.state in (TrialState.COMPLETE, TrialState.PRUNED))
+    lost = sum(1 for t in trials if t.state == TrialState.FAIL and t.number not in retried)
+    duplicated = sum(c - 1 for c in chains.values())
+    left = sum(1 for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING))
+    used = sum(1 for t in trials if t.number not in retried)
+    resumed = sum(1 for t in trials if t.user_attrs.get("resumed_from_step"))
+    print(f"chaos: {kills} SIGKILLs, {starts} node starts, {len(trials)} trials for a budget of "
+          f"{n_trials}: {len(retried)} killed and retried ({resumed} resumed from a "
+          f"checkpoint), lost {lost}, duplicated {duplicated}, left running {left}, "
+          f"budget used {used}")
+    assert kills == n_kills
+    assert (lost, duplicated, left) == (0, 0, 0)
+    assert used == n_trials and len(chains) == n_trials  # exact on PostgreSQL

@@ -155,7 +155,7 @@ def test_sigkill_of_a_worker_mid_trial_then_rerun_accounts_for_every_trial(synth
     def running_after_a_complete():
         trials = load(results).get_trials()
         done = [t for t in trials if t.state == TrialState.COMPLETE]
-        running = [t for t in trials if t.state == TrialState.RUNNING
+        running = [t for t in trials if t.state == TrialState.RUNNING and t.params
                    and t.system_attrs.get(LEASE_ATTR, {}).get("trial") == t.number]
         return (done, running[0]) if done and running else None
 

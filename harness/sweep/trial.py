@@ -163,9 +163,18 @@ def _prepare(trial: optuna.Trial, record: TrialRecord, loaded: LoadedSpace, ctx:
                                                                        trial.number)
     member = LockstepMember(sae=sae, config=cfg, callbacks=[pruning], training_run_id=name,
                             save_dir=record.trial_dir, extra_meta=extra,
-                            checkpoint_path=ctx.results_dir / "checkpoints" / f"{first:04d}.pt")
+                            checkpoint_path=checkpoint_dir(ctx, space.study.name)
+                            / f"{first:04d}.pt")
     return _Prepared(trial=trial, record=record, setup=setup, member=member, pruning=pruning,
                      start=start, artifacts=ctx.artifacts)
+
+
+def checkpoint_dir(ctx: WorkerContext, study: str) -> Path:
+    """Where a study's checkpoints live: beside the artifacts when those are a folder (shared by
+    every node, so a retry resumes wherever it runs), else in the results folder."""
+    if ctx.artifacts and not ctx.artifacts.startswith("s3://"):
+        return Path(ctx.artifacts) / "checkpoints" / study
+    return ctx.results_dir / "checkpoints"
 
 
 def _finish(p: _Prepared, result: MemberOutcome, loaded: LoadedSpace) -> TrialOutcome:

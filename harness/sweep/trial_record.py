@@ -138,8 +138,11 @@ class TrialRecord:
     def save(self, trial: Any, write_file: bool = True) -> str | None:
         """Write the record to the Optuna trial (and trial.json when the folder is writable).
         Returns why trial.json could not be written, or None."""
+        current = trial.user_attrs
         for key, value in self.user_attrs().items():
-            trial.set_user_attr(key, value)
+            # only what changes: every attribute is a storage write (an RDB round trip)
+            if current.get(key) != value or (value is not None and key not in current):
+                trial.set_user_attr(key, value)
         if not write_file or self.trial_dir is None:
             return None
         try:
