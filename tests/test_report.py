@@ -197,3 +197,29 @@ def test_non_finite_metrics_are_left_out_of_plots_with_a_note(tmp_path):
     proc = _cli("zero", "--storage", journal, "--out", str(tmp_path / "z"))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "3 complete trial(s) with non-finite metrics" in proc.stderr
+
+
+def test_a_failed_trials_half_saved_folder_is_never_offered_as_an_sae(tmp_path):
+    """A trial that failed after part of its save (weights written, then an error) keeps its
+    folder, marked FAIL in trial.json; the report points sae_path at finished trials only."""
+    from harness import TopKSae
+    from harness.sweep.trial_record import TrialRecord
+
+    journal = str(tmp_path / "s.journal")
+    study = optuna.create_study(study_name="half", storage=open_storage(journal))
+    for number, state in ((0, "COMPLETE"), (1, "FAIL")):
+        folder = tmp_path / "trials" / f"{number:04d}"
+        TopKSae(8, 4, 2, seed=0).save(folder)
+        trial = study.ask()
+        TrialRecord(number=number, state=state, trial_dir=str(folder),
+                    fail_reason="save failed: disk full" if state == "FAIL" else None,
+                    metrics={"final_r2": 0.5}).save(trial)
+        if state == "FAIL":
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(trial, 0.5)
+    df = load_trials("half", storage=journal)
+    assert df.loc[0, "sae_path"] == str(tmp_path / "trials" / "0000")
+    assert pd.isna(df.loc[1, "sae_path"])
+    marked = (tmp_path / "trials" / "0001" / "trial.json").read_text()
+    assert '"state": "FAIL"' in marked and "save failed: disk full" in marked
