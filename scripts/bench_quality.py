@@ -14,11 +14,12 @@ held-out FVU = sum (X - X_hat)^2 / sum (X - mu)^2 over the whole held-out set, i
 (docs/metrics.md), with its held-out L0.
 
 A recipe is a name and settings: `default` (SaeTrainingConfig and TopKSae defaults), `legacy`
-(the recipe before the quality work, `harness.recipes.LEGACY_SAE` and `LEGACY_TRAINING`), or
+(the recipe before the quality work, `harness.core.recipes.LEGACY_SAE` and `LEGACY_TRAINING`), or
 `NAME:key=value,key=value` where each key is a SaeTrainingConfig field or a TopKSae argument
 (`encoder_init_scale`, `activation`, `k_aux`), e.g. `decay:lr_decay_fraction=0.2`. A learning
-rate of `default` trains each with its own default: ours with `lr=None` (harness.recipes.default_lr
-of the planned steps; the legacy recipe with its fixed 2e-4), sparsify with 2e-4 / sqrt(n / 2^14).
+rate of `default` trains each with its own default: ours with `lr=None`
+(harness.core.recipes.default_lr of the planned steps; the legacy recipe with its fixed 2e-4),
+sparsify with 2e-4 / sqrt(n / 2^14).
 """
 
 from __future__ import annotations

@@ -97,8 +97,8 @@ class SaeTrainingConfig:
     batch_size: int = 4096
     """Tokens per optimisation step."""
     lr: float | None = None
-    """Adam learning rate (after warm-up); None = harness.recipes.default_lr of the SAE's size and
-    the planned steps (fitted on measured lr grids)."""
+    """Adam learning rate (after warm-up); None = harness.core.recipes.default_lr of the SAE's
+    size and the planned steps (fitted on measured lr grids)."""
     l1_lambda: float = 0.0
     """Weight of the decoder-norm weighted L1 penalty (per token; the MSE is per element)."""
     max_tokens: int | None = None

@@ -2,7 +2,7 @@
 
 Each token is a sparse non-negative combination of a fixed set of random unit directions, plus a
 constant offset and Gaussian noise. A good SAE should reconstruct it (high R²) and its decoder rows
-should line up with the true directions (see `harness.metrics.feature_recovery`).
+should line up with the true directions (see `harness.core.metrics.feature_recovery`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
   objective only: Optuna does not prune multi-objective trials).
 
 A new rule is a class here with a `name` and `check`, listed in RULES, plus its section in the
-space's `pruner:` block (harness.space.PrunerSection).
+space's `pruner:` block (harness.sweep.space.PrunerSection).
 """
 
 from __future__ import annotations

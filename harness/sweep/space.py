@@ -172,7 +172,7 @@ class DataSection(_Strict):
 
 class Objective(_Strict):
     metric: str
-    """A metric of harness.metrics.METRICS that may be an objective."""
+    """A metric of harness.core.metrics.METRICS that may be an objective."""
     direction: Literal["maximize", "minimize"]
 
     @field_validator("metric")

@@ -2,7 +2,7 @@
 
 The trial writes it (as the Optuna trial's user attributes, one per field, and as trial.json in
 the trial folder); the sweep's printout and the report read it back with `from_frozen`. A new
-measurement is a row in `harness.metrics.METRICS`; its record columns follow from there.
+measurement is a row in `harness.core.metrics.METRICS`; its record columns follow from there.
 """
 
 from __future__ import annotations
