@@ -37,11 +37,13 @@ from harness.core.loader import ActivationLoader, LoaderConfig
 from harness.core.metrics import DeadFeatureTracker, ReconstructionAccumulator
 from harness.core.recipes import default_lr
 from harness.core.sae import TopKSae, data_center
+from harness.core.store import FLOAT_DTYPES as STORE_DTYPES
 from harness.core.store import ActivationSource, LocalStore, flatten_layer_name
 from harness.core.wandb_log import WandbRun
 
 DEFAULT_DEAD_WINDOW = 10_000_000  # sparsify / dictionary_learning: dead after 10M tokens
-FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+# the activation dtypes a store may hold, by torch's names (float32, float16, bfloat16, float64)
+FLOAT_DTYPES = tuple(str(d).removeprefix("torch.") for d in STORE_DTYPES.values())
 _DEVICE_NAME = re.compile(r"^(cpu|mps|auto|cuda(:\d+)?)$")
 
 

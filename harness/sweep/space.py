@@ -373,11 +373,13 @@ class LoadedSpace:
 
 
 def load_space(path: str | Path, overrides: dict[str, Any] | None = None,
-               check_data: bool = True) -> LoadedSpace:
+               check_data: bool = True, read_heldout: bool = True) -> LoadedSpace:
     """Read, validate and check a space file; raises SpaceError (nothing is written).
 
     `overrides` (e.g. from the command line) is merged into the file's mapping, section by
     section, before validation, so an override is checked exactly like the file.
+    `read_heldout=False` skips reading the held-out split to check it can be evaluated (workers:
+    the sweep checked it before starting them).
     """
     path = Path(path)
     try:
@@ -396,7 +398,7 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None,
     _check_special(path, space)
     _check_training(path, space)
     _check_options(path, space)
-    d = _check_data(path, space) if check_data else (
+    d = _check_data(path, space, read_heldout) if check_data else (
         space.data.synthetic.d if space.data.synthetic else 0)
     if check_data:
         _check_k(path, space, d)
@@ -540,12 +542,13 @@ def _check_options(path: Path, space: SweepSpace) -> None:
                                  f"{cls.__name__}; accepted: {sorted(accepted)}")
 
 
-def _check_data(path: Path, space: SweepSpace) -> int:
+def _check_data(path: Path, space: SweepSpace, read_heldout: bool = True) -> int:
     data = space.data
     store = LocalStore(data.store)
     try:
         source = store.open(data.run_id, data.layer_signature)
-        _check_evaluable(path, space, source)
+        if read_heldout:
+            _check_evaluable(path, space, source)
         return source.d
     except StoreError as e:
         if data.synthetic is not None and not (store.activation_dir(data.run_id)

@@ -1,16 +1,18 @@
 """The Optuna side of a sweep: storage, sampler, pruner, the study's record, budget and leases.
 
-Leases: Optuna's heartbeat only exists for RDB storages, so every running trial gets a heartbeat
-of our own (a system attribute rewritten every `heartbeat_s`). Any worker, before it starts a
-trial, reaps RUNNING trials whose worker is gone (same host and the process no longer exists) or
-whose heartbeat is older than `lease_s`: the trial is failed with the reason and its parameters
-re-enqueued through Optuna's RetryHeartbeatStaleTrialCallback (at most `max_retry` times).
+Leases: on an RDB storage, Optuna's own heartbeat (RDBStorage heartbeat_interval /
+grace_period) marks running trials; on a journal file, which has none, every running trial gets
+a heartbeat of our own (a system attribute rewritten every `heartbeat_s`). Any worker, before it
+starts a trial, reaps RUNNING trials whose worker is gone (same host and the process no longer
+exists) or whose heartbeat is older than `lease_s`: the trial is failed with the reason and its
+parameters re-enqueued through Optuna's RetryHeartbeatStaleTrialCallback (at most `max_retry`
+times).
 
 Budget: `n_trials` counts every trial of the study except those superseded by a retry, and
-enqueued (WAITING) trials always run. On a journal file, workers check the budget and ask for
-their trial under one file lock, so the budget is exact; on an RDB storage shared by several
-machines there is no such lock and parallel workers may overshoot by at most one trial each, as
-with Optuna's MaxTrialsCallback.
+enqueued (WAITING) trials always run. Workers check the budget and ask for their trial under one
+lock (a file lock beside a journal or SQLite file, a PostgreSQL advisory lock across nodes), so
+the budget is exact; only on other servers (MySQL) may parallel workers overshoot by at most one
+trial each, as with Optuna's MaxTrialsCallback.
 """
 
 from __future__ import annotations
@@ -127,7 +129,7 @@ def prepare_storage(url: str) -> str | None:
             open_storage(url)
         except Exception as e:  # noqa: BLE001 - SQLAlchemy and drivers raise many kinds
             detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-            hint = (" (PostgreSQL needs a driver: pip install psycopg2-binary)"
+            hint = (" (PostgreSQL needs a driver: pip install -e '.[postgres]')"
                     if isinstance(e, ModuleNotFoundError) else "")
             raise SpaceError(f"--storage {masked(url)}: cannot open the storage: "
                              f"{type(e).__name__}: {detail}{hint}") from e
@@ -154,9 +156,8 @@ def repair_torn_tail(path: Path) -> str | None:
         lines = data.split(b"\n")
         tail = lines.pop()  # the bytes after the last newline: b"" when the file is whole
         keep = len(data) - len(tail)
-        while lines and not _is_record(lines[-1]):
+        while lines and not _is_record(lines[-1]):  # a whole but undecodable last line goes too
             keep -= len(lines.pop()) + 1
-            tail = b"..." + tail  # a complete but undecodable last line goes too
         for number, line in enumerate(lines, start=1):
             if not _is_record(line):
                 raise SpaceError(f"{path}: line {number} is not a journal record (a write torn "
@@ -402,7 +403,8 @@ class Heartbeat:
 
     def start(self) -> Heartbeat:
         self._lease()  # who runs it: lets a worker on the same host reap it the moment it dies
-        self.beat()
+        if uses_optuna_heartbeat(self.storage):
+            self.storage.record_heartbeat(self.trial_id)
         self._thread.start()
         return self
 

@@ -79,7 +79,6 @@ class _Prepared:
     member: LockstepMember
     pruning: PruningCallback
     start: float
-    artifacts: str | None = None
 
 
 def run_trials(trials: list[optuna.Trial], loaded: LoadedSpace, ctx: WorkerContext,
@@ -165,8 +164,9 @@ def _prepare(trial: optuna.Trial, record: TrialRecord, loaded: LoadedSpace, ctx:
                             save_dir=record.trial_dir, extra_meta=extra,
                             checkpoint_path=checkpoint_dir(ctx, space.study.name)
                             / f"{first:04d}.pt")
+    record.artifact_store = ctx.artifacts
     return _Prepared(trial=trial, record=record, setup=setup, member=member, pruning=pruning,
-                     start=start, artifacts=ctx.artifacts)
+                     start=start)
 
 
 def checkpoint_dir(ctx: WorkerContext, study: str) -> Path:
@@ -208,13 +208,13 @@ def _finish(p: _Prepared, result: MemberOutcome, loaded: LoadedSpace) -> TrialOu
         return _fail(trial, record, f"save failed: {result.error}", p.start)
     if result.error is not None:
         return _fail(trial, record, f"error: {_describe(result.error)}", p.start)
-    _upload(trial, record, p.member.save_dir, p.artifacts)
     if p.pruning.event is not None:
         event = p.pruning.event
         record.state = "PRUNED"
         record.prune_rule, record.prune_reason = event.rule, event.reason
         record.prune_step, record.prune_tokens = event.step, event.tokens
         record.prune_values = event.values
+        _upload(trial, record, p.member.save_dir)
         _save(trial, record)
         return TrialOutcome(TrialState.PRUNED, None, f"pruned: {event.reason}")
     objectives = loaded.space.objectives
@@ -224,17 +224,17 @@ def _finish(p: _Prepared, result: MemberOutcome, loaded: LoadedSpace) -> TrialOu
         return _fail(trial, record, f"non-finite objective value(s) {bad}: "
                      f"{dict(zip([o.metric for o in objectives], values, strict=True))}", p.start)
     record.state, record.values = "COMPLETE", values
+    _upload(trial, record, p.member.save_dir)
     _save(trial, record)
     shown = " ".join(f"{o.metric}={v:.4g}" for o, v in zip(objectives, values, strict=True))
     return TrialOutcome(TrialState.COMPLETE, values, shown)
 
 
-def _upload(trial: optuna.Trial, record: TrialRecord, folder: Any, location: str | None) -> None:
-    """The saved files, also to the artifact store (so every node can reach them)."""
-    if location is None or folder is None:
-        return
-    record.artifact_store = location
-    record.artifacts = upload_trial(trial, Path(folder), location) or None
+def _upload(trial: optuna.Trial, record: TrialRecord, folder: Any) -> None:
+    """A finished trial's saved files, also to the artifact store (so every node can reach
+    them)."""
+    if record.artifact_store is not None and folder is not None:
+        record.artifacts = upload_trial(trial, Path(folder), record.artifact_store) or None
 
 
 def _fail(trial: optuna.Trial, record: TrialRecord, reason: str, start: float,

@@ -89,7 +89,7 @@ class TrialRecord:
     saved_to: str | None = None
     """Where the trained SAE went when its trial folder could not be written."""
     artifact_store: str | None = None
-    """The Optuna artifact store its files were uploaded to (a folder, or s3://bucket)."""
+    """The Optuna artifact store its files go to once it finishes (a folder, or s3://bucket)."""
     artifacts: dict[str, str] | None = None
     """Artifact id of each uploaded file (sae_weights.safetensors, cfg.json, history.json, ...)."""
     metrics: dict[str, float | int | None] = field(default_factory=dict)

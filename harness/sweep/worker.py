@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem is not None:  # a global cause: stop before any trial is asked for
         log.error("device %s (%s) cannot be used: %s", args.device, args.device_label, problem)
         return EXIT_NO_DEVICE
-    loaded = load_space(args.space)
+    loaded = load_space(args.space, read_heldout=False)  # the sweep checked it
     space = loaded.space
     url = args.storage or os.environ.get(STORAGE_ENV)
     if not url:
