@@ -20,8 +20,9 @@ INPUTS_EXP = 0.3294
 
 LEGACY_SAE: dict[str, float] = {"encoder_init_scale": 1.0}
 """TopKSae arguments: unit-norm encoder rows (now 1/sqrt(3))."""
-LEGACY_TRAINING: dict[str, float] = {"lr": 2e-4}
-"""SaeTrainingConfig fields: a fixed learning rate (now default_lr of the size and steps)."""
+LEGACY_TRAINING: dict[str, float | bool] = {"lr": 2e-4, "decoder_refit": False}
+"""SaeTrainingConfig fields: a fixed learning rate (now default_lr of the size and steps) and the
+decoder as Adam left it (now refit by least squares, harness.core.refit)."""
 
 
 def default_lr(n_latents: int, d: int, steps: int) -> float:

@@ -6,7 +6,8 @@
   (PyTorch's default Linear scale, which sparsify starts from; scripts/bench_quality.py measured
   5-15% lower held-out FVU than unit rows at lr <= 8e-3 and 200k tokens on MiniLM);
 - decoder rows are kept at unit norm after every step, and the gradient component parallel to
-  each row is removed before the step;
+  each row is removed before the step (the trainer's final least-squares refit,
+  harness.core.refit, then sets them at the data's scale);
 - an auxiliary loss (AuxK) lets dead latents model the residual error.
 
 `activation="batchtopk"` (Bussmann et al. 2024, "BatchTopK Sparse Autoencoders") keeps the top
@@ -249,7 +250,9 @@ class TopKSae(nn.Module):
             "activation_fn": self.activation,
             "activation_fn_kwargs": {"k": self.k},
             **({"threshold": float(self.threshold)} if self.activation == "batchtopk" else {}),
-            "decoder_rows_unit_norm": True,
+            # False after a decoder refit (harness.core.refit): rows at the data's scale
+            "decoder_rows_unit_norm": bool(torch.allclose(
+                self.W_dec.detach().norm(dim=1), self.W_dec.new_ones(()), atol=1e-4)),
         }
 
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:

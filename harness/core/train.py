@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,6 +37,7 @@ from harness.core.cpu_memory import reuse_freed_blocks
 from harness.core.loader import ActivationLoader, LoaderConfig
 from harness.core.metrics import DeadFeatureTracker, ReconstructionAccumulator
 from harness.core.recipes import default_lr
+from harness.core.refit import DecoderRefit
 from harness.core.sae import TopKSae, data_center
 from harness.core.store import FLOAT_DTYPES as STORE_DTYPES
 from harness.core.store import ActivationSource, LocalStore, flatten_layer_name
@@ -123,6 +125,13 @@ class SaeTrainingConfig:
     checkpoint_every: int = 0
     """With a checkpoint path (LockstepMember.checkpoint_path), write a resumable checkpoint
     every this many steps, as well as when training is stopped; 0 = only when stopped."""
+    decoder_refit: bool = True
+    """After the last step, replace the decoder rows and output bias by their least-squares fit
+    to the training tokens' codes (one more forward pass over the tokens trained on, each once;
+    harness.core.refit); False = the decoder as Adam left it."""
+    decoder_refit_max_latents: int = 16384
+    """Skip the refit above this many latents: its [n+1, n+1] system takes 4(n+1)^2 bytes on
+    the device (1 GiB at 16384) and twice that in float64 for the solve."""
     grad_clip: float | None = None
     """Clip the global gradient norm to this value; None or 0 = no clipping."""
     seed: int = 0
@@ -179,7 +188,7 @@ class SaeTrainingConfig:
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "lr", "max_eval_tokens", "shuffle_buffer_tokens",
-                    "b_dec_init_tokens", "divergence_factor")
+                    "b_dec_init_tokens", "divergence_factor", "decoder_refit_max_latents")
         for name in positive:
             if name == "lr" and self.lr is None:
                 continue
@@ -334,6 +343,9 @@ class TrainingHistory(Mapping[str, Any]):
     """Folder the SAE, config and history were saved in."""
     resumed_from_step: int | None = None
     """The step of the checkpoint this run resumed from, or None if it started fresh."""
+    decoder_refit_tokens: int | None = None
+    """Training tokens the decoder was refit on (config.decoder_refit), or None: no refit (off,
+    above decoder_refit_max_latents, or stopped early). The last evaluation follows the refit."""
 
     def append(self, result: EvalResult) -> None:
         for name in HISTORY_FIELDS:
@@ -515,6 +527,8 @@ def _drive(loader: ActivationLoader, runs: list[_Run], cfg: SaeTrainingConfig,
                 if not active or done >= total:
                     break
             last = done >= total or epoch == cfg.epochs - 1
+            if last:
+                _refit_decoders(loader, [run for run in active if run.refits], total, stop)
             for run in list(active):
                 if epoch < run.position[0]:
                     continue  # a resumed run already ended this epoch
@@ -524,6 +538,29 @@ def _drive(loader: ActivationLoader, runs: list[_Run], cfg: SaeTrainingConfig,
                 return
     finally:
         bar.close()
+
+
+def _refit_decoders(loader: ActivationLoader, runs: list[_Run], total: int,
+                    stop: Callable[[], str | None] | None) -> None:
+    """One forward pass over the tokens trained on (the first `total` batches of epoch 0: the
+    budget's tokens, or every training token once) that refits each run's decoder."""
+    if not runs:
+        return
+    refits = [DecoderRefit(run.sae.n_latents, run.sae.n_inputs, run.device) for run in runs]
+    steps = min(total, loader.batches_per_epoch)
+    for index, x in enumerate(loader.train_batches(0)):
+        for run, refit in zip(runs, refits, strict=True):
+            values, indices = run.sae.encode(x)
+            refit.add(x, values, indices)
+        reason = stop() if stop is not None else None
+        if reason:  # the refit is redone on resume: checkpoint the trained state as it is
+            raise TrainingInterrupted(reason, {
+                str(run.checkpoint_path): run.checkpoint(run.epoch, loader.batches_per_epoch)
+                for run in runs if run.checkpoint_path is not None})
+        if index + 1 >= steps:
+            break
+    for run, refit in zip(runs, refits, strict=True):
+        run.apply_refit(refit)
 
 
 class _Run:
@@ -556,6 +593,9 @@ class _Run:
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, cfg.lr_warmup_steps, total_steps,
                                           cfg.lr_decay_fraction))
+        self.total_steps = total_steps
+        self.refits = cfg.decoder_refit and sae.n_latents <= cfg.decoder_refit_max_latents
+        """Whether this run refits its decoder once training ends."""
         self.step_count = 0
         self.epoch = 0
         self.first_loss: float | None = None
@@ -616,8 +656,9 @@ class _Run:
         self.step_count += 1
         self.loss_sum += value
         self.loss_n += 1
-        if cfg.eval_every and self.step_count % cfg.eval_every == 0:
-            self.evaluate()
+        refit_next = self.refits and self.step_count >= self.total_steps
+        if cfg.eval_every and self.step_count % cfg.eval_every == 0 and not refit_next:
+            self.evaluate()  # (the last step's evaluation comes after the refit)
         if (self.checkpoint_path is not None and cfg.checkpoint_every
                 and self.step_count % cfg.checkpoint_every == 0):
             self.checkpoint(epoch, index + 1)
@@ -657,6 +698,13 @@ class _Run:
     def discard_checkpoint(self) -> None:
         if self.checkpoint_path is not None:
             self.checkpoint_path.unlink(missing_ok=True)
+
+    def apply_refit(self, refit: DecoderRefit) -> None:
+        try:
+            self.history.decoder_refit_tokens = refit.apply_(self.sae)
+        except (FloatingPointError, RuntimeError) as e:  # e.g. out of memory: keep Adam's
+            warnings.warn(f"{self.training_run_id}: decoder refit skipped ({_short(e)}); the "
+                          "decoder stays as trained", RuntimeWarning, stacklevel=2)
 
     def end_of_epoch(self, epoch: int, last: bool) -> None:
         evaluated = bool(self.history.step) and self.history.step[-1] == self.step_count
