@@ -135,3 +135,28 @@ def test_the_refit_on_cuda_matches_the_cpu_refit() -> None:
     refit_decoder_(gpu, x.cuda().split(1024))
     torch.testing.assert_close(gpu.W_dec.cpu(), cpu.W_dec, atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(gpu.b_dec.cpu(), cpu.b_dec, atol=1e-3, rtol=1e-3)
+
+
+def test_a_stop_during_the_refit_pass_resumes_to_the_same_sae(synthetic_store, tmp_path) -> None:
+    from harness.core.train import LockstepMember, TrainingInterrupted
+
+    config = SaeTrainingConfig(epochs=3, batch_size=256, lr=3e-3, progress=False)
+
+    def run(stop=None, checkpoint=None):
+        sae = TopKSae(64, 16, 4, seed=3)
+        member = LockstepMember(sae=sae, config=config, checkpoint_path=checkpoint, save=False)
+        history = SaeTrainer.train_lockstep(LocalStore(synthetic_store), "syn", "synthetic",
+                                            [member], stop=stop)[0].history
+        return sae, history
+
+    plain_sae, plain = run()
+    checkpoint = tmp_path / "ck.pt"
+    polls = iter(range(1, 10_000))  # 69 steps poll 69 times, then the refit pass polls
+    with pytest.raises(TrainingInterrupted) as info:
+        run(stop=lambda: "SIGTERM" if next(polls) == 75 else None, checkpoint=checkpoint)
+    assert info.value.checkpoints == {str(checkpoint): 69}
+    sae, resumed = run(checkpoint=checkpoint)
+    assert resumed.resumed_from_step == 69
+    assert resumed.decoder_refit_tokens == plain.decoder_refit_tokens == plain.n_train_tokens
+    torch.testing.assert_close(sae.W_dec, plain_sae.W_dec)
+    assert resumed.fvu[-1] == pytest.approx(plain.fvu[-1], abs=1e-6)
