@@ -13,7 +13,8 @@ its trainer does. Every SAE is saved, loaded back from disk, and scored by one f
 held-out FVU = sum (X - X_hat)^2 / sum (X - mu)^2 over the whole held-out set, in float64
 (docs/metrics.md), with its held-out L0.
 
-A recipe is a name and settings: `default` (SaeTrainingConfig and TopKSae defaults), `legacy`
+A recipe is a name and settings: `default` (SaeTrainingConfig and TopKSae defaults, the final
+least-squares decoder refit included; `"no refit:decoder_refit=False"` leaves it out), `legacy`
 (the recipe before the quality work, `harness.core.recipes.LEGACY_SAE` and `LEGACY_TRAINING`), or
 `NAME:key=value,key=value` where each key is a SaeTrainingConfig field or a TopKSae argument
 (`encoder_init_scale`, `activation`, `k_aux`), e.g. `decay:lr_decay_fraction=0.2`. A learning
