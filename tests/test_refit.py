@@ -50,8 +50,7 @@ def test_latents_that_never_fire_keep_their_rows() -> None:
         sae.b_enc[5] = -1e6  # latent 5 can never be chosen with a positive value
     old = sae.W_dec[5].detach().clone()
     refit = DecoderRefit(16, 8, torch.device("cpu"))
-    values, indices = sae.encode(x)
-    refit.add(x, values, indices)
+    refit.observe(sae, x)
     _rows, _bias, fired = refit.solve()
     assert not fired[5] and fired.sum() > 2
     refit.apply_(sae)
@@ -62,8 +61,7 @@ def test_batchtopk_refits_on_its_inference_codes_and_round_trips(tmp_path) -> No
     torch.manual_seed(0)
     sae = TopKSae(n_latents=32, n_inputs=8, k=3, seed=0, activation="batchtopk")
     x = torch.randn(1024, 8)
-    sae(x.requires_grad_(False).clone().requires_grad_())  # a training forward sets threshold
-    x = x.detach()
+    sae(x)  # a forward with gradients enabled is a training one: it sets the threshold
     before = _mse(sae, x)
     refit_decoder_(sae, x.split(256))
     assert _mse(sae, x) < before

@@ -49,6 +49,11 @@ class DecoderRefit:
         self.cross += torch.sparse.mm(codes, x.float())
         self.tokens += batch
 
+    def observe(self, sae: torch.nn.Module, x: torch.Tensor) -> None:
+        """Add a batch with `sae`'s inference codes of it (BatchTopK: the learned threshold)."""
+        values, indices = sae.encode(x)
+        self.add(x, values, indices)
+
     @torch.no_grad()
     def solve(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(decoder rows [n, d], output bias [d], which latents fired [n]), in float64."""
@@ -81,9 +86,8 @@ class DecoderRefit:
 
 def refit_decoder_(sae: torch.nn.Module, batches: Iterable[torch.Tensor]) -> int:
     """Refit `sae`'s decoder on `batches` (a pass over its training tokens); returns the tokens
-    used. Codes are the SAE's inference codes (BatchTopK: the learned threshold)."""
+    used."""
     refit = DecoderRefit(sae.n_latents, sae.n_inputs, sae.W_dec.device)
     for x in batches:
-        values, indices = sae.encode(x)
-        refit.add(x, values, indices)
+        refit.observe(sae, x)
     return refit.apply_(sae)

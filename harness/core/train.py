@@ -550,8 +550,7 @@ def _refit_decoders(loader: ActivationLoader, runs: list[_Run], total: int,
     steps = min(total, loader.batches_per_epoch)
     for index, x in enumerate(loader.train_batches(0)):
         for run, refit in zip(runs, refits, strict=True):
-            values, indices = run.sae.encode(x)
-            refit.add(x, values, indices)
+            refit.observe(run.sae, x)
         reason = stop() if stop is not None else None
         if reason:  # the refit is redone on resume: checkpoint the trained state as it is
             raise TrainingInterrupted(reason, {
