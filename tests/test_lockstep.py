@@ -40,3 +40,33 @@ def test_members_must_share_the_data_stream(synthetic_store):
                        config=SaeTrainingConfig(lr=1e-3, **{**BASE, "batch_size": 128}))
     with pytest.raises(ValueError, match="lockstep members disagree on batch_size"):
         SaeTrainer.train_lockstep(synthetic_store, "syn", "synthetic", [a, b])
+
+
+def test_a_member_still_skipping_to_its_checkpoint_keeps_its_position_when_stopped(
+        synthetic_store, tmp_path):
+    from harness.core.train import TrainingInterrupted
+
+    config = SaeTrainingConfig(lr=3e-3, **BASE)
+    checkpoint = tmp_path / "b.pt"
+
+    def member_b(path=None):
+        return LockstepMember(sae=TopKSae(64, 16, 4, seed=4), config=config, save=False,
+                              checkpoint_path=path)
+
+    def stop_at(n):
+        polls = iter(range(1, 10_000))
+        return lambda: "SIGTERM" if next(polls) == n else None
+
+    alone = member_b()
+    SaeTrainer.train_lockstep(synthetic_store, "syn", "synthetic", [alone])
+    with pytest.raises(TrainingInterrupted):  # b stops after 10 steps
+        SaeTrainer.train_lockstep(synthetic_store, "syn", "synthetic",
+                                  [member_b(checkpoint)], stop=stop_at(10))
+    fresh = LockstepMember(sae=TopKSae(64, 16, 2, seed=2), config=config, save=False)
+    with pytest.raises(TrainingInterrupted) as info:  # stopped while b skips its first 10
+        SaeTrainer.train_lockstep(synthetic_store, "syn", "synthetic",
+                                  [fresh, member_b(checkpoint)], stop=stop_at(5))
+    assert info.value.checkpoints == {str(checkpoint): 10}
+    resumed = member_b(checkpoint)
+    SaeTrainer.train_lockstep(synthetic_store, "syn", "synthetic", [resumed])
+    assert torch.equal(resumed.sae.W_dec, alone.sae.W_dec)  # no batch trained twice

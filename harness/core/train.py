@@ -521,8 +521,10 @@ def _drive(loader: ActivationLoader, runs: list[_Run], cfg: SaeTrainingConfig,
                     bar.set_postfix_str(runs[0].postfix)
                 reason = stop() if stop is not None else None
                 if reason:
+                    # a run still skipping to its resume position stays at that position
                     raise TrainingInterrupted(reason, {
-                        str(run.checkpoint_path): run.checkpoint(epoch, index + 1)
+                        str(run.checkpoint_path): run.checkpoint(
+                            *max((epoch, index + 1), run.position))
                         for run in active if run.checkpoint_path is not None})
                 if not active or done >= total:
                     break
