@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from harness.core.metrics import DeadLatents
 from harness.core.sae import TopKSae, default_k_aux, geometric_median
 
 
@@ -64,6 +65,8 @@ def test_auxk_loss_zero_without_dead_latents_and_positive_with():
     loss.backward()
     assert float(loss.detach()) > 0
     assert sae.W_dec.grad[5:].abs().sum() == 0  # only dead rows learn from AuxK
+    # the trainer passes the dead latents it read (no read of the device here): same loss
+    assert torch.equal(sae.auxk_loss(x, out, DeadLatents.of(dead)), loss)
 
 
 def test_geometric_median_resists_outliers():

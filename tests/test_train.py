@@ -100,6 +100,33 @@ def test_huge_lr_raises_training_diverged_with_step(synthetic_store: Path):
     assert not (synthetic_store / "runs" / "diverged").exists()  # nothing half-written
 
 
+def test_divergence_read_back_late_names_the_step_it_began(synthetic_store: Path):
+    """host_sync_every=7 reads the loss every 7th step, yet reports the same first bad step."""
+    steps = []
+    for every in (1, 7):
+        with pytest.raises(TrainingDiverged) as info:
+            SaeTrainer(TopKSae(64, 16, 4, seed=0)).train(
+                store=synthetic_store, run_id="syn", layer_signature="synthetic",
+                config=SaeTrainingConfig(**{**FAST, "lr": 10.0, "host_sync_every": every}),
+                save=False)
+        steps.append(info.value.step)
+    assert steps[0] == steps[1] >= 1
+
+
+def test_run_dependent_defaults_resolve_per_device():
+    cfg = SaeTrainingConfig()
+    cpu = cfg.resolved_for(torch.device("cpu"), 512, 64, 100)
+    cuda = cfg.resolved_for(torch.device("cuda"), 512, 64, 100)
+    assert (cpu.autocast_bf16, cpu.host_sync_every) == (False, 1)
+    assert (cuda.autocast_bf16, cuda.host_sync_every) == (True, 16)
+    assert cpu.lr == cuda.lr == cfg.resolved_lr(512, 64, 100)
+    kept = SaeTrainingConfig(autocast_bf16=False, host_sync_every=4, lr=1e-3).resolved_for(
+        torch.device("cuda"), 512, 64, 100)
+    assert (kept.autocast_bf16, kept.host_sync_every, kept.lr) == (False, 4, 1e-3)
+    with pytest.raises(ValueError, match="host_sync_every"):
+        SaeTrainingConfig(host_sync_every=0)
+
+
 def test_nan_input_stops_with_training_diverged(tmp_path: Path):
     sae = TopKSae(16, 4, 2)
     with torch.no_grad():
@@ -316,3 +343,31 @@ def test_a_stopped_run_resumes_from_its_checkpoint_as_if_never_stopped(synthetic
     assert resumed.step == uninterrupted.step  # the history before the stop came back too
     assert resumed.r2[-1] == pytest.approx(uninterrupted.r2[-1], abs=1e-6)
     assert not checkpoint.exists()  # the run is over: its checkpoint goes
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
+def test_steady_state_steps_never_wait_for_the_gpu(synthetic_store: Path, monkeypatch):
+    """Between its reads (every host_sync_every steps) a CUDA step queues work and returns:
+    any synchronising call inside one raises under torch's sync debug mode. Dense backward: the
+    sparse one's COO product may coalesce (a read of its size)."""
+    import harness.core.train as train_module
+
+    step = train_module._Run.step
+    steady = []
+
+    def checked(run, x, epoch, index=0):
+        quiet = run.step_count % run.cfg.host_sync_every != 0 and run.dead_now is not None
+        steady.append(quiet)
+        torch.cuda.set_sync_debug_mode("error" if quiet else "default")
+        try:
+            step(run, x, epoch, index)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setattr(train_module._Run, "step", checked)
+    history = SaeTrainer(TopKSae(64, 16, 4, seed=0)).train(
+        store=synthetic_store, run_id="syn", layer_signature="synthetic",
+        config=SaeTrainingConfig(**FAST, device="cuda", sparse_backward=False,
+                                 dead_window_tokens=512), save=False)
+    assert sum(steady) >= 30 and history["r2"][-1] > 0.5

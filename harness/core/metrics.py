@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -153,27 +153,61 @@ class DeadFeatureTracker:
 
     A latent is dead at token count T when its last firing was at or before T - window. Every
     latent counts as having fired at token 0, so nothing is dead before `window` tokens are seen.
+    `update` runs on the device without reading anything back; `read` is the one host sync, for
+    the trainer to call at its own cadence.
     """
 
     def __init__(self, n_latents: int, window: int, device: torch.device | str = "cpu") -> None:
         if window <= 0:
             raise ValueError(f"dead-feature window must be a positive token count, got {window}")
         self.window = int(window)
+        self.n_latents = int(n_latents)
         self.tokens = 0
-        self.last_fired = torch.zeros(n_latents, dtype=torch.long, device=device)
+        # one extra slot that latents chosen with a zero value are written to: no boolean
+        # indexing, whose data-dependent size would make the host wait for the device
+        self._last = torch.zeros(n_latents + 1, dtype=torch.long, device=device)
+
+    @property
+    def last_fired(self) -> torch.Tensor:
+        """Token count at each latent's last firing [n_latents]."""
+        return self._last[:self.n_latents]
+
+    @last_fired.setter
+    def last_fired(self, value: torch.Tensor) -> None:
+        self._last[:self.n_latents] = value.to(self._last)
 
     @torch.no_grad()
     def update(self, top_indices: torch.Tensor, top_values: torch.Tensor) -> None:
         """Record a training batch: top-k indices and (post-ReLU) values, both [B, k]."""
         self.tokens += top_indices.shape[0]
-        fired = top_indices[top_values > 0]
-        self.last_fired[fired] = self.tokens
+        fired = torch.where(top_values > 0, top_indices, self.n_latents)
+        self._last.index_fill_(0, fired.flatten(), self.tokens)
 
     def dead_mask(self) -> torch.Tensor:
         return (self.tokens - self.last_fired) >= self.window
 
+    def read(self) -> DeadLatents:
+        """The dead latents now (reads them back to the host)."""
+        return DeadLatents.of(self.dead_mask())
+
     def count(self) -> int:
         return int(self.dead_mask().sum())
+
+
+class DeadLatents(NamedTuple):
+    """Which latents are dead, as the host last read them (what AuxK trains)."""
+
+    mask: torch.Tensor
+    """[n_latents] bool, on the device."""
+    indices: torch.Tensor
+    """The dead latents' indices [count], on the device."""
+    count: int
+    """How many are dead."""
+
+    @classmethod
+    def of(cls, mask: torch.Tensor) -> DeadLatents:
+        indices = torch.nonzero(mask).flatten()
+        return cls(mask, indices, int(indices.numel()))
 
 
 @dataclass(frozen=True)

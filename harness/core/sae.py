@@ -35,6 +35,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from harness.core.atomic import write_json, write_safetensors
+from harness.core.metrics import DeadLatents
 from harness.core.seeding import stream_seed
 from harness.core.sparse_ops import gather_preacts
 
@@ -191,22 +192,25 @@ class TopKSae(nn.Module):
         norms = self.W_dec.norm(dim=1)[out.top_indices]  # gather n norms, not B*k rows
         return (out.top_values.abs() * norms).sum(-1).mean()
 
-    def auxk_loss(self, x: torch.Tensor, out: SaeOutput, dead: torch.Tensor) -> torch.Tensor:
+    def auxk_loss(self, x: torch.Tensor, out: SaeOutput,
+                  dead: torch.Tensor | DeadLatents) -> torch.Tensor:
         """MSE of the residual x - x_hat reconstructed by the top-k_aux dead latents.
 
-        Zero (with a graph) when no latent is dead, so the caller can always add it.
+        `dead` is a [n] bool mask, or the DeadLatents the trainer read (then nothing here waits
+        for the device). Zero (with a graph) when no latent is dead, so the caller can always
+        add it.
         """
-        n_dead = int(dead.sum())
-        if n_dead == 0:
+        if not isinstance(dead, DeadLatents):
+            dead = DeadLatents.of(dead)
+        if dead.count == 0:
             return out.reconstruction.new_zeros(())
-        k_aux = min(self.k_aux, n_dead)
+        k_aux = min(self.k_aux, dead.count)
         if out.pre_acts.requires_grad:  # dense reference path
-            masked = out.pre_acts.masked_fill(~dead, float("-inf"))
+            masked = out.pre_acts.masked_fill(~dead.mask, float("-inf"))
             values, indices = masked.topk(k_aux, dim=-1, sorted=False)
         else:  # top-k over the dead columns only, sparse backward
-            dead_idx = torch.nonzero(dead).flatten()
-            top, local = out.pre_acts[:, dead_idx].topk(k_aux, dim=-1, sorted=False)
-            indices = dead_idx[local]
+            top, local = out.pre_acts[:, dead.indices].topk(k_aux, dim=-1, sorted=False)
+            indices = dead.indices[local]
             values = gather_preacts(top, indices, out.centered, self.enc_weight, self.b_enc)
         values = F.relu(values)
         residual = (x - out.reconstruction).detach()

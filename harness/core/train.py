@@ -35,7 +35,8 @@ from tqdm.auto import tqdm
 from harness.core.atomic import write_json, write_torch
 from harness.core.cpu_memory import reuse_freed_blocks
 from harness.core.loader import ActivationLoader, LoaderConfig
-from harness.core.metrics import DeadFeatureTracker, ReconstructionAccumulator
+from harness.core.loss_monitor import LossMonitor, TrainingDiverged
+from harness.core.metrics import DeadFeatureTracker, DeadLatents, ReconstructionAccumulator
 from harness.core.recipes import default_lr
 from harness.core.refit import DecoderRefit
 from harness.core.sae import TopKSae, data_center
@@ -44,19 +45,10 @@ from harness.core.store import ActivationSource, LocalStore, flatten_layer_name
 from harness.core.wandb_log import WandbRun
 
 DEFAULT_DEAD_WINDOW = 10_000_000  # sparsify / dictionary_learning: dead after 10M tokens
+CUDA_HOST_SYNC_EVERY = 16  # steps between reads of the device (host_sync_every=None on CUDA)
 # the activation dtypes a store may hold, by torch's names (float32, float16, bfloat16, float64)
 FLOAT_DTYPES = tuple(str(d).removeprefix("torch.") for d in STORE_DTYPES.values())
 _DEVICE_NAME = re.compile(r"^(cpu|mps|auto|cuda(:\d+)?)$")
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became non-finite (or exploded) at `step`."""
-
-    def __init__(self, step: int, loss: float, reason: str) -> None:
-        super().__init__(f"training diverged at step {step}: {reason} (loss={loss})")
-        self.step = step
-        self.loss = loss
-        self.reason = reason
 
 
 class SaveFailed(OSError):
@@ -177,8 +169,14 @@ class SaeTrainingConfig:
     sparse_backward: bool = True
     """Backward through the k chosen latents only (B*k*d work, not B*n*d); False = the dense
     autograd reference."""
-    autocast_bf16: bool = False
-    """Run the forward pass under bf16 autocast (fp32 master weights). For CUDA; off by default."""
+    autocast_bf16: bool | None = None
+    """Run the forward pass under bf16 autocast with fp32 master weights; None = on CUDA (as
+    sparsify and SAELens train), off on CPU (where bf16 matmuls are slower)."""
+    host_sync_every: int | None = None
+    """Steps between the trainer's reads of device state: the divergence check and the dead
+    latents AuxK trains (a divergence is caught at most this many steps late, a latent joins
+    or leaves AuxK as late); None = every step on CPU, where a read costs nothing, 16 on
+    CUDA."""
     prefetch_batches: int = 2
     """Batches a background thread prepares ahead of the step when training on a GPU; 0 =
     none."""
@@ -203,6 +201,9 @@ class SaeTrainingConfig:
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"SaeTrainingConfig.{name} must be > 0, got "
                                  f"{getattr(self, name)}")
+        if self.host_sync_every is not None and self.host_sync_every <= 0:
+            raise ValueError("SaeTrainingConfig.host_sync_every must be > 0 or None, got "
+                             f"{self.host_sync_every}")
         if self.lr_decay_fraction > 1:
             raise ValueError("SaeTrainingConfig.lr_decay_fraction must be in [0, 1], got "
                              f"{self.lr_decay_fraction}")
@@ -267,6 +268,16 @@ class SaeTrainingConfig:
     def resolved_lr(self, n_latents: int, d: int, steps: int) -> float:
         """`lr`, or the default learning rate for this SAE size and number of steps."""
         return self.lr if self.lr is not None else default_lr(n_latents, d, steps)
+
+    def resolved_for(self, device: torch.device, n_latents: int, d: int,
+                     steps: int) -> SaeTrainingConfig:
+        """This config with every None that depends on the run filled in: what it trains with
+        (and what is saved with the SAE)."""
+        cuda = device.type == "cuda"
+        return dataclasses.replace(
+            self, lr=self.resolved_lr(n_latents, d, steps),
+            autocast_bf16=cuda if self.autocast_bf16 is None else self.autocast_bf16,
+            host_sync_every=self.host_sync_every or (CUDA_HOST_SYNC_EVERY if cuda else 1))
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, decay_fraction: float) -> float:
@@ -530,6 +541,9 @@ def _drive(loader: ActivationLoader, runs: list[_Run], cfg: SaeTrainingConfig,
                     break
             last = done >= total or epoch == cfg.epochs - 1
             if last:
+                for run in list(active):  # a run that diverged since its last read stops here
+                    if not run.guarded(run.check_divergence):
+                        active.remove(run)
                 _refit_decoders(loader, [run for run in active if run.refits], total, stop)
             for run in list(active):
                 if epoch < run.position[0]:
@@ -571,8 +585,8 @@ class _Run:
                  loader: ActivationLoader, eval_x: torch.Tensor, b_dec_center: torch.Tensor | None,
                  device: torch.device, total_steps: int) -> None:
         self.member, self.sae = member, member.sae
-        self.cfg = dataclasses.replace(member.config, lr=member.config.resolved_lr(
-            member.sae.n_latents, member.sae.n_inputs, total_steps))
+        self.cfg = member.config.resolved_for(device, member.sae.n_latents,
+                                              member.sae.n_inputs, total_steps)
         self.store, self.source, self.eval_x = store, source, eval_x
         cfg, sae = self.cfg, self.sae
         sae.to(device)
@@ -599,9 +613,9 @@ class _Run:
         """Whether this run refits its decoder once training ends."""
         self.step_count = 0
         self.epoch = 0
-        self.first_loss: float | None = None
-        self.loss_sum = 0.0
-        self.loss_n = 0
+        self.losses = LossMonitor(cfg.divergence_factor, device)
+        self.dead_now: DeadLatents | None = None
+        """The dead latents as last read (AuxK's), refreshed every `host_sync_every` steps."""
         self.error: Exception | None = None
         self.postfix = ""
         self.checkpoint_path = (Path(member.checkpoint_path) if member.checkpoint_path
@@ -635,6 +649,9 @@ class _Run:
     def step(self, x: torch.Tensor, epoch: int, index: int = 0) -> None:
         sae, cfg = self.sae, self.cfg
         self.epoch = epoch
+        read = self.step_count % cfg.host_sync_every == 0  # the only host reads of a step
+        if cfg.auxk_alpha and (read or self.dead_now is None):
+            self.dead_now = self.dead.read()
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=cfg.autocast_bf16):
             out = sae(x)
@@ -642,9 +659,10 @@ class _Run:
             if cfg.l1_lambda:
                 loss = loss + cfg.l1_lambda * sae.l1_penalty(out)
             if cfg.auxk_alpha:
-                loss = loss + cfg.auxk_alpha * sae.auxk_loss(x, out, self.dead.dead_mask())
-        value = float(loss.detach())
-        self._check_divergence(value)
+                loss = loss + cfg.auxk_alpha * sae.auxk_loss(x, out, self.dead_now)
+        self.losses.record(loss, self.step_count)
+        if read:  # on CPU every step: a diverged step never updates the weights
+            self.losses.check()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         sae.remove_parallel_grads_()
@@ -655,13 +673,12 @@ class _Run:
         sae.normalize_decoder_()
         self.dead.update(out.top_indices, out.top_values)
         self.step_count += 1
-        self.loss_sum += value
-        self.loss_n += 1
         refit_next = self.refits and self.step_count >= self.total_steps
         if cfg.eval_every and self.step_count % cfg.eval_every == 0 and not refit_next:
             self.evaluate()  # (the last step's evaluation comes after the refit)
         if (self.checkpoint_path is not None and cfg.checkpoint_every
                 and self.step_count % cfg.checkpoint_every == 0):
+            self.losses.check()  # never checkpoint a diverged run
             self.checkpoint(epoch, index + 1)
 
     def checkpoint(self, epoch: int, next_index: int) -> int:
@@ -672,8 +689,7 @@ class _Run:
             "format": 1, "step": self.step_count, "epoch": epoch, "next_index": next_index,
             "sae": self.sae.state_dict(), "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(), "dead_tokens": self.dead.tokens,
-            "dead_last_fired": self.dead.last_fired, "first_loss": self.first_loss,
-            "loss_sum": self.loss_sum, "loss_n": self.loss_n,
+            "dead_last_fired": self.dead.last_fired, **self.losses.state(),
             "history": {name: list(getattr(self.history, name)) for name in HISTORY_FIELDS},
             "elapsed_s": time.perf_counter() - self.start, "rng": torch.get_rng_state(),
         })
@@ -688,8 +704,7 @@ class _Run:
         self.position = (int(state["epoch"]), int(state["next_index"]))
         self.dead.tokens = int(state["dead_tokens"])
         self.dead.last_fired = state["dead_last_fired"].to(self.device)
-        self.first_loss, self.loss_sum, self.loss_n = (state["first_loss"], state["loss_sum"],
-                                                       state["loss_n"])
+        self.losses.load(state)
         for name in HISTORY_FIELDS:
             setattr(self.history, name, list(state["history"][name]))
         self.history.resumed_from_step = self.step_count
@@ -712,18 +727,13 @@ class _Run:
         if (not self.cfg.eval_every or last) and not evaluated:
             self.evaluate()
 
-    def _check_divergence(self, value: float) -> None:
-        if not math.isfinite(value):
-            raise TrainingDiverged(self.step_count, value, "non-finite loss")
-        if self.first_loss is None:
-            self.first_loss = value
-        elif value > self.cfg.divergence_factor * max(self.first_loss, 1e-12):
-            raise TrainingDiverged(
-                self.step_count, value, f"loss exceeded {self.cfg.divergence_factor:g}x the "
-                f"first step's loss ({self.first_loss:.4g})")
+    def check_divergence(self) -> None:
+        """Raise TrainingDiverged if a step so far diverged (a read of the device)."""
+        self.losses.check()
 
     @torch.no_grad()
     def evaluate(self) -> None:
+        self.losses.check()  # a diverged run is never evaluated
         sae = self.sae
         acc = ReconstructionAccumulator()
         for start in range(0, self.eval_x.shape[0], self.cfg.batch_size):
@@ -734,10 +744,9 @@ class _Run:
         n_dead = self.dead.count()
         result = EvalResult(
             step=self.step_count, epoch=self.epoch, tokens=self.dead.tokens,
-            loss=self.loss_sum / max(self.loss_n, 1), r2=m.r2, fvu=m.fvu, mse=m.mse, l0=m.l0,
+            loss=self.losses.take_mean(), r2=m.r2, fvu=m.fvu, mse=m.mse, l0=m.l0,
             dead_features=n_dead, dead_ratio=n_dead / sae.n_latents,
             lr=self.opt.param_groups[0]["lr"], elapsed_s=time.perf_counter() - self.start)
-        self.loss_sum, self.loss_n = 0.0, 0
         self.history.append(result)
         self.postfix = f"r2={m.r2:.4f} l0={m.l0:.1f} dead={n_dead}"
         if self.wandb is not None:
