@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.core import token_cache
 from harness.core.store import ActivationSource, StoreError
 
 
@@ -138,13 +139,32 @@ class ActivationLoader:
     def eval_tokens(self) -> torch.Tensor:
         """The held-out evaluation set [n, d], on the loader's device (built once)."""
         if self._eval is None:
-            parts = []
-            for entry in self._offsets:
-                _, in_eval = self._shard_masks(entry)
-                if bool(in_eval.any()):
-                    parts.append(self._read(entry)[in_eval])
-            self._eval = self._to_device(torch.cat(parts))
+            host = token_cache.cached(("eval", self.config.max_eval_tokens, *self._split_key()),
+                                      self._read_eval)
+            self._eval = self._to_device(host)
         return self._eval
+
+    def _read_eval(self) -> torch.Tensor:
+        parts = []
+        for entry in self._offsets:
+            _, in_eval = self._shard_masks(entry)
+            if bool(in_eval.any()):
+                parts.append(self._read(entry)[in_eval])
+        held = torch.cat(parts)
+        return held.pin_memory() if self._pin else held
+
+    def _read_train(self) -> torch.Tensor:
+        train = torch.cat([self._read(e)[self._shard_masks(e)[0]] for e in self._offsets])
+        return train.pin_memory() if self._pin else train
+
+    def _split_key(self) -> tuple:
+        """What decides which tokens a split holds (token_cache's key): the files, the cap, the
+        held-out fraction, and whether they are pinned."""
+        refs = self.source.shards[:len(self._offsets)]
+        files = [ref.path for ref in refs] + [ref.mask_path for ref in refs if ref.mask_path]
+        keys = tuple((ref.key, ref.mask_key) for ref in refs)
+        return (token_cache.shard_files_key(files), keys, self.n_tokens,
+                self.config.holdout_fraction, self._pin)
 
     def train_batches(self, epoch: int) -> Iterator[torch.Tensor]:
         """Shuffled training batches [<= batch_size, d] for one epoch, on the device."""
@@ -159,9 +179,7 @@ class ActivationLoader:
 
     def _memory_batches(self, gen: torch.Generator) -> Iterator[torch.Tensor]:
         if self._cache is None:
-            parts = [self._read(e)[self._shard_masks(e)[0]] for e in self._offsets]
-            cache = torch.cat(parts)
-            self._cache = cache.pin_memory() if self._pin else cache
+            self._cache = token_cache.cached(("train", *self._split_key()), self._read_train)
         perm = torch.randperm(self._cache.shape[0], generator=gen)
         bs = self.config.batch_size
         for start in range(0, perm.numel(), bs):

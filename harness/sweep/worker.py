@@ -23,7 +23,8 @@ from types import FrameType
 import optuna
 from optuna.trial import TrialState
 
-from harness.core.train import TrainingInterrupted
+from harness.core.token_cache import keep_tokens
+from harness.core.train import SaeTrainingConfig, TrainingInterrupted
 from harness.sweep.space import load_space
 from harness.sweep.study import (
     STORAGE_ENV,
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NO_DEVICE
     loaded = load_space(args.space, read_heldout=False)  # the sweep checked it
     space = loaded.space
+    # all of this worker's trials train from one copy of the store's tokens, read (and pinned)
+    # once: a split that fits in memory plus its held-out tokens
+    keep_tokens(int(1.5 * SaeTrainingConfig(**space.training).in_memory_bytes))
     url = args.storage or os.environ.get(STORAGE_ENV)
     if not url:
         log.error("no storage: pass --storage or set %s", STORAGE_ENV)
