@@ -41,3 +41,15 @@ def test_workers_spread_over_gpus_or_divide_the_cpu_cores():
 def test_bad_devices_are_refused_with_what_exists(text, gpus, message):
     with pytest.raises(DeviceError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_devices(text, gpus)
+
+
+def test_trials_per_device_puts_m_workers_on_each_device(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    listed = worker_slots(["cuda:0", "cuda:1"], 1, gpu_count=2, per_device=2)
+    assert [s.label for s in listed] == ["cuda:0", "cuda:0", "cuda:1", "cuda:1"]
+    every_gpu = worker_slots(None, 1, gpu_count=3, per_device=2)
+    assert [s.label for s in every_gpu] == ["cuda:0", "cuda:0", "cuda:1", "cuda:1",
+                                            "cuda:2", "cuda:2"]
+    cpus = worker_slots(None, 1, gpu_count=0, per_device=3)
+    assert [(s.label, s.threads) for s in cpus] == [
+        ("cpu", max(1, (os.cpu_count() or 1) // 3))] * 3

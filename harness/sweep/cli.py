@@ -37,6 +37,7 @@ from harness.sweep.devices import (
     visible_gpu_count,
     worker_slots,
 )
+from harness.sweep.packing import check_packing, cuda_memory
 from harness.sweep.space import LoadedSpace, SpaceError, load_space, synthetic_spec
 from harness.sweep.study import (
     STORAGE_ENV,
@@ -82,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "spread over the visible ones")
     group.add_argument("--devices", help="comma-separated devices, one worker each, e.g. "
                        "cuda:0,cuda:1 (each worker sees only its GPU via CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--trials-per-device", type=_positive_int, metavar="M",
+                   help="workers (so trials at a time) on each device of --devices, or on each "
+                        "visible GPU; refused before anything starts when the space's largest "
+                        "trial, M times over, would not fit in a GPU's memory")
     p.add_argument("--storage", help="Optuna storage (else $SAESWEEP_STORAGE, else the space's "
                    "study.storage): a journal file path (default results/<study>/study.journal) "
                    "or an RDB URL such as postgresql://user:password@host/db")
@@ -105,7 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     try:  # every check that needs no writing comes first: a mistake leaves nothing behind
         space_path = Path(args.space) if args.space else find_quickstart()
         loaded = load_space(space_path, overrides=_overrides(args))
-        slots = _slots(args.devices, loaded.space.workers)
+        if args.workers and args.trials_per_device:
+            raise DeviceError("--workers and --trials-per-device: give one (--workers spreads N "
+                              "workers over the GPUs, --trials-per-device puts M on each)")
+        slots = _slots(args.devices, loaded.space.workers, args.trials_per_device)
+        check_packing(slots, loaded, cuda_memory)
         space = loaded.space
         check_writable(Path(space.results_dir), "--results / results_dir")
         _resolve_artifacts(loaded)
@@ -164,10 +173,11 @@ def _resolve_artifacts(loaded: LoadedSpace) -> None:
     loaded.raw["artifacts"] = location
 
 
-def _slots(devices_arg: str | None, n_workers: int) -> list[WorkerSlot]:
+def _slots(devices_arg: str | None, n_workers: int,
+           per_device: int | None) -> list[WorkerSlot]:
     gpus = visible_gpu_count()
     devices = parse_devices(devices_arg, gpus) if devices_arg is not None else None
-    return worker_slots(devices, n_workers, gpus)
+    return worker_slots(devices, n_workers, gpus, per_device)
 
 
 def check_writable(folder: Path, what: str) -> None:

@@ -52,14 +52,19 @@ def parse_devices(text: str, gpu_count: int) -> list[str]:
     return devices
 
 
-def worker_slots(devices: list[str] | None, n_workers: int, gpu_count: int) -> list[WorkerSlot]:
+def worker_slots(devices: list[str] | None, n_workers: int, gpu_count: int,
+                 per_device: int | None = None) -> list[WorkerSlot]:
     """One slot per device of `devices`, else `n_workers` slots spread over the GPUs (or the
-    CPU cores when there is none)."""
+    CPU cores when there is none); with `per_device` M, M slots on each device of `devices`, or
+    on each GPU (on the CPU: M slots)."""
     if devices is None:
-        if gpu_count:
+        if per_device is not None:
+            devices = [f"cuda:{i}" for i in range(gpu_count)] or ["cpu"]
+        elif gpu_count:
             devices = [f"cuda:{i % gpu_count}" for i in range(n_workers)]
         else:
             devices = ["cpu"] * n_workers
+    devices = [dev for dev in devices for _ in range(per_device or 1)]
     n_cpu = sum(1 for d in devices if d == "cpu")
     # cuda:N counts the GPUs this process sees: map it through a CUDA_VISIBLE_DEVICES already set
     visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")

@@ -457,7 +457,7 @@ def _check_training(path: Path, space: SweepSpace) -> None:
                                                                                  int | None):
             raise SpaceError(f"{path}: params.{name}: SaeTrainingConfig.{name} is a whole "
                              "number: sample it with type int or categorical")
-        for value in _values(spec):
+        for value in bounding_values(spec):
             _validate_training(path, f"params.{name}", {**space.training, name: value})
 
 
@@ -487,7 +487,7 @@ def _validate_training(path: Path, where: str, values: dict[str, Any]) -> None:
         raise SpaceError(f"{path}: {where}: {e}") from e
 
 
-def _values(spec: ParamSpec | float | int | str | bool) -> list[Any]:
+def bounding_values(spec: ParamSpec | float | int | str | bool) -> list[Any]:
     """The values a parameter can take that bound its range: a fixed value, the choices, or
     low and high (as ints for an int parameter)."""
     if not isinstance(spec, ParamSpec):
@@ -521,7 +521,7 @@ def _check_special(path: Path, space: SweepSpace) -> None:
         if name == "k" and isinstance(spec, ParamSpec) and spec.type == "float":
             raise SpaceError(f"{path}: params.k: k is a whole number: sample it with type int "
                              "or categorical")
-        for value in _values(spec):
+        for value in bounding_values(spec):
             if not ok(value):
                 raise SpaceError(f"{path}: params.{name}: expected {expected}, got {value!r}")
 

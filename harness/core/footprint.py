@@ -1,0 +1,62 @@
+"""Device memory one training run needs, estimated from its shape before it starts: what a sweep
+checks before it packs several trials on one GPU.
+
+The terms, in bytes (f = 4 for float32; a = 2 under bf16 autocast, else 4):
+- parameters, their gradients and Adam's two moments: 4 * (2 n d + n + d) * f;
+- a training step: the pre-activations [B, n], top-k's workspace and AuxK's dead columns, each
+  B n a (the dense reference backward adds two [B, n] float32 gradients);
+- an evaluation batch's float32 pre-activations, B n f, and the held-out tokens E d f;
+- the decoder refit: its [n+1]^2 sums in float32, their float64 copy and Cholesky factor, and one
+  batch's code pairs B (k+1)^2 (8 + 4);
+- the batches in flight: (prefetch + 2) B d f.
+Peak = parameters + batches + held-out tokens + the largest of step, evaluation and refit (they
+come one after another). It leaves out the CUDA context (about 0.5 GiB a process), which a packing
+check adds once per worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+F32 = 4
+CUDA_CONTEXT_BYTES = 512 << 20
+"""What a process's CUDA context takes on the GPU, outside torch's allocator."""
+
+
+@dataclass(frozen=True)
+class TrainingShape:
+    """What decides a training run's memory."""
+
+    d: int
+    """Input width."""
+    n_latents: int
+    """Dictionary size."""
+    k: int
+    """Active latents per token (BatchTopK: its candidates per token)."""
+    batch_size: int
+    """Tokens per step."""
+    eval_tokens: int = 65536
+    """Held-out tokens kept on the device."""
+    autocast_bf16: bool = True
+    """bf16 pre-activations (the CUDA default)."""
+    sparse_backward: bool = True
+    """The sparse backward (the default), else the dense reference."""
+    refit: bool = True
+    """Whether the decoder refit runs (n_latents within its cap)."""
+    prefetch_batches: int = 2
+    """Batches prepared ahead."""
+
+
+def training_bytes(shape: TrainingShape, members: int = 1) -> int:
+    """Estimated peak device memory of training `shape` (bytes); `members` > 1: a lockstep pack
+    of that many runs of it, which share the batches and the held-out tokens and step one after
+    another (so one step's temporaries), but each keeps its parameters and its refit sums."""
+    d, n, k, b = shape.d, shape.n_latents, shape.k, shape.batch_size
+    act = 2 if shape.autocast_bf16 else F32
+    params = 4 * (2 * n * d + n + d) * F32
+    step = 3 * b * n * act + (0 if shape.sparse_backward else 2 * b * n * F32)
+    evaluation = b * n * F32
+    refit = (members * ((n + 1) ** 2 * (F32 + 8 + 8) + (n + 1) * d * (F32 + 8))
+             + b * (k + 1) ** 2 * (8 + F32)) if shape.refit else 0
+    data = (shape.prefetch_batches + 2) * b * d * F32 + shape.eval_tokens * d * F32
+    return members * params + data + max(step, evaluation, refit)

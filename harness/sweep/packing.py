@@ -1,0 +1,97 @@
+"""Several trials on one GPU: the largest trial a space can sample, and the check that the workers
+put on each GPU fit in its memory, made before any worker starts.
+
+The estimate is harness.core.footprint's, for the space's largest shape (the largest expansion,
+k, batch and held-out set it can sample, with or without the decoder refit, whichever needs more)
+times the trials each worker trains together (lockstep), plus a CUDA context per worker.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from harness.core.footprint import CUDA_CONTEXT_BYTES, TrainingShape, training_bytes
+from harness.core.sae import BATCHTOPK_CANDIDATES
+from harness.core.train import SaeTrainingConfig
+from harness.sweep.devices import DeviceError, WorkerSlot
+from harness.sweep.space import LoadedSpace, ParamSpec, bounding_values
+
+HEADROOM = 0.95
+"""Share of a GPU's memory the packed trials may plan to use (the rest: fragmentation)."""
+
+GiB = 1 << 30
+
+
+def _possible(loaded: LoadedSpace, name: str) -> list[Any]:
+    """The values bounding a training field: sampled, fixed in the space, or its default."""
+    space = loaded.space
+    if name in space.params:
+        return bounding_values(space.params[name])
+    if name in space.training:
+        return [space.training[name]]
+    return [getattr(SaeTrainingConfig(), name)]
+
+
+def largest_trial(loaded: LoadedSpace) -> tuple[TrainingShape, int]:
+    """(the space's most memory-hungry trial on a GPU, its estimated bytes)."""
+    d = loaded.d
+    params = loaded.space.params
+    expansions = [float(v) for v in bounding_values(params["expansion"])]
+    n_max = max(1, round(max(expansions) * d))
+    if "k" in params:
+        k = int(max(bounding_values(params["k"])))
+    else:
+        k = round(max(float(v) for v in bounding_values(params["k_fraction"])) * n_max)
+    if "batchtopk" in bounding_values(params.get("activation", "topk")):
+        k = min(n_max, BATCHTOPK_CANDIDATES * k)
+    cap = int(max(_possible(loaded, "decoder_refit_max_latents")))
+    refits = any(bool(v) for v in _possible(loaded, "decoder_refit"))
+    candidates = [n_max]
+    if refits and cap < n_max and isinstance(params["expansion"], ParamSpec):
+        candidates.append(cap)  # a smaller trial that still refits may need more
+    shapes = [TrainingShape(
+        d=d, n_latents=n, k=min(k, n), batch_size=int(max(_possible(loaded, "batch_size"))),
+        eval_tokens=int(max(_possible(loaded, "max_eval_tokens"))),
+        autocast_bf16=all(v is None or bool(v) for v in _possible(loaded, "autocast_bf16")),
+        sparse_backward=all(bool(v) for v in _possible(loaded, "sparse_backward")),
+        refit=refits and n <= cap,
+        prefetch_batches=int(max(_possible(loaded, "prefetch_batches"))))
+        for n in candidates]
+    sized = [(shape, training_bytes(shape, loaded.space.lockstep)) for shape in shapes]
+    return max(sized, key=lambda item: item[1])
+
+
+def check_packing(slots: list[WorkerSlot], loaded: LoadedSpace,
+                  gpu_memory: Callable[[str], tuple[str, int]]) -> None:
+    """DeviceError unless the workers on each GPU fit in its memory. `gpu_memory(label)` is the
+    GPU's (name, total bytes)."""
+    per_gpu = Counter(slot.label for slot in slots if slot.label.startswith("cuda"))
+    if not per_gpu:
+        return
+    shape, trial = largest_trial(loaded)
+    lockstep = loaded.space.lockstep
+    for label, workers in sorted(per_gpu.items()):
+        name, total = gpu_memory(label)
+        need = workers * (trial + CUDA_CONTEXT_BYTES)
+        if need <= HEADROOM * total:
+            continue
+        fits = int(HEADROOM * total // (trial + CUDA_CONTEXT_BYTES))
+        pack = f" x lockstep {lockstep}" if lockstep > 1 else ""
+        raise DeviceError(
+            f"{label} ({name}, {total / GiB:.1f} GiB): {workers} worker(s){pack} of the largest "
+            f"trial the space can sample (n_latents {shape.n_latents}, d {shape.d}, k "
+            f"{shape.k}, batch {shape.batch_size}: about {trial / GiB:.1f} GiB each, plus "
+            f"{CUDA_CONTEXT_BYTES / GiB:.1f} GiB of CUDA context per worker) need about "
+            f"{need / GiB:.1f} GiB, more than {HEADROOM:.0%} of its memory; "
+            + (f"use --trials-per-device {fits} or fewer" if fits else
+               "not even one fits: lower the expansion, batch_size or lockstep"))
+
+
+def cuda_memory(label: str) -> tuple[str, int]:
+    """(name, total bytes) of the GPU this process calls `label` (cuda:N)."""
+    import torch
+
+    props = torch.cuda.get_device_properties(int(label.split(":", 1)[1]))
+    return props.name, int(props.total_memory)
