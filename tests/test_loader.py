@@ -100,3 +100,21 @@ def test_prefetched_keeps_order_raises_errors_and_stops_its_thread():
     next(endless)
     endless.close()  # a pruned trial stops consuming: the producer must stop too
     assert not any(t.name == "batch-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
+@pytest.mark.parametrize("in_memory_bytes", [1 << 30, 0])  # fast path and streamed path
+def test_cuda_batches_come_through_pinned_memory_unchanged(indexed_store, in_memory_bytes):
+    """The GPU path (rows gathered into pinned memory, non-blocking copies, a prefetch thread)
+    yields exactly the CPU path's batches."""
+    src = indexed_store.open("idx", "L")
+    cfg = LoaderConfig(batch_size=128, holdout_fraction=0.1, shuffle_buffer_tokens=1000,
+                       in_memory_bytes=in_memory_bytes, seed=2)
+    cpu = ActivationLoader(src, cfg)
+    gpu = ActivationLoader(src, cfg, device="cuda")
+    assert gpu._pin
+    for epoch in range(2):
+        pairs = list(zip(cpu.train_batches(epoch), gpu.train_batches(epoch), strict=True))
+        assert all(g.is_cuda and torch.equal(c, g.cpu()) for c, g in pairs)
+    assert torch.equal(cpu.eval_tokens(), gpu.eval_tokens().cpu())

@@ -183,7 +183,7 @@ class ActivationLoader:
         perm = torch.randperm(self._cache.shape[0], generator=gen)
         bs = self.config.batch_size
         for start in range(0, perm.numel(), bs):
-            yield self._to_device(self._cache[perm[start:start + bs]])
+            yield self._gather(self._cache, perm[start:start + bs])
 
     def _streamed_batches(self, gen: torch.Generator) -> Iterator[torch.Tensor]:
         """Shards in a shuffled order; their training rows are copied straight into one shuffle
@@ -213,9 +213,19 @@ class ActivationLoader:
             perm = torch.randperm(buf.shape[0], generator=gen)
             n_full = buf.shape[0] if last else (buf.shape[0] // bs) * bs
             for start in range(0, n_full, bs):
-                yield self._to_device(buf[perm[start:min(start + bs, n_full)]])
+                yield self._gather(buf, perm[start:min(start + bs, n_full)])
             carry = buf[perm[n_full:]] if n_full < buf.shape[0] else None
             pending, n_pending = [], 0
+
+    def _gather(self, tokens: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """tokens[rows] on the device. For a GPU the rows are gathered straight into pinned
+        memory (the host allocator reuses it once the copy is done) and copied without
+        blocking, so the copy overlaps the step."""
+        if not self._pin:
+            return tokens[rows].to(self.device, dtype=self.dtype)
+        batch = torch.empty((rows.numel(), tokens.shape[1]), dtype=tokens.dtype, pin_memory=True)
+        torch.index_select(tokens, 0, rows, out=batch)
+        return batch.to(self.device, dtype=self.dtype, non_blocking=True)
 
     def _to_device(self, t: torch.Tensor) -> torch.Tensor:
         if self._pin:
