@@ -6,12 +6,17 @@ For each n_latents (default 3072 and 12288; d=768, k=32, batch 4096, 2 threads o
 - dense: a naive dense PyTorch step (Linear encoder, topk, scatter into [B, n], dense decoder
   matmul, autograd, Adam) -- what most TopK trainers do;
 - bound: the encoder forward product x @ W_enc.T alone, the one dense product a TopK step needs;
+- with --compare sparsify (when `eai-sparsify` is importable): EleutherAI sparsify's step as its
+  trainer runs it (SparseCoder forward, which carries its own bf16 autocast on CUDA; FVU + AuxK
+  loss; backward; gradient projection; Adam; decoder renorm), on batches already on the device;
 then store-fed (streamed from disk) vs in-memory throughput and M=4 lockstep trials against 4
 sequential trials of the same size (both repeated in alternating order), and peak RSS. Ratios
 are what to read; absolute tokens/s depend on the machine.
 
     python scripts/bench_trainer.py
     python scripts/bench_trainer.py --n-latents 3072 --steps 6 --device cuda
+    python scripts/bench_trainer.py --device cuda --compare sparsify --d 4096 --n-latents 131072 \
+        --k 64 --rounds 0
     python scripts/bench_trainer.py --glibc-default   # without harness.core.cpu_memory
 """
 
@@ -58,6 +63,54 @@ def dense_step_tokens_per_s(d: int, n: int, k: int, batches: list[torch.Tensor],
         step(x)
     _sync(device)
     return (len(batches) - 1) * batches[0].shape[0] / (time.perf_counter() - start)
+
+
+def sparsify_tokens_per_s(d: int, n: int, k: int, batches: list[torch.Tensor],
+                          device: str) -> float:
+    """EleutherAI sparsify's training step (its Trainer's, Adam at its default lr)."""
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    sae = SparseCoder(d, SparseCoderConfig(num_latents=n, k=k), device=device,
+                      dtype=torch.float32)
+    with torch.no_grad():
+        sae.b_dec.data = batches[0].mean(0)
+    opt = torch.optim.Adam(sae.parameters(), lr=2e-4 / (n / 2**14) ** 0.5)
+    since_fired = torch.zeros(n, dtype=torch.long, device=device)
+
+    def step(x: torch.Tensor) -> None:
+        sae.set_decoder_norm_to_unit_norm()
+        out = sae(x, dead_mask=since_fired > 10_000_000)
+        (out.fvu + out.auxk_loss / 32).backward()
+        sae.remove_gradient_parallel_to_decoder_directions()
+        opt.step()
+        opt.zero_grad()
+        since_fired.add_(x.shape[0])
+        since_fired[out.latent_indices.flatten()] = 0
+
+    step(batches[0])  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    for x in batches[1:]:
+        step(x)
+    _sync(device)
+    return (len(batches) - 1) * batches[0].shape[0] / (time.perf_counter() - start)
+
+
+def _or_nan(measure, *args: object) -> float:
+    """A baseline's tokens/s, or nan when it does not fit in the device's memory."""
+    try:
+        return measure(*args)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return float("nan")
+
+
+def sparsify_importable() -> bool:
+    try:
+        import sparsify  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means "not installed here"
+        return False
+    return True
 
 
 def bound_tokens_per_s(d: int, n: int, batches: list[torch.Tensor], device: str) -> float:
@@ -130,7 +183,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--rounds", type=int, default=3, help="repeats of the store-fed and the "
-                   "lockstep comparisons")
+                   "lockstep comparisons (0: throughput only)")
+    p.add_argument("--compare", choices=["sparsify"], help="also time EleutherAI sparsify's "
+                   "step (pip install eai-sparsify)")
     p.add_argument("--glibc-default", action="store_true", help="leave glibc's malloc "
                    "thresholds alone (cpu_reuse_freed_memory=False), to see what reuse gives")
     args = p.parse_args()
@@ -144,7 +199,11 @@ def main() -> None:
     tokens = torch.randn((args.steps + 1) * bs, d, generator=gen)
     batches = [b.to(dev) for b in tokens.split(bs)]
     long_tokens = torch.randn((3 * args.steps + 1) * bs, d, generator=gen)
-    print(f"d={d} k={k} batch={bs} threads={args.threads} device={dev} "
+    with_sparsify = args.compare == "sparsify" and sparsify_importable()
+    if args.compare == "sparsify" and not with_sparsify:
+        print("# sparsify is not importable (pip install eai-sparsify): left out")
+    gpu = f" ({torch.cuda.get_device_name(dev)})" if dev.startswith("cuda") else ""
+    print(f"d={d} k={k} batch={bs} threads={args.threads} device={dev}{gpu} "
           f"torch={torch.__version__} freed-block reuse={'on' if reused else 'off'}")
     with tempfile.TemporaryDirectory() as tmp:
         store = LocalStore(tmp)
@@ -152,13 +211,25 @@ def main() -> None:
         store.put_activations("bench", "bench", torch.cat([tokens, tokens[: bs // 50 + 1]]),
                               shard_tokens=bs * 2)
         print(f"{'n_latents':>9} {'harness':>9} {'dense':>9} {'bound':>9} "
-              f"{'vs dense':>8} {'of bound':>8}   (tokens/s)")
+              f"{'vs dense':>8} {'of bound':>8}"
+              + (f" {'sparsify':>9} {'vs spars.':>9}" if with_sparsify else "")
+              + (f" {'peak GiB':>8}" if gpu else "") + "   (tokens/s)")
         for n in args.n_latents:
+            if gpu:
+                torch.cuda.reset_peak_memory_stats(dev)
             ours = harness_tokens_per_s(store, d, n, k, bs, dev)
-            dense = dense_step_tokens_per_s(d, n, k, batches, dev)
+            peak = torch.cuda.max_memory_allocated(dev) / 2**30 if gpu else 0.0
+            dense = _or_nan(dense_step_tokens_per_s, d, n, k, batches, dev)
             bound = bound_tokens_per_s(d, n, batches, dev)
-            print(f"{n:9d} {ours:9.0f} {dense:9.0f} {bound:9.0f} {ours / dense:7.2f}x "
-                  f"{100 * ours / bound:7.1f}%")
+            line = (f"{n:9d} {ours:9.0f} {dense:9.0f} {bound:9.0f} {ours / dense:7.2f}x "
+                    f"{100 * ours / bound:7.1f}%")
+            if with_sparsify:
+                theirs = _or_nan(sparsify_tokens_per_s, d, n, k, batches, dev)
+                line += f" {theirs:9.0f} {ours / theirs:8.2f}x"
+            print(line + (f" {peak:8.1f}" if gpu else ""), flush=True)
+        if args.rounds == 0:
+            print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+            return
         n = args.n_latents[0]
         extra_rows = long_tokens[: bs // 50 + 1]  # the held-out 1%, as above
         store.put_activations("long", "bench", torch.cat([long_tokens, extra_rows]),
