@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from harness import SaeTrainer, SaeTrainingConfig, TopKSae
-from harness.core.sparse_ops import gather_preacts
+from harness.core.sparse_ops import codes_t_matmul, gather_preacts
 
 
 def test_gather_preacts_gradients_equal_dense_autograd():
@@ -77,3 +77,15 @@ def test_bf16_autocast_trains(synthetic_store):
         config=SaeTrainingConfig(epochs=3, batch_size=256, lr=1e-3, autocast_bf16=True,
                                  progress=False), save=False)
     assert history["r2"][-1] > 0.5
+
+
+@pytest.mark.parametrize("m", [1, 5])
+def test_codes_t_matmul_is_the_dense_product(m):
+    gen = torch.Generator().manual_seed(m)
+    b, n, d = 40, 23, 6
+    indices = torch.rand(b, n, generator=gen).topk(m, dim=1).indices  # distinct within a row
+    values = torch.randn(b, m, generator=gen)
+    values[::3, 0] = 0.0  # zeros stay in (BatchTopK's dropped candidates)
+    x = torch.randn(b, d, generator=gen)
+    dense = torch.zeros(b, n).scatter_(1, indices, values)
+    assert torch.allclose(codes_t_matmul(indices, values, x, n), dense.T @ x, atol=1e-5)

@@ -20,6 +20,8 @@ from collections.abc import Iterable
 
 import torch
 
+from harness.core.sparse_ops import codes_t_matmul
+
 RIDGE = 1e-4
 """Ridge on A, relative to its diagonal (each latent's sum of squared activations)."""
 
@@ -43,10 +45,7 @@ class DecoderRefit:
         val = torch.cat([values.float(), values.new_ones(batch, 1, dtype=torch.float32)], 1)
         pairs = (idx[:, :, None] * (n + 1) + idx[:, None, :]).flatten()
         self.gram.index_add_(0, pairs, (val[:, :, None] * val[:, None, :]).flatten())
-        rows = torch.arange(batch, device=x.device).repeat_interleave(idx.shape[1])
-        codes = torch.sparse_coo_tensor(torch.stack([idx.flatten(), rows]), val.flatten(),
-                                        (n + 1, batch), check_invariants=False)
-        self.cross += torch.sparse.mm(codes, x.float())
+        self.cross += codes_t_matmul(idx, val, x.float(), n + 1)
         self.tokens += batch
 
     def observe(self, sae: torch.nn.Module, x: torch.Tensor) -> None:

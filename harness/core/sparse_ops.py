@@ -6,7 +6,7 @@ Only B*k of those entries are non-zero, so `gather_preacts` returns the chosen p
 with a backward that touches only them:
 
 - dL/dW_enc[:, j]  = sum over (token b, slot s) choosing latent j of  g[b, s] * x[b]
-  (a sparse [n x B] by dense [B x d] product: B*k*d work);
+  (a sparse [n x B] by dense [B x d] product: B*k*d work, `codes_t_matmul`);
 - dL/db_enc[j]     = sum of g over the slots choosing j (an index_add over B*k values);
 - dL/dx[b]         = sum_s g[b, s] * W_enc[:, idx[b, s]]  (an embedding_bag over encoder rows).
 
@@ -14,6 +14,8 @@ The dense path (autograd through topk) stays in TopKSae as the reference (sparse
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -41,22 +43,35 @@ class _GatherPreacts(torch.autograd.Function):
             grad_x = F.embedding_bag(indices, w_enc_t, per_sample_weights=grad.to(w_enc_t.dtype),
                                      mode="sum").to(x.dtype)
         if ctx.needs_input_grad[3]:
-            grad_w = _sparse_t_matmul(flat_idx, flat_grad, indices.shape, x, n).to(w_enc_t.dtype)
+            grad_w = codes_t_matmul(indices, grad, x, n).to(w_enc_t.dtype)
         if ctx.needs_input_grad[4]:
             grad_b = torch.zeros(n, dtype=w_enc_t.dtype, device=grad.device)
             grad_b.index_add_(0, flat_idx, flat_grad.to(w_enc_t.dtype))
         return None, None, grad_x, grad_w, grad_b
 
 
-def _sparse_t_matmul(flat_idx: torch.Tensor, flat_grad: torch.Tensor, shape: torch.Size,
-                     x: torch.Tensor, n: int) -> torch.Tensor:
-    """G^T @ x for G [B, n] with entries flat_grad at (row b, column flat_idx): [n, d]."""
-    b, k = shape
-    rows = torch.arange(b, device=x.device).repeat_interleave(k)
-    # indices come from topk, in range by construction: skip the invariant checks
-    g_t = torch.sparse_coo_tensor(torch.stack([flat_idx, rows]), flat_grad.to(x.dtype), (n, b),
-                                  check_invariants=False)
-    return torch.sparse.mm(g_t, x)
+def codes_t_matmul(indices: torch.Tensor, values: torch.Tensor, x: torch.Tensor,
+                   n: int) -> torch.Tensor:
+    """Z^T @ x [n, d] for the sparse codes Z [B, n] that hold `values` [B, m] at columns
+    `indices` [B, m] (distinct within a row), and x [B, d].
+
+    Z^T is built in CSR form, rows = latents: a stable sort of the indices gives the column
+    (token) order within each latent, and a search of the sorted indices gives the row offsets.
+    Unlike a COO product, nothing needs coalescing, whose data-dependent size makes the host
+    wait for a GPU; and on CPU it measured 15-46% faster than the COO product it replaced
+    (d 768-2048, n 3072-16384, B 4096).
+    """
+    b, m = indices.shape
+    latents, order = torch.sort(indices.reshape(-1), stable=True)
+    tokens = torch.div(order, m, rounding_mode="floor")
+    offsets = torch.searchsorted(latents, torch.arange(n + 1, device=x.device,
+                                                       dtype=latents.dtype))
+    with warnings.catch_warnings():  # "CSR is in beta": construction and CSR @ dense are not
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        # built from a sort, so valid by construction: skip the invariant checks
+        z_t = torch.sparse_csr_tensor(offsets, tokens, values.reshape(-1)[order].to(x.dtype),
+                                      (n, b), check_invariants=False)
+    return z_t @ x
 
 
 def gather_preacts(values: torch.Tensor, indices: torch.Tensor, x: torch.Tensor,
