@@ -542,7 +542,7 @@ def _drive(loader: ActivationLoader, runs: list[_Run], cfg: SaeTrainingConfig,
             last = done >= total or epoch == cfg.epochs - 1
             if last:
                 for run in list(active):  # a run that diverged since its last read stops here
-                    if not run.guarded(run.check_divergence):
+                    if not run.guarded(run.losses.check):
                         active.remove(run)
                 _refit_decoders(loader, [run for run in active if run.refits], total, stop)
             for run in list(active):
@@ -726,10 +726,6 @@ class _Run:
         evaluated = bool(self.history.step) and self.history.step[-1] == self.step_count
         if (not self.cfg.eval_every or last) and not evaluated:
             self.evaluate()
-
-    def check_divergence(self) -> None:
-        """Raise TrainingDiverged if a step so far diverged (a read of the device)."""
-        self.losses.check()
 
     @torch.no_grad()
     def evaluate(self) -> None:
