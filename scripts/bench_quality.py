@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from sparsify_step import sparsify_trainer
 
 from harness.core.loader import ActivationLoader
 from harness.core.recipes import LEGACY_SAE, LEGACY_TRAINING
@@ -132,23 +133,13 @@ def train_sparsify(loader: ActivationLoader, cfg: SaeTrainingConfig, d: int, arg
     torch.manual_seed(args.seed)
     sae = SparseCoder(d, SparseCoderConfig(num_latents=args.n_latents, k=args.k),
                       dtype=torch.float32)
-    opt = torch.optim.Adam(sae.parameters(), lr=lr)
-    since_fired = torch.zeros(args.n_latents, dtype=torch.long)
+    step = sparsify_trainer(sae, lr)
     steps = cfg.planned_steps(loader.batches_per_epoch)
     done = 0
     start = time.perf_counter()
     for epoch in range(cfg.epochs):
         for x in loader.train_batches(epoch):
-            if done == 0:
-                sae.b_dec.data = x.mean(0)
-            sae.set_decoder_norm_to_unit_norm()
-            out = sae(x, dead_mask=since_fired > 10_000_000)
-            (out.fvu + out.auxk_loss / 32).backward()
-            sae.remove_gradient_parallel_to_decoder_directions()
-            opt.step()
-            opt.zero_grad()
-            since_fired += x.shape[0]
-            since_fired[out.latent_indices.flatten()] = 0
+            step(x)
             done += 1
             if done >= steps:
                 break

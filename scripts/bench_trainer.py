@@ -30,6 +30,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from sparsify_step import sparsify_trainer
 
 from harness import LocalStore, SaeTrainer, SaeTrainingConfig, TopKSae
 from harness.core.cpu_memory import reuse_freed_blocks
@@ -39,6 +40,17 @@ from harness.core.train import LockstepMember
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def _tokens_per_s(step, batches: list[torch.Tensor], device: str) -> float:  # noqa: ANN001
+    """Tokens/s of `step` over batches[1:], after a warm-up step on batches[0]."""
+    step(batches[0])
+    _sync(device)
+    start = time.perf_counter()
+    for x in batches[1:]:
+        step(x)
+    _sync(device)
+    return (len(batches) - 1) * batches[0].shape[0] / (time.perf_counter() - start)
 
 
 def dense_step_tokens_per_s(d: int, n: int, k: int, batches: list[torch.Tensor],
@@ -56,53 +68,17 @@ def dense_step_tokens_per_s(d: int, n: int, k: int, batches: list[torch.Tensor],
         loss.backward()
         opt.step()
 
-    step(batches[0])  # warm-up
-    _sync(device)
-    start = time.perf_counter()
-    for x in batches[1:]:
-        step(x)
-    _sync(device)
-    return (len(batches) - 1) * batches[0].shape[0] / (time.perf_counter() - start)
+    return _tokens_per_s(step, batches, device)
 
 
-def sparsify_tokens_per_s(d: int, n: int, k: int, batches: list[torch.Tensor],
-                          device: str) -> float:
-    """EleutherAI sparsify's training step (its Trainer's, Adam at its default lr)."""
+def sparsify_step_tokens_per_s(d: int, n: int, k: int, batches: list[torch.Tensor],
+                               device: str) -> float:
+    """EleutherAI sparsify's training step (scripts/sparsify_step.py), its default lr."""
     from sparsify import SparseCoder, SparseCoderConfig
 
     sae = SparseCoder(d, SparseCoderConfig(num_latents=n, k=k), device=device,
                       dtype=torch.float32)
-    with torch.no_grad():
-        sae.b_dec.data = batches[0].mean(0)
-    opt = torch.optim.Adam(sae.parameters(), lr=2e-4 / (n / 2**14) ** 0.5)
-    since_fired = torch.zeros(n, dtype=torch.long, device=device)
-
-    def step(x: torch.Tensor) -> None:
-        sae.set_decoder_norm_to_unit_norm()
-        out = sae(x, dead_mask=since_fired > 10_000_000)
-        (out.fvu + out.auxk_loss / 32).backward()
-        sae.remove_gradient_parallel_to_decoder_directions()
-        opt.step()
-        opt.zero_grad()
-        since_fired.add_(x.shape[0])
-        since_fired[out.latent_indices.flatten()] = 0
-
-    step(batches[0])  # warm-up
-    _sync(device)
-    start = time.perf_counter()
-    for x in batches[1:]:
-        step(x)
-    _sync(device)
-    return (len(batches) - 1) * batches[0].shape[0] / (time.perf_counter() - start)
-
-
-def _or_nan(measure, *args: object) -> float:
-    """A baseline's tokens/s, or nan when it does not fit in the device's memory."""
-    try:
-        return measure(*args)
-    except torch.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        return float("nan")
+    return _tokens_per_s(sparsify_trainer(sae, 2e-4 / (n / 2**14) ** 0.5), batches, device)
 
 
 def sparsify_importable() -> bool:
@@ -113,15 +89,18 @@ def sparsify_importable() -> bool:
     return True
 
 
+def _or_nan(measure, *args: object) -> float:  # noqa: ANN001
+    """A baseline's tokens/s, or nan when it does not fit in the device's memory."""
+    try:
+        return measure(*args)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return float("nan")
+
+
 def bound_tokens_per_s(d: int, n: int, batches: list[torch.Tensor], device: str) -> float:
     w = torch.randn(n, d, device=device)
-    _ = batches[0] @ w.T
-    _sync(device)
-    start = time.perf_counter()
-    for x in batches[1:]:
-        _ = x @ w.T
-    _sync(device)
-    return (len(batches) - 1) * batches[0].shape[0] / (time.perf_counter() - start)
+    return _tokens_per_s(lambda x: x @ w.T, batches, device)
 
 
 REUSE_FREED = True  # --glibc-default turns it off for every run
@@ -224,7 +203,7 @@ def main() -> None:
             line = (f"{n:9d} {ours:9.0f} {dense:9.0f} {bound:9.0f} {ours / dense:7.2f}x "
                     f"{100 * ours / bound:7.1f}%")
             if with_sparsify:
-                theirs = _or_nan(sparsify_tokens_per_s, d, n, k, batches, dev)
+                theirs = _or_nan(sparsify_step_tokens_per_s, d, n, k, batches, dev)
                 line += f" {theirs:9.0f} {ours / theirs:8.2f}x"
             print(line + (f" {peak:8.1f}" if gpu else ""), flush=True)
         if args.rounds == 0:
