@@ -177,7 +177,6 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randn((args.steps + 1) * bs, d, generator=gen)
     batches = [b.to(dev) for b in tokens.split(bs)]
-    long_tokens = torch.randn((3 * args.steps + 1) * bs, d, generator=gen)
     with_sparsify = args.compare == "sparsify" and sparsify_importable()
     if args.compare == "sparsify" and not with_sparsify:
         print("# sparsify is not importable (pip install eai-sparsify): left out")
@@ -206,39 +205,43 @@ def main() -> None:
                 theirs = _or_nan(sparsify_step_tokens_per_s, d, n, k, batches, dev)
                 line += f" {theirs:9.0f} {ours / theirs:8.2f}x"
             print(line + (f" {peak:8.1f}" if gpu else ""), flush=True)
-        if args.rounds == 0:
-            print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
-            return
-        n = args.n_latents[0]
-        extra_rows = long_tokens[: bs // 50 + 1]  # the held-out 1%, as above
-        store.put_activations("long", "bench", torch.cat([long_tokens, extra_rows]),
-                              shard_tokens=bs * 2)
-        print(f"store-fed (streamed from disk) vs in-memory at n={n}, {3 * args.steps} steps, "
-              f"{args.rounds} rounds in alternating order:")
-        stream = {"in_memory_bytes": 0, "shuffle_buffer_tokens": 4 * bs}
-        shares = []
-        for r in range(args.rounds):
-            tps = {}
-            for how in ("memory", "streamed") if r % 2 == 0 else ("streamed", "memory"):
-                tps[how] = harness_tokens_per_s(store, d, n, k, bs, dev, run="long",
-                                                **(stream if how == "streamed" else {}))
-            shares.append(100 * tps["streamed"] / tps["memory"])
-            print(f"  {tps['streamed']:.0f} vs {tps['memory']:.0f} tokens/s ({shares[-1]:.1f}%)")
-        print(f"  median {statistics.median(shares):.1f}%")
-        print(f"4 trials at n={n}, {args.rounds} rounds in alternating order (whole runs):")
-        for label, extra in (("in-memory", {}), ("streamed", stream)):
-            ratios = []
-            for r in range(args.rounds):
-                # alternate which goes first, so drift on a shared machine favours neither
-                t = {}
-                for what in ("seq", "pack") if r % 2 == 0 else ("pack", "seq"):
-                    t[what] = (sequential_s if what == "seq" else lockstep_s)(
-                        store, d, n, k, bs, dev, **extra)
-                ratios.append(t["seq"] / t["pack"])
-                print(f"  {label:9s} sequential {t['seq']:6.2f} s, lockstep {t['pack']:6.2f} s "
-                      f"({ratios[-1]:.2f}x)")
-            print(f"  {label:9s} median {statistics.median(ratios):.2f}x")
+        if args.rounds:
+            shared_work(store, args, torch.randn((3 * args.steps + 1) * bs, d, generator=gen))
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+def shared_work(store: LocalStore, args: argparse.Namespace, long_tokens: torch.Tensor) -> None:
+    """Store-fed vs in-memory throughput, and lockstep vs sequential trials, `args.rounds` each
+    in alternating order, on `long_tokens`."""
+    d, k, bs, dev, n = args.d, args.k, args.batch, args.device, args.n_latents[0]
+    extra_rows = long_tokens[: bs // 50 + 1]  # the held-out 1%, as above
+    store.put_activations("long", "bench", torch.cat([long_tokens, extra_rows]),
+                          shard_tokens=bs * 2)
+    print(f"store-fed (streamed from disk) vs in-memory at n={n}, {3 * args.steps} steps, "
+          f"{args.rounds} rounds in alternating order:")
+    stream = {"in_memory_bytes": 0, "shuffle_buffer_tokens": 4 * bs}
+    shares = []
+    for r in range(args.rounds):
+        tps = {}
+        for how in ("memory", "streamed") if r % 2 == 0 else ("streamed", "memory"):
+            tps[how] = harness_tokens_per_s(store, d, n, k, bs, dev, run="long",
+                                            **(stream if how == "streamed" else {}))
+        shares.append(100 * tps["streamed"] / tps["memory"])
+        print(f"  {tps['streamed']:.0f} vs {tps['memory']:.0f} tokens/s ({shares[-1]:.1f}%)")
+    print(f"  median {statistics.median(shares):.1f}%")
+    print(f"4 trials at n={n}, {args.rounds} rounds in alternating order (whole runs):")
+    for label, extra in (("in-memory", {}), ("streamed", stream)):
+        ratios = []
+        for r in range(args.rounds):
+            # alternate which goes first, so drift on a shared machine favours neither
+            t = {}
+            for what in ("seq", "pack") if r % 2 == 0 else ("pack", "seq"):
+                t[what] = (sequential_s if what == "seq" else lockstep_s)(
+                    store, d, n, k, bs, dev, **extra)
+            ratios.append(t["seq"] / t["pack"])
+            print(f"  {label:9s} sequential {t['seq']:6.2f} s, lockstep {t['pack']:6.2f} s "
+                  f"({ratios[-1]:.2f}x)")
+        print(f"  {label:9s} median {statistics.median(ratios):.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,13 @@
 """scripts/bench_trainer.py end to end at a tiny shape (throughput only)."""
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from scripts_run import run_script
 
 
 def test_bench_trainer_prints_ours_beside_its_baselines():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_trainer.py"), "--d", "16",
-         "--n-latents", "64", "--k", "4", "--batch", "128", "--steps", "2", "--rounds", "0",
-         "--compare", "sparsify"], capture_output=True, text=True, timeout=300)
+    proc = run_script("bench_trainer.py", "--d", "16", "--n-latents", "64", "--k", "4",
+                      "--batch", "128", "--steps", "2", "--rounds", "0", "--compare", "sparsify")
     assert proc.returncode == 0, proc.stderr
     row = next(line for line in proc.stdout.splitlines() if line.split()[:1] == ["64"])
     numbers = [float(v.rstrip("x%")) for v in row.split()]

@@ -1,18 +1,13 @@
 """scripts/bench_trial_setup.py end to end on a tiny store."""
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from scripts_run import run_script
 
 
 def test_bench_trial_setup_times_both_modes():
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_trial_setup.py"), "--tokens", "20000",
-         "--d", "16", "--n-latents", "64", "--k", "4", "--batch", "256", "--steps", "2",
-         "--trials", "2"], capture_output=True, text=True, timeout=300)
+    proc = run_script("bench_trial_setup.py", "--tokens", "20000", "--d", "16", "--n-latents",
+                      "64", "--k", "4", "--batch", "256", "--steps", "2", "--trials", "2")
     assert proc.returncode == 0, proc.stderr
     for label in ("store read per trial", "tokens kept across trials"):
         assert len(re.findall(rf"{label}\s+trial \d: wall", proc.stdout)) == 2

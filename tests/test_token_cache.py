@@ -88,14 +88,14 @@ def test_least_recently_used_entries_go_past_the_budget():
     token_cache.keep_tokens(3 * 400)
     try:
         for name in "abc":
-            token_cache.cached(name, lambda: torch.zeros(100))  # 400 bytes each
-        token_cache.cached("a", lambda: pytest.fail("kept"))  # a is now the most recent
-        token_cache.cached("d", lambda: torch.zeros(100))
+            token_cache.cached(lambda n=name: n, lambda: torch.zeros(100))  # 400 bytes each
+        token_cache.cached(lambda: "a", lambda: pytest.fail("kept"))  # a is now the most recent
+        token_cache.cached(lambda: "d", lambda: torch.zeros(100))
         assert token_cache.held_bytes() == 3 * 400
         rebuilt = []
-        token_cache.cached("b", lambda: rebuilt.append(1) or torch.zeros(100))
+        token_cache.cached(lambda: "b", lambda: rebuilt.append(1) or torch.zeros(100))
         assert rebuilt == [1]  # b was the least recently used
-        token_cache.cached("big", lambda: torch.zeros(1000))  # over the budget: not kept
+        token_cache.cached(lambda: "big", lambda: torch.zeros(1000))  # over the budget: not kept
         assert token_cache.held_bytes() <= 3 * 400
     finally:
         token_cache.keep_tokens(0)

@@ -139,8 +139,9 @@ class ActivationLoader:
     def eval_tokens(self) -> torch.Tensor:
         """The held-out evaluation set [n, d], on the loader's device (built once)."""
         if self._eval is None:
-            host = token_cache.cached(("eval", self.config.max_eval_tokens, *self._split_key()),
-                                      self._read_eval)
+            host = token_cache.cached(
+                lambda: ("eval", self.config.max_eval_tokens, *self._split_key()),
+                self._read_eval)
             self._eval = self._to_device(host)
         return self._eval
 
@@ -179,7 +180,8 @@ class ActivationLoader:
 
     def _memory_batches(self, gen: torch.Generator) -> Iterator[torch.Tensor]:
         if self._cache is None:
-            self._cache = token_cache.cached(("train", *self._split_key()), self._read_train)
+            self._cache = token_cache.cached(lambda: ("train", *self._split_key()),
+                                             self._read_train)
         perm = torch.randperm(self._cache.shape[0], generator=gen)
         bs = self.config.batch_size
         for start in range(0, perm.numel(), bs):

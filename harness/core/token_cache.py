@@ -33,13 +33,17 @@ def held_bytes() -> int:
     return sum(_nbytes(t) for t in _entries.values())
 
 
-def cached(key: Hashable, build: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """The tensor kept under `key`, or `build()`'s (kept when the budget allows)."""
+def cached(key_of: Callable[[], Hashable], build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The tensor kept under `key_of()`, or `build()`'s (kept when the budget allows); off, the
+    key is never computed (it reads the files' metadata)."""
+    if not _budget_bytes:
+        return build()
+    key = key_of()
     if key in _entries:
         _entries.move_to_end(key)
         return _entries[key]
     tensor = build()
-    if _budget_bytes and _nbytes(tensor) <= _budget_bytes:
+    if _nbytes(tensor) <= _budget_bytes:
         _entries[key] = tensor
         _evict()
     return tensor
