@@ -14,7 +14,8 @@ held-out FVU = sum (X - X_hat)^2 / sum (X - mu)^2 over the whole held-out set, i
 (docs/metrics.md), with its held-out L0.
 
 A recipe is a name and settings: `default` (SaeTrainingConfig and TopKSae defaults, the final
-least-squares decoder refit included; `"no refit:decoder_refit=False"` leaves it out), `legacy`
+least-squares decoder and encoder refits included; `"no encoder refit:encoder_refit=False"` stops
+after the decoder refit, `"no refit:decoder_refit=False"` leaves both out), `legacy`
 (the recipe before the quality work, `harness.core.recipes.LEGACY_SAE` and `LEGACY_TRAINING`), or
 `NAME:key=value,key=value` where each key is a SaeTrainingConfig field or a TopKSae argument
 (`encoder_init_scale`, `activation`, `k_aux`), e.g. `decay:lr_decay_fraction=0.2`. A learning

@@ -135,7 +135,11 @@ def test_the_refit_on_cuda_matches_the_cpu_refit() -> None:
     torch.testing.assert_close(gpu.b_dec.cpu(), cpu.b_dec, atol=1e-3, rtol=1e-3)
 
 
-def test_a_stop_during_the_refit_pass_resumes_to_the_same_sae(synthetic_store, tmp_path) -> None:
+@pytest.mark.parametrize("at_poll", [75, 150, 220])
+def test_a_stop_during_the_refit_passes_resumes_to_the_same_sae(synthetic_store, tmp_path,
+                                                                at_poll) -> None:
+    """A stop in the decoder refit's pass (75), the encoder refit's (150) or the second decoder
+    refit's (220) checkpoints the trained SAE, not a half-refit one."""
     from harness.core.train import LockstepMember, TrainingInterrupted
 
     config = SaeTrainingConfig(epochs=3, batch_size=256, lr=3e-3, progress=False)
@@ -149,12 +153,15 @@ def test_a_stop_during_the_refit_pass_resumes_to_the_same_sae(synthetic_store, t
 
     plain_sae, plain = run()
     checkpoint = tmp_path / "ck.pt"
-    polls = iter(range(1, 10_000))  # 69 steps poll 69 times, then the refit pass polls
+    # 69 steps poll 69 times, then each of the finish's 7 passes 23 times
+    polls = iter(range(1, 10_000))
     with pytest.raises(TrainingInterrupted) as info:
-        run(stop=lambda: "SIGTERM" if next(polls) == 75 else None, checkpoint=checkpoint)
+        run(stop=lambda: "SIGTERM" if next(polls) == at_poll else None, checkpoint=checkpoint)
     assert info.value.checkpoints == {str(checkpoint): 69}
     sae, resumed = run(checkpoint=checkpoint)
     assert resumed.resumed_from_step == 69
     assert resumed.decoder_refit_tokens == plain.decoder_refit_tokens == plain.n_train_tokens
+    assert resumed.encoder_refit_tokens == plain.encoder_refit_tokens == plain.n_train_tokens
     torch.testing.assert_close(sae.W_dec, plain_sae.W_dec)
+    torch.testing.assert_close(sae.enc_weight, plain_sae.enc_weight)
     assert resumed.fvu[-1] == pytest.approx(plain.fvu[-1], abs=1e-6)

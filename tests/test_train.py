@@ -234,8 +234,9 @@ def test_memory_stays_flat_streaming_a_store_larger_than_the_cache(tmp_path: Pat
     write_synthetic_store(tmp_path, "small", SyntheticSpec(d=64, n_tokens=60_000),
                           shard_tokens=10_000)
     store_mib = 1_200_000 * 64 * 4 / 2**20
+    # without the encoder refit, which keeps k indices for each of up to 1M tokens (by design)
     cfg = SaeTrainingConfig(epochs=3, batch_size=1024, lr=1e-3, in_memory_bytes=8 << 20,
-                            shuffle_buffer_tokens=8192, progress=False)
+                            shuffle_buffer_tokens=8192, progress=False, encoder_refit=False)
     # pay one-time costs (thread pools, kernels, allocator pools) on a small store first
     SaeTrainer(TopKSae(128, 64, 8, seed=0)).train(store=tmp_path, run_id="small",
                                                   layer_signature="synthetic", config=cfg,
@@ -371,3 +372,24 @@ def test_steady_state_steps_never_wait_for_the_gpu(synthetic_store: Path, monkey
         config=SaeTrainingConfig(**FAST, device="cuda", sparse_backward=False,
                                  dead_window_tokens=512), save=False)
     assert sum(steady) >= 30 and history["r2"][-1] > 0.5
+
+
+def test_the_decoder_rows_learn_at_decoder_lr_scale_times_the_rate():
+    from harness.core.train import _adam
+
+    sae = TopKSae(32, 16, 4)
+    opt = _adam(sae, SaeTrainingConfig(lr=1e-3, decoder_lr_scale=4.0))
+    assert opt.param_groups[0]["lr"] == 1e-3 and opt.param_groups[1]["lr"] == 4e-3
+    assert opt.param_groups[1]["params"] == [sae.W_dec]
+    assert {id(p) for p in opt.param_groups[0]["params"]} == {
+        id(p) for p in sae.parameters() if p is not sae.W_dec}
+    with pytest.raises(ValueError, match="decoder_lr_scale"):
+        SaeTrainingConfig(decoder_lr_scale=0)
+
+
+def test_the_default_warm_up_is_a_tenth_of_the_planned_steps():
+    cpu = torch.device("cpu")
+    assert SaeTrainingConfig().resolved_for(cpu, 64, 16, 245).lr_warmup_steps == 24
+    assert SaeTrainingConfig(lr_warmup_steps=0).resolved_for(cpu, 64, 16, 245).lr_warmup_steps == 0
+    with pytest.raises(ValueError, match="lr_warmup_steps"):
+        SaeTrainingConfig(lr_warmup_steps=-1)

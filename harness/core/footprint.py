@@ -8,10 +8,13 @@ The terms, in bytes (f = 4 for float32; a = 2 under bf16 autocast, else 4):
 - an evaluation batch's float32 pre-activations, B n f, and the held-out tokens E d f;
 - the decoder refit: its [n+1]^2 sums in float32, their float64 copy and Cholesky factor, and one
   batch's code pairs B (k+1)^2 (8 + 4);
+- the encoder refit (harness.core.encoder_refit): eight [n, d+1] float32 vectors of its solve, the
+  k int32 latent indices of each of its tokens, and one batch's gathered rows B k (d+1) f twice;
+  while either refit runs, a copy of the trained parameters (for an interrupt's checkpoint);
 - the batches in flight: (prefetch + 2) B d f.
-Peak = parameters + batches + held-out tokens + the largest of step, evaluation and refit (they
-come one after another). It leaves out the CUDA context (about 0.5 GiB a process), which a packing
-check adds once per worker.
+Peak = parameters + batches + held-out tokens + the largest of step, evaluation and the refits
+(they come one after another). It leaves out the CUDA context (about 0.5 GiB a process), which a
+packing check adds once per worker.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ class TrainingShape:
     """The sparse backward (the default), else the dense reference."""
     refit: bool = True
     """Whether the decoder refit runs (n_latents within its cap)."""
+    encoder_refit_tokens: int = 1 << 20
+    """Tokens the encoder refit keeps indices for (0: no encoder refit)."""
     prefetch_batches: int = 2
     """Batches prepared ahead."""
 
@@ -56,7 +61,14 @@ def training_bytes(shape: TrainingShape, members: int = 1) -> int:
     params = 4 * (2 * n * d + n + d) * F32
     step = 3 * b * n * act + (0 if shape.sparse_backward else 2 * b * n * F32)
     evaluation = b * n * F32
-    refit = (members * ((n + 1) ** 2 * (F32 + 8 + 8) + (n + 1) * d * (F32 + 8))
-             + b * (k + 1) ** 2 * (8 + F32)) if shape.refit else 0
+    decoder_refit = (members * ((n + 1) ** 2 * (F32 + 8 + 8) + (n + 1) * d * (F32 + 8))
+                     + b * (k + 1) ** 2 * (8 + F32))
+    encoder_refit = (members * (8 * n * (d + 1) * F32 + shape.encoder_refit_tokens * k * 4)
+                     + 2 * b * k * (d + 1) * F32)
+    refit = 0
+    if shape.refit:
+        refit = decoder_refit
+        if shape.encoder_refit_tokens:
+            refit = max(decoder_refit, encoder_refit) + members * params // 4
     data = (shape.prefetch_batches + 2) * b * d * F32 + shape.eval_tokens * d * F32
     return members * params + data + max(step, evaluation, refit)

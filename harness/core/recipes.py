@@ -20,9 +20,11 @@ INPUTS_EXP = 0.3294
 
 LEGACY_SAE: dict[str, float] = {"encoder_init_scale": 1.0}
 """TopKSae arguments: unit-norm encoder rows (now 1/sqrt(3))."""
-LEGACY_TRAINING: dict[str, float | bool] = {"lr": 2e-4, "decoder_refit": False}
-"""SaeTrainingConfig fields: a fixed learning rate (now default_lr of the size and steps) and the
-decoder as Adam left it (now refit by least squares, harness.core.refit)."""
+LEGACY_TRAINING: dict[str, float | bool] = {"lr": 2e-4, "decoder_refit": False,
+                                            "decoder_lr_scale": 1.0, "lr_warmup_steps": 0}
+"""SaeTrainingConfig fields: a fixed learning rate (now default_lr of the size and steps), the
+decoder as Adam left it (now refit by least squares, harness.core.refit), one learning rate for
+all parameters (now 4x for the decoder rows) and no warm-up (now a tenth of the steps)."""
 
 
 def default_lr(n_latents: int, d: int, steps: int) -> float:

@@ -48,6 +48,8 @@ def largest_trial(loaded: LoadedSpace) -> tuple[TrainingShape, int]:
         k = min(n_max, BATCHTOPK_CANDIDATES * k)
     cap = int(max(_possible(loaded, "decoder_refit_max_latents")))
     refits = any(bool(v) for v in _possible(loaded, "decoder_refit"))
+    encoder_tokens = (int(max(_possible(loaded, "encoder_refit_max_tokens")))
+                      if any(bool(v) for v in _possible(loaded, "encoder_refit")) else 0)
     candidates = [n_max]
     if refits and cap < n_max and isinstance(params["expansion"], ParamSpec):
         candidates.append(cap)  # a smaller trial that still refits may need more
@@ -56,7 +58,7 @@ def largest_trial(loaded: LoadedSpace) -> tuple[TrainingShape, int]:
         eval_tokens=int(max(_possible(loaded, "max_eval_tokens"))),
         autocast_bf16=all(v is None or bool(v) for v in _possible(loaded, "autocast_bf16")),
         sparse_backward=all(bool(v) for v in _possible(loaded, "sparse_backward")),
-        refit=refits and n <= cap,
+        refit=refits and n <= cap, encoder_refit_tokens=encoder_tokens,
         prefetch_batches=int(max(_possible(loaded, "prefetch_batches"))))
         for n in candidates]
     sized = [(shape, training_bytes(shape, loaded.space.lockstep)) for shape in shapes]
