@@ -417,7 +417,8 @@ Callback = Callable[[EvalResult], None]
 # fields that shape the data stream: SAEs trained in lockstep must agree on them
 DATA_FIELDS = ("epochs", "batch_size", "max_tokens", "max_train_tokens", "holdout_fraction",
                "max_eval_tokens", "shuffle_buffer_tokens", "in_memory_bytes", "seed", "device",
-               "dtype", "b_dec_init", "b_dec_init_tokens", "prefetch_batches")
+               "dtype", "b_dec_init", "b_dec_init_tokens", "prefetch_batches",
+               "encoder_refit_max_tokens")  # the finish's passes are shared too
 
 
 @dataclass
