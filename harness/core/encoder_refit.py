@@ -62,7 +62,7 @@ class EncoderRefit:
         of each token is kept for the passes that follow."""
         sae = self.sae
         xt = self._inputs(x)
-        pre = torch.addmm(sae.b_enc, xt[:, :-1], sae.enc_weight.T)
+        pre = sae.pre_activations(x).float()  # the SAE's own encoder, not a copy of it
         top, idx = pre.topk(sae.k, dim=-1, sorted=False)
         codes = least_squares_codes(sae.W_dec, xt[:, :-1], idx)
         n = sae.n_latents

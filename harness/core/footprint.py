@@ -10,7 +10,7 @@ The terms, in bytes (f = 4 for float32; a = 2 under bf16 autocast, else 4):
   batch's code pairs B (k+1)^2 (8 + 4);
 - the encoder refit (harness.core.encoder_refit): eight [n, d+1] float32 vectors of its solve, the
   k int32 latent indices of each of its tokens, and one batch's gathered rows B k (d+1) f twice;
-  while either refit runs, a copy of the trained parameters (for an interrupt's checkpoint);
+  with it on, a copy of the trained parameters through both refits (an interrupt's checkpoint);
 - the batches in flight: (prefetch + 2) B d f.
 Peak = parameters + batches + held-out tokens + the largest of step, evaluation and the refits
 (they come one after another). It leaves out the CUDA context (about 0.5 GiB a process), which a
