@@ -39,9 +39,10 @@ class Metric:
     """Column header in LaTeX."""
     fmt: str
     """Format spec of a value."""
-    source: Literal["eval", "setup", "truth"]
+    source: Literal["eval", "setup", "truth", "downstream"]
     """Where a trial's value comes from: a held-out evaluation, the trial's resolved
-    configuration, or the planted ground truth of a synthetic store."""
+    configuration, the planted ground truth of a synthetic store, or the SAE spliced into its
+    language model (harness.evaluate.downstream)."""
     objective: bool = True
     """May be a study objective."""
 
@@ -72,6 +73,23 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            ".3f", "eval"),
     Metric("n_latents", "minimize", "latents", "latents", "Latents", "d", "setup"),
     Metric("k", "minimize", "k", "k", "$k$", "d", "setup"),
+    Metric("ce_orig", "minimize", "clean LM cross-entropy (nats)", "CE clean",
+           "CE$_\\mathrm{orig}$", ".4f", "downstream", objective=False),
+    Metric("ce_sae", "minimize", "LM cross-entropy with the SAE spliced in (nats)", "CE SAE",
+           "CE$_\\mathrm{SAE}$", ".4f", "downstream"),
+    Metric("ce_zero", "minimize", "LM cross-entropy with the activation zeroed (nats)",
+           "CE zero", "CE$_\\mathrm{zero}$", ".4f", "downstream", objective=False),
+    Metric("delta_ce", "minimize", "ΔCE: LM loss added by the SAE (nats)", "ΔCE",
+           "$\\Delta$CE", ".4f", "downstream"),
+    Metric("ce_loss_score", "maximize", "CE-loss score (CE loss recovered)", "CE score",
+           "CE score", ".4f", "downstream"),
+    Metric("kl", "minimize", "KL(clean ‖ spliced) per token (nats)", "KL", "KL", ".4f",
+           "downstream"),
+    Metric("kl_score", "maximize", "KL score", "KL score", "KL score", ".4f", "downstream"),
+    Metric("lm_fvu", "minimize", "FVU on the LM windows' spliced positions", "FVU (LM)",
+           "FVU$_\\mathrm{LM}$", ".4g", "downstream"),
+    Metric("lm_l0", "minimize", "L0 on the LM windows' spliced positions", "L0 (LM)",
+           "$L_0^\\mathrm{LM}$", ".1f", "downstream"),
     Metric("recovery", "maximize", "planted features recovered (cos >= 0.9)", "found",
            "Recovered", ".3f", "truth", objective=False),
     Metric("mmcs", "maximize", "mean max cosine to the planted features", "MMCS", "MMCS",
@@ -79,6 +97,7 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
 )}
 OBJECTIVE_METRICS = tuple(name for name, m in METRICS.items() if m.objective)
 EVAL_METRICS = tuple(name for name, m in METRICS.items() if m.source == "eval")
+DOWNSTREAM_METRICS = tuple(name for name, m in METRICS.items() if m.source == "downstream")
 
 
 def metric(name: str) -> Metric:

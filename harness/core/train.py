@@ -377,6 +377,9 @@ class TrainingHistory(Mapping[str, Any]):
     encoder_refit_tokens: int | None = None
     """Training tokens the encoder was refit on (config.encoder_refit), or None: no encoder refit.
     """
+    final_metrics: dict[str, float] = field(default_factory=dict)
+    """What LockstepMember.final_evaluators measured on the finished SAE (the downstream
+    metrics of harness.evaluate), with `<evaluator>_s`, the seconds each took."""
 
     def append(self, result: EvalResult) -> None:
         for name in HISTORY_FIELDS:
@@ -413,6 +416,8 @@ _HISTORY_KEYS = tuple(f.name for f in dataclasses.fields(TrainingHistory))
 
 
 Callback = Callable[[EvalResult], None]
+FinalEvaluator = Callable[[TopKSae], Mapping[str, float]]
+"""Measures a finished SAE (after the refits and the last evaluation); named by its __name__."""
 
 # fields that shape the data stream: SAEs trained in lockstep must agree on them
 DATA_FIELDS = ("epochs", "batch_size", "max_tokens", "max_train_tokens", "holdout_fraction",
@@ -435,6 +440,8 @@ class LockstepMember:
     checkpoint_path: str | Path | None = None
     """A resumable checkpoint is written here (config.checkpoint_every, and when stopped) and
     resumed from when the file exists; it is removed once the run ends."""
+    final_evaluators: Sequence[FinalEvaluator] = ()
+    """Run once on the finished SAE; what they return goes to history.final_metrics and W&B."""
 
 
 @dataclass
@@ -787,6 +794,20 @@ class _Run:
         evaluated = bool(self.history.step) and self.history.step[-1] == self.step_count
         if (not self.cfg.eval_every or last) and not evaluated:
             self.evaluate()
+        if last:
+            self.evaluate_final()
+
+    @torch.no_grad()
+    def evaluate_final(self) -> None:
+        """The member's final evaluators on the finished SAE, each timed."""
+        for evaluator in self.member.final_evaluators:
+            start = time.perf_counter()
+            values = dict(evaluator(self.sae))
+            name = getattr(evaluator, "__name__", type(evaluator).__name__)
+            values[f"{name}_s"] = time.perf_counter() - start
+            self.history.final_metrics.update(values)
+        if self.wandb is not None and self.history.final_metrics:
+            self.wandb.log(dict(self.history.final_metrics), step=self.step_count)
 
     @torch.no_grad()
     def evaluate(self) -> None:
@@ -822,6 +843,7 @@ class _Run:
         else:
             final = self.history.final
             self.wandb.set_summary({**(dataclasses.asdict(final) if final else {}),
+                                    **self.history.final_metrics,
                                     "stop_reason": self.history.stop_reason,
                                     "status": "finished"})
             self.wandb.finish()

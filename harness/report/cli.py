@@ -52,6 +52,9 @@ TRIAL_COLUMNS = {
     "n_latents": "latents", "lr": "lr", "final_r2": "R²", "final_fvu": "FVU", "final_l0": "L0",
     "final_dead_ratio": "dead ratio", "tokens_seen": "tokens", "wall_time_s": "wall s",
 }
+# shown when the study measured them (a space with evaluation.downstream)
+DOWNSTREAM_COLUMNS = {"delta_ce": "ΔCE", "ce_loss_score": "CE score", "kl": "KL",
+                      "downstream_s": "LM eval s"}
 
 
 @dataclass
@@ -126,6 +129,8 @@ def build_report(
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a plot that warns is a plot to fix, not to ship
         report.files += plot_pareto(df, out_dir)
+        if _has_downstream(df):
+            report.files += plot_pareto(df, out_dir, y="delta_ce", name="pareto_delta_ce")
         report.files += plot_learning_curves(df, out_dir, metric)
         if done["lr"].nunique() > 1:
             report.files += plot_lr_sensitivity(df, out_dir)
@@ -189,12 +194,18 @@ def _importances(studies: list[str], storage: str | None, results_dir: str | Pat
     return out
 
 
+def _has_downstream(df: pd.DataFrame) -> bool:
+    return "delta_ce" in df.columns and bool(complete(df)["delta_ce"].notna().any())
+
+
 def _summary_md(label: str, df: pd.DataFrame, best: pd.DataFrame, group_by: Sequence[str],
                 metric: str, report: Report, importances: dict[str, dict[str, float]]) -> str:
     col = f"final_{metric}"
     larger = METRICS[metric].larger_is_better
     done = complete(df).sort_values(col, ascending=not larger)
     columns = dict(TRIAL_COLUMNS)
+    if _has_downstream(df):
+        columns.update(DOWNSTREAM_COLUMNS)
     if df["study"].nunique() == 1:
         del columns["study"]
     counts = df["state"].value_counts()
@@ -208,6 +219,11 @@ def _summary_md(label: str, df: pd.DataFrame, best: pd.DataFrame, group_by: Sequ
     lines += [f"## Best per ({', '.join(group_by)})", "", markdown_table(best, columns), ""]
     lines += ["## Pareto front (FVU vs L0, both minimised)", "",
               markdown_table(pareto_front(df), columns), ""]
+    if _has_downstream(df):
+        lines += ["## Pareto front (ΔCE vs L0, both minimised)", "",
+                  "ΔCE = CE with the SAE spliced into the LM − clean CE, on the study's "
+                  "evaluation windows (docs/metrics.md).", "",
+                  markdown_table(pareto_front(df, y="delta_ce"), columns), ""]
     seeds = seed_summary(df, metric)
     if not seeds.empty:
         lines += ["## Across seeds (mean ± std)", "", seeds.to_markdown(index=False,

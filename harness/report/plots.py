@@ -74,29 +74,32 @@ def _plain_log(ax: plt.Axes, which: str = "xy") -> None:
         axis.set_minor_formatter(ticker.FuncFormatter(minor))
 
 
-def plot_pareto(df: pd.DataFrame, out: Path) -> list[Path]:
-    """FVU vs L0 of complete trials (log axes), coloured by expansion, the front highlighted."""
-    done = complete(df).dropna(subset=["final_l0", "final_fvu"])
-    done = done[(done["final_l0"] > 0) & (done["final_fvu"] > 0)]
+def plot_pareto(df: pd.DataFrame, out: Path, y: str = "final_fvu",
+                name: str = "pareto") -> list[Path]:
+    """`y` (held-out FVU, or a downstream metric such as delta_ce) vs L0 of complete trials (log
+    axes), coloured by expansion, the front highlighted."""
+    done = complete(df).dropna(subset=["final_l0", y])
+    done = done[(done["final_l0"] > 0) & (done[y] > 0)]
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=COLUMN, layout="constrained")
         colors = palette(done["expansion"])
         for expansion, group in done.groupby("expansion"):
-            ax.scatter(group["final_l0"], group["final_fvu"], s=14, color=colors[expansion],
+            ax.scatter(group["final_l0"], group[y], s=14, color=colors[expansion],
                        alpha=0.8, linewidths=0, label=f"{_label(expansion)}x")
-        front = done[pareto_mask(done["final_l0"], done["final_fvu"])].sort_values("final_l0")
-        ax.step(front["final_l0"], front["final_fvu"], where="post", color="black", lw=0.9,
+        front = done[pareto_mask(done["final_l0"], done[y])].sort_values("final_l0")
+        ax.step(front["final_l0"], front[y], where="post", color="black", lw=0.9,
                 zorder=3, label="Pareto front")
-        ax.scatter(front["final_l0"], front["final_fvu"], s=22, facecolors="none",
+        ax.scatter(front["final_l0"], front[y], s=22, facecolors="none",
                    edgecolors="black", linewidths=0.8, zorder=4)
         ax.set_xscale("log")
         ax.set_yscale("log")
         _plain_log(ax)
         ax.set_xlabel("L0 (active latents per token)")
-        ax.set_ylabel("FVU (held-out, fraction)")
+        ax.set_ylabel("FVU (held-out, fraction)" if y == "final_fvu"
+                      else METRICS[y.removeprefix("final_")].label)
         ax.legend(title="expansion", loc="best", handletextpad=0.3, borderaxespad=0.2)
         ax.grid(True, which="major", lw=0.3, alpha=0.5)
-        return _save(fig, out, "pareto")
+        return _save(fig, out, name)
 
 
 def plot_learning_curves(df: pd.DataFrame, out: Path, metric: str = "r2") -> list[Path]:

@@ -37,6 +37,7 @@ from harness.sweep.devices import (
     visible_gpu_count,
     worker_slots,
 )
+from harness.sweep.downstream import check_downstream, save_reference
 from harness.sweep.packing import check_packing, cuda_memory
 from harness.sweep.space import LoadedSpace, SpaceError, load_space, synthetic_spec
 from harness.sweep.study import (
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         _resolve_artifacts(loaded)
         url = storage_url(args.storage, space.study.storage, default_storage(loaded))
         repaired = prepare_storage(url)
+        downstream = check_downstream(loaded)  # loads the model: the slowest check goes last
     except (SpaceError, DeviceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_SPACE
@@ -132,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpaceError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_SPACE
+    if downstream is not None:
+        save_reference(downstream, out)
+        del downstream  # the workers load the model themselves
     # what the workers load: the file with the command-line overrides applied
     resolved = out / "space.resolved.yaml"
     write_text(resolved, yaml.safe_dump(loaded.raw_masked(), sort_keys=False))
@@ -338,6 +343,9 @@ def _trial_line(t: FrozenTrial, loaded: LoadedSpace) -> str:
                         for name in ("r2", "l0")) + f" dead={_percent(r.final('dead_ratio'))}"
         if r.final("recovery") is not None:
             what += f" recovered={_percent(r.final('recovery'), 0)}"
+        if r.final("delta_ce") is not None:
+            what += (f" delta_ce={METRICS['delta_ce'].format(r.final('delta_ce'))} "
+                     f"ce_score={METRICS['ce_loss_score'].format(r.final('ce_loss_score'))}")
     elif t.state == TrialState.PRUNED:
         what = f"pruned: {r.prune_reason}"
     else:
@@ -379,11 +387,14 @@ def _print_best(study: optuna.Study, loaded: LoadedSpace, storage: str, out: Pat
         print(f"{title} ({', '.join(f'{o.direction} {o.metric}' for o in space.objectives)}):")
         records = [TrialRecord.from_frozen(t) for t in best]
         truth = all(r.final("recovery") is not None for r in records)
-        print(f"{'trial':>6} {'r2':>8} {'l0':>6} {'dead%':>6} {'n_latents':>9} {'k':>4} "
+        lm = all(r.final("delta_ce") is not None for r in records)
+        print(f"{'trial':>6}" + (f" {'delta_ce':>8}" if lm else "") + f" {'r2':>8} {'l0':>6} "
+              f"{'dead%':>6} {'n_latents':>9} {'k':>4} "
               f"{'lr':>9}" + (f" {'found%':>6}" if truth else "") + "  folder")
         for r in records:
             found = f" {100 * (r.final('recovery') or 0):6.0f}" if truth else ""
-            print(f"{r.number:6d} {METRICS['r2'].format(r.final('r2')):>8} "
+            dce = f" {METRICS['delta_ce'].format(r.final('delta_ce')):>8}" if lm else ""
+            print(f"{r.number:6d}{dce} {METRICS['r2'].format(r.final('r2')):>8} "
                   f"{METRICS['l0'].format(r.final('l0')):>6} "
                   f"{100 * (r.final('dead_ratio') or 0):6.1f} {r.n_latents:9d} {r.k:4d} "
                   f"{r.lr or 0:9.2e}{found}  {r.trial_dir}")

@@ -32,11 +32,12 @@ from pydantic import (
 )
 
 from harness.core.loader import ActivationLoader
-from harness.core.metrics import OBJECTIVE_METRICS
+from harness.core.metrics import METRICS, OBJECTIVE_METRICS
 from harness.core.sae import ACTIVATIONS
 from harness.core.store import ActivationSource, LocalStore, StoreError
 from harness.core.train import DATA_FIELDS, SaeTrainingConfig
 from harness.data.synthetic import SyntheticSpec
+from harness.evaluate.downstream import DownstreamConfig
 from harness.sweep.urls import masked
 
 # lr = 2e-4 / sqrt(n_latents / 2**14): the scaling rule of sparsify and dictionary_learning
@@ -248,6 +249,32 @@ class FaultsSection(_Strict):
         return self
 
 
+class DownstreamSection(_Strict):
+    """Splice every finished trial's SAE into its language model (harness.evaluate)."""
+
+    model: str = Field(min_length=1)
+    """A named causal LM (smollm2), a local folder or a hub id: the model the store was
+    captured from."""
+    layer: str = Field(min_length=1)
+    """The hook point, as captured (e.g. model.layers.6)."""
+    text: str = DownstreamConfig.text
+    """A corpus name, a folder of .txt files or a file of blank-line separated documents: text
+    the SAEs were not trained on."""
+    windows: int = Field(DownstreamConfig.windows, gt=0)
+    """Evaluation windows (the first N of the text)."""
+    seq_len: int = Field(DownstreamConfig.seq_len, ge=2)
+    """Text tokens per window (the BOS comes in front)."""
+    batch_windows: int = Field(DownstreamConfig.batch_windows, gt=0)
+    """Windows per forward pass."""
+
+    def config(self, device: str = "cpu") -> DownstreamConfig:
+        return DownstreamConfig(device=device, **self.model_dump())
+
+
+class EvaluationSection(_Strict):
+    downstream: DownstreamSection | None = None
+
+
 class SweepSpace(_Strict):
     """A whole sweep file."""
 
@@ -269,6 +296,16 @@ class SweepSpace(_Strict):
     """Trials a worker trains together on the same batches (each batch read and moved once)."""
     workers: int = Field(1, ge=1)
     """Worker processes when neither --workers nor --devices is given."""
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    """Evaluations of each finished trial beyond the held-out split."""
+
+    @model_validator(mode="after")
+    def _downstream_objectives(self) -> SweepSpace:
+        needs = [o.metric for o in self.objectives if METRICS[o.metric].source == "downstream"]
+        if needs and self.evaluation.downstream is None:
+            raise ValueError(f"objective(s) {needs} are measured by splicing the SAE into its "
+                             "language model: add evaluation.downstream (model, layer, ...)")
+        return self
 
     @field_validator("params")
     @classmethod

@@ -35,6 +35,7 @@ from harness.core.train import (
 )
 from harness.data.synthetic import has_ground_truth, load_ground_truth
 from harness.sweep.artifacts import upload_trial
+from harness.sweep.downstream import final_evaluator
 from harness.sweep.pruning import PruningCallback, rules_for
 from harness.sweep.space import LoadedSpace, TrialSetup
 from harness.sweep.trial_record import TrialRecord
@@ -160,10 +161,12 @@ def _prepare(trial: optuna.Trial, record: TrialRecord, loaded: LoadedSpace, ctx:
     # keyed by the first trial of a retry chain: a retry resumes where its predecessor stopped
     first = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial",
                                                                        trial.number)
+    downstream = final_evaluator(loaded, ctx.device, ctx.results_dir)
     member = LockstepMember(sae=sae, config=cfg, callbacks=[pruning], training_run_id=name,
                             save_dir=record.trial_dir, extra_meta=extra,
                             checkpoint_path=checkpoint_dir(ctx, space.study.name)
-                            / f"{first:04d}.pt")
+                            / f"{first:04d}.pt",
+                            final_evaluators=[downstream] if downstream else [])
     record.artifact_store = ctx.artifacts
     return _Prepared(trial=trial, record=record, setup=setup, member=member, pruning=pruning,
                      start=start)
@@ -197,6 +200,7 @@ def _finish(p: _Prepared, result: MemberOutcome, loaded: LoadedSpace) -> TrialOu
         "dead_window_tokens": history.dead_window_tokens,
         "n_train_tokens": history.n_train_tokens, "n_eval_tokens": history.n_eval_tokens,
         "planned_tokens": p.member.config.planned_tokens(history.n_train_tokens),
+        **history.final_metrics,
     }
     data = loaded.space.data
     if has_ground_truth(data.store, data.run_id):  # synthetic data: how many features it found

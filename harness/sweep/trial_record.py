@@ -22,14 +22,14 @@ TRIAL_FILE = "trial.json"
 
 def metric_columns() -> list[str]:
     """Record columns of the metrics table: final_<m> (and best_<m> for the ones a run can
-    improve on) for held-out metrics, <m> for ground-truth ones."""
+    improve on) for held-out metrics, <m> for ground-truth and downstream ones."""
     cols: list[str] = []
     for name, m in METRICS.items():
         if m.source == "eval":
             cols.append(f"final_{name}")
             if name in ("r2", "fvu"):
                 cols.append(f"best_{name}")
-        elif m.source == "truth":
+        elif m.source in ("truth", "downstream"):
             cols.append(name)
     return cols
 
@@ -37,7 +37,7 @@ def metric_columns() -> list[str]:
 # measurements that are not metrics of the table: counts and timings of the run
 RUN_COLUMNS = ("dead_features", "tokens_seen", "planned_tokens", "steps", "epochs_run",
                "n_train_tokens", "n_eval_tokens", "dead_window_tokens", "wall_time_s",
-               "train_time_s")
+               "train_time_s", "downstream_s", "downstream_tokens")
 
 
 @dataclass
@@ -117,7 +117,7 @@ class TrialRecord:
     def final(self, name: str) -> float | None:
         """A metric of the table at the end of the run."""
         source = METRICS[name].source
-        column = {"eval": f"final_{name}", "truth": name}.get(source)
+        column = {"eval": f"final_{name}", "truth": name, "downstream": name}.get(source)
         value = self.get(column) if column else getattr(self, name)
         return None if value is None else float(value)
 

@@ -1,0 +1,66 @@
+"""A sweep's downstream evaluation (the space's evaluation.downstream): checked and its reference
+passes computed once by the sweep, then loaded by every worker to score its finished trials."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from pathlib import Path
+
+from harness.core.sae import TopKSae
+from harness.core.store import StoreError
+from harness.core.train import FinalEvaluator
+from harness.evaluate.downstream import DownstreamConfig, DownstreamEvaluator
+from harness.sweep.space import LoadedSpace, SpaceError
+
+REFERENCE_DIR = "downstream"  # under results/<study>/
+
+
+def reference_dir(study_dir: Path) -> Path:
+    return study_dir / REFERENCE_DIR
+
+
+def check_downstream(loaded: LoadedSpace) -> DownstreamEvaluator | None:
+    """Load the space's model, build its windows and reference passes, and check that the hook
+    point's width is the store's d; SpaceError (nothing written) when any of it fails."""
+    section = loaded.space.evaluation.downstream
+    if section is None:
+        return None
+    where = f"{loaded.path}: evaluation.downstream"
+    try:
+        evaluator = DownstreamEvaluator.open(section.config())
+    except StoreError as e:
+        raise SpaceError(f"{where}: {e}") from e
+    if loaded.d and evaluator.width != loaded.d:
+        raise SpaceError(f"{where}.layer: {section.layer} of {section.model} has width "
+                         f"{evaluator.width}, but the store's activations have d={loaded.d}: "
+                         "evaluate at the layer the store was captured from")
+    return evaluator
+
+
+def save_reference(evaluator: DownstreamEvaluator, study_dir: Path) -> Path:
+    """Where the workers find the reference passes."""
+    ref = evaluator.reference
+    return ref.save(reference_dir(study_dir) / f"reference-{ref.key}.safetensors")
+
+
+@functools.cache
+def _evaluator(cfg: DownstreamConfig, cache_dir: str) -> DownstreamEvaluator:
+    return DownstreamEvaluator.open(cfg, cache_dir=cache_dir)  # once per worker process
+
+
+def final_evaluator(loaded: LoadedSpace, device: str, study_dir: Path) -> FinalEvaluator | None:
+    """What a trial runs on its finished SAE: the downstream metrics under their table names."""
+    section = loaded.space.evaluation.downstream
+    if section is None:
+        return None
+    cfg = section.config(device)
+
+    def downstream(sae: TopKSae) -> Mapping[str, float]:
+        m = _evaluator(cfg, str(reference_dir(study_dir))).evaluate(sae)
+        return {"ce_orig": m.ce_orig, "ce_sae": m.ce_sae, "ce_zero": m.ce_zero,
+                "delta_ce": m.delta_ce, "ce_loss_score": m.ce_loss_score, "kl": m.kl,
+                "kl_score": m.kl_score, "lm_fvu": m.fvu, "lm_l0": m.l0,
+                "downstream_tokens": m.tokens}
+
+    return downstream
