@@ -2,6 +2,12 @@
 
     python scripts/bench_quality.py --store results/quality_store --run-id python_docs_l3 \\
         --layer encoder.layer.3 --tokens 200000 --lrs 1e-3,2e-3,4e-3,8e-3,1.6e-2,3.2e-2
+    python scripts/bench_quality.py --store results/smollm2_store --run-id docstrings_l6 \\
+        --layer model.layers.6 --model smollm2 --n-latents 4608 --lrs default
+
+With --model (a causal LM the store was captured from, hooked at --layer), every SAE is also
+spliced into the model (harness.evaluate) on the same windows, and the tables add ΔCE, the
+CE-loss score and KL per trainer (docs/metrics.md).
 
 The last `--heldout` tokens of the activation run are held out; neither trainer sees them. The
 rest is written to a temporary store that ours trains on through the seed API
@@ -35,7 +41,7 @@ import re
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -46,6 +52,7 @@ from harness.core.recipes import LEGACY_SAE, LEGACY_TRAINING
 from harness.core.sae import TopKSae
 from harness.core.store import LocalStore
 from harness.core.train import SaeTrainer, SaeTrainingConfig
+from harness.evaluate.downstream import DownstreamConfig, DownstreamEvaluator, sae_reconstructor
 
 SAE_ARGS = set(inspect.signature(TopKSae.__init__).parameters) - {"self", "n_latents",
                                                                    "n_inputs", "k", "device"}
@@ -67,6 +74,20 @@ class Score:
     """Held-out mean active latents per token."""
     seconds: float
     """Wall time of the training."""
+    delta_ce: float | None = None
+    """LM cross-entropy added by splicing the SAE in (with --model)."""
+    ce_loss_score: float | None = None
+    """(CE_zero - CE_sae) / (CE_zero - CE_orig) (with --model)."""
+    kl: float | None = None
+    """Mean KL(p_orig || p_sae) per token (with --model)."""
+
+
+def with_downstream(score: Score, reconstruct, evaluator) -> Score:  # noqa: ANN001
+    """The score with the SAE's downstream metrics, when an evaluator is given."""
+    if evaluator is None:
+        return score
+    m = evaluator.evaluate(reconstruct)
+    return replace(score, delta_ce=m.delta_ce, ce_loss_score=m.ce_loss_score, kl=m.kl)
 
 
 @torch.no_grad()
@@ -104,7 +125,8 @@ def parse_recipe(text: str) -> tuple[str, dict, dict]:
 
 
 def train_ours(store: Path, run: str, layer: str, base: SaeTrainingConfig, d: int, args,
-               recipe: str, column: str, heldout: torch.Tensor, tmp: Path) -> Score:
+               recipe: str, column: str, heldout: torch.Tensor, tmp: Path,
+               evaluator: DownstreamEvaluator | None = None) -> Score:
     name, fields, sae_args = parse_recipe(recipe)
     # "default": the recipe's own default (legacy: 2e-4), else default_lr of the planned steps
     lr = fields.get("lr") if column == "default" else float(column)
@@ -123,11 +145,13 @@ def train_ours(store: Path, run: str, layer: str, base: SaeTrainingConfig, d: in
 
     fvu, l0 = heldout_fvu(reconstruct, heldout)
     used = json.loads((out / "training_config.json").read_text())["lr"]  # default resolved
-    return Score(name, column, used, fvu, l0, seconds)
+    return with_downstream(Score(name, column, used, fvu, l0, seconds),
+                           sae_reconstructor(loaded), evaluator)
 
 
 def train_sparsify(loader: ActivationLoader, cfg: SaeTrainingConfig, d: int, args, column: str,
-                   heldout: torch.Tensor, tmp: Path) -> Score:
+                   heldout: torch.Tensor, tmp: Path,
+                   evaluator: DownstreamEvaluator | None = None) -> Score:
     from sparsify import SparseCoder, SparseCoderConfig
 
     lr = 2e-4 / math.sqrt(args.n_latents / 2**14) if column == "default" else float(column)
@@ -156,7 +180,13 @@ def train_sparsify(loader: ActivationLoader, cfg: SaeTrainingConfig, d: int, arg
         return out.sae_out, (out.latent_acts > 0).sum(-1)
 
     fvu, l0 = heldout_fvu(reconstruct, heldout)
-    return Score("sparsify", column, lr, fvu, l0, seconds)
+
+    @torch.no_grad()
+    def spliced(x: torch.Tensor):
+        out = loaded(x)
+        return out.sae_out, (out.latent_acts > 0).sum()
+
+    return with_downstream(Score("sparsify", column, lr, fvu, l0, seconds), spliced, evaluator)
 
 
 def _grid_best(by_lr: dict[str, Score]) -> Score:
@@ -181,27 +211,32 @@ def sparsify_available() -> bool:
     return True
 
 
-def table(scores: list[Score], lrs: list[str]) -> str:
-    """FVU per trainer (rows) and learning rate (columns), then ours over sparsify's."""
+def table(scores: list[Score], lrs: list[str], metric: str = "fvu") -> str:
+    """`metric` (fvu, delta_ce or kl: lower is better) per trainer (rows) and learning rate
+    (columns), then ours over sparsify's; "best on the grid" is the trial of lowest FVU."""
     rows: dict[str, dict[str, Score]] = {}
     for s in scores:
         rows.setdefault(s.trainer, {})[s.column] = s
-    lines = ["| trainer | " + " | ".join(lrs) + " | best on the grid |",
+
+    def value(s: Score) -> float:
+        return getattr(s, metric)
+
+    lines = [f"{metric}:", "", "| trainer | " + " | ".join(lrs) + " | best on the grid |",
              "|---" * (len(lrs) + 2) + "|"]
     for trainer, by_lr in rows.items():
         best = _grid_best(by_lr)
-        cells = [f"**{by_lr[lr].fvu:.4f}**" if by_lr.get(lr) is best else
-                 (f"{by_lr[lr].fvu:.4f}" if lr in by_lr else "") for lr in lrs]
-        lines.append(f"| {trainer} | " + " | ".join(cells) + f" | {best.fvu:.4f} |")
+        cells = [f"**{value(by_lr[lr]):.4f}**" if by_lr.get(lr) is best else
+                 (f"{value(by_lr[lr]):.4f}" if lr in by_lr else "") for lr in lrs]
+        lines.append(f"| {trainer} | " + " | ".join(cells) + f" | {value(best):.4f} |")
     if "sparsify" in rows:
         ref = rows["sparsify"]
-        ref_best = _grid_best(ref).fvu
+        ref_best = value(_grid_best(ref))
         for trainer, by_lr in rows.items():
             if trainer == "sparsify":
                 continue
-            cells = [f"{by_lr[lr].fvu / ref[lr].fvu:.3f}" if lr in by_lr and lr in ref else ""
-                     for lr in lrs]
-            best = _grid_best(by_lr).fvu
+            cells = [f"{value(by_lr[lr]) / value(ref[lr]):.3f}" if lr in by_lr and lr in ref
+                     else "" for lr in lrs]
+            best = value(_grid_best(by_lr))
             lines.append(f"| {trainer} / sparsify | " + " | ".join(cells)
                          + f" | {best / ref_best:.3f} |")
     return "\n".join(lines)
@@ -226,6 +261,15 @@ def main(argv: list[str] | None = None) -> int:
                         "and legacy)")
     p.add_argument("--no-sparsify", action="store_true", help="train ours only")
     p.add_argument("--json", help="also write every score to this JSON file")
+    defaults = DownstreamConfig(model="", layer="")
+    p.add_argument("--model", help="the causal LM the store was captured from (e.g. smollm2): "
+                   "also splice every SAE into it at --layer and table ΔCE, CE score and KL")
+    p.add_argument("--text", default=defaults.text,
+                   help=f"evaluation text with --model (default {defaults.text})")
+    p.add_argument("--windows", type=int, default=defaults.windows,
+                   help=f"evaluation windows with --model (default {defaults.windows})")
+    p.add_argument("--seq-len", type=int, default=defaults.seq_len,
+                   help=f"tokens per evaluation window (default {defaults.seq_len})")
     args = p.parse_args(argv)
     recipes = args.recipe or ["default", "legacy"]
 
@@ -237,6 +281,17 @@ def main(argv: list[str] | None = None) -> int:
     heldout = x[-args.heldout:].float()
     train = x[:-args.heldout]
     d = x.shape[1]
+    evaluator = None
+    if args.model:
+        evaluator = DownstreamEvaluator.open(DownstreamConfig(
+            model=args.model, layer=args.layer, text=args.text, windows=args.windows,
+            seq_len=args.seq_len))
+        if evaluator.width != d:
+            raise SystemExit(f"--model {args.model} --layer {args.layer}: width "
+                             f"{evaluator.width}, but the store has d={d}")
+        print(f"# downstream: {args.model} {args.layer}, {evaluator.reference.windows.n_kept} "
+              f"kept tokens of {args.windows} windows x {args.seq_len} "
+              f"({evaluator.reference.windows.description})", flush=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         store = tmp / "store"
@@ -261,14 +316,16 @@ def main(argv: list[str] | None = None) -> int:
             print("# sparsify is not importable (pip install eai-sparsify): ours only")
         for lr in lrs:
             if with_sparsify:
-                scores.append(train_sparsify(loader, base, d, args, lr, heldout, tmp))
+                scores.append(train_sparsify(loader, base, d, args, lr, heldout, tmp,
+                                             evaluator))
                 print(json.dumps(asdict(scores[-1])), flush=True)
             for recipe in recipes:
                 scores.append(train_ours(store, "train", args.layer, base, d, args, recipe, lr,
-                                         heldout, tmp))
+                                         heldout, tmp, evaluator))
                 print(json.dumps(asdict(scores[-1])), flush=True)
-    print()
-    print(table(scores, lrs))
+    for metric in ("fvu", "delta_ce", "kl") if evaluator is not None else ("fvu",):
+        print()
+        print(table(scores, lrs, metric))
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(s) for s in scores], indent=1))
     return 0

@@ -51,3 +51,16 @@ def postgres_server():
 def postgres_url(postgres_server) -> str:
     """The URL of a fresh database on the session's PostgreSQL server (password included)."""
     return postgres_server.new_database()
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny random Llama saved as a local model folder (tests/tiny_lm.py), and a text file of
+    blank-line separated documents for it."""
+    from tiny_lm import text_file, tiny_lm
+
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    lm = tiny_lm()
+    lm.model.save_pretrained(folder / "model")
+    lm.tokenizer.save_pretrained(folder / "model")
+    return folder / "model", text_file(folder)

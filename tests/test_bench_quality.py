@@ -44,3 +44,23 @@ def test_bench_quality_rejects_an_unknown_recipe_setting(tmp_path: Path):
          "--no-sparsify", "--recipe", "x:lr_decay=0.2"], capture_output=True, text=True,
         timeout=120)
     assert proc.returncode != 0 and "unknown setting(s) ['lr_decay']" in proc.stderr
+
+
+def test_bench_quality_splices_each_sae_into_the_model_with_model(tmp_path: Path, tiny_folder):
+    from tiny_lm import HIDDEN, LAYER
+
+    model, text = tiny_folder
+    LocalStore(tmp_path / "store").put_activations("acts", LAYER, torch.randn(4000, HIDDEN))
+    out = tmp_path / "scores.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_quality.py"), "--store",
+         str(tmp_path / "store"), "--run-id", "acts", "--layer", LAYER, "--tokens", "2000",
+         "--lrs", "default", "--n-latents", "64", "--k", "4", "--batch", "256",
+         "--heldout", "1000", "--no-sparsify", "--recipe", "default", "--model", str(model),
+         "--text", str(text), "--windows", "4", "--seq-len", "8", "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    [score] = json.loads(out.read_text())
+    # a random LM: the SAE's splice costs something; the score is a ratio of small differences
+    assert score["delta_ce"] > 0 and score["kl"] > 0 and score["ce_loss_score"] != 1
+    assert "delta_ce:" in proc.stdout and "kl:" in proc.stdout

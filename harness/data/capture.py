@@ -186,6 +186,7 @@ def capture(cfg: CaptureConfig, progress: bool | None = None) -> CaptureResult:
             "model_class": type(model).__name__, "corpus": corpus,
             "tokenizer": type(tokenizer).__name__, "seq_len": cfg.seq_len,
             "dropped": "padding and special tokens" if cfg.drop_special else "padding",
+            "bos_in_front": loaded.bos_id,
             "capture_settings": settings}
     pending: list[torch.Tensor] = []
     n_pending, new = 0, 0

@@ -15,6 +15,7 @@ names a module of the causal LM.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from harness.core.store import StoreError
 
@@ -93,9 +95,10 @@ def resolve_model(name: str) -> str:
 
 
 def load_model(name: str, device: str = "cpu", causal: bool | None = None) -> LoadedModel:
-    """Load `name` offline when its files are local. `causal=None` loads a named model as it is
-    (SmolLM2 with its head, MiniLM without) and anything else without a head; True asks for
-    AutoModelForCausalLM (the downstream evaluation needs the head)."""
+    """Load `name` offline when its files are local. `causal=None` loads a causal LM with its
+    head (SmolLM2, or a checkpoint whose config names a causal-LM architecture) and anything else
+    without (MiniLM); True asks for AutoModelForCausalLM (the downstream evaluation needs the
+    head). A causal LM's windows start with its BOS (`bos_id`)."""
     try:
         from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -107,7 +110,8 @@ def load_model(name: str, device: str = "cpu", causal: bool | None = None) -> Lo
     path = resolve_model(name)
     if Path(path).is_dir():
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder never needs the hub
-    causal = (spec.causal if spec else False) if causal is None else causal
+    if causal is None:
+        causal = spec.causal if spec else _has_lm_head(path)
     if spec is not None and causal and not spec.causal:
         raise StoreError(f"model {name!r} has no LM head: the downstream evaluation needs a "
                          "causal language model (e.g. smollm2)")
@@ -117,12 +121,15 @@ def load_model(name: str, device: str = "cpu", causal: bool | None = None) -> Lo
             import gguf  # noqa: F401 - transformers reads GGUF files through it
         except ImportError as e:
             raise StoreError(f"model {name!r} is a GGUF file: pip install -e '.[lm]'") from e
+    if kwargs:
+        _quiet_gguf_reader()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         loader = AutoModelForCausalLM if causal else AutoModel
         model = loader.from_pretrained(path, **kwargs).to(device).eval()
     except (OSError, ValueError) as e:
         raise StoreError(f"model {name!r} could not be loaded from {path}: {e}") from e
+
     if tokenizer.pad_token is None:  # GPT-2 style: pad with end-of-text, masked out anyway
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     bos_id = None
@@ -133,16 +140,44 @@ def load_model(name: str, device: str = "cpu", causal: bool | None = None) -> Lo
                        bos_id=bos_id)
 
 
+def _has_lm_head(path: str) -> bool:
+    """Whether the checkpoint at `path` is a causal LM (its config names a *ForCausalLM or
+    *LMHeadModel architecture)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return False  # from_pretrained below says what is wrong
+    return any(a.endswith(("ForCausalLM", "LMHeadModel"))
+               for a in getattr(config, "architectures", None) or [])
+
+
+def _quiet_gguf_reader() -> None:
+    """transformers' GGUF reader draws its own progress bar on every load, which no public
+    switch turns off; it would fill every sweep's and worker's output. Silence that one bar."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as reader
+    except ImportError:
+        return
+    if hasattr(reader, "tqdm"):
+        reader.tqdm = functools.partial(tqdm, disable=True)
+
+
 def find_module(model: torch.nn.Module, path: str, model_name: str = "") -> torch.nn.Module:
-    """The module at `path`, also relative to the base model (`h.6` in GPT2LMHeadModel);
-    a StoreError lists some of the paths that exist."""
-    candidates = [model]
+    """The module at `path`, also relative to the base model (`h.6` in GPT2LMHeadModel) or with
+    the base model's prefix on a model without a head (`model.layers.6` in LlamaModel); a
+    StoreError lists some of the paths that exist."""
+    candidates = [(model, path)]
     base = getattr(model, "base_model", None)
     if isinstance(base, torch.nn.Module) and base is not model:
-        candidates.append(base)
-    for root in candidates:
+        candidates.append((base, path))
+    prefix = f"{getattr(model, 'base_model_prefix', '') or '?'}."
+    if path.startswith(prefix):
+        candidates.append((model, path.removeprefix(prefix)))
+    for root, where in candidates:
         try:
-            return root.get_submodule(path)
+            return root.get_submodule(where)
         except AttributeError:
             continue
     names = [n for n, _ in model.named_modules() if n]

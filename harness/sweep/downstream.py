@@ -9,7 +9,7 @@ from pathlib import Path
 
 from harness.core.sae import TopKSae
 from harness.core.store import StoreError
-from harness.core.train import FinalEvaluator
+from harness.core.train import EvalResult, FinalEvaluator
 from harness.evaluate.downstream import DownstreamConfig, DownstreamEvaluator
 from harness.sweep.space import LoadedSpace, SpaceError
 
@@ -64,3 +64,33 @@ def final_evaluator(loaded: LoadedSpace, device: str, study_dir: Path) -> FinalE
                 "downstream_tokens": m.tokens}
 
     return downstream
+
+
+class DownstreamProbe:
+    """A trainer callback for evaluation.downstream.every: the downstream metrics of the SAE
+    being trained, at the first evaluation at or past every `every` steps; a pruning rule reads
+    them at the evaluation they were measured at."""
+
+    def __init__(self, evaluate: FinalEvaluator, sae: TopKSae, every: int) -> None:
+        self.evaluate, self.sae, self.every = evaluate, sae, every
+        self.next_step = every
+        self.step: int | None = None
+        self.latest: dict[str, float] = {}
+
+    def __call__(self, r: EvalResult) -> None:
+        if r.step < self.next_step:
+            return
+        self.latest, self.step = dict(self.evaluate(self.sae)), r.step
+        self.next_step = (r.step // self.every + 1) * self.every
+
+    def value(self, metric: str, r: EvalResult) -> float | None:
+        """`metric` as measured at evaluation `r`, or None when the probe did not run then."""
+        return self.latest.get(metric) if self.step == r.step else None
+
+
+def probe_for(loaded: LoadedSpace, evaluate: FinalEvaluator | None,
+              sae: TopKSae) -> DownstreamProbe | None:
+    section = loaded.space.evaluation.downstream
+    if evaluate is None or section is None or section.every is None:
+        return None
+    return DownstreamProbe(evaluate, sae, section.every)

@@ -11,6 +11,7 @@ space's `pruner:` block (harness.sweep.space.PrunerSection).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -58,13 +59,21 @@ class R2FloorRule:
 
 
 class OptunaPrunerRule:
-    """Reports the objective to Optuna at each evaluation and prunes when its pruner says so."""
+    """Reports the objective to Optuna at each evaluation and prunes when its pruner says so.
+    `value_of` reads a metric that is not in EvalResult (a downstream one) and gives None at
+    evaluations where it was not measured."""
 
-    def __init__(self, trial: optuna.Trial, metric: str, pruner_name: str) -> None:
+    def __init__(self, trial: optuna.Trial, metric: str, pruner_name: str,
+                 value_of: Callable[[str, EvalResult], float | None] | None = None) -> None:
         self.trial, self.metric, self.name = trial, metric, pruner_name
+        self.value_of = value_of
 
     def check(self, r: EvalResult) -> dict[str, float] | None:
-        value = float(getattr(r, self.metric))
+        value = (getattr(r, self.metric) if self.value_of is None
+                 else self.value_of(self.metric, r))
+        if value is None:
+            return None
+        value = float(value)
         self.trial.report(value, r.step)
         return {self.metric: value} if self.trial.should_prune() else None
 
@@ -88,8 +97,11 @@ class PruneEvent:
         return f"{self.rule} at step {self.step} ({self.tokens} tokens): {shown}"
 
 
-def rules_for(trial: optuna.Trial, pruner: Any, objectives: list[Any]) -> list[PruneRule]:
-    """The rules of a space's `pruner` section for one trial, ours first."""
+def rules_for(trial: optuna.Trial, pruner: Any, objectives: list[Any],
+              downstream: Callable[[str, EvalResult], float | None] | None = None
+              ) -> list[PruneRule]:
+    """The rules of a space's `pruner` section for one trial, ours first. `downstream` reads the
+    downstream metrics measured during training (evaluation.downstream.every)."""
     rules: list[PruneRule] = []
     for key, cls in RULES.items():
         section = getattr(pruner, key, None)
@@ -99,6 +111,8 @@ def rules_for(trial: optuna.Trial, pruner: Any, objectives: list[Any]) -> list[P
     if len(objectives) == 1 and METRICS[metric].source == "eval":
         # reported even under the "none" pruner: the dashboard draws the intermediate values
         rules.append(OptunaPrunerRule(trial, metric, pruner.type))
+    elif len(objectives) == 1 and METRICS[metric].source == "downstream" and downstream:
+        rules.append(OptunaPrunerRule(trial, metric, pruner.type, downstream))
     return rules
 
 

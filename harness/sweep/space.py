@@ -266,9 +266,12 @@ class DownstreamSection(_Strict):
     """Text tokens per window (the BOS comes in front)."""
     batch_windows: int = Field(DownstreamConfig.batch_windows, gt=0)
     """Windows per forward pass."""
+    every: int | None = Field(None, gt=0)
+    """Also evaluate during training, at the first evaluation at or past every this many steps
+    (so a pruner can use it); None = only the finished SAE."""
 
     def config(self, device: str = "cpu") -> DownstreamConfig:
-        return DownstreamConfig(device=device, **self.model_dump())
+        return DownstreamConfig(device=device, **self.model_dump(exclude={"every"}))
 
 
 class EvaluationSection(_Strict):

@@ -35,7 +35,7 @@ from harness.core.train import (
 )
 from harness.data.synthetic import has_ground_truth, load_ground_truth
 from harness.sweep.artifacts import upload_trial
-from harness.sweep.downstream import final_evaluator
+from harness.sweep.downstream import final_evaluator, probe_for
 from harness.sweep.pruning import PruningCallback, rules_for
 from harness.sweep.space import LoadedSpace, TrialSetup
 from harness.sweep.trial_record import TrialRecord
@@ -157,12 +157,15 @@ def _prepare(trial: optuna.Trial, record: TrialRecord, loaded: LoadedSpace, ctx:
              "device": ctx.device_label, "host": record.host}
     sae = TopKSae(setup.n_latents, loaded.d, setup.k, device=ctx.device,
                   seed=stream_seed(cfg.seed, "trial", trial.number), activation=setup.activation)
-    pruning = PruningCallback(rules_for(trial, space.pruner, space.objectives))
     # keyed by the first trial of a retry chain: a retry resumes where its predecessor stopped
     first = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial",
                                                                        trial.number)
     downstream = final_evaluator(loaded, ctx.device, ctx.results_dir)
-    member = LockstepMember(sae=sae, config=cfg, callbacks=[pruning], training_run_id=name,
+    probe = probe_for(loaded, downstream, sae)
+    pruning = PruningCallback(rules_for(trial, space.pruner, space.objectives,
+                                        probe.value if probe else None))
+    callbacks = [probe, pruning] if probe else [pruning]  # the probe measures, then rules read
+    member = LockstepMember(sae=sae, config=cfg, callbacks=callbacks, training_run_id=name,
                             save_dir=record.trial_dir, extra_meta=extra,
                             checkpoint_path=checkpoint_dir(ctx, space.study.name)
                             / f"{first:04d}.pt",

