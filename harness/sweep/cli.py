@@ -135,7 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_SPACE
     if downstream is not None:
-        save_reference(downstream, out)
+        path = save_reference(downstream, out)
+        w = downstream.reference.windows
+        print(f"downstream: every finished SAE is spliced into {downstream.cfg.model} at "
+              f"{downstream.cfg.layer}, scored on {w.n_kept} tokens of {w.ids.shape[0]} windows "
+              f"({w.description}); reference passes in {path}")
         del downstream  # the workers load the model themselves
     # what the workers load: the file with the command-line overrides applied
     resolved = out / "space.resolved.yaml"
