@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from spaces import tiny_space, write_space
 from tiny_lm import HIDDEN, LAYER
+from wandb_records import run_contents
 
 from harness.core.sae import TopKSae
 
@@ -147,7 +148,8 @@ def test_tiny_lm_capture_then_sweep_prunes_on_delta_ce_measured_during_training(
                              training={"epochs": 4, "batch_size": 32, "eval_every": 2,
                                        "holdout_fraction": 0.2},
                              pruner={"type": "median", "options": {"n_startup_trials": 5}},
-                             budget={"n_trials": 2}, sampler={"type": "grid"})
+                             budget={"n_trials": 2}, sampler={"type": "grid"},
+                             wandb={"mode": "offline"})
     space["evaluation"]["downstream"]["every"] = 4
     r = run("harness.sweep", str(write_space(tmp_path / "s.yaml", space)))
     assert r.returncode == 0, r.stdout + r.stderr
@@ -160,3 +162,9 @@ def test_tiny_lm_capture_then_sweep_prunes_on_delta_ce_measured_during_training(
         assert steps and all(s % 4 == 0 for s in steps)  # measured at every 4th step
         assert t.values[0] == t.user_attrs["delta_ce"] and t.user_attrs["downstream_s"] > 0
         assert t.user_attrs["downstream_tokens"] == 4 * 7
+    logs = sorted((results / "t" / "wandb").glob("offline-run-*/run-*.wandb"))
+    summaries = {run_contents(p)["run"].display_name: run_contents(p)["summary"] for p in logs}
+    for t in done:  # the finished SAE's downstream metrics reach W&B too
+        summary = summaries[f"t-trial-{t.number:04d}"]
+        assert summary["delta_ce"] == pytest.approx(t.user_attrs["delta_ce"])
+        assert summary["ce_loss_score"] == pytest.approx(t.user_attrs["ce_loss_score"])

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run or resume a sweep of TopK SAEs declared in a search-space YAML file. "
                     "Re-running the same command continues the study where it stopped.")
     p.add_argument("space", nargs="?", help="search-space YAML (default: "
-                   "search_spaces/quickstart.yaml: synthetic data, about 30 s on 2 CPU cores)")
+                   "search_spaces/quickstart.yaml: synthetic data, 2 workers)")
     p.add_argument("--n-trials", type=_positive_int,
                    help="trial budget for the whole study (overrides budget.n_trials)")
     group = p.add_mutually_exclusive_group()
