@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from harness.core.atomic import write_safetensors
@@ -41,6 +42,11 @@ from harness.evaluate.windows import Windows, make_windows
 
 REFERENCE_FORMAT = 1
 HEAD_RTOL = 1e-3  # the output embedding of the kept inputs must give the model's own logits
+
+
+def reference_path(cache_dir: str | Path, key: str) -> Path:
+    """Where a reference with `key` is kept in `cache_dir`."""
+    return Path(cache_dir) / f"reference-{key}.safetensors"
 
 
 class Reconstructor(Protocol):
@@ -150,11 +156,14 @@ class Reference:
             return None
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        if meta.get("key") != key:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            if meta.get("key") != key:
+                return None
+            t = load_file(str(path))
+        except (OSError, SafetensorError):  # unreadable or cut short: computed again
             return None
-        t = load_file(str(path))
         windows = Windows(ids=t["ids"], kept=t["kept"].bool(),
                           description=meta.get("description", ""))
         return cls(windows=windows, head_in=t["head_in"], ce_orig=t["ce_orig"],
@@ -166,7 +175,7 @@ class DownstreamEvaluator:
     """A causal LM, a hook point and the reference passes: evaluates any number of SAEs."""
 
     def __init__(self, lm: LoadedModel, cfg: DownstreamConfig,
-                 cache_dir: str | Path | None = None) -> None:
+                 cache_dir: str | Path | None = None, write_cache: bool = True) -> None:
         if not lm.causal or lm.bos_id is None:
             raise StoreError(f"model {cfg.model!r}: the downstream evaluation needs a causal "
                              "LM with a BOS (or EOS) token")
@@ -177,17 +186,18 @@ class DownstreamEvaluator:
             raise StoreError(f"model {cfg.model!r} has no output embedding (LM head)")
         self.device = next(lm.model.parameters()).device
         key = cfg.key(lm.path)
-        path = Path(cache_dir) / f"reference-{key}.safetensors" if cache_dir else None
-        loaded = Reference.load(path, key) if path is not None else None
+        self.cache_path = reference_path(cache_dir, key) if cache_dir else None
+        loaded = Reference.load(self.cache_path, key) if self.cache_path else None
         self.reference = loaded or self._compute_reference(key)
-        if path is not None and loaded is None:
-            self.reference.save(path)
+        if self.cache_path is not None and loaded is None and write_cache:
+            self.reference.save(self.cache_path)
 
     @classmethod
-    def open(cls, cfg: DownstreamConfig, cache_dir: str | Path | None = None
-             ) -> DownstreamEvaluator:
-        """Load the model of `cfg` (with its head) and the reference."""
-        return cls(load_model(cfg.model, cfg.device, causal=True), cfg, cache_dir)
+    def open(cls, cfg: DownstreamConfig, cache_dir: str | Path | None = None,
+             write_cache: bool = True) -> DownstreamEvaluator:
+        """Load the model of `cfg` (with its head) and the reference: from `cache_dir` when it
+        holds this one, else computed (and saved there unless `write_cache` is False)."""
+        return cls(load_model(cfg.model, cfg.device, causal=True), cfg, cache_dir, write_cache)
 
     @property
     def width(self) -> int:

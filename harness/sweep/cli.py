@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         _resolve_artifacts(loaded)
         url = storage_url(args.storage, space.study.storage, default_storage(loaded))
         repaired = prepare_storage(url)
-        downstream = check_downstream(loaded)  # loads the model: the slowest check goes last
+        # loads the model: the slowest check goes last
+        downstream = check_downstream(loaded, Path(space.results_dir) / space.study.name)
     except (SpaceError, DeviceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_SPACE
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_SPACE
     if downstream is not None:
-        path = save_reference(downstream, out)
+        path = save_reference(downstream)
         w = downstream.reference.windows
         print(f"downstream: every finished SAE is spliced into {downstream.cfg.model} at "
               f"{downstream.cfg.layer}, scored on {w.n_kept} tokens of {w.ids.shape[0]} windows "

@@ -20,15 +20,17 @@ def reference_dir(study_dir: Path) -> Path:
     return study_dir / REFERENCE_DIR
 
 
-def check_downstream(loaded: LoadedSpace) -> DownstreamEvaluator | None:
-    """Load the space's model, build its windows and reference passes, and check that the hook
-    point's width is the store's d; SpaceError (nothing written) when any of it fails."""
+def check_downstream(loaded: LoadedSpace, study_dir: Path) -> DownstreamEvaluator | None:
+    """Load the space's model and its reference passes (from the study's folder when a run
+    before computed them, else computed here) and check that the hook point's width is the
+    store's d; SpaceError (nothing written) when any of it fails."""
     section = loaded.space.evaluation.downstream
     if section is None:
         return None
     where = f"{loaded.path}: evaluation.downstream"
     try:
-        evaluator = DownstreamEvaluator.open(section.config())
+        evaluator = DownstreamEvaluator.open(section.config(), reference_dir(study_dir),
+                                             write_cache=False)
     except StoreError as e:
         raise SpaceError(f"{where}: {e}") from e
     if loaded.d and evaluator.width != loaded.d:
@@ -38,10 +40,13 @@ def check_downstream(loaded: LoadedSpace) -> DownstreamEvaluator | None:
     return evaluator
 
 
-def save_reference(evaluator: DownstreamEvaluator, study_dir: Path) -> Path:
-    """Where the workers find the reference passes."""
-    ref = evaluator.reference
-    return ref.save(reference_dir(study_dir) / f"reference-{ref.key}.safetensors")
+def save_reference(evaluator: DownstreamEvaluator) -> Path:
+    """Where the workers find the reference passes (written unless it is there already)."""
+    path = evaluator.cache_path
+    assert path is not None, "check_downstream gives the evaluator the study's folder"
+    if not path.is_file():
+        evaluator.reference.save(path)
+    return path
 
 
 @functools.cache
