@@ -71,6 +71,13 @@ def final_evaluator(loaded: LoadedSpace, device: str, study_dir: Path) -> FinalE
     return downstream
 
 
+def preload_downstream(loaded: LoadedSpace, device: str, study_dir: Path) -> None:
+    """Load the worker's evaluator (model and reference) before its first trial."""
+    section = loaded.space.evaluation.downstream
+    if section is not None:
+        _evaluator(section.config(device), str(reference_dir(study_dir)))
+
+
 class DownstreamProbe:
     """A trainer callback for evaluation.downstream.every: the downstream metrics of the SAE
     being trained, at the first evaluation at or past every `every` steps; a pruning rule reads

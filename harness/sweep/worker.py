@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 
 from harness.core.token_cache import keep_tokens
 from harness.core.train import SaeTrainingConfig, TrainingInterrupted
+from harness.sweep.downstream import preload_downstream
 from harness.sweep.space import load_space
 from harness.sweep.study import (
     STORAGE_ENV,
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     # all of this worker's trials train from one copy of the store's tokens, read (and pinned)
     # once: a split that fits in memory plus its held-out tokens
     keep_tokens(int(1.5 * SaeTrainingConfig(**space.training).in_memory_bytes))
+    # the downstream model and reference are loaded once, here, not inside the first trial
+    preload_downstream(loaded, args.device, Path(space.results_dir) / space.study.name)
     url = args.storage or os.environ.get(STORAGE_ENV)
     if not url:
         log.error("no storage: pass --storage or set %s", STORAGE_ENV)
