@@ -50,7 +50,9 @@ def test_bench_quality_splices_each_sae_into_the_model_with_model(tmp_path: Path
     from tiny_lm import HIDDEN, LAYER
 
     model, text = tiny_folder
-    LocalStore(tmp_path / "store").put_activations("acts", LAYER, torch.randn(4000, HIDDEN))
+    g = torch.Generator().manual_seed(0)
+    LocalStore(tmp_path / "store").put_activations("acts", LAYER,
+                                                   torch.randn(4000, HIDDEN, generator=g))
     out = tmp_path / "scores.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench_quality.py"), "--store",
@@ -61,6 +63,7 @@ def test_bench_quality_splices_each_sae_into_the_model_with_model(tmp_path: Path
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     [score] = json.loads(out.read_text())
-    # a random LM: the SAE's splice costs something; the score is a ratio of small differences
-    assert score["delta_ce"] > 0 and score["kl"] > 0 and score["ce_loss_score"] != 1
+    # a random LM on random activations: the splice changes its predictions (KL > 0); ΔCE can
+    # take either sign there, and the score is a ratio of small differences
+    assert score["kl"] > 0 and score["delta_ce"] != 0 and score["ce_loss_score"] != 1
     assert "delta_ce:" in proc.stdout and "kl:" in proc.stdout

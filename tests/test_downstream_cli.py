@@ -39,10 +39,13 @@ def downstream_space(store: Path, results: Path, model: Path, text: Path, layer:
 @pytest.mark.parametrize("layer, message", [
     (LAYER, "has width 32, but the store's activations have d=16"),
     ("model.layers.9", "has no module 'model.layers.9'"),
+    (None, "no such model folder"),
 ])
 def test_a_space_whose_layer_cannot_be_evaluated_is_refused_before_anything_is_written(
         synthetic_store, tmp_path, tiny_folder, layer, message):
     model, text = tiny_folder
+    if layer is None:  # a model that cannot be loaded
+        model, layer = tmp_path / "no_model_here", LAYER
     results = tmp_path / "results"
     space = write_space(tmp_path / "s.yaml",
                         downstream_space(synthetic_store, results, model, text, layer))

@@ -83,6 +83,9 @@ def resolve_model(name: str) -> str:
     importlib's spec, so the package itself is never imported)."""
     spec = named(name)
     if spec is None:
+        if (name.startswith((".", "~")) or os.path.isabs(name)) and not Path(name).is_dir():
+            raise StoreError(f"model {name!r}: no such model folder (or use a hub id or one of "
+                             f"{list(NAMED_MODELS)})")
         return name
     found = importlib.util.find_spec(spec.package)
     if found is None or not found.submodule_search_locations:
