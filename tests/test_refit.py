@@ -165,3 +165,32 @@ def test_a_stop_during_the_refit_passes_resumes_to_the_same_sae(synthetic_store,
     torch.testing.assert_close(sae.W_dec, plain_sae.W_dec)
     torch.testing.assert_close(sae.enc_weight, plain_sae.enc_weight)
     assert resumed.fvu[-1] == pytest.approx(plain.fvu[-1], abs=1e-6)
+
+
+@pytest.mark.parametrize("change", ["format", "history"])
+def test_a_checkpoint_of_another_format_is_refused_by_name(synthetic_store, tmp_path,
+                                                            change) -> None:
+    """A checkpoint another version wrote (another format, or a history without a field this
+    version keeps) is refused with its path and what to do, not misread."""
+    from harness.core.train import LockstepMember, TrainingInterrupted
+
+    config = SaeTrainingConfig(epochs=2, batch_size=256, lr=3e-3, progress=False)
+    checkpoint = tmp_path / "ck.pt"
+
+    def member() -> LockstepMember:
+        return LockstepMember(sae=TopKSae(64, 16, 4, seed=3), config=config,
+                              checkpoint_path=checkpoint, save=False)
+
+    with pytest.raises(TrainingInterrupted):
+        SaeTrainer.train_lockstep(LocalStore(synthetic_store), "syn", "synthetic", [member()],
+                                  stop=lambda: "SIGTERM")
+    state = torch.load(checkpoint, weights_only=True)
+    if change == "format":
+        state["format"] = 99
+    else:
+        del state["history"]["fvu"]
+    torch.save(state, checkpoint)
+    with pytest.raises(ValueError, match="delete it to train this run from the start") as info:
+        SaeTrainer.train_lockstep(LocalStore(synthetic_store), "syn", "synthetic", [member()])
+    assert str(checkpoint) in str(info.value)
+    assert ("format 99" if change == "format" else "'fvu'") in str(info.value)

@@ -134,17 +134,17 @@ def test_empty_and_all_failed_studies_give_a_clear_message(tmp_path):
         t = failed.ask()
         t.set_user_attr("fail_reason", "diverged: boom")
         failed.tell(t, state=optuna.trial.TrialState.FAIL)
-    proc = _cli("empty", "--storage", journal, "--out", str(tmp_path / "o"))
-    assert proc.returncode == 1 and "has no trials yet" in proc.stderr
-    proc = _cli("failed", "--storage", journal, "--out", str(tmp_path / "o"))
-    assert proc.returncode == 1 and "has no complete trial" in proc.stderr
-    assert "diverged: boom" in proc.stderr
-    proc = _cli("nope", "--storage", journal)
-    assert proc.returncode == 1 and "no study 'nope'" in proc.stderr and "empty" in proc.stderr
-    proc = _cli("absent", "--results", str(tmp_path))
-    assert proc.returncode == 1 and "absent/study.journal does not exist" in proc.stderr
-    for p in (proc,):
-        assert "Traceback" not in p.stderr
+    empty = _cli("empty", "--storage", journal, "--out", str(tmp_path / "o"))
+    assert empty.returncode == 1 and "has no trials yet" in empty.stderr
+    all_failed = _cli("failed", "--storage", journal, "--out", str(tmp_path / "o"))
+    assert all_failed.returncode == 1 and "has no complete trial" in all_failed.stderr
+    assert "diverged: boom" in all_failed.stderr
+    nope = _cli("nope", "--storage", journal)
+    assert nope.returncode == 1 and "no study 'nope'" in nope.stderr and "empty" in nope.stderr
+    absent = _cli("absent", "--results", str(tmp_path))
+    assert absent.returncode == 1 and "absent/study.journal does not exist" in absent.stderr
+    for proc in (empty, all_failed, nope, absent):  # each says it in a line, none in a traceback
+        assert "Traceback" not in proc.stderr
 
 
 def test_help_lists_the_options():

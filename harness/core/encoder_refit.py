@@ -5,7 +5,7 @@ codes that decoder wants: per token, the least-squares codes on the encoder's ow
 
     c_t = argmin_c || x_t - b_dec - sum_{i in S_t} c_i W_dec,i ||^2   (a k x k system per token),
 
-would score a tenth lower held-out FVU (MiniLM, 1M tokens: see the README's *Quality*).
+would score a tenth lower held-out FVU (MiniLM, 1M tokens: docs/experiments.md).
 This module moves each encoder row (with its bias) towards the affine map that produces those
 codes on the tokens where the latent fires: per latent i, the ridge regression
 
@@ -28,9 +28,8 @@ import torch
 from harness.core.sparse_ops import codes_t_matmul
 
 ITERATIONS = 4
-"""Conjugate-gradient steps of the solve; each is one pass over the tokens (MiniLM, 1M tokens: 4
-took one SAE from 0.1250 to 0.1223 held-out FVU after the decoder refit; 10 took another from
-0.1292 to 0.1254, where the exact per-latent solve gives 0.1250)."""
+"""Conjugate-gradient steps of the solve; each is one pass over the tokens (how many were
+measured, and what each bought: docs/experiments.md)."""
 RIDGE = 0.1
 """Proximal weight relative to each latent's mean squared input on its support."""
 

@@ -172,8 +172,7 @@ class ActivationLoader:
         gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
         batches = self._memory_batches(gen) if self.in_memory else self._streamed_batches(gen)
         # Only when a GPU trains: on CPU the step already uses every core, and a producer thread
-        # measured slower both from memory (+45% step time at d=64) and streaming (87-95% vs
-        # 93-97% of in-memory speed at d=768, 2 cores).
+        # only slows it (docs/benchmarks.md, "Data").
         if self.config.prefetch_batches > 0 and self._pin:
             return prefetched(batches, self.config.prefetch_batches)
         return batches

@@ -1,11 +1,11 @@
 """The default learning rate, and the training recipe before the quality work.
 
 `default_lr(n_latents, d, steps)` is a power law fitted on measured learning-rate grids
-(scripts/bench_quality.py, held-out FVU; the data and the fit are in the README's *Quality*
-section): the best Adam learning rate falls with the number of steps and, more slowly, with the
-number of latents. `LEGACY_SAE` and `LEGACY_TRAINING` hold, at their old values, the settings the
-quality work changed, so that the old recipe stays one setting away (`--recipe legacy`):
-`TopKSae(..., **LEGACY_SAE)` trained with `SaeTrainingConfig(..., **LEGACY_TRAINING)`.
+(scripts/bench_quality.py, held-out FVU; the data and the fit are in docs/benchmarks.md): the best
+Adam learning rate falls with the number of steps and, more slowly, with the number of latents.
+`LEGACY_SAE` and `LEGACY_TRAINING` hold, at their old values, the settings the quality work
+changed, so that the old recipe stays one setting away (`--recipe legacy`): `TopKSae(...,
+**LEGACY_SAE)` trained with `SaeTrainingConfig(..., **LEGACY_TRAINING)`.
 """
 
 from __future__ import annotations

@@ -8,10 +8,10 @@ the exact minimiser of the reconstruction error on the tokens the SAE trained on
 with z the codes of the trained encoder, a convex problem whose normal equations need only
 A = Z1^T Z1 ([n+1, n+1], Z1 the codes with a column of ones) and R = Z1^T X ([n+1, d]), both
 accumulated over one forward pass of the training tokens. With few steps Adam leaves the decoder
-far from that optimum (held-out FVU 0.196 -> 0.173 on MiniLM at 49 steps: see the README's
-*Quality*). The codes are unchanged by the refit: the new output bias c is folded in by centring
-the input at c and shifting b_enc by W_enc (c - b_dec), which leaves every pre-activation as it
-was. Decoder rows come out at the norm the data asks for (no longer unit).
+far from that optimum (what the refit bought: docs/experiments.md). The codes are unchanged by the
+refit: the new output bias c is folded in by centring the input at c and shifting b_enc by W_enc (c
+- b_dec), which leaves every pre-activation as it was. Decoder rows come out at the norm the data
+asks for (no longer unit).
 """
 
 from __future__ import annotations

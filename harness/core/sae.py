@@ -3,8 +3,8 @@
 - the input is centred by the pre-encoder bias `b_dec` (initialised from the data);
 - latents are ReLU of the top-k encoder pre-activations, all others are zero;
 - the encoder starts as the transpose of a random unit-norm decoder, scaled to row norm 1/sqrt(3)
-  (PyTorch's default Linear scale, which sparsify starts from; scripts/bench_quality.py measured
-  5-15% lower held-out FVU than unit rows at lr <= 8e-3 and 200k tokens on MiniLM);
+  (PyTorch's default Linear scale, which sparsify starts from; what it bought over unit rows:
+  docs/experiments.md);
 - decoder rows are kept at unit norm after every step, and the gradient component parallel to
   each row is removed before the step (the trainer's final least-squares refit,
   harness.core.refit, then sets them at the data's scale);

@@ -44,9 +44,11 @@ from harness.core.sae import TopKSae, data_center
 from harness.core.store import FLOAT_DTYPES as STORE_DTYPES
 from harness.core.store import ActivationSource, LocalStore, flatten_layer_name
 from harness.core.wandb_log import WandbRun
+from harness.version import saesweep_version
 
 DEFAULT_DEAD_WINDOW = 10_000_000  # sparsify / dictionary_learning: dead after 10M tokens
 CUDA_HOST_SYNC_EVERY = 16  # steps between reads of the device (host_sync_every=None on CUDA)
+CHECKPOINT_FORMAT = 1  # a checkpoint of another format is refused, not misread
 DEFAULT_WARMUP_FRACTION = 0.1  # lr_warmup_steps=None: warm up over this share of the steps
 # the activation dtypes a store may hold, by torch's names (float32, float16, bfloat16, float64)
 FLOAT_DTYPES = tuple(str(d).removeprefix("torch.") for d in STORE_DTYPES.values())
@@ -108,12 +110,13 @@ class SaeTrainingConfig:
     epoch of training tokens)."""
     decoder_lr_scale: float = 4.0
     """The decoder rows' learning rate as a multiple of `lr` (a faster decoder gives the encoder
-    better gradients: 5% lower held-out FVU at 1M tokens, see Quality); 1 = one rate for all."""
+    better gradients: docs/experiments.md); 1 = one rate for all."""
     auxk_alpha: float = 1 / 32
     """Weight of the AuxK loss on dead latents (the paper's 1/32); 0 turns it off."""
     lr_warmup_steps: int | None = None
     """Linear learning-rate warm-up from 0 over this many steps; None = a tenth of the planned
-    steps (without it the first large steps kill latents at high learning rates; see Quality)."""
+    steps (without it the first large steps kill latents at high learning rates:
+    docs/experiments.md)."""
     lr_decay_fraction: float = 0.0
     """Decay the learning rate linearly to 0 over this last fraction of the planned steps
     (dictionary_learning's schedule); 0 keeps it constant."""
@@ -747,7 +750,8 @@ class _Run:
         returns the step it holds."""
         assert self.checkpoint_path is not None
         write_torch(self.checkpoint_path, {
-            "format": 1, "step": self.step_count, "epoch": epoch, "next_index": next_index,
+            "format": CHECKPOINT_FORMAT, "step": self.step_count, "epoch": epoch,
+            "next_index": next_index,
             "sae": self.sae.state_dict(), "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(), "dead_tokens": self.dead.tokens,
             "dead_last_fired": self.dead.last_fired, **self.losses.state(),
@@ -758,6 +762,15 @@ class _Run:
 
     def _resume(self, path: Path) -> None:
         state = torch.load(path, map_location=self.device, weights_only=True)
+        fmt = state.get("format") if isinstance(state, dict) else None
+        if fmt != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path}: a checkpoint of format {fmt!r}; this saesweep reads format "
+                             f"{CHECKPOINT_FORMAT}: delete it to train this run from the start")
+        missing = [name for name in HISTORY_FIELDS if name not in state.get("history", {})]
+        if missing:
+            raise ValueError(f"{path}: the checkpoint's history has no {missing} (written by "
+                             "another saesweep version): delete it to train this run from the "
+                             "start")
         self.sae.load_state_dict(state["sae"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
@@ -937,15 +950,7 @@ def _save_run(out_dir: Path, sae: TopKSae, cfg: SaeTrainingConfig, history: Trai
         "wall_time_s": history.wall_time_s,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {"torch": torch.__version__, "safetensors": safetensors.__version__,
-                     "python": platform.python_version(), "saesweep": _version()},
+                     "python": platform.python_version(), "saesweep": saesweep_version()},
         **extra_meta,
     })
 
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("saesweep")
-    except Exception:  # noqa: BLE001 - running from a checkout that is not installed
-        return "unknown"

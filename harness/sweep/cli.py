@@ -51,7 +51,7 @@ from harness.sweep.study import (
     superseded_numbers,
 )
 from harness.sweep.trial_record import TrialRecord
-from harness.sweep.urls import masked
+from harness.sweep.urls import is_rdb, masked
 from harness.sweep.worker import EXIT_BAD_DATA, EXIT_NO_DEVICE
 
 EXIT_BAD_SPACE = 2
@@ -419,7 +419,7 @@ def next_steps(study: str, storage: str, results_dir: str) -> str:
     report = f"python -m harness.report {study}"
     if results_dir != "results":
         report += f" --results {results_dir}"
-    if "://" in storage and not storage.startswith("journal://"):
+    if is_rdb(storage):
         report += " --storage URL"
     dashboard = f"optuna-dashboard {storage if '://' not in storage else 'URL'}"
     hint = "" if shutil.which("optuna-dashboard") else "   (pip install optuna-dashboard)"

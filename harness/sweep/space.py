@@ -191,14 +191,14 @@ class SamplerSection(_Strict):
     """Keyword arguments of the Optuna sampler (seed is derived per worker, not set here)."""
 
 
-class DeadFeatureRule(_Strict):
+class DeadFeatureSection(_Strict):
     max_ratio: float = Field(gt=0, le=1)
     """Prune when dead_features / n_latents exceeds this ..."""
     warmup_steps: int = Field(0, ge=0)
     """... at an evaluation after this many steps."""
 
 
-class R2FloorRule(_Strict):
+class R2FloorSection(_Strict):
     min_r2: float
     """Prune when held-out R² is below this ..."""
     warmup_steps: int = Field(0, ge=0)
@@ -209,8 +209,8 @@ class PrunerSection(_Strict):
     type: Literal["median", "percentile", "successive_halving", "hyperband", "wilcoxon", "none"]
     options: dict[str, Any] = Field(default_factory=dict)
     """Keyword arguments of the Optuna pruner (e.g. n_startup_trials, n_warmup_steps)."""
-    dead_features: DeadFeatureRule | None = None
-    r2_floor: R2FloorRule | None = None
+    dead_features: DeadFeatureSection | None = None
+    r2_floor: R2FloorSection | None = None
 
 
 class BudgetSection(_Strict):

@@ -57,6 +57,7 @@ from harness.sweep.space import (
     SpaceError,
 )
 from harness.sweep.urls import is_rdb, masked
+from harness.version import saesweep_version
 
 LEASE_ATTR = "saesweep:lease"
 STORAGE_ENV = "SAESWEEP_STORAGE"
@@ -258,7 +259,7 @@ def create_study(loaded: LoadedSpace, storage_url: str) -> optuna.Study:
         "data": {**s.data.model_dump(), "d": loaded.d},
         "n_trials": s.budget.n_trials,
         "optuna_version": optuna.__version__,
-        "saesweep_version": _version(),
+        "saesweep_version": saesweep_version(),
         "results_dir": str(Path(s.results_dir) / s.study.name),
         "storage": masked(storage_url),
         "definition": definition,
@@ -494,11 +495,3 @@ def requeue(study: optuna.Study, failed: FrozenTrial, max_retry: int) -> None:
         callback = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
     callback(study, failed)
 
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("saesweep")
-    except Exception:  # noqa: BLE001
-        return "unknown"
