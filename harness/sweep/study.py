@@ -48,6 +48,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.core.train import SaeTrainingConfig
+from harness.sweep.optuna_private import study_storage, trial_id
 from harness.sweep.space import (
     PRUNERS,
     SAMPLERS,
@@ -463,7 +464,7 @@ def reap_stale(study: optuna.Study, lease_s: float, max_retry: int) -> list[int]
     On an RDB storage Optuna's heartbeat decides which are stale (fail_stale_trials, which
     re-enqueues them through the storage's callback); a worker process known to be gone on this
     host is reaped at once on either storage."""
-    storage = study._storage
+    storage = study_storage(study)
     reaped = []
     optuna_heartbeat = uses_optuna_heartbeat(storage)
     if optuna_heartbeat:
@@ -478,12 +479,12 @@ def reap_stale(study: optuna.Study, lease_s: float, max_retry: int) -> list[int]
         if reason is None:
             continue
         try:
-            storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"lease expired: {reason}")
-            if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+            storage.set_trial_user_attr(trial_id(trial), "fail_reason", f"lease expired: {reason}")
+            if not storage.set_trial_state_values(trial_id(trial), TrialState.FAIL):
                 continue
         except (UpdateFinishedTrialError, RuntimeError):
             continue  # another worker reaped it first, or it just finished
-        requeue(study, storage.get_trial(trial._trial_id), max_retry)
+        requeue(study, storage.get_trial(trial_id(trial)), max_retry)
         reaped.append(trial.number)
     return reaped
 

@@ -36,6 +36,7 @@ from harness.core.train import (
 from harness.data.synthetic import has_ground_truth, load_ground_truth
 from harness.sweep.artifacts import upload_trial
 from harness.sweep.downstream import final_evaluator, probe_for
+from harness.sweep.optuna_private import trial_id
 from harness.sweep.pruning import PruningCallback, rules_for
 from harness.sweep.space import LoadedSpace, TrialSetup
 from harness.sweep.trial_record import TrialRecord
@@ -158,7 +159,7 @@ def _prepare(trial: optuna.Trial, record: TrialRecord, loaded: LoadedSpace, ctx:
     sae = TopKSae(setup.n_latents, loaded.d, setup.k, device=ctx.device,
                   seed=stream_seed(cfg.seed, "trial", trial.number), activation=setup.activation)
     # keyed by the first trial of a retry chain: a retry resumes where its predecessor stopped
-    first = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial",
+    first = trial.storage.get_trial_system_attrs(trial_id(trial)).get("failed_trial",
                                                                        trial.number)
     downstream = final_evaluator(loaded, ctx.device, ctx.results_dir)
     probe = probe_for(loaded, downstream, sae)

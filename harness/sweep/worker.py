@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 from harness.core.token_cache import keep_tokens
 from harness.core.train import SaeTrainingConfig, TrainingInterrupted
 from harness.sweep.downstream import preload_downstream
+from harness.sweep.optuna_private import study_storage, trial_id
 from harness.sweep.space import load_space
 from harness.sweep.study import (
     STORAGE_ENV,
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(min(faults.heartbeat_s, 2.0))
                 continue
             break
-        beats = [Heartbeat(storage, t._trial_id, t.number, faults.heartbeat_s).start()
+        beats = [Heartbeat(storage, trial_id(t), t.number, faults.heartbeat_s).start()
                  for t in trials]
         try:
             outcomes = run_trials(trials, loaded, ctx, stop=signals.requested)
@@ -173,10 +174,10 @@ def _device_problem(torch: object, device: str) -> str | None:
 
 
 def _requeue(study: optuna.Study, trial: optuna.Trial, reason: str, max_retry: int) -> None:
-    storage = study._storage
+    storage = study_storage(study)
     trial.set_user_attr("fail_reason", reason)
     study.tell(trial, state=TrialState.FAIL)
-    requeue(study, storage.get_trial(trial._trial_id), max_retry)
+    requeue(study, storage.get_trial(trial_id(trial)), max_retry)
 
 
 if __name__ == "__main__":

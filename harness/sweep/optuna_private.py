@@ -1,0 +1,22 @@
+"""The two places the harness reaches past Optuna's public API, each in one function.
+
+Optuna's storage API addresses trials by their storage id, and a study's storage is what the
+harness writes through when it reaps a trial whose worker died (lease expiry) or re-enqueues an
+interrupted one; neither has a public accessor (Optuna 4-5).
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial
+
+
+def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+    """The storage's id of `trial` (heartbeats, state and attribute writes by id)."""
+    return trial._trial_id
+
+
+def study_storage(study: optuna.Study) -> BaseStorage:
+    """The storage `study` reads and writes (reaping and re-enqueueing go through it)."""
+    return study._storage
