@@ -134,6 +134,7 @@ def test_reference_is_cached_and_reused(setup, monkeypatch):
     monkeypatch.setattr(DownstreamEvaluator, "_compute_reference", fail)
     again = DownstreamEvaluator(lm, cfg, cache_dir=folder / "cache")
     assert again.evaluate(zeros).ce_zero == ev.evaluate(zeros).ce_zero
+    assert ev.computed and not again.computed
 
 
 def test_an_sae_of_another_width_is_refused(setup):

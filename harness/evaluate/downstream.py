@@ -189,7 +189,9 @@ class DownstreamEvaluator:
         self.cache_path = reference_path(cache_dir, key) if cache_dir else None
         loaded = Reference.load(self.cache_path, key) if self.cache_path else None
         self.reference = loaded or self._compute_reference(key)
-        if self.cache_path is not None and loaded is None and write_cache:
+        self.computed = loaded is None
+        """The reference was computed here (not read from `cache_dir`)."""
+        if self.cache_path is not None and self.computed and write_cache:
             self.reference.save(self.cache_path)
 
     @classmethod

@@ -41,10 +41,11 @@ def check_downstream(loaded: LoadedSpace, study_dir: Path) -> DownstreamEvaluato
 
 
 def save_reference(evaluator: DownstreamEvaluator) -> Path:
-    """Where the workers find the reference passes (written unless it is there already)."""
+    """Where the workers find the reference passes (written unless it was read from there: a
+    file that could not be read is replaced)."""
     path = evaluator.cache_path
     assert path is not None, "check_downstream gives the evaluator the study's folder"
-    if not path.is_file():
+    if evaluator.computed:
         evaluator.reference.save(path)
     return path
 
