@@ -92,7 +92,8 @@ def with_downstream(score: Score, reconstruct, evaluator) -> Score:  # noqa: ANN
 
 @torch.no_grad()
 def heldout_fvu(reconstruct, x: torch.Tensor, chunk: int = 4096) -> tuple[float, float]:
-    """(FVU, L0) of `reconstruct` (x -> (x_hat, active latents per token)) over all of x."""
+    """(FVU, L0) of `reconstruct` (a harness.evaluate Reconstructor: x -> (x_hat, active latents
+    summed over the batch)) over all of x."""
     x64 = x.double()
     total = (x64 - x64.mean(0)).pow(2).sum()
     sse = torch.zeros((), dtype=torch.float64)
@@ -139,14 +140,10 @@ def train_ours(store: Path, run: str, layer: str, base: SaeTrainingConfig, d: in
     seconds = time.perf_counter() - start
     loaded = TopKSae.load(out)
 
-    def reconstruct(x: torch.Tensor):
-        values, _ = loaded.encode(x)
-        return loaded(x).reconstruction, (values > 0).sum(-1)
-
+    reconstruct = sae_reconstructor(loaded)  # one function scores it here and spliced in
     fvu, l0 = heldout_fvu(reconstruct, heldout)
     used = json.loads((out / "training_config.json").read_text())["lr"]  # default resolved
-    return with_downstream(Score(name, column, used, fvu, l0, seconds),
-                           sae_reconstructor(loaded), evaluator)
+    return with_downstream(Score(name, column, used, fvu, l0, seconds), reconstruct, evaluator)
 
 
 def train_sparsify(loader: ActivationLoader, cfg: SaeTrainingConfig, d: int, args, column: str,
@@ -175,18 +172,14 @@ def train_sparsify(loader: ActivationLoader, cfg: SaeTrainingConfig, d: int, arg
     sae.save_to_disk(path)
     loaded = SparseCoder.load_from_disk(path)
 
-    def reconstruct(x: torch.Tensor):
-        out = loaded(x)
-        return out.sae_out, (out.latent_acts > 0).sum(-1)
-
-    fvu, l0 = heldout_fvu(reconstruct, heldout)
-
     @torch.no_grad()
-    def spliced(x: torch.Tensor):
+    def reconstruct(x: torch.Tensor):
         out = loaded(x)
         return out.sae_out, (out.latent_acts > 0).sum()
 
-    return with_downstream(Score("sparsify", column, lr, fvu, l0, seconds), spliced, evaluator)
+    fvu, l0 = heldout_fvu(reconstruct, heldout)
+    return with_downstream(Score("sparsify", column, lr, fvu, l0, seconds), reconstruct,
+                           evaluator)
 
 
 def _grid_best(by_lr: dict[str, Score]) -> Score:
