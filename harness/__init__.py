@@ -16,7 +16,7 @@ from harness.core.metrics import (
 )
 from harness.core.sae import SaeOutput, TopKSae
 from harness.core.store import ActivationSource, LocalStore, StoreError
-from harness.core.train import (
+from harness.core.training import (
     EvalResult,
     SaeTrainer,
     SaeTrainingConfig,

@@ -51,7 +51,7 @@ from harness.core.loader import ActivationLoader
 from harness.core.recipes import LEGACY_SAE, LEGACY_TRAINING
 from harness.core.sae import TopKSae
 from harness.core.store import LocalStore
-from harness.core.train import SaeTrainer, SaeTrainingConfig
+from harness.core.training import SaeTrainer, SaeTrainingConfig
 from harness.evaluate.downstream import DownstreamConfig, DownstreamEvaluator, sae_reconstructor
 
 SAE_ARGS = set(inspect.signature(TopKSae.__init__).parameters) - {"self", "n_latents",
@@ -131,7 +131,7 @@ def train_ours(store: Path, run: str, layer: str, base: SaeTrainingConfig, d: in
     name, fields, sae_args = parse_recipe(recipe)
     # "default": the recipe's own default (legacy: 2e-4), else default_lr of the planned steps
     lr = fields.get("lr") if column == "default" else float(column)
-    cfg = SaeTrainingConfig(**{**asdict(base), **fields, "lr": lr})
+    cfg = base.replace(**{**fields, "lr": lr})
     sae = TopKSae(n_latents=args.n_latents, n_inputs=d, k=args.k, seed=args.seed, **sae_args)
     out = tmp / f"ours_{name}_{column}"
     start = time.perf_counter()

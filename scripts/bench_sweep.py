@@ -24,7 +24,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
-from harness.sweep.study import open_storage
+from harness.sweep.storage import open_storage
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"

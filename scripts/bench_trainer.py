@@ -34,7 +34,7 @@ from sparsify_step import sparsify_trainer
 
 from harness import LocalStore, SaeTrainer, SaeTrainingConfig, TopKSae
 from harness.core.cpu_memory import reuse_freed_blocks
-from harness.core.train import LockstepMember
+from harness.core.training import LockstepMember
 
 
 def _sync(device: str) -> None:

@@ -14,7 +14,7 @@ from harness.core.encoder_refit import (
 from harness.core.refit import refit_decoder_
 from harness.core.sae import TopKSae
 from harness.core.store import LocalStore
-from harness.core.train import SaeTrainer, SaeTrainingConfig
+from harness.core.training import SaeTrainer, SaeTrainingConfig
 
 
 def _planted(n: int = 6000, d: int = 16, seed: int = 0) -> torch.Tensor:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from harness import SaeTrainer, SaeTrainingConfig, StopTraining, TopKSae, TrainingDiverged
-from harness.core.train import LockstepMember
+from harness.core.training import LockstepMember
 
 BASE = dict(epochs=2, batch_size=256, eval_every=5, progress=False)
 
@@ -44,7 +44,7 @@ def test_members_must_share_the_data_stream(synthetic_store):
 
 def test_a_member_still_skipping_to_its_checkpoint_keeps_its_position_when_stopped(
         synthetic_store, tmp_path):
-    from harness.core.train import TrainingInterrupted
+    from harness.core.training import TrainingInterrupted
 
     config = SaeTrainingConfig(lr=3e-3, **BASE)
     checkpoint = tmp_path / "b.pt"

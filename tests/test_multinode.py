@@ -18,7 +18,8 @@ from spaces import tiny_space, write_space
 
 from harness import TopKSae
 from harness.report import load_trials
-from harness.sweep.study import open_storage, superseded_numbers
+from harness.sweep.storage import open_storage
+from harness.sweep.study import superseded_numbers
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,18 +92,18 @@ def test_a_postgres_url_without_a_reachable_server_exits_2(synthetic_store, tmp_
     assert not (tmp_path / "results").exists()
 
 
-def test_chaos_ten_sigkills_across_two_nodes_lose_and_duplicate_nothing(postgres_url,
+def test_chaos_sigkills_across_two_nodes_lose_and_duplicate_nothing(postgres_url,
                                                                         synthetic_store,
                                                                         tmp_path):
-    """A 30-trial study on two nodes; a random worker is SIGKILLed every ~1.5 s, 10 times; a
+    """A 20-trial study on two nodes; a random worker is SIGKILLed every ~1.5 s, 8 times; a
     node whose workers are all gone is started again, as a scheduler would."""
     import random
 
-    n_trials, n_kills = 30, 10
+    n_trials, n_kills = 20, 8
     space = write_space(tmp_path / "space.yaml", tiny_space(
         synthetic_store, tmp_path / "unused", budget={"n_trials": n_trials},
         wandb={"mode": "off"}, training={"epochs": 4, "batch_size": 64, "eval_every": 50},
-        faults={"heartbeat_s": 1, "lease_s": 10, "max_retry": n_kills,
+        faults={"heartbeat_s": 1, "lease_s": 5, "max_retry": n_kills,
                 "checkpoint_every": 10}))
     shared = tmp_path / "shared_artifacts"
     folders = {"a": tmp_path / "node_a", "b": tmp_path / "node_b"}

@@ -16,18 +16,18 @@ import torch
 from optuna.trial import TrialState
 from spaces import tiny_space, write_space
 
-from harness.sweep.study import open_storage
+from harness.sweep.storage import open_storage
 from harness.sweep.trial_record import TrialRecord
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = 12 * 179  # 12 epochs of ceil(5700 training tokens / 32)
+STEPS = 6 * 179  # 6 epochs of ceil(5700 training tokens / 32)
 
 
 def long_trial(store: Path, results: Path, name: str) -> dict:
-    """One trial of about 2,100 small steps, checkpointed every 50."""
+    """One trial of about 1,070 small steps, checkpointed every 50."""
     return tiny_space(store, results, study={"name": name, "seed": 0},
                       params={"expansion": 4, "k": 4, "lr": 2e-3},
-                      training={"epochs": 12, "batch_size": 32, "eval_every": 300},
+                      training={"epochs": 6, "batch_size": 32, "eval_every": 300},
                       budget={"n_trials": 1}, wandb={"mode": "off"},
                       faults={"heartbeat_s": 0.5, "lease_s": 30, "checkpoint_every": 50})
 

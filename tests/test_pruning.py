@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from harness.core.train import EvalResult, StopTraining
+from harness.core.training import EvalResult, StopTraining
 from harness.sweep.pruning import (
     DeadFeaturesRule,
     OptunaPrunerRule,

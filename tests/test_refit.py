@@ -8,7 +8,7 @@ import torch
 from harness.core.refit import DecoderRefit, refit_decoder_
 from harness.core.sae import TopKSae
 from harness.core.store import LocalStore
-from harness.core.train import SaeTrainer, SaeTrainingConfig
+from harness.core.training import SaeTrainer, SaeTrainingConfig
 
 
 def _mse(sae: TopKSae, x: torch.Tensor) -> float:
@@ -140,7 +140,7 @@ def test_a_stop_during_the_refit_passes_resumes_to_the_same_sae(synthetic_store,
                                                                 at_poll) -> None:
     """A stop in the decoder refit's pass (75), the encoder refit's (150) or the second decoder
     refit's (220) checkpoints the trained SAE, not a half-refit one."""
-    from harness.core.train import LockstepMember, TrainingInterrupted
+    from harness.core.training import LockstepMember, TrainingInterrupted
 
     config = SaeTrainingConfig(epochs=3, batch_size=256, lr=3e-3, progress=False)
 
@@ -172,7 +172,7 @@ def test_a_checkpoint_of_another_format_is_refused_by_name(synthetic_store, tmp_
                                                             change) -> None:
     """A checkpoint another version wrote (another format, or a history without a field this
     version keeps) is refused with its path and what to do, not misread."""
-    from harness.core.train import LockstepMember, TrainingInterrupted
+    from harness.core.training import LockstepMember, TrainingInterrupted
 
     config = SaeTrainingConfig(epochs=2, batch_size=256, lr=3e-3, progress=False)
     checkpoint = tmp_path / "ck.pt"

@@ -14,7 +14,7 @@ import pytest
 from spaces import tiny_space, write_space
 
 from harness.report.cli import build_parser, build_report, load_trials
-from harness.sweep.study import open_storage
+from harness.sweep.storage import open_storage
 
 ROOT = Path(__file__).resolve().parent.parent
 PLOTS = ("pareto", "learning_curves", "importance", "lr_sensitivity", "scaling")
@@ -125,7 +125,19 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def test_empty_and_all_failed_studies_give_a_clear_message(tmp_path):
+def _report_here(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`python -m harness.report args` by its entry point in this process."""
+    from harness.report.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(["harness.report", *args], code, out.out, out.err)
+
+
+def test_empty_and_all_failed_studies_give_a_clear_message(tmp_path, capsys):
     journal = str(tmp_path / "s.journal")
     storage = open_storage(journal)
     optuna.create_study(study_name="empty", storage=storage)
@@ -134,23 +146,25 @@ def test_empty_and_all_failed_studies_give_a_clear_message(tmp_path):
         t = failed.ask()
         t.set_user_attr("fail_reason", "diverged: boom")
         failed.tell(t, state=optuna.trial.TrialState.FAIL)
-    empty = _cli("empty", "--storage", journal, "--out", str(tmp_path / "o"))
+    empty = _report_here(capsys, "empty", "--storage", journal, "--out", str(tmp_path / "o"))
     assert empty.returncode == 1 and "has no trials yet" in empty.stderr
-    all_failed = _cli("failed", "--storage", journal, "--out", str(tmp_path / "o"))
+    all_failed = _report_here(capsys, "failed", "--storage", journal, "--out",
+                              str(tmp_path / "o"))
     assert all_failed.returncode == 1 and "has no complete trial" in all_failed.stderr
     assert "diverged: boom" in all_failed.stderr
-    nope = _cli("nope", "--storage", journal)
+    nope = _report_here(capsys, "nope", "--storage", journal)
     assert nope.returncode == 1 and "no study 'nope'" in nope.stderr and "empty" in nope.stderr
     absent = _cli("absent", "--results", str(tmp_path))
     assert absent.returncode == 1 and "absent/study.journal does not exist" in absent.stderr
-    for proc in (empty, all_failed, nope, absent):  # each says it in a line, none in a traceback
+    # each says it in a line, none in a traceback (the last through a real interpreter)
+    for proc in (empty, all_failed, nope, absent):
         assert "Traceback" not in proc.stderr
 
 
-def test_help_lists_the_options():
-    text = build_parser().format_help()
-    for flag in ("--storage", "--out", "--format", "--metric", "--group-by", "--wandb"):
-        assert flag in text
+def test_every_option_has_help_and_is_documented():
+    from scripts_run import documented_flags
+
+    assert documented_flags(build_parser()) == []
 
 
 def test_report_can_log_tables_and_plots_to_an_offline_wandb_run(study_results, tmp_path):

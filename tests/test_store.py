@@ -6,7 +6,16 @@ import torch
 from mi_crow_layout import flat, write_padded_run, write_run_meta
 from safetensors.torch import save_file
 
-from harness.core.store import LocalStore, StoreError
+from harness import SaeTrainer, SaeTrainingConfig, TopKSae
+from harness.core.store import (
+    LAYOUTS,
+    ActivationSource,
+    LocalStore,
+    ShardRef,
+    StoreError,
+    open_store,
+)
+from harness.core.store.source import header_dtype, header_shape
 
 
 def test_put_activations_appends_shards_and_keeps_meta_correct(tmp_path: Path):
@@ -188,3 +197,52 @@ def test_mi_crow_unified_and_old_single_file_layouts(tmp_path: Path):
                   str(old / f"batch_{i:06d}.safetensors"))
     src = LocalStore(tmp_path).open("old", "h.1")
     assert src.n_tokens == 10
+
+
+class FlatLayout:
+    """docs/architecture.md's worked example: one [tokens, d] tensor per run."""
+
+    name = "flat"
+
+    def __init__(self, base: Path) -> None:
+        self.base = Path(base)
+
+    def runs(self) -> list[str]:
+        return sorted(p.stem for p in (self.base / "flat").glob("*.safetensors"))
+
+    def holds(self, run_id: str) -> bool:
+        return (self.base / "flat" / f"{run_id}.safetensors").exists()
+
+    def where(self, run_id: str) -> str:
+        return str(self.base / "flat" / f"{run_id}.safetensors")
+
+    def open(self, run_id: str, layer_signature: str) -> ActivationSource:
+        path = self.base / "flat" / f"{run_id}.safetensors"
+        shape = header_shape(path, "x")
+        return ActivationSource(run_id=run_id, layer_signature=layer_signature, d=shape[-1],
+                                dtype=header_dtype(path, "x"), layout=self.name,
+                                shards=[ShardRef(path=path, key="x", shape=shape,
+                                                 n_tokens=shape[0])])
+
+
+def test_a_new_layout_is_its_class_and_one_registry_line(tmp_path: Path, monkeypatch):
+    (tmp_path / "flat").mkdir()
+    save_file({"x": torch.randn(3000, 8)}, str(tmp_path / "flat" / "plain.safetensors"))
+    with pytest.raises(StoreError, match="no activation run 'plain'"):
+        LocalStore(tmp_path).open("plain", "L")
+    monkeypatch.setitem(LAYOUTS, FlatLayout.name, FlatLayout)
+    store = open_store(tmp_path)
+    assert store.list_activation_runs() == ["plain"]
+    source = store.open("plain", "L")
+    assert (source.layout, source.d, source.n_tokens) == ("flat", 8, 3000)
+    history = SaeTrainer(TopKSae(16, 8, 2, seed=0)).train(
+        store=tmp_path, run_id="plain", layer_signature="L",
+        config=SaeTrainingConfig(batch_size=256, progress=False), save=False)
+    assert history.n_train_tokens > 2500
+
+
+def test_open_store_is_the_one_constructor(tmp_path: Path):
+    store = LocalStore(tmp_path)
+    assert open_store(store) is store
+    assert open_store(str(tmp_path)).base_path == tmp_path
+    assert [type(layout).name for layout in store.layouts] == list(LAYOUTS)

@@ -11,12 +11,12 @@ from optuna.trial import TrialState
 from spaces import tiny_space, write_space
 
 from harness.sweep.space import load_space
+from harness.sweep.storage import open_storage
 from harness.sweep.study import (
     LEASE_ATTR,
     Heartbeat,
     budget_state,
     create_study,
-    open_storage,
     reap_stale,
     requeue,
     stale_reason,
@@ -123,7 +123,7 @@ def test_worker_seeds_differ_per_worker_and_per_rerun():
 
 # ------------------------------------------------------------------ storage checks
 def test_a_torn_journal_tail_is_cut_to_the_last_record_with_a_backup(tmp_path):
-    from harness.sweep.study import repair_torn_tail
+    from harness.sweep.storage import repair_torn_tail
 
     journal = tmp_path / "study.journal"
     storage = open_storage(str(journal))
@@ -143,7 +143,7 @@ def test_a_torn_journal_tail_is_cut_to_the_last_record_with_a_backup(tmp_path):
 
 def test_a_damaged_record_followed_by_good_ones_is_refused(tmp_path):
     from harness.sweep.space import SpaceError
-    from harness.sweep.study import repair_torn_tail
+    from harness.sweep.storage import repair_torn_tail
 
     journal = tmp_path / "study.journal"
     optuna.create_study(study_name="s", storage=open_storage(str(journal))).optimize(

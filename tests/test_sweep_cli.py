@@ -16,12 +16,14 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from scripts_run import sweep_here, sweep_main
 from spaces import tiny_space, write_space
 from wandb_records import run_contents
 
 from harness.sweep.cli import build_parser
 from harness.sweep.space import load_space
-from harness.sweep.study import LEASE_ATTR, budget_state, create_study, open_storage
+from harness.sweep.storage import open_storage
+from harness.sweep.study import LEASE_ATTR, budget_state, create_study
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,11 +61,10 @@ def assert_settled(study: optuna.Study) -> None:
     assert states[TrialState.RUNNING] == 0 and states[TrialState.WAITING] == 0, states
 
 
-def test_help_explains_every_flag():
-    text = build_parser().format_help()
-    for flag in ("--n-trials", "--workers", "--devices", "--storage", "--study", "--wandb",
-                 "--timeout", "--results"):
-        assert flag in text
+def test_every_flag_has_help_and_is_documented():
+    from scripts_run import documented_flags
+
+    assert documented_flags(build_parser()) == []
 
 
 def test_two_workers_complete_a_sweep_with_offline_wandb(synthetic_store, tmp_path):
@@ -112,7 +113,7 @@ def test_two_workers_complete_a_sweep_with_offline_wandb(synthetic_store, tmp_pa
 
 @pytest.mark.parametrize("lockstep", [1, 3])
 def test_hopeless_learning_rates_are_pruned_and_diverged_ones_fail(synthetic_store, tmp_path,
-                                                                   lockstep):
+                                                                   lockstep, capsys):
     """With --lockstep 3 the three trials train as one pack: each still ends on its own."""
     results = tmp_path / "results"
     space = tiny_space(
@@ -122,7 +123,8 @@ def test_hopeless_learning_rates_are_pruned_and_diverged_ones_fail(synthetic_sto
         sampler={"type": "grid"},
         pruner={"type": "median", "r2_floor": {"min_r2": 0.0, "warmup_steps": 5}},
         budget={"n_trials": 3})
-    proc = sweep(str(write_space(tmp_path / "lr.yaml", space)), "--lockstep", str(lockstep))
+    proc = sweep_here(capsys, str(write_space(tmp_path / "lr.yaml", space)), "--lockstep",
+                      str(lockstep))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert load(results).user_attrs["space"]["lockstep"] == lockstep
     by_lr = {t.params["lr"]: t for t in load(results).get_trials()}
@@ -138,16 +140,16 @@ def test_hopeless_learning_rates_are_pruned_and_diverged_ones_fail(synthetic_sto
     assert "pruned: r2_floor" in proc.stdout and "failed: diverged" in proc.stdout
 
 
-def slow_space(store: Path, results: Path, n_trials: int) -> dict:
-    """Trials of a few seconds, so a test can catch one running."""
+def slow_space(store: Path, results: Path, n_trials: int, epochs: int = 60) -> dict:
+    """Trials of a few seconds (60 epochs), so a test can catch one running."""
     return tiny_space(store, results, budget={"n_trials": n_trials},
-                      training={"epochs": 60, "batch_size": 256, "eval_every": 100})
+                      training={"epochs": epochs, "batch_size": 256, "eval_every": 100})
 
 
 def test_sigkill_of_a_worker_mid_trial_then_rerun_accounts_for_every_trial(synthetic_store,
-                                                                          tmp_path):
+                                                                          tmp_path, capsys):
     results = tmp_path / "results"
-    space = str(write_space(tmp_path / "slow.yaml", slow_space(synthetic_store, results, 3)))
+    space = str(write_space(tmp_path / "slow.yaml", slow_space(synthetic_store, results, 3, 30)))
     proc = start_sweep(space)
     storage_file = results / "t" / "study.journal"
     wait_for(storage_file.exists)
@@ -165,7 +167,7 @@ def test_sigkill_of_a_worker_mid_trial_then_rerun_accounts_for_every_trial(synth
     assert proc.returncode == 1, out  # the parent reports the dead worker
     assert load(results).trials[victim.number].state == TrialState.RUNNING  # left behind
 
-    rerun = sweep(space)
+    rerun = sweep_here(capsys, space)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"re-enqueued trials abandoned by an earlier run: [{victim.number}]" in rerun.stdout
     study = load(results)
@@ -184,7 +186,8 @@ def test_sigkill_of_a_worker_mid_trial_then_rerun_accounts_for_every_trial(synth
     assert budget_state(study).used == 3
 
 
-def test_four_workers_on_one_storage_lose_and_duplicate_nothing(synthetic_store, tmp_path):
+def test_four_workers_on_one_storage_lose_and_duplicate_nothing(synthetic_store, tmp_path,
+                                                                capsys):
     results = tmp_path / "results"
     space_file = write_space(tmp_path / "s.yaml", tiny_space(
         synthetic_store, results, budget={"n_trials": 12},
@@ -193,7 +196,7 @@ def test_four_workers_on_one_storage_lose_and_duplicate_nothing(synthetic_store,
     study = create_study(loaded, str(results / "t" / "study.journal"))
     for i in range(6):  # enqueued before the workers start: each must run exactly once
         study.enqueue_trial({"expansion": 2, "k": 2 + i, "lr": 2e-3}, user_attrs={"tag": i})
-    proc = sweep(str(space_file), "--workers", "4")
+    proc = sweep_here(capsys, str(space_file), "--workers", "4")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     study = load(results)
     trials = study.get_trials()
@@ -212,19 +215,19 @@ def test_four_workers_on_one_storage_lose_and_duplicate_nothing(synthetic_store,
         assert "Traceback" not in text and "Error" not in text, text
 
 
-def test_an_rdb_storage_url_runs_resumes_and_reports(synthetic_store, tmp_path):
+def test_an_rdb_storage_url_runs_resumes_and_reports(synthetic_store, tmp_path, capsys):
     """The RDB path (SQLite here; PostgreSQL takes the same URL form): two workers, a re-run
     that raises the budget continues the same study, and the report reads it."""
     results = tmp_path / "results"
     url = f"sqlite:///{tmp_path / 'study.db'}"
     space = str(write_space(tmp_path / "s.yaml", tiny_space(
         synthetic_store, results, training={"epochs": 1, "batch_size": 256, "eval_every": 5})))
-    proc = sweep(space, "--storage", url, "--n-trials", "4", "--workers", "2")
+    proc = sweep_here(capsys, space, "--storage", url, "--n-trials", "4", "--workers", "2")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     study = optuna.load_study(study_name="t", storage=url)
     # exact: the workers check the budget and ask under a file lock beside the SQLite file
     assert len(study.get_trials()) == 4
-    rerun = sweep(space, "--storage", url, "--n-trials", "7")
+    rerun = sweep_here(capsys, space, "--storage", url, "--n-trials", "7")
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     study = optuna.load_study(study_name="t", storage=url)
     assert_settled(study)
@@ -242,7 +245,8 @@ def test_an_rdb_storage_url_runs_resumes_and_reports(synthetic_store, tmp_path):
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_stops_cleanly_and_the_rerun_continues(synthetic_store, tmp_path, sig, code):
+def test_signal_stops_cleanly_and_the_rerun_continues(synthetic_store, tmp_path, sig, code,
+                                                      capsys):
     results = tmp_path / "results"
     space = str(write_space(tmp_path / "slow.yaml", slow_space(synthetic_store, results, 2)))
     proc = start_sweep(space, "--workers", "2")
@@ -259,7 +263,7 @@ def test_signal_stops_cleanly_and_the_rerun_continues(synthetic_store, tmp_path,
     assert interrupted and all("interrupted by SIG" in t.user_attrs["fail_reason"]
                                for t in interrupted)
     assert len([t for t in study.get_trials() if t.state == TrialState.WAITING]) == len(interrupted)
-    rerun = sweep(space)
+    rerun = sweep_here(capsys, space)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     study = load(results)
     assert_settled(study)
@@ -267,7 +271,7 @@ def test_signal_stops_cleanly_and_the_rerun_continues(synthetic_store, tmp_path,
     assert sum(t.state == TrialState.COMPLETE for t in study.get_trials()) >= 1
 
 
-def test_multi_objective_sweep_keeps_dead_feature_pruning(synthetic_store, tmp_path):
+def test_multi_objective_sweep_keeps_dead_feature_pruning(synthetic_store, tmp_path, capsys):
     results = tmp_path / "results"
     space = tiny_space(synthetic_store, results,
                        objectives=[{"metric": "r2", "direction": "maximize"},
@@ -278,7 +282,7 @@ def test_multi_objective_sweep_keeps_dead_feature_pruning(synthetic_store, tmp_p
                        training={"epochs": 2, "batch_size": 256, "eval_every": 5,
                                  "dead_window_tokens": 256, "auxk_alpha": 0.0},
                        budget={"n_trials": 4})
-    proc = sweep(str(write_space(tmp_path / "mo.yaml", space)))
+    proc = sweep_here(capsys, str(write_space(tmp_path / "mo.yaml", space)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     study = load(results)
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
@@ -291,13 +295,13 @@ def test_multi_objective_sweep_keeps_dead_feature_pruning(synthetic_store, tmp_p
 
 
 def test_a_changed_study_definition_is_refused_and_nothing_is_written(synthetic_store,
-                                                                     tmp_path):
+                                                                     tmp_path, capsys):
     """Same direction, other metric: once accepted, it mixed FVU with L0 values in one study."""
     results = tmp_path / "results"
     space = tiny_space(synthetic_store, results,
                        objectives=[{"metric": "fvu", "direction": "minimize"}],
                        budget={"n_trials": 2}, wandb={"mode": "off"})
-    proc = sweep(str(write_space(tmp_path / "s.yaml", space)))
+    proc = sweep_here(capsys, str(write_space(tmp_path / "s.yaml", space)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     journal = results / "t" / "study.journal"
     before = journal.read_bytes()
@@ -305,7 +309,8 @@ def test_a_changed_study_definition_is_refused_and_nothing_is_written(synthetic_
     changed = copy.deepcopy(space)
     changed["objectives"] = [{"metric": "l0", "direction": "minimize"}]
     changed["params"]["lr"]["high"] = 0.1
-    proc = sweep(str(write_space(tmp_path / "changed.yaml", changed)), "--n-trials", "4")
+    proc = sweep_here(capsys, str(write_space(tmp_path / "changed.yaml", changed)), "--n-trials",
+                      "4")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "objectives[0]: {'metric': 'fvu', 'direction': 'minimize'} -> {'metric': 'l0'" in \
         proc.stderr
@@ -316,18 +321,18 @@ def test_a_changed_study_definition_is_refused_and_nothing_is_written(synthetic_
     # the same definition (the default holdout now written out) with a larger budget resumes
     same = copy.deepcopy(space)
     same["training"]["holdout_fraction"] = 0.05
-    proc = sweep(str(write_space(tmp_path / "same.yaml", same)), "--n-trials", "3")
+    proc = sweep_here(capsys, str(write_space(tmp_path / "same.yaml", same)), "--n-trials", "3")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(load(results).get_trials()) == 3
 
 
-def test_a_sweep_samples_batchtopk_beside_topk(synthetic_store, tmp_path):
+def test_a_sweep_samples_batchtopk_beside_topk(synthetic_store, tmp_path, capsys):
     results = tmp_path / "results"
     space = tiny_space(synthetic_store, results, sampler={"type": "grid"},
                        params={"expansion": 4, "k": 4, "lr": 3e-3, "activation": {
                            "type": "categorical", "choices": ["topk", "batchtopk"]}},
                        budget={"n_trials": 2}, wandb={"mode": "off"})
-    proc = sweep(str(write_space(tmp_path / "s.yaml", space)))
+    proc = sweep_here(capsys, str(write_space(tmp_path / "s.yaml", space)))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     trials = load(results).get_trials()
     assert sorted(t.user_attrs["activation"] for t in trials) == ["batchtopk", "topk"]
@@ -359,8 +364,8 @@ BAD_CLI = [
 
 
 @pytest.mark.parametrize(("case", "change", "message"), BAD_CLI, ids=[c[0] for c in BAD_CLI])
-def test_bad_space_exits_2_with_its_message_and_writes_nothing(synthetic_store, tmp_path, case,
-                                                               change, message):
+def test_bad_space_exits_2_with_its_message_and_writes_nothing(synthetic_store, tmp_path, capsys,
+                                                               case, change, message):
     results = tmp_path / "results"
     space = tiny_space(synthetic_store, results)
     for key, value in change.items():
@@ -368,14 +373,14 @@ def test_bad_space_exits_2_with_its_message_and_writes_nothing(synthetic_store, 
             value = {**value, "store": str(synthetic_store)}
         space[key] = value
     path = write_space(tmp_path / "bad.yaml", space)
-    proc = sweep(str(path))
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert message in proc.stderr and str(path) in proc.stderr
+    code, out, err = sweep_main(capsys, str(path))
+    assert code == 2, out + err
+    assert message in err and str(path) in err
     assert not results.exists()
 
 
 def test_time_left_is_the_rate_of_this_run_times_what_remains():
-    from harness.sweep.cli import _time_left
+    from harness.sweep.console import time_left as _time_left
 
     started = time.perf_counter() - 10.0  # 10 s ago, 4 trials finished here since
     assert _time_left(9, 5, 24, started) in ("  [9/24, ~38 s left]", "  [9/24, ~37 s left]")
@@ -383,11 +388,12 @@ def test_time_left_is_the_rate_of_this_run_times_what_remains():
     assert _time_left(24, 5, 24, started) == "  [24/24]"
 
 
-def test_the_space_sets_the_worker_count_and_the_flag_overrides_it(synthetic_store, tmp_path):
+def test_the_space_sets_the_worker_count_and_the_flag_overrides_it(synthetic_store, tmp_path,
+                                                                   capsys):
     results = tmp_path / "results"
     space = tiny_space(synthetic_store, results, workers=2, budget={"n_trials": 2},
                        wandb={"mode": "off"})
-    proc = sweep(str(write_space(tmp_path / "s.yaml", space)))
+    proc = sweep_here(capsys, str(write_space(tmp_path / "s.yaml", space)))
     assert proc.returncode == 0 and "2 worker(s)" in proc.stdout, proc.stdout + proc.stderr
-    proc = sweep(str(tmp_path / "s.yaml"), "--workers", "1", "--n-trials", "3")
+    proc = sweep_here(capsys, str(tmp_path / "s.yaml"), "--workers", "1", "--n-trials", "3")
     assert proc.returncode == 0 and "1 worker(s)" in proc.stdout, proc.stdout + proc.stderr

@@ -8,7 +8,8 @@ from optuna.trial import TrialState
 from spaces import tiny_space, write_space
 
 from harness.sweep.space import load_space
-from harness.sweep.study import create_study, open_storage
+from harness.sweep.storage import open_storage
+from harness.sweep.study import create_study
 from harness.sweep.trial import WorkerContext, run_trials
 from harness.sweep.trial_record import TrialRecord
 

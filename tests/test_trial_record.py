@@ -8,7 +8,7 @@ import optuna
 from optuna.trial import TrialState
 
 from harness.core.metrics import METRICS
-from harness.sweep.study import open_storage
+from harness.sweep.storage import open_storage
 from harness.sweep.trial_record import RUN_COLUMNS, TrialRecord, metric_columns
 
 

@@ -71,6 +71,9 @@ class LossMonitor:
         self.n = 0
         return mean
 
+    STATE_KEYS = ("first_loss", "loss_sum", "loss_n")
+    """The keys `state` writes (a checkpoint's)."""
+
     def state(self) -> dict[str, float | int | None]:
         """What a checkpoint keeps (after `check`, so nothing flagged is lost)."""
         return {"first_loss": None if self.first is None else float(self.first),

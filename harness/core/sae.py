@@ -10,12 +10,9 @@
   harness.core.refit, then sets them at the data's scale);
 - an auxiliary loss (AuxK) lets dead latents model the residual error.
 
-`activation="batchtopk"` (Bussmann et al. 2024, "BatchTopK Sparse Autoencoders") keeps the top
-k*B pre-activations of a whole training batch instead of k per token, so L0 is k on average but
-varies per token. Each token's candidates are its top 4k pre-activations (BATCHTOPK_CANDIDATES),
-which bounds a token's L0 and keeps the sparse backward. Training (a forward with gradients)
-updates `threshold`, an exponential average of each batch's cut value; inference (no gradients)
-keeps the candidates above it, as the paper does.
+`activation` names how a token's active latents are chosen (harness.core.activations: "topk",
+and "batchtopk" after Bussmann et al. 2024); the SAE gathers each token's candidates and the
+activation keeps some of them.
 
 Weights are stored with SAELens' names and shapes, `W_enc` [d_in, d_sae], `b_enc` [d_sae],
 `W_dec` [d_sae, d_in], `b_dec` [d_in], in `sae_weights.safetensors` beside a `cfg.json` that
@@ -34,6 +31,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from harness.core.activations import ACTIVATIONS, activation_class
 from harness.core.atomic import write_json, write_safetensors
 from harness.core.metrics import DeadLatents
 from harness.core.seeding import stream_seed
@@ -41,9 +39,6 @@ from harness.core.sparse_ops import gather_preacts
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 DEFAULT_ENCODER_INIT_SCALE = 1 / math.sqrt(3)  # nn.Linear's default row norm, for any d_in
-ACTIVATIONS = ("topk", "batchtopk")
-BATCHTOPK_CANDIDATES = 4  # a BatchTopK token keeps at most this many times k latents
-THRESHOLD_EMA = 0.1  # weight of the newest batch's cut in BatchTopK's inference threshold
 CONFIG_FILE = "cfg.json"
 
 
@@ -91,9 +86,9 @@ class TopKSae(nn.Module):
             raise ValueError(f"n_inputs must be positive, got {n_inputs}")
         if not encoder_init_scale > 0:
             raise ValueError(f"encoder_init_scale must be positive, got {encoder_init_scale}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         self.activation = activation
+        self.activation_fn = activation_class(activation)()
+        """What chooses the active latents (harness.core.activations)."""
         self.n_latents = int(n_latents)
         self.n_inputs = int(n_inputs)
         self.k = int(k)
@@ -111,9 +106,7 @@ class TopKSae(nn.Module):
         self.enc_weight = nn.Parameter((w_dec * encoder_init_scale).to(**factory))
         self.b_enc = nn.Parameter(torch.zeros(n_latents, **factory))
         self.b_dec = nn.Parameter(torch.zeros(n_inputs, **factory))
-        # BatchTopK's inference threshold (a buffer, so .to() and state_dict carry it)
-        self.register_buffer("threshold", torch.zeros((), **factory))
-        self._threshold_updates = 0
+        self.activation_fn.attach(self)
         self.sparse_backward = True
         """Gradients through the chosen latents only (harness.core.sparse_ops); False = autograd
         through the dense pre-activations (the reference)."""
@@ -133,10 +126,8 @@ class TopKSae(nn.Module):
 
     @property
     def n_candidates(self) -> int:
-        """Latents a token may keep: k, or BATCHTOPK_CANDIDATES * k for BatchTopK."""
-        if self.activation == "topk":
-            return self.k
-        return min(self.n_latents, BATCHTOPK_CANDIDATES * self.k)
+        """Latents a token may keep: k for TopK, more where the activation chooses among more."""
+        return self.activation_fn.candidates(self.k, self.n_latents)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Active latents of `x` at inference: (values after ReLU, indices), both [B, k] (BatchTopK:
@@ -144,20 +135,6 @@ class TopKSae(nn.Module):
         with torch.no_grad():
             out = self(x)
         return out.top_values, out.top_indices
-
-    def _keep(self, values: torch.Tensor) -> torch.Tensor:
-        """BatchTopK's mask over the candidates: the top k*B of the batch when training (and the
-        threshold learns the cut), the learned threshold at inference."""
-        if not torch.is_grad_enabled():
-            return values > self.threshold
-        with torch.no_grad():
-            flat = values.detach().flatten()
-            cut = flat.topk(min(flat.numel(), self.k * values.shape[0]), sorted=False).values.min()
-            if cut > 0:  # a non-positive cut would let ReLU zeros through: no information
-                self._threshold_updates += 1
-                weight = max(THRESHOLD_EMA, 1 / self._threshold_updates)
-                self.threshold.lerp_(cut.to(self.threshold), weight)
-        return values >= cut
 
     def decode(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """Sum of the chosen decoder rows weighted by their activations, plus `b_dec`."""
@@ -175,9 +152,7 @@ class TopKSae(nn.Module):
         else:
             pre = self._dense_pre(centered)
             values, indices = pre.topk(self.n_candidates, dim=-1, sorted=False)
-        values = F.relu(values)
-        if self.activation == "batchtopk":
-            values = values * self._keep(values)
+        values = self.activation_fn.select(self, F.relu(values))
         return SaeOutput(self.decode(values, indices), values, indices, pre, centered)
 
     def encode_dense(self, x: torch.Tensor) -> torch.Tensor:
@@ -253,7 +228,7 @@ class TopKSae(nn.Module):
             "normalize_activations": "none",
             "activation_fn": self.activation,
             "activation_fn_kwargs": {"k": self.k},
-            **({"threshold": float(self.threshold)} if self.activation == "batchtopk" else {}),
+            **self.activation_fn.config(self),
             # False after a decoder refit (harness.core.refit): rows at the data's scale
             "decoder_rows_unit_norm": bool(torch.allclose(
                 self.W_dec.detach().norm(dim=1), self.W_dec.new_ones(()), atol=1e-4)),
@@ -264,8 +239,7 @@ class TopKSae(nn.Module):
         path = Path(path)
         tensors = {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec,
                    "b_dec": self.b_dec}
-        if self.activation == "batchtopk":
-            tensors["threshold"] = self.threshold
+        tensors.update(self.activation_fn.tensors(self))
         write_safetensors(path / WEIGHTS_FILE, tensors)
         cfg = self.config_dict()
         if metadata:
@@ -285,22 +259,22 @@ class TopKSae(nn.Module):
         architecture = cfg.get("architecture", "topk")
         if architecture not in ACTIVATIONS:
             raise ValueError(f"{cfg_path}: architecture {architecture!r} is not one of "
-                             f"{ACTIVATIONS}")
+                             f"{tuple(ACTIVATIONS)}")
+        if "k" not in cfg and "k" in (cfg.get("activation_fn_kwargs") or {}):
+            cfg["k"] = cfg["activation_fn_kwargs"]["k"]  # SAELens keeps k only there
         for key in ("d_in", "d_sae", "k"):
             if key not in cfg:
                 raise ValueError(f"{cfg_path}: missing key {key!r}")
         weights = load_file(str(path / WEIGHTS_FILE), device=str(device))
         dtype = weights["W_dec"].dtype
-        sae = cls(cfg["d_sae"], cfg["d_in"], cfg["k"], device=device, dtype=dtype,
+        sae = cls(cfg["d_sae"], cfg["d_in"], int(cfg["k"]), device=device, dtype=dtype,
                   k_aux=cfg.get("k_aux"), activation=architecture)
-        needed = {"W_enc", "b_enc", "W_dec", "b_dec"} | (
-            {"threshold"} if architecture == "batchtopk" else set())
-        missing = needed - weights.keys()
+        own = set(sae.activation_fn.tensors(sae))
+        missing = ({"W_enc", "b_enc", "W_dec", "b_dec"} | own) - weights.keys()
         if missing:
             raise ValueError(f"{path / WEIGHTS_FILE}: missing tensors {sorted(missing)}")
         sae.load_state_dict({"enc_weight": weights["W_enc"].T.contiguous(),
-                             "threshold": weights.get("threshold", sae.threshold),
-                             **{k: weights[k] for k in ("b_enc", "W_dec", "b_dec")}})
+                             **{k: weights[k] for k in ("b_enc", "W_dec", "b_dec", *own)}})
         return sae
 
 

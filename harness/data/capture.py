@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from harness.core.store import LocalStore, StoreError
+from harness.core.store import LocalStore, StoreError, open_store
 from harness.data.models import find_module, load_model
 
 PYDOC_CORPUS = "pydoc"
@@ -160,7 +160,7 @@ def capture(cfg: CaptureConfig, progress: bool | None = None) -> CaptureResult:
     dtype = {"float16": torch.float16, "float32": torch.float32}.get(cfg.dtype)
     if dtype is None:
         raise ValueError(f"dtype must be float16 or float32, got {cfg.dtype!r}")
-    store = LocalStore(cfg.store)
+    store = open_store(cfg.store)
     texts, corpus = corpus_texts(cfg.text)
     loaded = load_model(cfg.model, device)
     model, tokenizer = loaded.model, loaded.tokenizer

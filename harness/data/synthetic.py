@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from harness.core.atomic import write_safetensors
 from harness.core.seeding import stream_seed
-from harness.core.store import LocalStore
+from harness.core.store import open_store
 
 GROUND_TRUTH_FILE = "ground_truth.safetensors"
 
@@ -91,7 +91,7 @@ def write_synthetic_store(
 ) -> torch.Tensor:
     """Generate `spec` into a LocalStore run; returns the true directions (also saved in the run
     folder as ground_truth.safetensors)."""
-    store = LocalStore(base)
+    store = open_store(base)
     data = SyntheticData(spec)
     store.put_activations(run_id, layer_signature, data.chunks(shard_tokens),
                           meta={"model_id": "synthetic", "synthetic_spec": asdict(spec)},
@@ -103,10 +103,10 @@ def write_synthetic_store(
 
 def load_ground_truth(base: str | Path, run_id: str) -> torch.Tensor:
     """The true directions of a synthetic run."""
-    path = LocalStore(base).activation_dir(run_id) / GROUND_TRUTH_FILE
+    path = open_store(base).activation_dir(run_id) / GROUND_TRUTH_FILE
     return load_file(str(path))["directions"]
 
 
 def has_ground_truth(base: str | Path, run_id: str) -> bool:
     """Whether the run was generated here and so carries its true directions."""
-    return (LocalStore(base).activation_dir(run_id) / GROUND_TRUTH_FILE).exists()
+    return (open_store(base).activation_dir(run_id) / GROUND_TRUTH_FILE).exists()

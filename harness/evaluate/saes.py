@@ -26,11 +26,7 @@ def load_reconstructor(folder: str | Path, device: str = "cpu") -> tuple[Reconst
         raise ValueError(f"{cfg_path}: not a JSON SAE config ({e})") from e
     architecture = cfg.get("architecture", "topk")
     if architecture in ACTIVATIONS:
-        if "k" not in cfg and "k" in (cfg.get("activation_fn_kwargs") or {}):
-            cfg["k"] = cfg["activation_fn_kwargs"]["k"]  # SAELens keeps k only there
-            sae = _topk_from(folder, cfg, device)
-        else:
-            sae = TopKSae.load(folder, device=device)
+        sae = TopKSae.load(folder, device=device)
         return sae_reconstructor(sae), sae.n_inputs
     if architecture not in ("standard", "jumprelu"):
         raise ValueError(f"{cfg_path}: architecture {architecture!r} is not one of "
@@ -51,12 +47,3 @@ def load_reconstructor(folder: str | Path, device: str = "cpu") -> tuple[Reconst
         return (z @ w["W_dec"] + w["b_dec"]).to(x), (z > 0).sum()
 
     return run, int(w["W_enc"].shape[0])
-
-
-def _topk_from(folder: Path, cfg: dict, device: str) -> TopKSae:
-    w = load_file(str(folder / WEIGHTS_FILE), device=device)
-    sae = TopKSae(cfg["d_sae"], cfg["d_in"], int(cfg["k"]), device=device,
-                  dtype=w["W_dec"].dtype)
-    sae.load_state_dict({"enc_weight": w["W_enc"].T.contiguous(), "threshold": sae.threshold,
-                         **{k: w[k] for k in ("b_enc", "W_dec", "b_dec")}})
-    return sae

@@ -18,9 +18,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness.core.metrics import METRICS
 from harness.core.sae import WEIGHTS_FILE
-from harness.core.train import SaeTrainingConfig
+from harness.core.training.config import SaeTrainingConfig
 from harness.sweep.artifacts import fetch_trial
-from harness.sweep.study import STORAGE_ENV, journal_path, open_storage, superseded_numbers
+from harness.sweep.storage import open_storage
+from harness.sweep.study import STORAGE_ENV, journal_path, superseded_numbers
 from harness.sweep.trial_record import TrialRecord
 from harness.sweep.urls import masked
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,14 +21,13 @@ from types import FrameType
 
 import optuna
 import yaml
-from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from harness.core.atomic import write_text
-from harness.core.metrics import METRICS
-from harness.core.store import LocalStore
+from harness.core.store import open_store
 from harness.data.synthetic import write_synthetic_store
 from harness.sweep.artifacts import default_location
+from harness.sweep.console import best_value, print_summary, time_left, trial_line
 from harness.sweep.devices import (
     DeviceError,
     WorkerSlot,
@@ -40,18 +38,17 @@ from harness.sweep.devices import (
 from harness.sweep.downstream import check_downstream, save_reference
 from harness.sweep.packing import check_packing, cuda_memory
 from harness.sweep.space import LoadedSpace, SpaceError, load_space, synthetic_spec
+from harness.sweep.storage import prepare_storage
 from harness.sweep.study import (
     STORAGE_ENV,
     budget_state,
     create_study,
     default_storage,
-    prepare_storage,
     reap_stale,
     storage_url,
     superseded_numbers,
 )
-from harness.sweep.trial_record import TrialRecord
-from harness.sweep.urls import is_rdb, masked
+from harness.sweep.urls import masked
 from harness.sweep.worker import EXIT_BAD_DATA, EXIT_NO_DEVICE
 
 EXIT_BAD_SPACE = 2
@@ -153,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     if budget.waiting == 0 and budget.running == 0 and budget.used >= space.budget.n_trials:
         print(f"study {space.study.name!r} already has {budget.used} of its "
               f"{space.budget.n_trials} trials: nothing to run (raise --n-trials to run more)")
-        _print_best(study, loaded, url, out)
+        print_summary(study, loaded, url, out)
         return 0
     print(f"study {space.study.name!r}: storage {masked(url)}, "
           f"{space.budget.n_trials} trials, "
@@ -161,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     deadline = time.time() + space.budget.timeout if space.budget.timeout else 0.0
     procs = _start_workers(slots, resolved, url, out, deadline)
     status = _monitor(study, procs, loaded)
-    _print_best(study, loaded, url, out)
+    print_summary(study, loaded, url, out)
     return status
 
 
@@ -230,7 +227,7 @@ def _ensure_data(loaded: LoadedSpace) -> None:
     data = loaded.space.data
     if data.synthetic is None:
         return
-    store = LocalStore(data.store)
+    store = open_store(data.store)
     if (store.activation_dir(data.run_id) / "meta.json").exists():
         return
     spec = synthetic_spec(data.synthetic)
@@ -286,10 +283,10 @@ def _monitor(study: optuna.Study, procs: list[subprocess.Popen], loaded: LoadedS
             for i, t in enumerate(new):
                 seen.add(t.number)
                 done_then = done - (len(new) - 1 - i)  # several may finish between two polls
-                tqdm.write(_trial_line(t, loaded)
-                           + _time_left(done_then, done_before, n_trials, started))
+                tqdm.write(trial_line(t, loaded)
+                           + time_left(done_then, done_before, n_trials, started))
             bar.n = min(done, n_trials)
-            best = _best_value(study, loaded)
+            best = best_value(study, loaded)
             if best is not None:
                 bar.set_postfix_str(best)
             bar.refresh()
@@ -319,117 +316,6 @@ def _monitor(study: optuna.Study, procs: list[subprocess.Popen], loaded: LoadedS
               "command to continue (abandoned trials are re-enqueued).", file=sys.stderr)
         return 1
     return 0
-
-
-def _time_left(done: int, done_before: int, n_trials: int, started: float) -> str:
-    """`  [7/24, ~18 s left]`: the rate of this run's finished trials times what remains."""
-    finished_here = done - done_before
-    if finished_here <= 0 or done >= n_trials:
-        return f"  [{min(done, n_trials)}/{n_trials}]"
-    left = (time.perf_counter() - started) / finished_here * (n_trials - done)
-    return f"  [{done}/{n_trials}, ~{_duration(left)} left]"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def _trial_line(t: FrozenTrial, loaded: LoadedSpace) -> str:
-    r = TrialRecord.from_frozen(t)
-    cfg = f"n_latents={r.n_latents} k={r.k} lr={r.lr or 0:.2e}"
-    secs = r.get("wall_time_s")
-    took = f" {secs:.1f}s" if isinstance(secs, float) else ""
-    if t.state == TrialState.COMPLETE:
-        what = " ".join(f"{name}={METRICS[name].format(r.final(name))}"
-                        for name in ("r2", "l0")) + f" dead={_percent(r.final('dead_ratio'))}"
-        if r.final("recovery") is not None:
-            what += f" recovered={_percent(r.final('recovery'), 0)}"
-        if r.final("delta_ce") is not None:
-            what += (f" delta_ce={METRICS['delta_ce'].format(r.final('delta_ce'))} "
-                     f"ce_score={METRICS['ce_loss_score'].format(r.final('ce_loss_score'))}")
-    elif t.state == TrialState.PRUNED:
-        what = f"pruned: {r.prune_reason}"
-    else:
-        what = f"failed: {r.fail_reason}"
-    return f"trial {t.number:4d} {t.state.name:8s} {cfg} {what}{took}"
-
-
-def _percent(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{100 * value:.{digits}f}%"
-
-
-def _best_value(study: optuna.Study, loaded: LoadedSpace) -> str | None:
-    try:
-        if loaded.space.multi_objective:
-            return f"pareto={len(study.best_trials)}"
-        o = loaded.space.objectives[0]
-        return f"best {o.metric}={METRICS[o.metric].format(study.best_value)}"
-    except ValueError:
-        return None
-
-
-def _print_best(study: optuna.Study, loaded: LoadedSpace, storage: str, out: Path) -> None:
-    space = loaded.space
-    trials = study.get_trials(deepcopy=False)
-    counts = {s.name: 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
-                                  TrialState.RUNNING, TrialState.WAITING)}
-    for t in trials:
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    print("trials: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v))
-    first = METRICS[space.objectives[0].metric]
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if complete:
-        if space.multi_objective:
-            best, title = list(study.best_trials), "Pareto front"
-        else:
-            best, title = complete, "best trials"
-        best = sorted(best, key=lambda t: t.values[0], reverse=first.larger_is_better)
-        best = best if space.multi_objective else best[:5]
-        print(f"{title} ({', '.join(f'{o.direction} {o.metric}' for o in space.objectives)}):")
-        records = [TrialRecord.from_frozen(t) for t in best]
-        truth = all(r.final("recovery") is not None for r in records)
-        lm = all(r.final("delta_ce") is not None for r in records)
-        print(f"{'trial':>6}" + (f" {'delta_ce':>8}" if lm else "") + f" {'r2':>8} {'l0':>6} "
-              f"{'dead%':>6} {'n_latents':>9} {'k':>4} "
-              f"{'lr':>9}" + (f" {'found%':>6}" if truth else "") + "  folder")
-        for r in records:
-            found = f" {100 * (r.final('recovery') or 0):6.0f}" if truth else ""
-            dce = f" {METRICS['delta_ce'].format(r.final('delta_ce')):>8}" if lm else ""
-            print(f"{r.number:6d}{dce} {METRICS['r2'].format(r.final('r2')):>8} "
-                  f"{METRICS['l0'].format(r.final('l0')):>6} "
-                  f"{100 * (r.final('dead_ratio') or 0):6.1f} {r.n_latents:9d} {r.k:4d} "
-                  f"{r.lr or 0:9.2e}{found}  {r.trial_dir}")
-        if truth:
-            print("found% = planted features recovered (a decoder row within cos 0.9 of the "
-                  "true direction)")
-    print(f"study storage: {masked(storage)}")
-    print(f"trial folders: {out / 'trials'}/   worker logs: {out / 'logs'}/")
-    if space.wandb.mode == "offline":
-        runs = out / "wandb"
-        print(f"W&B offline runs: {runs}/ (upload: wandb sync {runs}/offline-run-*)")
-    print(next_steps(space.study.name, storage, space.results_dir))
-
-
-def next_steps(study: str, storage: str, results_dir: str) -> str:
-    """The three commands a user runs after a sweep (the README's first screen shows them)."""
-    report = f"python -m harness.report {study}"
-    if results_dir != "results":
-        report += f" --results {results_dir}"
-    if is_rdb(storage):
-        report += " --storage URL"
-    dashboard = f"optuna-dashboard {storage if '://' not in storage else 'URL'}"
-    hint = "" if shutil.which("optuna-dashboard") else "   (pip install optuna-dashboard)"
-    rows = [(report, f"tables, Pareto and scaling plots -> {results_dir}/{study}/report/"),
-            (dashboard, "the study live in a browser" + hint),
-            ("python -m harness.sweep my_space.yaml",
-             "your store: copy search_spaces/minilm.yaml (or mi_crow_store.yaml), set "
-             "data.store, run_id, layer_signature")]
-    width = max(len(cmd) for cmd, _ in rows)
-    return "next:\n" + "\n".join(f"  {cmd:<{width}}  # {why}" for cmd, why in rows)
 
 
 def _positive_int(text: str) -> int:

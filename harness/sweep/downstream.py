@@ -9,7 +9,7 @@ from pathlib import Path
 
 from harness.core.sae import TopKSae
 from harness.core.store import StoreError
-from harness.core.train import EvalResult, FinalEvaluator
+from harness.core.training.results import EvalResult, FinalEvaluator
 from harness.evaluate.downstream import DownstreamConfig, DownstreamEvaluator
 from harness.sweep.space import LoadedSpace, SpaceError
 

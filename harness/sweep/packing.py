@@ -12,9 +12,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from harness.core.activations import activation_class
 from harness.core.footprint import CUDA_CONTEXT_BYTES, TrainingShape, training_bytes
-from harness.core.sae import BATCHTOPK_CANDIDATES
-from harness.core.train import SaeTrainingConfig
+from harness.core.training.config import SaeTrainingConfig
 from harness.sweep.devices import DeviceError, WorkerSlot
 from harness.sweep.space import LoadedSpace, ParamSpec, bounding_values
 
@@ -44,8 +44,8 @@ def largest_trial(loaded: LoadedSpace) -> tuple[TrainingShape, int]:
         k = int(max(bounding_values(params["k"])))
     else:
         k = round(max(float(v) for v in bounding_values(params["k_fraction"])) * n_max)
-    if "batchtopk" in bounding_values(params.get("activation", "topk")):
-        k = min(n_max, BATCHTOPK_CANDIDATES * k)
+    k = max(activation_class(str(name))().candidates(k, n_max)
+            for name in bounding_values(params.get("activation", "topk")))
     cap = int(max(_possible(loaded, "decoder_refit_max_latents")))
     refits = any(bool(v) for v in _possible(loaded, "decoder_refit"))
     encoder_tokens = (int(max(_possible(loaded, "encoder_refit_max_tokens")))

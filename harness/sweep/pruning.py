@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import optuna
 
 from harness.core.metrics import METRICS
-from harness.core.train import EvalResult, StopTraining
+from harness.core.training.results import EvalResult, StopTraining
 
 
 class PruneRule(Protocol):

@@ -17,47 +17,40 @@ trial each, as with Optuna's MaxTrialsCallback.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import inspect
 import json
 import logging
 import os
-import shutil
 import socket
 import threading
 import time
 import warnings
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import joblib
 import optuna
-import sqlalchemy.exc
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import (
     BaseStorage,
-    JournalStorage,
     RDBStorage,
     RetryHeartbeatStaleTrialCallback,
 )
-from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.core.train import SaeTrainingConfig
+from harness.core.training.config import DataOptions
 from harness.sweep.optuna_private import study_storage, trial_id
 from harness.sweep.space import (
     PRUNERS,
     SAMPLERS,
-    FaultsSection,
     LoadedSpace,
     ParamSpec,
     SpaceError,
 )
-from harness.sweep.urls import is_rdb, masked
+from harness.sweep.storage import open_storage
+from harness.sweep.urls import masked
 from harness.version import saesweep_version
 
 LEASE_ATTR = "saesweep:lease"
@@ -76,114 +69,13 @@ def default_storage(loaded: LoadedSpace) -> str:
     return str(journal_path(loaded.space.results_dir, loaded.space.study.name))
 
 
-def open_storage(url: str, faults: FaultsSection | None = None) -> BaseStorage:
-    """A journal file (a path, or journal:///path) or an RDB URL (sqlite://, postgresql://...).
-
-    With `faults`, an RDB storage runs Optuna's own heartbeat: every `heartbeat_s` a running
-    trial records a beat, and a trial silent for `lease_s` is failed and re-enqueued by
-    RetryHeartbeatStaleTrialCallback (at most `max_retry` times)."""
-    if is_rdb(url):
-        kwargs: dict[str, Any] = {}
-        if faults is not None:
-            kwargs = {"heartbeat_interval": max(1, round(faults.heartbeat_s)),
-                      "grace_period": max(2, round(faults.lease_s)),
-                      "heartbeat_stale_trial_callback": _retry_callback(faults.max_retry)}
-        for attempt in range(5):
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    return RDBStorage(url, engine_kwargs={"pool_pre_ping": True}, **kwargs)
-            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-                # nodes starting together race to create Optuna's tables: the loser retries
-                # and finds them made
-                if attempt == 4:
-                    raise
-                time.sleep(0.5 + attempt)
-    path = Path(url.removeprefix("journal://"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path)))
-
-
 def storage_url(flag: str | None, space_value: str | None, default: str) -> str:
     """--storage, else $SAESWEEP_STORAGE, else the space's study.storage, else the default."""
     return flag or os.environ.get(STORAGE_ENV) or space_value or default
 
 
-def _retry_callback(max_retry: int) -> RetryHeartbeatStaleTrialCallback:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-
-
 def uses_optuna_heartbeat(storage: BaseStorage) -> bool:
     return isinstance(storage, RDBStorage) and storage.get_heartbeat_interval() is not None
-
-
-def prepare_storage(url: str) -> str | None:
-    """Check a storage before a sweep writes to it; a SpaceError says why it cannot be used.
-
-    An RDB URL is opened once (a missing driver, an unreachable server or a folder that does
-    not exist fails here). A journal file whose last record was torn by a crash mid-write is
-    repaired: returns the line to print about it, else None.
-    """
-    if is_rdb(url):
-        try:
-            open_storage(url)
-        except Exception as e:  # noqa: BLE001 - SQLAlchemy and drivers raise many kinds
-            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-            hint = (" (PostgreSQL needs a driver: pip install -e '.[postgres]')"
-                    if isinstance(e, ModuleNotFoundError) else "")
-            raise SpaceError(f"--storage {masked(url)}: cannot open the storage: "
-                             f"{type(e).__name__}: {detail}{hint}") from e
-        return None
-    path = Path(url.removeprefix("journal://"))
-    if not path.exists():
-        return None
-    return repair_torn_tail(path)
-
-
-def repair_torn_tail(path: Path) -> str | None:
-    """Cut a journal back to its last complete record when a crash tore the last one.
-
-    Optuna appends a record as one JSON line; a crash mid-write leaves a fragment without its
-    newline (or an undecodable last line). Readers skip it, but the next append would glue a
-    record to it and make the whole study unreadable. The file is copied to a backup first and
-    the repair runs under the journal's own lock. A damaged record followed by good ones cannot
-    be cut without losing them: that is a SpaceError.
-    """
-    lock = JournalFileSymlinkLock(str(path))
-    lock.acquire()
-    try:
-        data = path.read_bytes()
-        lines = data.split(b"\n")
-        tail = lines.pop()  # the bytes after the last newline: b"" when the file is whole
-        keep = len(data) - len(tail)
-        while lines and not _is_record(lines[-1]):  # a whole but undecodable last line goes too
-            keep -= len(lines.pop()) + 1
-        for number, line in enumerate(lines, start=1):
-            if not _is_record(line):
-                raise SpaceError(f"{path}: line {number} is not a journal record (a write torn "
-                                 "by a crash, then more records after it); the study cannot be "
-                                 "read. Keep a copy of the file, delete that line and re-run.")
-        if keep == len(data):
-            return None
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-        backup = path.with_name(f"{path.name}.torn-{stamp}.bak")
-        shutil.copy2(path, backup)
-        with open(path, "r+b") as f:
-            f.truncate(keep)
-            os.fsync(f.fileno())
-    finally:
-        lock.release()
-    return (f"repaired {path}: its last record was torn by a crash mid-write ({len(data) - keep} "
-            f"bytes cut, {len(lines)} complete records kept); the file as it was: {backup}")
-
-
-def _is_record(line: bytes) -> bool:
-    try:
-        return isinstance(json.loads(line), dict)
-    except ValueError:
-        return False
 
 
 def make_sampler(loaded: LoadedSpace, seed: int) -> optuna.samplers.BaseSampler:
@@ -285,7 +177,7 @@ def study_definition(loaded: LoadedSpace) -> dict[str, Any]:
                  "layer_signature": s.data.layer_signature, "d": loaded.d,
                  "max_tokens": s.data.max_tokens,
                  "holdout_fraction": s.training.get("holdout_fraction",
-                                                    SaeTrainingConfig.holdout_fraction)},
+                                                    DataOptions.holdout_fraction)},
         "params": {name: spec.model_dump() if isinstance(spec, ParamSpec) else spec
                    for name, spec in s.params.items()},
     }
@@ -347,34 +239,6 @@ def budget_state(study: optuna.Study) -> BudgetState:
     waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
     running = sum(1 for t in trials if t.state == TrialState.RUNNING)
     return BudgetState(used=used, waiting=waiting, running=running)
-
-
-@contextlib.contextmanager
-def budget_lock(storage_url: str, storage: BaseStorage) -> Iterator[None]:
-    """Serialises "check the budget, then ask for a trial" across every worker of a study: a
-    file lock beside a journal or SQLite file, a PostgreSQL advisory lock on a PostgreSQL
-    storage (every node shares it). Other servers (MySQL) get no lock: workers may then
-    overshoot n_trials by at most one trial each."""
-    if isinstance(storage, RDBStorage) and storage.engine.dialect.name == "postgresql":
-        key = int(joblib.hash(storage_url.rsplit("/", 1)[-1])[:15], 16)  # one lock per database
-        with storage.engine.connect() as conn:
-            conn.exec_driver_sql(f"SELECT pg_advisory_lock({key})")
-            try:
-                yield
-            finally:
-                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({key})")
-        return
-    if is_rdb(storage_url) and not storage_url.startswith("sqlite:///"):
-        yield
-        return
-    path = Path(storage_url.removeprefix("journal://").removeprefix("sqlite:///")
-                + ".budget.lock")
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def superseded_numbers(trials: list[FrozenTrial]) -> set[int]:

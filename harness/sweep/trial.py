@@ -7,7 +7,6 @@ reason. An exception anywhere in a trial fails that trial, never the worker.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import socket
@@ -26,13 +25,8 @@ from harness.core.metrics import EVAL_METRICS, feature_recovery
 from harness.core.sae import TopKSae
 from harness.core.seeding import stream_seed
 from harness.core.store import StoreError
-from harness.core.train import (
-    LockstepMember,
-    MemberOutcome,
-    SaeTrainer,
-    SaveFailed,
-    TrainingDiverged,
-)
+from harness.core.training import LockstepMember, SaeTrainer
+from harness.core.training.results import MemberOutcome, SaveFailed, TrainingDiverged
 from harness.data.synthetic import has_ground_truth, load_ground_truth
 from harness.sweep.artifacts import upload_trial
 from harness.sweep.downstream import final_evaluator, probe_for
@@ -146,8 +140,8 @@ def _prepare(trial: optuna.Trial, record: TrialRecord, loaded: LoadedSpace, ctx:
     record.lr, record.activation = setup.lr, setup.activation
     _save(trial, record, write_file=False)
     name = f"{space.study.name}-trial-{trial.number:04d}"
-    cfg = dataclasses.replace(
-        setup.config, device=ctx.device, progress=False, use_wandb=ctx.wandb_mode != "off",
+    cfg = setup.config.replace(
+        device=ctx.device, progress=False, use_wandb=ctx.wandb_mode != "off",
         checkpoint_every=space.faults.checkpoint_every,
         wandb_mode=None if ctx.wandb_mode == "off" else ctx.wandb_mode,
         wandb_project=space.wandb.project, wandb_group=space.study.name, wandb_job_type="trial",

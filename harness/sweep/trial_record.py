@@ -69,7 +69,7 @@ class TrialRecord:
     lr: float | None = None
     """The learning rate it trained with (resolved from lr, lr_scale or the default rule)."""
     activation: str | None = None
-    """topk or batchtopk."""
+    """The activation's registry name (harness.core.activations)."""
     fail_reason: str | None = None
     """Why a FAIL trial failed."""
     prune_rule: str | None = None

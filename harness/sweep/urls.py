@@ -1,15 +1,11 @@
-"""Storage URLs: which kind a URL names, and how to show one without its password."""
+"""Storage URLs: how to show one without its password (harness.sweep.storage decides a
+URL's kind)."""
 
 from __future__ import annotations
 
 import re
 
 _PASSWORD = re.compile(r"(://[^:/@]+:)[^@]*@")
-
-
-def is_rdb(url: str) -> bool:
-    """An SQLAlchemy URL (sqlite://, postgresql://, ...) rather than a journal file."""
-    return "://" in url and not url.startswith("journal://")
 
 
 def masked(url: str) -> str:

@@ -24,18 +24,18 @@ import optuna
 from optuna.trial import TrialState
 
 from harness.core.token_cache import keep_tokens
-from harness.core.train import SaeTrainingConfig, TrainingInterrupted
+from harness.core.training.config import SaeTrainingConfig
+from harness.core.training.results import TrainingInterrupted
 from harness.sweep.downstream import preload_downstream
 from harness.sweep.optuna_private import study_storage, trial_id
 from harness.sweep.space import load_space
+from harness.sweep.storage import budget_lock, open_storage
 from harness.sweep.study import (
     STORAGE_ENV,
     Heartbeat,
-    budget_lock,
     budget_state,
     make_pruner,
     make_sampler,
-    open_storage,
     reap_stale,
     requeue,
     worker_seed,

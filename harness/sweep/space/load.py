@@ -1,9 +1,7 @@
-"""Declarative search spaces: one YAML file describes one sweep, validated before anything runs.
-
-A space names the data, the fixed training settings, the sampled parameters, the objective(s),
-the pruning rules, the sampler, the budget and the study. Any mistake (unknown key, wrong type,
+"""Loading a search space: read the YAML, validate it against the schema, check the data and
+the training values, and resolve each trial's parameters. Any mistake (unknown key, wrong type,
 low > high, log with low <= 0, missing store or layer, k that can reach n_latents) is a
-`SpaceError` naming the file, the key path and what was expected.
+`SpaceError` naming the file, the key path and what was expected; nothing is written.
 """
 
 from __future__ import annotations
@@ -13,333 +11,30 @@ import dataclasses
 import functools
 import inspect
 import math
-import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import optuna
 import torch
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    create_model,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from harness.core.loader import ActivationLoader
-from harness.core.metrics import METRICS, OBJECTIVE_METRICS
-from harness.core.sae import ACTIVATIONS
-from harness.core.store import ActivationSource, LocalStore, StoreError
-from harness.core.train import DATA_FIELDS, SaeTrainingConfig
+from harness.core.store import ActivationSource, StoreError, open_store
+from harness.core.training.config import FIELDS, LOCKSTEP_FIELDS, SaeTrainingConfig, option_types
 from harness.data.synthetic import SyntheticSpec
-from harness.evaluate.downstream import DownstreamConfig
+from harness.sweep.space.schema import (
+    MIN_EVAL_TOKENS,
+    PRUNERS,
+    SAMPLERS,
+    SPECIAL_PARAMS,
+    ParamSpec,
+    SpaceError,
+    SweepSpace,
+    SyntheticSection,
+)
 from harness.sweep.urls import masked
-
-# lr = 2e-4 / sqrt(n_latents / 2**14): the scaling rule of sparsify and dictionary_learning
-SPECIAL_PARAMS = {"expansion", "k", "k_fraction", "lr", "lr_scale", "activation"}
-# training fields that belong to the harness, not to the search
-NOT_SAMPLED = {"device", "progress", "use_wandb", "wandb_project", "wandb_run_name", "wandb_mode",
-               "wandb_dir", "wandb_group", "wandb_job_type", "max_tokens"}
-SAMPLERS: dict[str, type] = {
-    "tpe": optuna.samplers.TPESampler,
-    "random": optuna.samplers.RandomSampler,
-    "nsga2": optuna.samplers.NSGAIISampler,
-    "gp": optuna.samplers.GPSampler,
-    "qmc": optuna.samplers.QMCSampler,
-    "grid": optuna.samplers.GridSampler,
-}
-PRUNERS: dict[str, type | None] = {
-    "median": optuna.pruners.MedianPruner,
-    "percentile": optuna.pruners.PercentilePruner,
-    "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-    "hyperband": optuna.pruners.HyperbandPruner,
-    "wilcoxon": optuna.pruners.WilcoxonPruner,
-    "none": None,
-}
-
-
-MIN_EVAL_TOKENS = 64  # fewer held-out tokens make FVU and L0 noise, not a measurement
-
-
-class SpaceError(Exception):
-    """An invalid search-space file; the message names the file and the key path."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ParamSpec(_Strict):
-    """One sampled parameter (Optuna's suggest_float / suggest_int / suggest_categorical)."""
-
-    type: Literal["float", "int", "categorical"]
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    choices: list[Any] | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> ParamSpec:
-        if self.type == "categorical":
-            if not self.choices:
-                raise ValueError("categorical needs a non-empty 'choices' list")
-            if self.low is not None or self.high is not None or self.step is not None or self.log:
-                raise ValueError("categorical takes only 'choices'")
-            return self
-        if self.choices is not None:
-            raise ValueError(f"{self.type} takes low/high (and log or step), not choices")
-        if self.low is None or self.high is None:
-            raise ValueError(f"{self.type} needs both 'low' and 'high'")
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) must be <= high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"log scale needs low > 0, got low={self.low}")
-        if self.log and self.step is not None:
-            raise ValueError("log and step cannot be combined (Optuna)")
-        if self.step is not None and self.step <= 0:
-            raise ValueError(f"step must be > 0, got {self.step}")
-        if self.type == "int" and not (float(self.low).is_integer()
-                                       and float(self.high).is_integer()):
-            raise ValueError("int needs whole-number low and high")
-        return self
-
-    @property
-    def max_value(self) -> float:
-        if self.type == "categorical":
-            return max(float(c) for c in self.choices or [])
-        return float(self.high)  # type: ignore[arg-type]
-
-    @property
-    def min_value(self) -> float:
-        if self.type == "categorical":
-            return min(float(c) for c in self.choices or [])
-        return float(self.low)  # type: ignore[arg-type]
-
-    def suggest(self, trial: optuna.Trial, name: str) -> Any:
-        if self.type == "categorical":
-            return trial.suggest_categorical(name, self.choices)  # type: ignore[arg-type]
-        if self.type == "int":
-            return trial.suggest_int(name, int(self.low), int(self.high),  # type: ignore[arg-type]
-                                     step=int(self.step or 1), log=self.log)
-        return trial.suggest_float(name, float(self.low), float(self.high),  # type: ignore[arg-type]
-                                   step=self.step, log=self.log)
-
-
-class StudySection(_Strict):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
-    """Letters, digits, _ . - (not starting with a dot): it names a folder of results_dir."""
-    storage: str | None = None
-    """Optuna storage URL; None = a journal file results/<name>/study.journal."""
-    seed: int = 0
-
-
-class SyntheticSection(_Strict):
-    """Generate synthetic activations into the store on first use (see SyntheticSpec)."""
-
-    d: int = Field(64, gt=0)
-    n_features: int = Field(256, gt=0)
-    mean_active: float = Field(5.0, gt=0)
-    n_tokens: int = Field(100_000, gt=0)
-    magnitude: Literal["uniform", "exponential"] = "exponential"
-    magnitude_low: float = 0.0
-    magnitude_high: float = 1.0
-    frequency_decay: float = Field(0.75, ge=0)
-    offset_norm: float = 0.0
-    noise_std: float = Field(0.01, ge=0)
-    seed: int = 0
-
-
-class DataSection(_Strict):
-    store: str
-    run_id: str = Field(min_length=1, pattern=r"^[^/\\]+$")
-    """A folder name of the store: no '/' (nor '.' or '..')."""
-    layer_signature: str = Field(min_length=1)
-    max_tokens: int | None = Field(None, gt=0)
-    synthetic: SyntheticSection | None = None
-
-    @field_validator("run_id")
-    @classmethod
-    def _not_dots(cls, run_id: str) -> str:
-        if run_id in (".", ".."):
-            raise ValueError(f"run_id must name a folder of the store, got {run_id!r}")
-        return run_id
-
-
-class Objective(_Strict):
-    metric: str
-    """A metric of harness.core.metrics.METRICS that may be an objective."""
-    direction: Literal["maximize", "minimize"]
-
-    @field_validator("metric")
-    @classmethod
-    def _known_metric(cls, metric: str) -> str:
-        if metric not in OBJECTIVE_METRICS:
-            raise ValueError(f"unknown objective metric {metric!r}; expected one of "
-                             f"{list(OBJECTIVE_METRICS)}")
-        return metric
-
-
-class SamplerSection(_Strict):
-    type: Literal["tpe", "random", "nsga2", "gp", "qmc", "grid"]
-    options: dict[str, Any] = Field(default_factory=dict)
-    """Keyword arguments of the Optuna sampler (seed is derived per worker, not set here)."""
-
-
-class DeadFeatureSection(_Strict):
-    max_ratio: float = Field(gt=0, le=1)
-    """Prune when dead_features / n_latents exceeds this ..."""
-    warmup_steps: int = Field(0, ge=0)
-    """... at an evaluation after this many steps."""
-
-
-class R2FloorSection(_Strict):
-    min_r2: float
-    """Prune when held-out R² is below this ..."""
-    warmup_steps: int = Field(0, ge=0)
-    """... at an evaluation after this many steps."""
-
-
-class PrunerSection(_Strict):
-    type: Literal["median", "percentile", "successive_halving", "hyperband", "wilcoxon", "none"]
-    options: dict[str, Any] = Field(default_factory=dict)
-    """Keyword arguments of the Optuna pruner (e.g. n_startup_trials, n_warmup_steps)."""
-    dead_features: DeadFeatureSection | None = None
-    r2_floor: R2FloorSection | None = None
-
-
-class BudgetSection(_Strict):
-    n_trials: int = Field(gt=0)
-    """Trials for the whole study, across all workers and re-runs."""
-    timeout: float | None = Field(None, gt=0)
-    """Stop starting trials after this many seconds of this invocation."""
-
-
-class WandbSection(_Strict):
-    mode: Literal["online", "offline", "off"] = "off"
-    project: str = "saesweep"
-
-    @field_validator("mode", mode="before")
-    @classmethod
-    def _yaml_off(cls, mode: Any) -> Any:
-        return "off" if mode is False else mode  # YAML 1.1 reads an unquoted off as false
-
-
-class FaultsSection(_Strict):
-    heartbeat_s: float = Field(5.0, gt=0)
-    """A running trial's worker writes a heartbeat this often."""
-    lease_s: float = Field(30.0, gt=0)
-    """A running trial whose heartbeat is older than this is failed and re-enqueued."""
-    max_retry: int = Field(2, ge=0)
-    """How often one configuration is retried after its worker died."""
-    checkpoint_every: int = Field(1000, ge=0)
-    """A training trial writes a resumable checkpoint every this many steps (and on SIGTERM);
-    its retry resumes there. 0 = only on SIGTERM."""
-
-    @model_validator(mode="after")
-    def _check(self) -> FaultsSection:
-        if self.lease_s < 2 * self.heartbeat_s:
-            raise ValueError(f"lease_s ({self.lease_s}) must be at least twice heartbeat_s "
-                             f"({self.heartbeat_s})")
-        return self
-
-
-class DownstreamSection(_Strict):
-    """Splice every finished trial's SAE into its language model (harness.evaluate)."""
-
-    model: str = Field(min_length=1)
-    """A named causal LM (smollm2), a local folder or a hub id: the model the store was
-    captured from."""
-    layer: str = Field(min_length=1)
-    """The hook point, as captured (e.g. model.layers.6)."""
-    text: str = DownstreamConfig.text
-    """A corpus name, a folder of .txt files or a file of blank-line separated documents: text
-    the SAEs were not trained on."""
-    windows: int = Field(DownstreamConfig.windows, gt=0)
-    """Evaluation windows (the first N of the text)."""
-    seq_len: int = Field(DownstreamConfig.seq_len, ge=2)
-    """Text tokens per window (the BOS comes in front)."""
-    batch_windows: int = Field(DownstreamConfig.batch_windows, gt=0)
-    """Windows per forward pass."""
-    every: int | None = Field(None, gt=0)
-    """Also evaluate during training, at the first evaluation at or past every this many steps
-    (so a pruner can use it); None = only the finished SAE."""
-
-    def config(self, device: str = "cpu") -> DownstreamConfig:
-        return DownstreamConfig(device=device, **self.model_dump(exclude={"every"}))
-
-
-class EvaluationSection(_Strict):
-    downstream: DownstreamSection | None = None
-
-
-class SweepSpace(_Strict):
-    """A whole sweep file."""
-
-    study: StudySection
-    data: DataSection
-    training: dict[str, Any] = Field(default_factory=dict)
-    params: dict[str, ParamSpec | float | int | str | bool]
-    objectives: list[Objective] = Field(min_length=1)
-    sampler: SamplerSection
-    pruner: PrunerSection = Field(default_factory=lambda: PrunerSection(type="none"))
-    budget: BudgetSection
-    wandb: WandbSection = Field(default_factory=WandbSection)
-    faults: FaultsSection = Field(default_factory=FaultsSection)
-    results_dir: str = "results"
-    artifacts: str | None = None
-    """Optuna artifact store for every trial's files: a folder (a shared filesystem for several
-    nodes) or s3://bucket; None = <results_dir>/<study>/artifacts."""
-    lockstep: int = Field(1, ge=1)
-    """Trials a worker trains together on the same batches (each batch read and moved once)."""
-    workers: int = Field(1, ge=1)
-    """Worker processes when neither --workers nor --devices is given."""
-    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
-    """Evaluations of each finished trial beyond the held-out split."""
-
-    @model_validator(mode="after")
-    def _downstream_objectives(self) -> SweepSpace:
-        needs = [o.metric for o in self.objectives if METRICS[o.metric].source == "downstream"]
-        if needs and self.evaluation.downstream is None:
-            raise ValueError(f"objective(s) {needs} are measured by splicing the SAE into its "
-                             "language model: add evaluation.downstream (model, layer, ...)")
-        return self
-
-    @field_validator("params")
-    @classmethod
-    def _known_params(cls, params: dict[str, Any]) -> dict[str, Any]:
-        allowed = SPECIAL_PARAMS | (set(SaeTrainingConfig.field_names()) - NOT_SAMPLED)
-        for name in params:
-            if name not in allowed:
-                raise ValueError(f"unknown parameter {name!r}; expected one of {sorted(allowed)}")
-        for a, b in (("k", "k_fraction"), ("lr", "lr_scale")):
-            if a in params and b in params:
-                raise ValueError(f"give either {a!r} or {b!r}, not both")
-        if "expansion" not in params:
-            raise ValueError("'expansion' (n_latents = expansion x d) must be sampled or fixed")
-        if "k" not in params and "k_fraction" not in params:
-            raise ValueError("'k' or 'k_fraction' must be sampled or fixed")
-        activation = params.get("activation")
-        if activation is not None:
-            sampled = isinstance(activation, ParamSpec)
-            choices = (activation.choices or []) if sampled else [activation]
-            if sampled and activation.type != "categorical" or not set(choices) <= {*ACTIVATIONS}:
-                raise ValueError(f"'activation' must be one of {list(ACTIVATIONS)} or a "
-                                 f"categorical choice among them, got {choices or activation}")
-        return params
-
-    @property
-    def directions(self) -> list[str]:
-        return [o.direction for o in self.objectives]
-
-    @property
-    def multi_objective(self) -> bool:
-        return len(self.objectives) > 1
 
 
 @dataclass(frozen=True)
@@ -353,7 +48,7 @@ class TrialSetup:
     config: SaeTrainingConfig
     sampled: dict[str, Any]
     activation: str = "topk"
-    """TopK per token, or BatchTopK over the batch (harness.core.sae)."""
+    """The activation's registry name (harness.core.activations)."""
 
 
 @dataclass
@@ -384,7 +79,7 @@ class LoadedSpace:
         elif "lr_scale" in values or fields.get("lr") is None:
             # the trainer's default for this size and step count, resolved here to record it
             config = SaeTrainingConfig(**{**fields, "lr": None})
-            data = LocalStore(s.data.store).open(s.data.run_id, s.data.layer_signature)
+            data = open_store(s.data.store).open(s.data.run_id, s.data.layer_signature)
             lr = float(values.get("lr_scale", 1.0)) * config.resolved_lr(
                 n_latents, self.d, config.steps_on(data))
         else:
@@ -443,7 +138,7 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None,
     if check_data:
         _check_k(path, space, d)
     if space.lockstep > 1:
-        shared = [n for n in DATA_FIELDS if isinstance(space.params.get(n), ParamSpec)]
+        shared = [n for n in LOCKSTEP_FIELDS if isinstance(space.params.get(n), ParamSpec)]
         if shared:
             raise SpaceError(f"{path}: params.{shared[0]}: lockstep trials share one data "
                              f"stream, so {shared} cannot be sampled when lockstep > 1")
@@ -489,7 +184,7 @@ def _check_training(path: Path, space: SweepSpace) -> None:
         if key in space.params:
             raise SpaceError(f"{path}: training.{key}: also given under params; give it once")
     _validate_training(path, "training", space.training)
-    hints = typing.get_type_hints(SaeTrainingConfig)
+    hints = option_types()
     for name, spec in space.params.items():
         if name in SPECIAL_PARAMS:
             continue
@@ -504,10 +199,10 @@ def _check_training(path: Path, space: SweepSpace) -> None:
 @functools.cache
 def _training_model() -> type[BaseModel]:
     """SaeTrainingConfig as a strict pydantic model: 2.5 is no int, "yes" no bool."""
-    hints = typing.get_type_hints(SaeTrainingConfig)
+    hints = option_types()
     fields: dict[str, Any] = {
-        f.name: (hints[f.name], f.default if f.default is not dataclasses.MISSING else ...)
-        for f in dataclasses.fields(SaeTrainingConfig)}
+        name: (hints[name], f.default if f.default is not dataclasses.MISSING else ...)
+        for name, f in FIELDS.items()}
     return create_model("TrainingSection", __config__=ConfigDict(extra="forbid", strict=True),
                         **fields)
 
@@ -584,7 +279,7 @@ def _check_options(path: Path, space: SweepSpace) -> None:
 
 def _check_data(path: Path, space: SweepSpace, read_heldout: bool = True) -> int:
     data = space.data
-    store = LocalStore(data.store)
+    store = open_store(data.store)
     try:
         source = store.open(data.run_id, data.layer_signature)
         if read_heldout:

@@ -1,0 +1,174 @@
+"""What every activation-store layout produces: an ActivationSource (validated shards of one
+run and layer), plus the errors and the safetensors and JSON readers the layouts share."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                "F64": torch.float64}
+
+
+class StoreError(Exception):
+    """Bad or missing activation data; the message names the file or key at fault."""
+
+
+def flatten_layer_name(name: str) -> str:
+    """mi_crow stores `transformer.h.0.attn` as `<modelclass>_transformer_h_0_attn`."""
+    return name.replace(".", "_")
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    """One tensor of activations on disk (and the padding mask that goes with it, if any)."""
+
+    path: Path
+    """The safetensors file."""
+    key: str
+    """Tensor key inside the file."""
+    shape: tuple[int, ...]
+    """Stored shape: [tokens, d] or [batch, seq, d]."""
+    mask_path: Path | None = None
+    """File holding the attention mask for [batch, seq] shards (mi_crow)."""
+    mask_key: str | None = None
+    """Tensor key of the mask inside `mask_path`."""
+    n_tokens: int = 0
+    """Tokens that remain after dropping padding."""
+
+
+@dataclass
+class ActivationSource:
+    """A validated (run, layer) of activations: the shards, in order, and their metadata."""
+
+    run_id: str
+    layer_signature: str
+    d: int
+    dtype: torch.dtype
+    shards: list[ShardRef]
+    layout: str
+    """The layout's registry name ("saesweep", "mi_crow")."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    _checked: set[int] = field(default_factory=set, repr=False)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(s.n_tokens for s in self.shards)
+
+    @property
+    def model_id(self) -> str | None:
+        return self.meta.get("model_id") or self.meta.get("model")
+
+    def read_shard(self, i: int) -> torch.Tensor:
+        """The shard's non-padding tokens as a [n_tokens, d] tensor in the stored dtype.
+
+        safe_open memory-maps the file, so only this shard is ever resident, whatever the size
+        of the store. Values are checked for NaN/inf the first time a shard is read.
+        """
+        ref = self.shards[i]
+        t = load_tensor(ref.path, ref.key).reshape(-1, self.d)
+        if ref.mask_path is not None:
+            mask = load_tensor(ref.mask_path, ref.mask_key or "tensor").reshape(-1).bool()
+            t = t[mask]
+        if t.shape[0] != ref.n_tokens:
+            raise StoreError(f"{ref.path}: expected {ref.n_tokens} tokens, read {t.shape[0]}")
+        if i not in self._checked:
+            # fast path: a NaN or inf makes the sum non-finite; a float32 sum that merely
+            # overflows on huge values is cleared by the exact per-value check
+            if not math.isfinite(float(t.sum(dtype=torch.float32))):
+                bad = int((~torch.isfinite(t)).any(dim=1).sum())
+                if bad:
+                    raise StoreError(f"{ref.path} (key {ref.key!r}): {bad} token(s) hold NaN "
+                                     "or inf activations")
+            self._checked.add(i)
+        return t
+
+
+def same_layer(stored: str, requested: str) -> bool:
+    """Either spelling: dotted module path or mi_crow's flattened `<modelclass>_<path>` name.
+
+    Only a model-class prefix may differ (one word, no '_' or '.'): `model.layers.3.synthetic`
+    is not the layer `synthetic`."""
+    a, b = flatten_layer_name(stored), flatten_layer_name(requested)
+    if a == b:
+        return True
+    longer, shorter = (a, b) if len(a) > len(b) else (b, a)
+    prefix = longer[: -len(shorter) - 1]
+    return longer.endswith("_" + shorter) and prefix.isalnum()
+
+
+def open_safetensors(path: Path):  # noqa: ANN201 - safe_open's handle type is private
+    if not path.exists():
+        raise StoreError(f"{path}: file not found")
+    try:
+        return safe_open(str(path), framework="pt")
+    except (SafetensorError, OSError) as e:
+        raise StoreError(f"{path}: unreadable or truncated safetensors file ({e})") from e
+
+
+def header_shape(path: Path, key: str) -> tuple[int, ...]:
+    with open_safetensors(path) as f:
+        present = set(f.keys())
+        if key not in present:
+            raise StoreError(f"{path}: no tensor {key!r}; keys present: {sorted(present)}")
+        shape = tuple(f.get_slice(key).get_shape())
+    if len(shape) not in (2, 3):
+        raise StoreError(f"{path}: tensor {key!r} has shape {shape}; expected [tokens, d] or "
+                         "[batch, seq, d]")
+    return shape
+
+
+def header_dtype(path: Path, key: str) -> torch.dtype:
+    with open_safetensors(path) as f:
+        return torch_dtype(f.get_slice(key).get_dtype(), path)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def load_tensor(path: Path, key: str) -> torch.Tensor:
+    with open_safetensors(path) as f:
+        try:
+            return f.get_tensor(key)
+        except (SafetensorError, OSError, KeyError) as e:
+            raise StoreError(f"{path}: cannot read tensor {key!r} ({e})") from e
+
+
+def torch_dtype(name: str, where: Path) -> torch.dtype:
+    if name in FLOAT_DTYPES:
+        return FLOAT_DTYPES[name]
+    dt = getattr(torch, str(name), None)
+    if isinstance(dt, torch.dtype) and dt.is_floating_point:
+        return dt
+    raise StoreError(f"{where}: activations dtype {name!r} is not a floating-point type")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise StoreError(f"{path}: unreadable JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise StoreError(f"{path}: expected a JSON object")
+    return data
+
+
+def numel(shape: Iterable[int]) -> int:
+    out = 1
+    for s in shape:
+        out *= int(s)
+    return out
+
+
+def check_id(run_id: str) -> str:
+    if not run_id or "/" in run_id or run_id in (".", ".."):
+        raise ValueError(f"run id must be a non-empty name without '/', got {run_id!r}")
+    return run_id

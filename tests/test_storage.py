@@ -1,0 +1,49 @@
+"""Study storages: one place decides a URL's kind, and each kind opens what it claims."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from harness.sweep.space import SpaceError
+from harness.sweep.storage import (
+    KINDS,
+    budget_lock,
+    open_storage,
+    prepare_storage,
+    storage_kind,
+)
+
+
+@pytest.mark.parametrize(("url", "kind"), [
+    ("results/t/study.journal", "journal"),
+    ("journal:///tmp/x.journal", "journal"),
+    ("sqlite:///tmp/x.db", "rdb"),
+    ("mysql+pymysql://u:p@h/db", "rdb"),
+    ("postgresql://u:p@h/db", "postgresql"),
+    ("postgresql+psycopg2://u:p@h/db", "postgresql"),
+])
+def test_each_url_gets_one_kind(url: str, kind: str):
+    assert storage_kind(url).name == kind
+    assert storage_kind(url).url_based == (kind != "journal")
+    assert sum(k.claims(url) for k in KINDS.values()) >= 1
+
+
+def test_journal_and_sqlite_open_check_and_lock(tmp_path: Path):
+    for url in (str(tmp_path / "a" / "s.journal"), f"sqlite:///{tmp_path / 's.db'}"):
+        assert prepare_storage(url) is None
+        storage = open_storage(url)
+        study = optuna.create_study(study_name="s", storage=storage)
+        with budget_lock(url, storage):
+            study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+        assert len(optuna.load_study(study_name="s", storage=open_storage(url)).trials) == 2
+    assert (tmp_path / "a" / "s.journal.budget.lock").exists()
+    assert (tmp_path / "s.db.budget.lock").exists()
+
+
+def test_an_unusable_rdb_is_refused_before_anything_is_written(tmp_path: Path):
+    with pytest.raises(SpaceError, match="cannot open the storage"):
+        prepare_storage(f"sqlite:///{tmp_path / 'missing' / 's.db'}")
+    assert not (tmp_path / "missing").exists()
