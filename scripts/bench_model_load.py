@@ -17,6 +17,7 @@ import time
 import torch
 
 from harness.data import models
+from harness.data.cache import CACHE_ENV
 
 
 def main() -> None:
@@ -29,7 +30,7 @@ def main() -> None:
     if spec is None or not spec.gguf_file:
         p.error(f"--model {args.model!r}: not a named GGUF model ({list(models.NAMED_MODELS)})")
     with tempfile.TemporaryDirectory() as cache:
-        os.environ[models.CACHE_ENV] = cache  # an empty cache: the first load dequantises
+        os.environ[CACHE_ENV] = cache  # an empty cache: the first load dequantises
         start = time.perf_counter()
         first = models.load_model(args.model)
         cold = time.perf_counter() - start

@@ -13,11 +13,12 @@ from harness.data.synthetic import SyntheticSpec, write_synthetic_store
 
 
 @pytest.fixture(scope="session", autouse=True)
-def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One dequantised-model cache for the whole run, shared by every xdist worker and the
-    processes tests start (harness.data.models): SmolLM2 is dequantised once per run."""
-    folder = tmp_path_factory.getbasetemp().parent / "model-cache"
-    os.environ["SAESWEEP_MODEL_CACHE"] = str(folder)
+def saesweep_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache (harness.data.cache) for the whole run, shared by every xdist worker and the
+    processes tests start: SmolLM2 is dequantised, and the docstrings corpus parsed, once per
+    run, and nothing outside the run's temporary folder is touched."""
+    folder = tmp_path_factory.getbasetemp().parent / "saesweep-cache"
+    os.environ["SAESWEEP_CACHE"] = str(folder)
     return folder
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,23 +35,44 @@ def documented_flags(parser: argparse.ArgumentParser) -> list[str]:
     return bad
 
 
-def sweep_main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    """`python -m harness.sweep args` run by its entry point in this process (exit code,
-    stdout, stderr): the bad-input cases stop before any worker starts, so this is the CLI's
-    whole path without an interpreter start per case (the subprocess tests cover that)."""
-    from harness.sweep.cli import main
-
+def cli_here(capsys: pytest.CaptureFixture, main: Callable[[list[str]], int],
+             *args: str) -> subprocess.CompletedProcess:
+    """A command line run by its entry point `main` in this process, as a CompletedProcess
+    (exit code, stdout, stderr): the interpreter start is skipped, nothing else. Tests of what a
+    process does on a signal, or of its interpreter, start it for real."""
     try:
         code = main(list(args))
     except SystemExit as e:  # argparse's own errors
         code = int(e.code or 0)
     out = capsys.readouterr()
-    return code, out.out, out.err
+    return subprocess.CompletedProcess([getattr(main, "__module__", "main"), *args], code,
+                                       out.out, out.err)
+
+
+def sweep_main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """`python -m harness.sweep args` in this process: (exit code, stdout, stderr)."""
+    from harness.sweep.cli import main
+
+    r = cli_here(capsys, main, *args)
+    return r.returncode, r.stdout, r.stderr
 
 
 def sweep_here(capsys: pytest.CaptureFixture, *args: str) -> subprocess.CompletedProcess:
-    """`python -m harness.sweep args` by its entry point in this process, as a CompletedProcess:
-    the sweep's own interpreter start is skipped, its workers are real processes as ever. Tests
-    of what the parent process does on a signal, or of its interpreter, start it for real."""
-    code, out, err = sweep_main(capsys, *args)
-    return subprocess.CompletedProcess(["harness.sweep", *args], code, out, err)
+    """`python -m harness.sweep args` in this process; its workers are real processes."""
+    from harness.sweep.cli import main
+
+    return cli_here(capsys, main, *args)
+
+
+def report_here(capsys: pytest.CaptureFixture, *args: str) -> subprocess.CompletedProcess:
+    """`python -m harness.report args` in this process."""
+    from harness.report.cli import main
+
+    return cli_here(capsys, main, *args)
+
+
+def evaluate_here(capsys: pytest.CaptureFixture, *args: str) -> subprocess.CompletedProcess:
+    """`python -m harness.evaluate args` in this process."""
+    from harness.evaluate.cli import main
+
+    return cli_here(capsys, main, *args)

@@ -106,3 +106,17 @@ def test_capture_resumes_after_being_killed(tmp_path):
     want = torch.cat([b.read_shard(i) for i in range(len(b.shards))])
     assert got.shape == want.shape == (1500, 384)
     assert torch.equal(got, want)  # nothing lost, nothing captured twice
+
+
+def test_the_docstrings_corpus_is_parsed_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    from harness.data import capture
+
+    calls = []
+    monkeypatch.setenv("SAESWEEP_CACHE", str(tmp_path))
+    monkeypatch.setattr(capture, "_parse_docstrings",
+                        lambda root: calls.append(root) or ["a docstring " * 20])
+    first = capture.stdlib_docstrings()
+    assert capture.stdlib_docstrings() == first == ["a docstring " * 20] and len(calls) == 1
+    (cached,) = (tmp_path / "corpora").glob("stdlib-docstrings-*.json")
+    cached.write_text("{not json")  # a damaged cache is parsed again, not trusted
+    assert capture.stdlib_docstrings() == first and len(calls) == 2

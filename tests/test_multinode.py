@@ -95,11 +95,11 @@ def test_a_postgres_url_without_a_reachable_server_exits_2(synthetic_store, tmp_
 def test_chaos_sigkills_across_two_nodes_lose_and_duplicate_nothing(postgres_url,
                                                                         synthetic_store,
                                                                         tmp_path):
-    """A 20-trial study on two nodes; a random worker is SIGKILLed every ~1.5 s, 8 times; a
+    """A 12-trial study on two nodes; a random worker is SIGKILLed every ~1.5 s, 4 times; a
     node whose workers are all gone is started again, as a scheduler would."""
     import random
 
-    n_trials, n_kills = 20, 8
+    n_trials, n_kills = 12, 4
     space = write_space(tmp_path / "space.yaml", tiny_space(
         synthetic_store, tmp_path / "unused", budget={"n_trials": n_trials},
         wandb={"mode": "off"}, training={"epochs": 4, "batch_size": 64, "eval_every": 50},

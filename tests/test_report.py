@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+from scripts_run import report_here
 from spaces import tiny_space, write_space
 
 from harness.report.cli import build_parser, build_report, load_trials
@@ -125,18 +126,6 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def _report_here(capsys, *args: str) -> subprocess.CompletedProcess:
-    """`python -m harness.report args` by its entry point in this process."""
-    from harness.report.cli import main
-
-    try:
-        code = main(list(args))
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(["harness.report", *args], code, out.out, out.err)
-
-
 def test_empty_and_all_failed_studies_give_a_clear_message(tmp_path, capsys):
     journal = str(tmp_path / "s.journal")
     storage = open_storage(journal)
@@ -146,13 +135,13 @@ def test_empty_and_all_failed_studies_give_a_clear_message(tmp_path, capsys):
         t = failed.ask()
         t.set_user_attr("fail_reason", "diverged: boom")
         failed.tell(t, state=optuna.trial.TrialState.FAIL)
-    empty = _report_here(capsys, "empty", "--storage", journal, "--out", str(tmp_path / "o"))
+    empty = report_here(capsys, "empty", "--storage", journal, "--out", str(tmp_path / "o"))
     assert empty.returncode == 1 and "has no trials yet" in empty.stderr
-    all_failed = _report_here(capsys, "failed", "--storage", journal, "--out",
+    all_failed = report_here(capsys, "failed", "--storage", journal, "--out",
                               str(tmp_path / "o"))
     assert all_failed.returncode == 1 and "has no complete trial" in all_failed.stderr
     assert "diverged: boom" in all_failed.stderr
-    nope = _report_here(capsys, "nope", "--storage", journal)
+    nope = report_here(capsys, "nope", "--storage", journal)
     assert nope.returncode == 1 and "no study 'nope'" in nope.stderr and "empty" in nope.stderr
     absent = _cli("absent", "--results", str(tmp_path))
     assert absent.returncode == 1 and "absent/study.journal does not exist" in absent.stderr

@@ -27,7 +27,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         # mkstemp makes the file 0600; give it the mode a plain open() would (0666 & ~umask)
         # so collaborators on a shared machine can read results
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~umask())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -36,7 +36,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def _umask() -> int:
+def umask() -> int:
     """The process umask (read from /proc where possible: setting it to read it is racy)."""
     try:
         with open("/proc/self/status", encoding="ascii") as f:

@@ -12,6 +12,7 @@ Needs the `capture` extra (transformers; the MiniLM package for the default mode
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import sys
 import time
@@ -23,7 +24,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from harness.core.atomic import write_json
 from harness.core.store import LocalStore, StoreError, open_store
+from harness.data.cache import cache_dir
 from harness.data.models import find_module, load_model
 
 PYDOC_CORPUS = "pydoc"
@@ -116,11 +119,28 @@ def corpus_texts(source: str) -> tuple[list[str], str]:
 def stdlib_docstrings() -> list[str]:
     """Module, class and function docstrings of the standard library's .py files, in path
     order. Read with `ast`, so nothing is imported; only docstrings of 200+ characters (short
-    ones are mostly signatures)."""
-    import ast
+    ones are mostly signatures). Parsing the whole library takes seconds, so the list is kept in
+    the cache (harness.data.cache), keyed by the Python version and the library's folder."""
     import sysconfig
 
     root = Path(sysconfig.get_paths()["stdlib"])
+    key = hashlib.sha256(f"{sys.version}|{root}".encode()).hexdigest()[:16]
+    cached = cache_dir("corpora") / f"stdlib-docstrings-{key}.json"
+    try:
+        docs = json.loads(cached.read_text(encoding="utf-8"))
+        if isinstance(docs, list) and all(isinstance(d, str) for d in docs):
+            return docs
+    except (OSError, ValueError):
+        pass
+    docs = _parse_docstrings(root)
+    with contextlib.suppress(OSError):  # a cache that cannot be written is only slower
+        write_json(cached, docs)
+    return docs
+
+
+def _parse_docstrings(root: Path) -> list[str]:
+    import ast
+
     docs = []
     for path in sorted(root.rglob("*.py")):
         if "site-packages" in path.parts or "test" in path.parts or "tests" in path.parts:

