@@ -131,3 +131,45 @@ def test_lockstep_cannot_sample_data_fields(space_dict, tmp_path):
         _load(tmp_path, space_dict)
     space_dict["lockstep"] = 1
     _load(tmp_path, space_dict)
+
+
+def test_scientific_notation_is_a_number_in_every_field(space_dict, tmp_path):
+    """YAML 1.1 reads an unquoted 1e-3 as a string; a space reads it as the number everywhere."""
+    import yaml
+
+    text = yaml.safe_dump(space_dict, sort_keys=False)
+    text = text.replace("training:\n", "training:\n  lr_decay_fraction: 1e-1\n", 1)
+    text = text.replace("low: 0.001", "low: 1e-3").replace("high: 0.01", "high: 1e-2")
+    assert "low: 1e-3" in text and "high: 1e-2" in text
+    (tmp_path / "s.yaml").write_text(text)
+    loaded = load_space(tmp_path / "s.yaml")
+    assert loaded.space.training["lr_decay_fraction"] == 0.1
+    lr = loaded.space.params["lr"]
+    assert (lr.low, lr.high) == (1e-3, 1e-2)
+    fixed = text.replace("  lr:\n    type: float\n    low: 1e-3\n    high: 1e-2\n    log: true\n",
+                         "  lr: 3e-3\n")
+    assert "lr: 3e-3" in fixed
+    (tmp_path / "f.yaml").write_text(fixed)
+    assert load_space(tmp_path / "f.yaml").space.params["lr"] == 3e-3
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(space_dict, tmp_path):
+    import yaml
+
+    text = yaml.safe_dump(space_dict, sort_keys=False) + "study:\n  name: other\n"
+    (tmp_path / "s.yaml").write_text(text)
+    first = text.splitlines().index("study:") + 1
+    last = len(text.splitlines()) - 1
+    with pytest.raises(SpaceError, match=rf"key 'study' is given twice in one mapping, on lines "
+                                         rf"{first} and {last}"):
+        load_space(tmp_path / "s.yaml")
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "a binary file, not a YAML space"),
+    ("study: caf\xe9\n".encode("latin-1"), "not UTF-8 text"),
+])
+def test_a_binary_or_non_utf8_space_is_refused(tmp_path, data, message):
+    (tmp_path / "s.yaml").write_bytes(data)
+    with pytest.raises(SpaceError, match=message):
+        load_space(tmp_path / "s.yaml")

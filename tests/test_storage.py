@@ -47,3 +47,18 @@ def test_an_unusable_rdb_is_refused_before_anything_is_written(tmp_path: Path):
     with pytest.raises(SpaceError, match="cannot open the storage"):
         prepare_storage(f"sqlite:///{tmp_path / 'missing' / 's.db'}")
     assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://alice:s3cret@host:5432/db", "postgresql://alice:***@host:5432/db"),
+    ("postgresql://alice:s3c@ret@host/db", "postgresql://alice:***@host/db"),
+    ("postgresql://alice@host/db?password=s3cret&sslmode=require",
+     "postgresql://alice@host/db?password=***&sslmode=require"),
+    ("postgresql://host/db?user=a&sslpassword=s3cret", "postgresql://host/db?user=a&sslpassword=***"),
+    ("mysql+pymysql://u:s3%40cret@h/db", "mysql+pymysql://u:***@h/db"),
+    ("sqlite:////tmp/s3cret.db", "sqlite:////tmp/s3cret.db"),  # a path, not a credential
+])
+def test_every_form_of_credential_is_masked(url: str, shown: str):
+    from harness.sweep.urls import masked
+
+    assert masked(url) == shown

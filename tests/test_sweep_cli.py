@@ -397,3 +397,26 @@ def test_the_space_sets_the_worker_count_and_the_flag_overrides_it(synthetic_sto
     assert proc.returncode == 0 and "2 worker(s)" in proc.stdout, proc.stdout + proc.stderr
     proc = sweep_here(capsys, str(tmp_path / "s.yaml"), "--workers", "1", "--n-trials", "3")
     assert proc.returncode == 0 and "1 worker(s)" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_timeout_stop_is_said_on_the_console(synthetic_store, tmp_path, capsys):
+    results = tmp_path / "results"
+    space = str(write_space(tmp_path / "slow.yaml", slow_space(synthetic_store, results, 5)))
+    proc = sweep_here(capsys, space, "--timeout", "1")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "stopped: the timeout of 1 s was reached with" in proc.stdout
+    assert "of 5 trials run; re-run the same command to continue" in proc.stdout
+
+
+def test_online_wandb_without_credentials_says_it_goes_offline(synthetic_store, tmp_path,
+                                                               capsys, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    results = tmp_path / "results"
+    space = tiny_space(synthetic_store, results, budget={"n_trials": 1},
+                       training={"epochs": 1, "batch_size": 256, "eval_every": 5})
+    proc = sweep_here(capsys, str(write_space(tmp_path / "s.yaml", space)), "--wandb", "online")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "W&B: no API key here, so the trial runs are written offline to" in proc.stdout
+    assert list((results / "t" / "wandb").glob("offline-run-*/run-*.wandb"))

@@ -101,6 +101,16 @@ BAD = [
     ("postgresql without a driver", None,
      ("--storage", "postgresql://alice:s3cret@127.0.0.1:1/db"),
      "--storage postgresql://alice:***@127.0.0.1:1/db: cannot open the storage"),
+    ("in-memory sqlite", None, ("--storage", "sqlite://"),
+     "--storage sqlite://: an in-memory SQLite database lives in one process"),
+    ("in-memory sqlite by name", None, ("--storage", "sqlite:///:memory:"),
+     "an in-memory SQLite database lives in one process"),
+    ("password in a query parameter", None,
+     ("--storage", "postgresql://alice@127.0.0.1:1/db?password=s3cret"),
+     "--storage postgresql://alice@127.0.0.1:1/db?password=***: cannot open the storage"),
+    ("password with a raw @", None,
+     ("--storage", "postgresql://alice:s3cret@x@127.0.0.1:1/db"),
+     "--storage postgresql://alice:***@127.0.0.1:1/db: cannot open the storage"),
     ("a store of 20 tokens", {"data": {"run_id": "tiny"}}, (), "held-out token(s) of 20"),
     ("an all-zero store", {"data": {"run_id": "zeros"}}, (),
      "the held-out activations have zero variance"),
@@ -126,7 +136,7 @@ def test_bad_input_exits_2_naming_it_and_writes_nothing(synthetic_store, odd_sto
     code, out, err = sweep_main(capsys, str(path), *args)
     assert code == 2, out + err
     assert message in err, err
-    assert "s3cret" not in out + err
+    assert "s3cret" not in out + err and "s3cret@x" not in out + err
     assert not results.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
@@ -190,26 +200,52 @@ def test_a_torn_journal_tail_is_repaired_with_a_backup_and_the_study_goes_on(syn
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
 
 
-def test_a_save_failure_fails_the_trial_keeps_the_weights_and_the_sweep_goes_on(
+def test_a_trial_that_cannot_be_saved_stops_the_sweep_and_runs_again_once_fixed(
         synthetic_store, tmp_path, capsys):
+    """The trials folder stops taking writes mid-sweep: the trial keeps its weights elsewhere, is
+    re-enqueued (not spent) and the sweep stops saying why; once fixed, a re-run completes."""
     results = tmp_path / "results"
     (results / "t").mkdir(parents=True)
     (results / "t" / "trials").write_text("a file where the trial folders go")
     path = write_space(tmp_path / "s.yaml", one_trial(synthetic_store, results,
                                                       budget={"n_trials": 2}))
     proc = sweep_here(capsys, str(path))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    trials = load(results).get_trials()
-    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
-    for t in trials:
-        record = TrialRecord.from_frozen(t)
-        assert record.fail_reason.startswith(f"save failed: could not save to "
-                                             f"{results / 't' / 'trials'}")
-        assert f"the trained SAE was saved to {record.saved_to} instead" in record.fail_reason
-        kept = Path(record.saved_to)
-        assert (kept / "sae_weights.safetensors").exists() and (kept / "history.json").exists()
-        assert record.final("r2") is not None  # what it measured is still recorded
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "stopped: an output location stopped accepting writes" in proc.stderr
     assert "save failed" in proc.stdout
+    study = load(results)
+    (failed,) = study.get_trials(states=[TrialState.FAIL])  # one trial, not the whole budget
+    record = TrialRecord.from_frozen(failed)
+    assert record.fail_reason.startswith(f"save failed: could not save to "
+                                         f"{results / 't' / 'trials'}")
+    assert f"the trained SAE was saved to {record.saved_to} instead" in record.fail_reason
+    kept = Path(record.saved_to)
+    assert (kept / "sae_weights.safetensors").exists() and (kept / "history.json").exists()
+    assert record.final("r2") is not None  # what it measured is still recorded
+    assert len(study.get_trials(states=[TrialState.WAITING])) == 1  # re-enqueued
+    (results / "t" / "trials").unlink()
+    rerun = sweep_here(capsys, str(path))
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    study = load(results)
+    done = study.get_trials(states=[TrialState.COMPLETE])
+    assert len(done) == 2 and done[0].params == failed.params  # the retry, then the second
+
+
+def test_an_artifact_store_that_cannot_be_written_is_refused_before_the_sweep(
+        synthetic_store, tmp_path, capsys, monkeypatch):
+    results = tmp_path / "results"
+    path = write_space(tmp_path / "s.yaml", one_trial(synthetic_store, results))
+    code, out, err = sweep_main(capsys, str(path), "--artifacts", "/proc/saesweep/artifacts")
+    assert code == 2 and "--artifacts / artifacts: /proc/saesweep/artifacts is not writable" \
+        in err, out + err
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    code, out, err = sweep_main(capsys, str(path), "--artifacts", "s3://saesweep-bucket/x")
+    assert code == 2 and "s3://saesweep-bucket/x: no AWS credentials" in err, out + err
+    assert not results.exists()
 
 
 def test_a_finished_study_says_so_instead_of_asking_for_a_rerun(synthetic_store, tmp_path, capsys):
@@ -298,3 +334,11 @@ def test_changing_only_the_metric_is_refused(synthetic_store, tmp_path, capsys):
     proc = sweep_here(capsys, str(write_space(tmp_path / "b.yaml", changed)), "--n-trials", "2")
     assert proc.returncode == 2 and "--study NEW_NAME" in proc.stderr
     assert len(load(results).get_trials()) == 1
+
+
+def test_a_binary_file_given_as_the_space_exits_2(tmp_path, capsys):
+    space = tmp_path / "weights.safetensors"
+    space.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}\x00\x00binary")
+    code, out, err = sweep_main(capsys, str(space))
+    assert code == 2 and f"{space}: a binary file, not a YAML space" in err, out + err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.safetensors"]

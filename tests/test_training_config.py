@@ -79,3 +79,17 @@ def test_a_checkpoint_this_version_did_not_write_is_refused(synthetic_store: Pat
     with pytest.raises(ValueError, match=message):
         SaeTrainer.train_lockstep(synthetic_store, "syn", "synthetic", [member])
     assert path.exists()  # refused, not deleted
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"epochs": 2.5}, "SaeTrainingConfig.epochs: Input should be a valid integer (got 2.5)"),
+    ({"batch_size": 512.0}, "SaeTrainingConfig.batch_size: Input should be a valid integer"),
+    ({"lr": "1e-3"}, "SaeTrainingConfig.lr: Input should be a valid number (got '1e-3')"),
+    ({"progress": "yes"}, "SaeTrainingConfig.progress: Input should be a valid boolean"),
+    ({"data": {"seed": "0"}}, "SaeTrainingConfig.seed: Input should be a valid integer"),
+])
+def test_the_python_api_checks_types_as_a_space_file_does(options, message):
+    with pytest.raises(ValueError) as info:
+        SaeTrainingConfig(**options)
+    assert str(info.value).startswith(message)
+    assert SaeTrainingConfig(lr=1, adam_betas=[0.9, 0.99]).adam_betas == (0.9, 0.99)

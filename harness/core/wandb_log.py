@@ -23,10 +23,11 @@ def resolve_mode(mode: str | None) -> str:
     env = os.environ.get("WANDB_MODE")
     if env in ("online", "offline", "disabled"):
         return env
-    return "online" if _has_api_key() else "offline"
+    return "online" if has_api_key() else "offline"
 
 
-def _has_api_key() -> bool:
+def has_api_key() -> bool:
+    """Whether W&B credentials are configured (WANDB_API_KEY or ~/.netrc)."""
     if os.environ.get("WANDB_API_KEY"):
         return True
     try:

@@ -103,6 +103,10 @@ def build_report(
         report.files.append(out_dir / "trials.parquet")
 
     df = _without_non_finite(df, report)
+    for _, row in df[df["state"].isin(["complete", "pruned"]) & df["sae_path"].isna()].iterrows():
+        report.notes.append(f"trial {row['number']} of {row['study']}: its SAE is neither in "
+                            f"{row['trial_dir']} nor in the artifact store; it is in the tables "
+                            "(its metrics are in the study), not in the learning curves")
     done = complete(df)
     if done.empty:
         counts = df["state"].value_counts().to_dict()

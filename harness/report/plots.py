@@ -111,8 +111,8 @@ def plot_learning_curves(df: pd.DataFrame, out: Path, metric: str = "r2") -> lis
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=COLUMN, layout="constrained")
         for _, row in df[df["state"].isin(list(kinds))].iterrows():
-            folder = row.get("sae_path") or row["trial_dir"]  # fetched from artifacts, if so
-            history = load_history(folder) if folder else None
+            folder = row.get("sae_path")  # its folder, or fetched from artifacts; else NaN
+            history = load_history(folder) if isinstance(folder, str) else None
             if not history or not history.get("tokens"):
                 continue
             x = np.asarray(history["tokens"], float)

@@ -31,6 +31,29 @@ def default_location(results_dir: str | Path, study: str) -> str:
     return str((Path(results_dir) / study / "artifacts").resolve())
 
 
+def s3_problem(location: str) -> str | None:
+    """Why the S3 location cannot take a trial's files (no boto3, no credentials, no bucket, no
+    right to write), found by a head-bucket and a put and delete of a probe object; None if it
+    can."""
+    try:
+        import boto3
+        import botocore.exceptions
+    except ImportError:
+        return "an S3 artifact store needs boto3 (pip install boto3)"
+    bucket, _, prefix = location.removeprefix("s3://").partition("/")
+    key = f"{prefix.rstrip('/') + '/' if prefix else ''}.saesweep-probe"
+    try:
+        client = boto3.client("s3")
+        client.head_bucket(Bucket=bucket)
+        client.put_object(Bucket=bucket, Key=key, Body=b"")
+        client.delete_object(Bucket=bucket, Key=key)
+    except botocore.exceptions.NoCredentialsError:
+        return "no AWS credentials (set AWS_ACCESS_KEY_ID / a profile, or use a shared folder)"
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+        return f"cannot write there ({e})"
+    return None
+
+
 def open_store(location: str) -> FileSystemArtifactStore | Boto3ArtifactStore:
     """The artifact store at `location`: s3://bucket (boto3 needed) or a folder (created)."""
     if location.startswith("s3://"):
@@ -82,6 +105,6 @@ def fetch_trial(ids: dict[str, str], location: str, into: Path) -> Path | None:
                 optuna.artifacts.download_artifact(artifact_store=store, file_path=str(target),
                                                    artifact_id=artifact_id)
     except (ArtifactError, ArtifactNotFound, OSError) as e:
-        log.warning("artifacts %s not reachable at %s: %s", sorted(ids), location, e)
+        log.info("artifacts %s not reachable at %s: %s", sorted(ids), location, e)
         return None
     return into

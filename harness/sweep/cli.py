@@ -10,11 +10,13 @@ Re-running the same command continues the study.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import FrameType
@@ -25,8 +27,9 @@ from tqdm.auto import tqdm
 
 from harness.core.atomic import write_text
 from harness.core.store import open_store
+from harness.core.wandb_log import has_api_key
 from harness.data.synthetic import write_synthetic_store
-from harness.sweep.artifacts import default_location
+from harness.sweep.artifacts import default_location, s3_problem
 from harness.sweep.console import best_value, print_summary, time_left, trial_line
 from harness.sweep.devices import (
     DeviceError,
@@ -49,7 +52,7 @@ from harness.sweep.study import (
     superseded_numbers,
 )
 from harness.sweep.urls import masked
-from harness.sweep.worker import EXIT_BAD_DATA, EXIT_NO_DEVICE
+from harness.sweep.worker import EXIT_BAD_DATA, EXIT_NO_DEVICE, EXIT_UNWRITABLE
 
 EXIT_BAD_SPACE = 2
 QUICKSTART = "quickstart.yaml"
@@ -125,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_SPACE
     if repaired:
         print(repaired)
+    if space.wandb.mode == "online" and not has_api_key():
+        space.wandb.mode = "offline"  # what the workers read from space.resolved.yaml
+        loaded.raw.setdefault("wandb", {})["mode"] = "offline"
+        print(f"W&B: no API key here, so the trial runs are written offline to "
+              f"{Path(space.results_dir) / space.study.name / 'wandb'}/ (upload them later with "
+              "wandb sync)")
     out = Path(space.results_dir) / space.study.name
     _ensure_data(loaded)
     try:
@@ -159,6 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     procs = _start_workers(slots, resolved, url, out, deadline)
     status = _monitor(study, procs, loaded)
     print_summary(study, loaded, url, out)
+    budget = budget_state(study)
+    if status == 0 and deadline and time.time() >= deadline and \
+            budget.used < space.budget.n_trials:
+        print(f"stopped: the timeout of {space.budget.timeout:g} s was reached with "
+              f"{budget.used} of {space.budget.n_trials} trials run; re-run the same command "
+              "to continue")
     return status
 
 
@@ -168,11 +183,9 @@ def _resolve_artifacts(loaded: LoadedSpace) -> None:
     space = loaded.space
     location = space.artifacts or default_location(space.results_dir, space.study.name)
     if location.startswith("s3://"):
-        try:
-            import boto3  # noqa: F401
-        except ImportError:
-            raise SpaceError(f"--artifacts / artifacts: {location}: an S3 artifact store needs "
-                             "boto3 (pip install boto3)") from None
+        problem = s3_problem(location)
+        if problem:
+            raise SpaceError(f"--artifacts / artifacts: {location}: {problem}")
     else:
         location = str(Path(location).resolve())
         check_writable(Path(location), "--artifacts / artifacts")
@@ -188,17 +201,28 @@ def _slots(devices_arg: str | None, n_workers: int,
 
 
 def check_writable(folder: Path, what: str) -> None:
-    """A SpaceError unless `folder` exists as a writable folder or can be created (nothing is
-    created here)."""
+    """A SpaceError unless a file can be written and deleted in `folder` (a write-and-delete
+    probe: permissions alone do not say it, e.g. for root or on a read-only mount). Folders the
+    probe had to create are removed again: nothing is left behind."""
+    created: list[Path] = []
     probe = folder
     while not probe.exists():
+        created.append(probe)
         if probe.parent == probe:
             break
         probe = probe.parent
     if not probe.is_dir():
         raise SpaceError(f"{what}: {folder} cannot be created: {probe} is not a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise SpaceError(f"{what}: {folder} is not writable ({probe} does not allow writing)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".saesweep-probe-"):
+            pass
+    except OSError as e:
+        raise SpaceError(f"{what}: {folder} is not writable ({e.strerror or e})") from None
+    finally:
+        for made in created:  # innermost first
+            with contextlib.suppress(OSError):
+                made.rmdir()
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object] | object]:
@@ -305,6 +329,12 @@ def _monitor(study: optuna.Study, procs: list[subprocess.Popen], loaded: LoadedS
     if EXIT_BAD_DATA in codes:
         print("stopped: the activation data is unusable (see the failed trials above); fix the "
               "store, then re-run the same command", file=sys.stderr)
+        return 1
+    if EXIT_UNWRITABLE in codes:
+        print("stopped: an output location stopped accepting writes (see the failed trial above "
+              "and the logs folder; a trial that could not be saved was re-enqueued, its weights "
+              "kept where its fail reason says); fix it, then re-run the same command",
+              file=sys.stderr)
         return 1
     if EXIT_NO_DEVICE in codes:
         print("stopped: a worker could not use its device (see the logs folder); re-run with "

@@ -7,6 +7,7 @@ reason. An exception anywhere in a trial fails that trial, never the worker.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import socket
@@ -63,6 +64,11 @@ class TrialOutcome:
     summary: str
     fatal: bool = False
     """The worker must stop after telling this (bad data would fail every trial)."""
+    unwritable: str | None = None
+    """Where an output could not be written: the worker stops after telling this (every trial
+    after it would fail the same way), and re-enqueues it when `requeue`."""
+    requeue: bool = False
+    """Run this trial's parameters again (it trained, but its SAE could not be saved)."""
 
 
 @dataclass
@@ -207,7 +213,8 @@ def _finish(p: _Prepared, result: MemberOutcome, loaded: LoadedSpace) -> TrialOu
         record.metrics.update(recovery=rec.recovery, mmcs=rec.mmcs)
     if isinstance(result.error, SaveFailed):
         record.saved_to = str(result.error.fallback) if result.error.fallback else None
-        return _fail(trial, record, f"save failed: {result.error}", p.start)
+        failed = _fail(trial, record, f"save failed: {result.error}", p.start)
+        return dataclasses.replace(failed, unwritable=str(result.error.target), requeue=True)
     if result.error is not None:
         return _fail(trial, record, f"error: {_describe(result.error)}", p.start)
     if p.pruning.event is not None:
@@ -216,9 +223,9 @@ def _finish(p: _Prepared, result: MemberOutcome, loaded: LoadedSpace) -> TrialOu
         record.prune_rule, record.prune_reason = event.rule, event.reason
         record.prune_step, record.prune_tokens = event.step, event.tokens
         record.prune_values = event.values
-        _upload(trial, record, p.member.save_dir)
+        lost = _upload(trial, record, p.member.save_dir)
         _save(trial, record)
-        return TrialOutcome(TrialState.PRUNED, None, f"pruned: {event.reason}")
+        return TrialOutcome(TrialState.PRUNED, None, f"pruned: {event.reason}", unwritable=lost)
     objectives = loaded.space.objectives
     values = [record.objective_value(o.metric) for o in objectives]
     bad = [o.metric for o, v in zip(objectives, values, strict=True) if not math.isfinite(v)]
@@ -226,17 +233,20 @@ def _finish(p: _Prepared, result: MemberOutcome, loaded: LoadedSpace) -> TrialOu
         return _fail(trial, record, f"non-finite objective value(s) {bad}: "
                      f"{dict(zip([o.metric for o in objectives], values, strict=True))}", p.start)
     record.state, record.values = "COMPLETE", values
-    _upload(trial, record, p.member.save_dir)
+    lost = _upload(trial, record, p.member.save_dir)
     _save(trial, record)
     shown = " ".join(f"{o.metric}={v:.4g}" for o, v in zip(objectives, values, strict=True))
-    return TrialOutcome(TrialState.COMPLETE, values, shown)
+    return TrialOutcome(TrialState.COMPLETE, values, shown, unwritable=lost)
 
 
-def _upload(trial: optuna.Trial, record: TrialRecord, folder: Any) -> None:
+def _upload(trial: optuna.Trial, record: TrialRecord, folder: Any) -> str | None:
     """A finished trial's saved files, also to the artifact store (so every node can reach
-    them)."""
+    them); the store's location when the upload failed, else None."""
     if record.artifact_store is not None and folder is not None:
         record.artifacts = upload_trial(trial, Path(folder), record.artifact_store) or None
+        if record.artifacts is None:
+            return f"the artifact store {record.artifact_store}"
+    return None
 
 
 def _fail(trial: optuna.Trial, record: TrialRecord, reason: str, start: float,

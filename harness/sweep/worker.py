@@ -46,6 +46,8 @@ log = logging.getLogger("saesweep.worker")
 EXIT_BAD_DATA = 3
 """The activation data failed every trial: the worker stopped."""
 EXIT_NO_DEVICE = 4
+EXIT_UNWRITABLE = 5
+"""An output location stopped accepting writes: the sweep stops rather than fail every trial."""
 """The worker's device cannot be used: it stopped before asking for a trial."""
 
 
@@ -148,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             for beat in beats:
                 beat.stop()
         fatal = False
+        unwritable: list[str] = []
         for trial, outcome in zip(trials, outcomes, strict=True):
             fatal = fatal or outcome.fatal
             try:
@@ -157,9 +160,16 @@ def main(argv: list[str] | None = None) -> int:
                             trial.number, e)
                 continue
             log.info("trial %d %s %s", trial.number, outcome.state.name, outcome.summary)
+            if outcome.unwritable:
+                unwritable.append(outcome.unwritable)
+            if outcome.requeue:  # trained but unsaved: its parameters run again, not spent
+                requeue(study, study_storage(study).get_trial(trial_id(trial)), faults.max_retry)
         if fatal:
             log.error("stopping: the activation data is unusable (see the trials' fail_reason)")
             return EXIT_BAD_DATA
+        if unwritable:
+            log.error("stopping: cannot write to %s", ", ".join(sorted(set(unwritable))))
+            return EXIT_UNWRITABLE
     log.info("stopping (%s)", signals.stop_requested or "budget met")
     return 0
 

@@ -24,6 +24,7 @@ from harness.core.loader import ActivationLoader, LoaderConfig
 from harness.core.recipes import default_lr
 from harness.core.store import FLOAT_DTYPES as STORE_DTYPES
 from harness.core.store import ActivationSource
+from harness.core.training.checks import check, check_types, positive
 
 CUDA_HOST_SYNC_EVERY = 16  # steps between reads of the device (host_sync_every=None on CUDA)
 DEFAULT_WARMUP_FRACTION = 0.1  # lr_warmup_steps=None: warm up over this share of the steps
@@ -32,20 +33,6 @@ FLOAT_DTYPES = tuple(str(d).removeprefix("torch.") for d in STORE_DTYPES.values(
 _DEVICE_NAME = re.compile(r"^(cpu|mps|auto|cuda(:\d+)?)$")
 _SHARED = {"lockstep": True}  # lockstep members read one batch stream: they must agree on this
 _HARNESS = {"sampled": False}  # set by the harness (data section, CLI), never searched
-
-
-def _check(cond: bool, name: str, expected: str, value: Any) -> None:
-    if not cond:
-        shown = repr(value) if isinstance(value, str) else value
-        raise ValueError(f"SaeTrainingConfig.{name} must be {expected}, got {shown}")
-
-
-def _positive(obj: Any, *names: str, optional: bool = False) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if optional and value is None:
-            continue
-        _check(value is not None and value > 0, name, "> 0", value)
 
 
 @dataclass
@@ -81,12 +68,13 @@ class DataOptions:
     """Training tokens used to initialise b_dec."""
 
     def __post_init__(self) -> None:
-        _positive(self, "epochs", "batch_size", "max_eval_tokens", "shuffle_buffer_tokens",
+        check_types(self)
+        positive(self, "epochs", "batch_size", "max_eval_tokens", "shuffle_buffer_tokens",
                   "b_dec_init_tokens")
-        _positive(self, "max_tokens", "max_train_tokens", optional=True)
-        _check(0 < self.holdout_fraction < 1, "holdout_fraction", "in (0, 1)",
+        positive(self, "max_tokens", "max_train_tokens", optional=True)
+        check(0 < self.holdout_fraction < 1, "holdout_fraction", "in (0, 1)",
                self.holdout_fraction)
-        _check(self.b_dec_init in ("geometric_median", "mean", "zeros"), "b_dec_init",
+        check(self.b_dec_init in ("geometric_median", "mean", "zeros"), "b_dec_init",
                "geometric_median, mean or zeros", self.b_dec_init)
 
 
@@ -115,14 +103,15 @@ class OptimiserOptions:
     """Adam's epsilon (the paper's value)."""
 
     def __post_init__(self) -> None:
-        _positive(self, "lr", optional=True)
-        _positive(self, "decoder_lr_scale")
+        self.adam_betas = tuple(self.adam_betas)  # type: ignore[assignment]  # YAML gives lists
+        check_types(self)
+        positive(self, "lr", optional=True)
+        positive(self, "decoder_lr_scale")
         for name in ("lr_warmup_steps", "lr_decay_fraction"):
             value = getattr(self, name)
-            _check(value is None or value >= 0, name, ">= 0", value)
-        _check(self.lr_decay_fraction <= 1, "lr_decay_fraction", "in [0, 1]",
+            check(value is None or value >= 0, name, ">= 0", value)
+        check(self.lr_decay_fraction <= 1, "lr_decay_fraction", "in [0, 1]",
                self.lr_decay_fraction)
-        self.adam_betas = tuple(self.adam_betas)  # type: ignore[assignment]  # YAML gives lists
 
 
 @dataclass
@@ -140,10 +129,11 @@ class LossOptions:
     """Also stop as diverged when the loss exceeds this factor times the first step's loss."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         for name in ("l1_lambda", "auxk_alpha"):
-            _check(getattr(self, name) >= 0, name, ">= 0", getattr(self, name))
-        _positive(self, "dead_window_tokens", optional=True)
-        _positive(self, "divergence_factor")
+            check(getattr(self, name) >= 0, name, ">= 0", getattr(self, name))
+        positive(self, "dead_window_tokens", optional=True)
+        positive(self, "divergence_factor")
 
 
 @dataclass
@@ -168,7 +158,8 @@ class FinishOptions:
     the device (1 GiB at 16384) and twice that in float64 for the solve."""
 
     def __post_init__(self) -> None:
-        _positive(self, "encoder_refit_max_tokens", "decoder_refit_max_latents")
+        check_types(self)
+        positive(self, "encoder_refit_max_tokens", "decoder_refit_max_latents")
 
 
 @dataclass
@@ -202,14 +193,15 @@ class RuntimeOptions:
     """Show a tqdm bar; None = only when stderr is a terminal."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         for name in ("eval_every", "checkpoint_every"):
-            _check(getattr(self, name) >= 0, name, ">= 0", getattr(self, name))
+            check(getattr(self, name) >= 0, name, ">= 0", getattr(self, name))
         if self.host_sync_every is not None and self.host_sync_every <= 0:
             raise ValueError("SaeTrainingConfig.host_sync_every must be > 0 or None, got "
                              f"{self.host_sync_every}")
-        _check(self.dtype is None or self.dtype in FLOAT_DTYPES, "dtype",
+        check(self.dtype is None or self.dtype in FLOAT_DTYPES, "dtype",
                f"one of {list(FLOAT_DTYPES)} or None", self.dtype)
-        _check(self.device is None or bool(_DEVICE_NAME.match(str(self.device))), "device",
+        check(self.device is None or bool(_DEVICE_NAME.match(str(self.device))), "device",
                "cpu, cuda, cuda:N, mps, auto or None", self.device)
 
 
@@ -231,6 +223,9 @@ class LoggingOptions:
     """W&B group (the sweep uses the study name)."""
     wandb_job_type: str = "train"
     """W&B job type (the sweep uses "trial")."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
 
 
 GROUPS: dict[str, type] = {"data": DataOptions, "optimiser": OptimiserOptions,

@@ -7,8 +7,6 @@ low > high, log with low <= 0, missing store or layer, k that can reach n_latent
 from __future__ import annotations
 
 import copy
-import dataclasses
-import functools
 import inspect
 import math
 from dataclasses import dataclass
@@ -17,12 +15,12 @@ from typing import Any
 
 import optuna
 import torch
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import ValidationError
 
 from harness.core.loader import ActivationLoader
 from harness.core.store import ActivationSource, StoreError, open_store
-from harness.core.training.config import FIELDS, LOCKSTEP_FIELDS, SaeTrainingConfig, option_types
+from harness.core.training.checks import type_error
+from harness.core.training.config import LOCKSTEP_FIELDS, SaeTrainingConfig, option_types
 from harness.data.synthetic import SyntheticSpec
 from harness.sweep.space.schema import (
     MIN_EVAL_TOKENS,
@@ -34,6 +32,7 @@ from harness.sweep.space.schema import (
     SweepSpace,
     SyntheticSection,
 )
+from harness.sweep.space.yaml_file import SpaceYamlError, read_space_yaml
 from harness.sweep.urls import masked
 
 
@@ -118,11 +117,11 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None,
     """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = read_space_yaml(path)
     except OSError as e:
         raise SpaceError(f"{path}: cannot read ({e.strerror or e})") from e
-    except yaml.YAMLError as e:
-        raise SpaceError(f"{path}: not valid YAML ({e})") from e
+    except SpaceYamlError as e:
+        raise SpaceError(f"{path}: {e}") from e
     if not isinstance(raw, dict):
         raise SpaceError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     raw = _merge(raw, overrides or {})
@@ -196,28 +195,16 @@ def _check_training(path: Path, space: SweepSpace) -> None:
             _validate_training(path, f"params.{name}", {**space.training, name: value})
 
 
-@functools.cache
-def _training_model() -> type[BaseModel]:
-    """SaeTrainingConfig as a strict pydantic model: 2.5 is no int, "yes" no bool."""
-    hints = option_types()
-    fields: dict[str, Any] = {
-        name: (hints[name], f.default if f.default is not dataclasses.MISSING else ...)
-        for name, f in FIELDS.items()}
-    return create_model("TrainingSection", __config__=ConfigDict(extra="forbid", strict=True),
-                        **fields)
-
-
 def _validate_training(path: Path, where: str, values: dict[str, Any]) -> None:
-    tuples = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    try:
-        _training_model().model_validate(tuples)
-    except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
+    """Types by the options' one type rule (harness.core.training.checks), then ranges by
+    SaeTrainingConfig itself."""
+    error = type_error(values, option_types())
+    if error is not None:
+        key, msg, given = error
         shown = where if where.startswith("params.") else f"{where}.{key}"
-        raise SpaceError(f"{path}: {shown}: {err['msg']} (got {err.get('input')!r})") from e
+        raise SpaceError(f"{path}: {shown}: {msg} (got {given!r})")
     try:
-        SaeTrainingConfig(**tuples)
+        SaeTrainingConfig(**values)
     except (TypeError, ValueError) as e:
         raise SpaceError(f"{path}: {where}: {e}") from e
 

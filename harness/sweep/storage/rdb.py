@@ -58,6 +58,10 @@ class RdbKind:
         exist fails here."""
         from harness.sweep.space import SpaceError
 
+        if _in_memory_sqlite(url):
+            raise SpaceError(f"--storage {masked(url)}: an in-memory SQLite database lives in one "
+                             "process and the workers are other processes: give a file, e.g. "
+                             "sqlite:///results/study.db")
         try:
             cls.open(url)
         except Exception as e:  # noqa: BLE001 - SQLAlchemy and drivers raise many kinds
@@ -75,6 +79,14 @@ class RdbKind:
         if url.startswith("sqlite:///"):
             return file_lock(Path(url.removeprefix("sqlite:///") + ".budget.lock"))
         return no_lock()
+
+
+def _in_memory_sqlite(url: str) -> bool:
+    """sqlite://, sqlite:///:memory: or a file: URI in memory mode."""
+    if not url.startswith("sqlite"):
+        return False
+    rest = url.split("://", 1)[1]
+    return rest in ("", "/") or rest.startswith(("/:memory:", "?")) or "mode=memory" in rest
 
 
 def retry_callback(max_retry: int) -> RetryHeartbeatStaleTrialCallback:
