@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from harness.core.paths import unwritable
 from harness.core.store import StoreError
 from harness.data.capture import CORPORA, PYDOC_CORPUS, CaptureConfig, capture
 from harness.data.models import NAMED_MODELS, list_layers, load_model
@@ -50,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         missing = [f for f in ("layer", "store", "run_id") if getattr(args, f) is None]
         if missing:
             p.error("missing " + ", ".join("--" + m.replace("_", "-") for m in missing))
+        problem = unwritable(Path(args.store))
+        if problem:
+            raise StoreError(f"--store: {problem}")
         result = capture(CaptureConfig(
             model=args.model, layer=args.layer, store=args.store, run_id=args.run_id,
             text=args.text, max_tokens=args.max_tokens, seq_len=args.seq_len,

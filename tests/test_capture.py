@@ -120,3 +120,16 @@ def test_the_docstrings_corpus_is_parsed_once_then_read_from_the_cache(tmp_path,
     (cached,) = (tmp_path / "corpora").glob("stdlib-docstrings-*.json")
     cached.write_text("{not json")  # a damaged cache is parsed again, not trusted
     assert capture.stdlib_docstrings() == first and len(calls) == 2
+
+
+def test_a_store_folder_that_cannot_be_created_exits_2_before_loading_the_model(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "capture_activations.py"),
+                           "--model", "minilm", "--layer", LAYER, "--store",
+                           str(blocker / "store"), "--run-id", "x"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"--store: {blocker / 'store'} cannot be created: {blocker} is not a folder" \
+        in proc.stderr
+    assert blocker.read_text() == "not a folder"

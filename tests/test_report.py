@@ -251,3 +251,13 @@ def test_a_trial_whose_sae_is_gone_is_named_and_the_rest_reported(synthetic_stor
     assert len(pd.read_csv(tmp_path / "report" / "trials.csv")) == 3
     for name in ("pareto", "learning_curves"):
         assert (tmp_path / "report" / f"{name}.png").is_file()
+
+
+def test_an_out_folder_that_cannot_be_created_is_named(study_results, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    proc = report_here(capsys, "t", "--results", str(study_results), "--out",
+                       str(blocker / "report"))
+    assert proc.returncode == 1
+    assert f"error: --out: {blocker / 'report'} cannot be created: {blocker} is not a folder" \
+        in proc.stderr

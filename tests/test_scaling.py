@@ -69,3 +69,36 @@ def test_a_joint_fit_on_few_noisy_sizes_is_flagged():
     assert joint is not None
     assert "8 points for 6 parameters" in joint.unreliable
     assert "this study: 2 k x 4 n_latents, 8 sizes" in joint.advice
+
+
+def test_the_scaling_plot_keeps_its_note_and_legend_off_the_data():
+    """Its title fits the figure and its legend covers none of the axes, with long labels and
+    an unreliable fit's note."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from harness.report.plots import STYLE, scaling_figure
+    from harness.report.scaling import PowerLawFit
+
+    best = pd.DataFrame({"k": [8] * 3 + [32] * 3, "n_latents": [256, 512, 1024] * 2,
+                         "final_fvu": [0.3, 0.25, 0.2, 0.2, 0.15, 0.12]})
+    fits = [PowerLawFit(k=8, coefficient=1.0, exponent=-0.26, exponent_ci=(-0.9, 0.4),
+                        n_points=3, r2_log=0.9, n_span=4.0),
+            PowerLawFit(k=32, coefficient=1.0, exponent=-0.37, exponent_ci=(-0.4, -0.34),
+                        n_points=3, r2_log=0.99, n_span=4.0)]
+    assert fits[0].unreliable  # the note above the axes is drawn
+    with matplotlib.pyplot.rc_context(STYLE):
+        fig = scaling_figure(best, fits)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        whole = fig.bbox
+        (ax,) = fig.axes
+        title = ax.title.get_window_extent(renderer)
+        assert ax.get_title() and whole.x0 <= title.x0 and title.x1 <= whole.x1
+        (legend,) = fig.legends
+        box = legend.get_window_extent(renderer)
+        assert not box.overlaps(ax.get_window_extent(renderer))
+        assert whole.y0 <= box.y0 and box.x1 <= whole.x1
+        matplotlib.pyplot.close(fig)

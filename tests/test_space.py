@@ -173,3 +173,16 @@ def test_a_binary_or_non_utf8_space_is_refused(tmp_path, data, message):
     (tmp_path / "s.yaml").write_bytes(data)
     with pytest.raises(SpaceError, match=message):
         load_space(tmp_path / "s.yaml")
+
+
+@pytest.mark.parametrize(("entry", "line"), [
+    ({"type": "float", "low": "abc", "high": 1}, "params.lr.low: Input should be a valid number"),
+    ({"type": "flot", "low": 1, "high": 2}, "params.lr.type: Input should be 'float', 'int' or"),
+    ([1, 2], "params.lr: expected a number, a string, true or false, or a mapping"),
+])
+def test_a_bad_params_entry_is_one_line_without_pydantic_noise(space_dict, tmp_path, entry, line):
+    space_dict["params"]["lr"] = entry
+    with pytest.raises(SpaceError) as info:
+        _load(tmp_path, space_dict)
+    lines = str(info.value).splitlines()
+    assert len(lines) == 1 and line in lines[0], lines

@@ -210,7 +210,9 @@ def test_four_workers_on_one_storage_lose_and_duplicate_nothing(synthetic_store,
         assert tagged.params["k"] == 2 + i
     assert len({t.user_attrs["trial_dir"] for t in trials}) == len(trials)
     assert len({t.user_attrs["worker"] for t in trials}) >= 2
-    for log in (results / "t" / "logs").glob("worker_*.log"):
+    logs = sorted((results / "t" / "logs").glob("*_worker_*.log"))
+    assert len(logs) == 4 and len({p.name.rsplit("_worker_", 1)[0] for p in logs}) == 1
+    for log in logs:
         text = log.read_text()
         assert "Traceback" not in text and "Error" not in text, text
 
@@ -260,11 +262,12 @@ def test_signal_stops_cleanly_and_the_rerun_continues(synthetic_store, tmp_path,
     study = load(results)
     assert not [t for t in study.get_trials() if t.state == TrialState.RUNNING]
     interrupted = [t for t in study.get_trials() if t.state == TrialState.FAIL]
-    assert interrupted and all("interrupted by SIG" in t.user_attrs["fail_reason"]
+    assert interrupted and all(f"interrupted by {sig.name}" in t.user_attrs["fail_reason"]
                                for t in interrupted)
     assert len([t for t in study.get_trials() if t.state == TrialState.WAITING]) == len(interrupted)
     rerun = sweep_here(capsys, space)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "[-" not in rerun.stdout  # the progress of a resumed study counts from where it was
     study = load(results)
     assert_settled(study)
     assert budget_state(study).used == 2
@@ -397,6 +400,8 @@ def test_the_space_sets_the_worker_count_and_the_flag_overrides_it(synthetic_sto
     assert proc.returncode == 0 and "2 worker(s)" in proc.stdout, proc.stdout + proc.stderr
     proc = sweep_here(capsys, str(tmp_path / "s.yaml"), "--workers", "1", "--n-trials", "3")
     assert proc.returncode == 0 and "1 worker(s)" in proc.stdout, proc.stdout + proc.stderr
+    logs = sorted((results / "t" / "logs").glob("*_worker_*.log"))  # one per worker and run
+    assert len(logs) == 3 and len({p.name.rsplit("_worker_", 1)[0] for p in logs}) == 2
 
 
 def test_a_timeout_stop_is_said_on_the_console(synthetic_store, tmp_path, capsys):

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from harness.core.metrics import METRICS
+from harness.core.paths import unwritable
 from harness.report.data import (
     ReportError,
     best_per_group,
@@ -93,6 +94,9 @@ def build_report(
                           "first)")
     out_dir = Path(out) if out else (Path(results_dir) / studies[0] / "report" if len(studies) == 1
                                      else Path(results_dir) / "reports" / "__".join(studies))
+    problem = unwritable(out_dir)
+    if problem:
+        raise ReportError(f"--out: {problem}")
     out_dir.mkdir(parents=True, exist_ok=True)
     report = Report(out_dir=out_dir, trials=df)
     if "csv" in formats:

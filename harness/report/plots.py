@@ -204,31 +204,37 @@ def plot_lr_sensitivity(df: pd.DataFrame, out: Path) -> list[Path]:
 
 def plot_scaling(best: pd.DataFrame, fits: list[PowerLawFit], out: Path) -> list[Path]:
     """Best FVU per n_latents at each k, with the fitted power laws drawn over the points."""
-    data = best[best["final_fvu"] > 0]
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=COLUMN, layout="constrained")
-        colors = palette(data["k"])
-        fitted = {f.k: f for f in fits}
-        for k, group in data.groupby("k"):
-            ax.scatter(group["n_latents"], group["final_fvu"], s=14, color=colors[k],
-                       zorder=3, label=None if k in fitted else f"k={int(k)}")
-            fit = fitted.get(int(k))
-            if fit is not None:
-                n = np.geomspace(group["n_latents"].min(), group["n_latents"].max(), 50)
-                lo, hi = fit.exponent_ci
-                flag = " (unreliable)" if fit.unreliable else ""
-                ax.plot(n, fit.predict(n), color=colors[k], lw=0.9,
-                        ls=":" if fit.unreliable else "--", alpha=0.6 if fit.unreliable else 1,
-                        label=f"k={int(k)}: $n^{{{fit.exponent:.2f}}}$ [{lo:.2f}, {hi:.2f}]{flag}")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        _plain_log(ax, "y")
-        ax.set_xlabel("n_latents (dictionary size)")
-        ax.set_ylabel("FVU (held-out, fraction)")
-        ax.legend(loc="upper right", handlelength=1.5)
-        ax.grid(True, which="major", lw=0.3, alpha=0.5)
-        if any(f.unreliable for f in fits):
-            ax.set_title("dotted: unreliable fit (interval wider than the exponent; "
-                         "see summary.md)", fontsize="small")
-        return _save(fig, out, "scaling")
+        return _save(scaling_figure(best, fits), out, "scaling")
+
+
+def scaling_figure(best: pd.DataFrame, fits: list[PowerLawFit]) -> plt.Figure:
+    """The scaling plot; its legend sits below the axes (the fits' labels are long) and the
+    note about unreliable fits is wrapped to the column's width."""
+    data = best[best["final_fvu"] > 0]
+    fig, ax = plt.subplots(figsize=(COLUMN[0], COLUMN[1] + 0.8), layout="constrained")
+    colors = palette(data["k"])
+    fitted = {f.k: f for f in fits}
+    for k, group in data.groupby("k"):
+        ax.scatter(group["n_latents"], group["final_fvu"], s=14, color=colors[k],
+                   zorder=3, label=None if k in fitted else f"k={int(k)}")
+        fit = fitted.get(int(k))
+        if fit is not None:
+            n = np.geomspace(group["n_latents"].min(), group["n_latents"].max(), 50)
+            lo, hi = fit.exponent_ci
+            flag = " (unreliable)" if fit.unreliable else ""
+            ax.plot(n, fit.predict(n), color=colors[k], lw=0.9,
+                    ls=":" if fit.unreliable else "--", alpha=0.6 if fit.unreliable else 1,
+                    label=f"k={int(k)}: $n^{{{fit.exponent:.2f}}}$ [{lo:.2f}, {hi:.2f}]{flag}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    _plain_log(ax, "y")
+    ax.set_xlabel("n_latents (dictionary size)")
+    ax.set_ylabel("FVU (held-out, fraction)")
+    fig.legend(loc="outside lower center", ncols=1, handlelength=1.5)
+    ax.grid(True, which="major", lw=0.3, alpha=0.5)
+    if any(f.unreliable for f in fits):
+        ax.set_title("dotted: unreliable fit\n(interval wider than the exponent; see summary.md)",
+                     fontsize="small")
+    return fig

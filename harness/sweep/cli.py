@@ -10,14 +10,15 @@ Re-running the same command continues the study.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
-import tempfile
 import time
+import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
 
@@ -26,6 +27,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from harness.core.atomic import write_text
+from harness.core.paths import unwritable
 from harness.core.store import open_store
 from harness.core.wandb_log import has_api_key
 from harness.data.synthetic import write_synthetic_store
@@ -201,28 +203,10 @@ def _slots(devices_arg: str | None, n_workers: int,
 
 
 def check_writable(folder: Path, what: str) -> None:
-    """A SpaceError unless a file can be written and deleted in `folder` (a write-and-delete
-    probe: permissions alone do not say it, e.g. for root or on a read-only mount). Folders the
-    probe had to create are removed again: nothing is left behind."""
-    created: list[Path] = []
-    probe = folder
-    while not probe.exists():
-        created.append(probe)
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise SpaceError(f"{what}: {folder} cannot be created: {probe} is not a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".saesweep-probe-"):
-            pass
-    except OSError as e:
-        raise SpaceError(f"{what}: {folder} is not writable ({e.strerror or e})") from None
-    finally:
-        for made in created:  # innermost first
-            with contextlib.suppress(OSError):
-                made.rmdir()
+    """A SpaceError naming `what` unless files can be written in `folder`."""
+    problem = unwritable(folder)
+    if problem:
+        raise SpaceError(f"{what}: {problem}")
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object] | object]:
@@ -264,6 +248,9 @@ def _start_workers(slots: list[WorkerSlot], space_file: Path, storage: str,
                    out: Path, deadline: float) -> list[subprocess.Popen]:
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    # one log per worker per invocation: two sweeps on one study never share a file
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    run = f"{stamp}-{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
     procs = []
     for i, slot in enumerate(slots):
         # the URL travels in the environment: not in `ps`, the logs or the resolved space
@@ -272,7 +259,7 @@ def _start_workers(slots: list[WorkerSlot], space_file: Path, storage: str,
                "--index", str(i), "--device", slot.device,
                "--device-label", slot.label, "--threads", str(slot.threads),
                "--deadline", str(deadline)]
-        log = open(logs / f"worker_{i}.log", "a", encoding="utf-8")  # noqa: SIM115 - kept open
+        log = open(logs / f"{run}_worker_{i}.log", "a", encoding="utf-8")  # noqa: SIM115 - kept
         procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
     return procs
 
@@ -285,7 +272,7 @@ def _monitor(study: optuna.Study, procs: list[subprocess.Popen], loaded: LoadedS
         stop.append(signal.Signals(signum).name)
         for p in procs:
             if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
+                p.send_signal(signum)  # the same signal: every worker names the same stop
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     n_trials = loaded.space.budget.n_trials
@@ -300,8 +287,11 @@ def _monitor(study: optuna.Study, procs: list[subprocess.Popen], loaded: LoadedS
             trials = study.get_trials(deepcopy=False)
             superseded = superseded_numbers(trials)
             done = sum(1 for t in trials if t.state.is_finished() and t.number not in superseded)
-            if done_before is None:
+            if done_before is None:  # finished by earlier runs: said once, not line by line
                 done_before = done
+                seen.update(t.number for t in trials if t.state.is_finished())
+                if done:
+                    tqdm.write(f"resuming: {done} of {n_trials} trials finished in earlier runs")
             new = [t for t in sorted(trials, key=lambda t: t.number)
                    if t.state.is_finished() and t.number not in seen]
             for i, t in enumerate(new):

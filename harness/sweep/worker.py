@@ -61,7 +61,10 @@ class _Signals:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self.stop_requested = signal.Signals(signum).name
+        # the first signal names the stop: a Ctrl-C reaches a worker from the terminal and
+        # again from the sweep that forwards it
+        if self.stop_requested is None:
+            self.stop_requested = signal.Signals(signum).name
 
     def requested(self) -> str | None:
         return self.stop_requested

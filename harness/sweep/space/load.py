@@ -128,7 +128,7 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None,
     try:
         space = SweepSpace.model_validate(raw)
     except ValidationError as e:
-        raise SpaceError(_format_validation(path, e)) from e
+        raise SpaceError(_format_validation(path, e, raw)) from e
     _check_special(path, space)
     _check_training(path, space)
     _check_options(path, space)
@@ -159,11 +159,30 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _format_validation(path: Path, error: ValidationError) -> str:
+_PARAM_BRANCHES = ("ParamSpec", "float", "int", "str", "bool")  # what a params: entry may be
+
+
+def _format_validation(path: Path, error: ValidationError, raw: dict[str, Any]) -> str:
+    """One line per mistake. A params: entry is a mapping (a sampled parameter) or a fixed
+    value, and pydantic reports a mistake in it against every one of those forms: keep the
+    form the user wrote (the mapping's own errors), or one line for a value of no form."""
     lines = []
+    params = raw.get("params") if isinstance(raw.get("params"), dict) else {}
     for err in error.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
-        loc = loc.replace(".ParamSpec", "").replace(".float", "").replace(".int", "")
+        parts = [str(p) for p in err["loc"] if not str(p).startswith("function-after")]
+        if parts[:1] == ["params"] and len(parts) == 2 and "ParamSpec" in err["msg"]:
+            parts.append("ParamSpec")  # pydantic leaves the branch out of this one's path
+        if len(parts) >= 3 and parts[0] == "params" and parts[2] in _PARAM_BRANCHES:
+            written = params.get(parts[1])
+            if isinstance(written, dict) != (parts[2] == "ParamSpec"):
+                continue  # a form the user did not write
+            if not isinstance(written, dict):
+                lines.append(f"{path}: params.{parts[1]}: expected a number, a string, true or "
+                             "false, or a mapping {type, low, high} / {type, choices} "
+                             f"(got {written!r})")
+                continue
+            del parts[2]
+        loc = ".".join(parts)
         given = err.get("input")
         shown = "" if isinstance(given, dict) else f" (got {given!r})"
         lines.append(f"{path}: {loc or '<top>'}: {err['msg']}{shown}")
