@@ -46,3 +46,39 @@ def test_pruning_summary_counts_tokens_saved():
     assert out.loc["median", "trials"] == 2 and out.loc["median", "tokens_saved"] == 130
     assert out.loc["median", "saved_fraction"] == pytest.approx(130 / 200)
     assert out.loc["dead_features", "tokens_trained"] == 70
+
+
+def test_a_pruned_curve_is_drawn_whole_unless_it_is_hopeless(tmp_path):
+    """The R² axis reaches the lowest curve (-0.5 here) and stops at -1, below which a run is
+    drawn to the edge with its cut as a triangle."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from harness.report.plots import R2_FLOOR, STYLE, learning_curves_figure
+
+    rows = []
+    for number, (state, r2) in enumerate([("complete", [0.2, 0.6, 0.8]),
+                                          ("pruned", [-0.2, -0.5]),
+                                          ("pruned", [-3.0, -4.0])]):
+        folder = tmp_path / str(number)
+        folder.mkdir()
+        (folder / "history.json").write_text(json.dumps({"tokens": [100, 200, 300][:len(r2)],
+                                                         "r2": r2}))
+        rows.append({"number": number, "state": state, "sae_path": str(folder)})
+    with matplotlib.pyplot.rc_context(STYLE):
+        fig = learning_curves_figure(pd.DataFrame(rows))
+        (ax,) = fig.axes
+        bottom, top = ax.get_ylim()
+        assert bottom == R2_FLOOR and top == 1.0  # the hopeless run sets no lower bottom
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert "pruned below the axis" in labels
+        matplotlib.pyplot.close(fig)
+        rows.pop()  # without the hopeless run: the axis reaches -0.5 and a margin below it
+        fig = learning_curves_figure(pd.DataFrame(rows))
+        bottom = fig.axes[0].get_ylim()[0]
+        assert -0.6 < bottom < -0.5
+        matplotlib.pyplot.close(fig)

@@ -102,58 +102,68 @@ def plot_pareto(df: pd.DataFrame, out: Path, y: str = "final_fvu",
         return _save(fig, out, name)
 
 
+R2_FLOOR = -1.0  # learning curves: R² axis bottom; a run below it is hopeless, drawn to the edge
+
+
 def plot_learning_curves(df: pd.DataFrame, out: Path, metric: str = "r2") -> list[Path]:
     """Held-out metric over training tokens; pruned trials end in a cross where pruning cut
     (a triangle on the lower edge when that point lies below the axis)."""
+    with plt.rc_context(STYLE):
+        return _save(learning_curves_figure(df, metric), out, "learning_curves")
+
+
+def learning_curves_figure(df: pd.DataFrame, metric: str = "r2") -> plt.Figure:
+    """The learning-curves plot: the R² axis goes down to the lowest curve (to R2_FLOOR at
+    most), so a pruned curve is drawn whole unless it is hopeless."""
     kinds = {"complete": OKABE_ITO[0], "pruned": OKABE_ITO[1]}
     lowest: list[float] = []
     cuts: list[tuple[float, float]] = []
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=COLUMN, layout="constrained")
-        for _, row in df[df["state"].isin(list(kinds))].iterrows():
-            folder = row.get("sae_path")  # its folder, or fetched from artifacts; else NaN
-            history = load_history(folder) if isinstance(folder, str) else None
-            if not history or not history.get("tokens"):
-                continue
-            x = np.asarray(history["tokens"], float)
-            y = np.asarray(history[metric], float)
-            finite = np.isfinite(y)  # a degenerate evaluation cannot be drawn (nor log-scaled)
-            x, y = x[finite], y[finite]
-            if not len(y):
-                continue
-            color = kinds[row["state"]]
-            ax.plot(x, y, color=color, lw=0.7, alpha=0.7)
-            if row["state"] == "pruned":
-                cuts.append((x[-1], y[-1]))
-            lowest.append(float(np.nanmin(y)))
-        below = False
-        if metric == "r2" and lowest:
-            bottom = max(min(lowest), -0.1)  # hopeless runs go off-axis
-            ax.set_ylim(bottom=bottom, top=1.0)
-            for cx, cy in cuts:
-                if cy < bottom:
-                    below = True
-                    ax.plot(cx, bottom, marker="v", color=kinds["pruned"], ms=4, clip_on=False)
-                else:
-                    ax.plot(cx, cy, marker="x", color=kinds["pruned"], ms=4, mew=1.0)
-        else:
-            for cx, cy in cuts:
+    fig, ax = plt.subplots(figsize=COLUMN, layout="constrained")
+    for _, row in df[df["state"].isin(list(kinds))].iterrows():
+        folder = row.get("sae_path")  # its folder, or fetched from artifacts; else NaN
+        history = load_history(folder) if isinstance(folder, str) else None
+        if not history or not history.get("tokens"):
+            continue
+        x = np.asarray(history["tokens"], float)
+        y = np.asarray(history[metric], float)
+        finite = np.isfinite(y)  # a degenerate evaluation cannot be drawn (nor log-scaled)
+        x, y = x[finite], y[finite]
+        if not len(y):
+            continue
+        color = kinds[row["state"]]
+        ax.plot(x, y, color=color, lw=0.7, alpha=0.7)
+        if row["state"] == "pruned":
+            cuts.append((x[-1], y[-1]))
+        lowest.append(float(np.nanmin(y)))
+    below = False
+    if metric == "r2" and lowest:
+        low = min(lowest)
+        bottom = max(low - 0.05 * (1.0 - low), R2_FLOOR)  # a margin below the lowest point
+        ax.set_ylim(bottom=bottom, top=1.0)
+        for cx, cy in cuts:
+            if cy < bottom:
+                below = True
+                ax.plot(cx, bottom, marker="v", color=kinds["pruned"], ms=4, clip_on=False)
+            else:
                 ax.plot(cx, cy, marker="x", color=kinds["pruned"], ms=4, mew=1.0)
-        if metric == "fvu":
-            ax.set_yscale("log")
-            _plain_log(ax, "y")
-        ax.set_xlabel("training tokens")
-        ax.set_ylabel(METRICS[metric].label)
-        ax.xaxis.set_major_formatter(ticker.EngFormatter(sep=""))
-        handles = [Line2D([], [], color=kinds["complete"], lw=1, label="complete"),
-                   Line2D([], [], color=kinds["pruned"], lw=1, label="pruned"),
-                   Line2D([], [], color=kinds["pruned"], marker="x", lw=0, label="pruned here")]
-        if below:
-            handles.append(Line2D([], [], color=kinds["pruned"], marker="v", lw=0,
-                                  label="pruned below the axis"))
-        ax.legend(handles=handles, loc="lower right")
-        ax.grid(True, lw=0.3, alpha=0.5)
-        return _save(fig, out, "learning_curves")
+    else:
+        for cx, cy in cuts:
+            ax.plot(cx, cy, marker="x", color=kinds["pruned"], ms=4, mew=1.0)
+    if metric == "fvu":
+        ax.set_yscale("log")
+        _plain_log(ax, "y")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel(METRICS[metric].label)
+    ax.xaxis.set_major_formatter(ticker.EngFormatter(sep=""))
+    handles = [Line2D([], [], color=kinds["complete"], lw=1, label="complete"),
+               Line2D([], [], color=kinds["pruned"], lw=1, label="pruned"),
+               Line2D([], [], color=kinds["pruned"], marker="x", lw=0, label="pruned here")]
+    if below:
+        handles.append(Line2D([], [], color=kinds["pruned"], marker="v", lw=0,
+                              label="pruned below the axis"))
+    ax.legend(handles=handles, loc="lower right")
+    ax.grid(True, lw=0.3, alpha=0.5)
+    return fig
 
 
 def param_importances(study: optuna.Study, metric: str = "r2") -> dict[str, float]:
