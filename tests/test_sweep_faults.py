@@ -101,6 +101,8 @@ BAD = [
     ("postgresql without a driver", None,
      ("--storage", "postgresql://alice:s3cret@127.0.0.1:1/db"),
      "--storage postgresql://alice:***@127.0.0.1:1/db: cannot open the storage"),
+    ("results where nothing can be written", None, ("--results", "/proc/saesweep/results"),
+     "--results / results_dir: /proc/saesweep/results is not writable"),
     ("in-memory sqlite", None, ("--storage", "sqlite://"),
      "--storage sqlite://: an in-memory SQLite database lives in one process"),
     ("in-memory sqlite by name", None, ("--storage", "sqlite:///:memory:"),
