@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -97,9 +98,12 @@ def test_capture_resumes_after_being_killed(tmp_path):
                            text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert "resumed after" in rerun.stdout and "tokens/s" in rerun.stdout
-    reference = subprocess.run([*cmd, "--run-id", "whole"], cwd=ROOT, capture_output=True,
-                               text=True, timeout=300)
-    assert reference.returncode == 0, reference.stderr
+    # the uninterrupted reference: the same command line, by the script's main() in this process
+    spec = importlib.util.spec_from_file_location("capture_script",
+                                                  ROOT / "scripts" / "capture_activations.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([*args, "--run-id", "whole"]) == 0
     store = LocalStore(tmp_path)
     a, b = store.open("killed", LAYER), store.open("whole", LAYER)
     got = torch.cat([a.read_shard(i) for i in range(len(a.shards))])

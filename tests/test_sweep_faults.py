@@ -310,13 +310,14 @@ def test_a_worker_without_its_device_stops_before_asking_for_a_trial(synthetic_s
     assert load(results).get_trials() == []
 
 
-def test_outputs_respect_the_umask(synthetic_store, tmp_path):
+def test_outputs_respect_the_umask(synthetic_store, tmp_path, capsys):
     results = tmp_path / "results"
     path = write_space(tmp_path / "s.yaml", one_trial(synthetic_store, results))
-    env = {**os.environ}
-    proc = subprocess.run(["sh", "-c", f"umask 022 && {sys.executable} -m harness.sweep "
-                           f"{path}"], cwd=ROOT, capture_output=True, text=True, env=env,
-                          timeout=240)
+    before = os.umask(0o022)  # the sweep's umask, inherited by its worker
+    try:
+        proc = sweep_here(capsys, str(path))
+    finally:
+        os.umask(before)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     folder = results / "t" / "trials" / "0000"
     for name in ("sae_weights.safetensors", "cfg.json", "trial.json", "history.json"):
