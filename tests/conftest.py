@@ -11,6 +11,12 @@ import torch
 from harness.core.store import LocalStore
 from harness.data.synthetic import SyntheticSpec, write_synthetic_store
 
+# Two xdist workers share this machine's cores, and each test's sweep starts more processes:
+# one intra-op thread each, or OpenMP's threads wait on one another across processes. Sweeps
+# keep a limit set in OMP_NUM_THREADS (harness.sweep.devices.usable_cores).
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def saesweep_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:

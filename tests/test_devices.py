@@ -22,13 +22,17 @@ def test_cuda_indices_count_the_gpus_this_process_sees(monkeypatch):
     assert (slot.label, slot.env["CUDA_VISIBLE_DEVICES"]) == ("cuda:1", "6")
 
 
-def test_workers_spread_over_gpus_or_divide_the_cpu_cores():
+def test_workers_spread_over_gpus_or_divide_the_cpu_cores(monkeypatch):
     gpus = worker_slots(None, 3, gpu_count=2)
     assert [s.label for s in gpus] == ["cuda:0", "cuda:1", "cuda:0"]
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
     cpus = worker_slots(None, 2, gpu_count=0)
-    share = max(1, (os.cpu_count() or 1) // 2)
-    assert [(s.label, s.threads, s.env["OMP_NUM_THREADS"]) for s in cpus] == [
-        ("cpu", share, str(share))] * 2
+    assert [(s.label, s.threads, s.env["OMP_NUM_THREADS"]) for s in cpus] == [("cpu", 4, "4")] * 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # a limit the user set is kept
+    assert [s.threads for s in worker_slots(None, 1, gpu_count=0)] == [2]
+    monkeypatch.setenv("OMP_NUM_THREADS", "junk")
+    assert [s.threads for s in worker_slots(None, 1, gpu_count=0)] == [8]
 
 
 @pytest.mark.parametrize(("text", "gpus", "message"), [

@@ -146,5 +146,7 @@ def test_chaos_sigkills_across_two_nodes_lose_and_duplicate_nothing(postgres_url
           f"checkpoint), lost {lost}, duplicated {duplicated}, left running {left}, "
           f"budget used {used}")
     assert kills == n_kills
-    assert (lost, duplicated, left) == (0, 0, 0)
+    assert (lost, duplicated, left) == (0, 0, 0), [
+        (t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in trials
+        if t.state != TrialState.COMPLETE and t.number not in retried]
     assert used == n_trials and len(chains) == n_trials  # exact on PostgreSQL

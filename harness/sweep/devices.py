@@ -81,9 +81,20 @@ def worker_slots(devices: list[str] | None, n_workers: int, gpu_count: int,
     return slots
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity: what SLURM, taskset or a container
+    grant), at most $OMP_NUM_THREADS when that is set: a limit the user gave is kept."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    limit = os.environ.get("OMP_NUM_THREADS", "")
+    return min(cores, int(limit)) if limit.isdigit() and int(limit) > 0 else cores
+
+
 def cpu_slot(n_workers: int) -> WorkerSlot:
     """A CPU worker's share of the cores, set before torch starts its thread pools."""
-    threads = max(1, (os.cpu_count() or 1) // max(1, n_workers))
+    threads = max(1, usable_cores() // max(1, n_workers))
     return WorkerSlot(device="cpu", label="cpu", threads=threads,
                       env={"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
 
