@@ -21,6 +21,7 @@ from spaces import tiny_space, write_space
 from wandb_records import run_contents
 
 from harness.sweep.cli import build_parser
+from harness.sweep.optuna_private import study_storage, trial_id
 from harness.sweep.space import load_space
 from harness.sweep.storage import open_storage
 from harness.sweep.study import LEASE_ATTR, budget_state, create_study
@@ -427,3 +428,20 @@ def test_online_wandb_without_credentials_says_it_goes_offline(synthetic_store, 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "W&B: no API key here, so the trial runs are written offline to" in proc.stdout
     assert list((results / "t" / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_a_worker_whose_trial_was_reaped_goes_on(synthetic_store, tmp_path):
+    """Another worker may fail a trial whose lease ran out (a busy machine) while it still
+    trains: its worker drops the result and goes on, it does not crash."""
+    results = tmp_path / "results"
+    space = str(write_space(tmp_path / "slow.yaml", slow_space(synthetic_store, results, 2)))
+    proc = start_sweep(space)
+    running = wait_for(lambda: next((t for t in load(results).get_trials()
+                                     if t.state == TrialState.RUNNING), None))
+    study = load(results)
+    study_storage(study).set_trial_state_values(trial_id(running), TrialState.FAIL)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    logs = "".join(p.read_text() for p in (results / "t" / "logs").glob("*.log"))
+    assert f"trial {running.number} was reaped while running, result dropped" in logs
+    assert "Traceback" not in logs

@@ -158,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             fatal = fatal or outcome.fatal
             try:
                 study.tell(trial, outcome.values, state=outcome.state)
-            except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError) as e:
+            except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, ValueError) as e:
+                # another worker reaped it (its lease ran out on a busy machine) and re-enqueued
+                # its parameters: Optuna refuses to tell a finished trial ("Cannot tell a FAIL
+                # trial"); this worker goes on
                 log.warning("trial %d was reaped while running, result dropped: %s",
                             trial.number, e)
                 continue
@@ -188,8 +191,13 @@ def _device_problem(torch: object, device: str) -> str | None:
 
 def _requeue(study: optuna.Study, trial: optuna.Trial, reason: str, max_retry: int) -> None:
     storage = study_storage(study)
-    trial.set_user_attr("fail_reason", reason)
-    study.tell(trial, state=TrialState.FAIL)
+    try:
+        trial.set_user_attr("fail_reason", reason)
+        study.tell(trial, state=TrialState.FAIL)
+    except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError, ValueError) as e:
+        log.warning("trial %d was reaped while running, already re-enqueued: %s",
+                    trial.number, e)
+        return
     requeue(study, storage.get_trial(trial_id(trial)), max_retry)
 
 
