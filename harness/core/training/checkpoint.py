@@ -20,8 +20,9 @@ from harness.core.training.results import HISTORY_FIELDS
 if TYPE_CHECKING:
     from harness.core.training.run import MemberRun
 
-CHECKPOINT_FORMAT = 1
-"""The layout this version writes and reads."""
+CHECKPOINT_FORMAT = 2
+"""The layout this version writes and reads (2: an SAE keeps only its activation's own state,
+so a TopK SAE has no threshold buffer)."""
 _KEYS = frozenset({"format", "step", "epoch", "next_index", "sae", "optimizer", "scheduler",
                    "dead_tokens", "dead_last_fired", "history", "elapsed_s", "rng",
                    *LossMonitor.STATE_KEYS})
