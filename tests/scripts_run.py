@@ -49,14 +49,6 @@ def cli_here(capsys: pytest.CaptureFixture, main: Callable[[list[str]], int],
                                        out.out, out.err)
 
 
-def sweep_main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    """`python -m harness.sweep args` in this process: (exit code, stdout, stderr)."""
-    from harness.sweep.cli import main
-
-    r = cli_here(capsys, main, *args)
-    return r.returncode, r.stdout, r.stderr
-
-
 def sweep_here(capsys: pytest.CaptureFixture, *args: str) -> subprocess.CompletedProcess:
     """`python -m harness.sweep args` in this process; its workers are real processes."""
     from harness.sweep.cli import main

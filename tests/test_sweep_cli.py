@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
-from scripts_run import report_here, sweep_here, sweep_main
+from scripts_run import report_here, sweep_here
 from spaces import tiny_space, write_space
 from wandb_records import run_contents
 
@@ -379,7 +379,8 @@ def test_bad_space_exits_2_with_its_message_and_writes_nothing(synthetic_store, 
             value = {**value, "store": str(synthetic_store)}
         space[key] = value
     path = write_space(tmp_path / "bad.yaml", space)
-    code, out, err = sweep_main(capsys, str(path))
+    proc = sweep_here(capsys, str(path))
+    code, out, err = proc.returncode, proc.stdout, proc.stderr
     assert code == 2, out + err
     assert message in err and str(path) in err
     assert not results.exists()

@@ -17,7 +17,7 @@ import optuna
 import pytest
 import torch
 from optuna.trial import TrialState
-from scripts_run import sweep_here, sweep_main
+from scripts_run import sweep_here
 from spaces import tiny_space, write_space
 
 from harness.core.store import LocalStore
@@ -135,7 +135,8 @@ def test_bad_input_exits_2_naming_it_and_writes_nothing(synthetic_store, odd_sto
             space[key] = value
     path = write_space(tmp_path / "bad.yaml", space)
     before = sorted(p.name for p in tmp_path.iterdir())
-    code, out, err = sweep_main(capsys, str(path), *args)
+    proc = sweep_here(capsys, str(path), *args)
+    code, out, err = proc.returncode, proc.stdout, proc.stderr
     assert code == 2, out + err
     assert message in err, err
     assert "s3cret" not in out + err and "s3cret@x" not in out + err
@@ -237,7 +238,8 @@ def test_an_artifact_store_that_cannot_be_written_is_refused_before_the_sweep(
         synthetic_store, tmp_path, capsys, monkeypatch):
     results = tmp_path / "results"
     path = write_space(tmp_path / "s.yaml", one_trial(synthetic_store, results))
-    code, out, err = sweep_main(capsys, str(path), "--artifacts", "/proc/saesweep/artifacts")
+    proc = sweep_here(capsys, str(path), "--artifacts", "/proc/saesweep/artifacts")
+    code, out, err = proc.returncode, proc.stdout, proc.stderr
     assert code == 2 and "--artifacts / artifacts: /proc/saesweep/artifacts is not writable" \
         in err, out + err
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
@@ -245,7 +247,8 @@ def test_an_artifact_store_that_cannot_be_written_is_refused_before_the_sweep(
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    code, out, err = sweep_main(capsys, str(path), "--artifacts", "s3://saesweep-bucket/x")
+    proc = sweep_here(capsys, str(path), "--artifacts", "s3://saesweep-bucket/x")
+    code, out, err = proc.returncode, proc.stdout, proc.stderr
     assert code == 2 and "s3://saesweep-bucket/x: no AWS credentials" in err, out + err
     assert not results.exists()
 
@@ -342,6 +345,7 @@ def test_changing_only_the_metric_is_refused(synthetic_store, tmp_path, capsys):
 def test_a_binary_file_given_as_the_space_exits_2(tmp_path, capsys):
     space = tmp_path / "weights.safetensors"
     space.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}\x00\x00binary")
-    code, out, err = sweep_main(capsys, str(space))
+    proc = sweep_here(capsys, str(space))
+    code, out, err = proc.returncode, proc.stdout, proc.stderr
     assert code == 2 and f"{space}: a binary file, not a YAML space" in err, out + err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.safetensors"]

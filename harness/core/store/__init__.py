@@ -47,7 +47,8 @@ class LocalStore:
     def __init__(self, base_path: str | Path) -> None:
         self.base_path = Path(base_path)
         self.layouts = [cls(self.base_path) for cls in LAYOUTS.values()]
-        self._ours = SaesweepLayout(self.base_path)
+        # the layout this store writes: ours, one of the registered readers
+        self._ours = next(lay for lay in self.layouts if isinstance(lay, SaesweepLayout))
 
     def activation_dir(self, run_id: str) -> Path:
         """Where our layout keeps `run_id`'s activations."""

@@ -35,11 +35,16 @@ def _strict_model(names: tuple[str, ...], types: tuple[Any, ...]) -> type[BaseMo
 
 def check_types(group: Any) -> None:
     """ValueError naming the first field of the dataclass `group` whose value has a wrong type."""
-    hints = typing.get_type_hints(type(group))
+    hints = _hints(type(group))
     error = type_error({f.name: getattr(group, f.name) for f in dataclasses.fields(group)}, hints)
     if error is not None:
         name, msg, value = error
         raise ValueError(f"SaeTrainingConfig.{name}: {msg} (got {value!r})")
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
 
 
 def check(cond: bool, name: str, expected: str, value: Any) -> None:
