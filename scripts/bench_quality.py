@@ -19,15 +19,15 @@ its trainer does. Every SAE is saved, loaded back from disk, and scored by one f
 held-out FVU = sum (X - X_hat)^2 / sum (X - mu)^2 over the whole held-out set, in float64
 (docs/metrics.md), with its held-out L0.
 
-A recipe is a name and settings: `default` (SaeTrainingConfig and TopKSae defaults, the final
-least-squares decoder and encoder refits included; `"no encoder refit:encoder_refit=False"` stops
-after the decoder refit, `"no refit:decoder_refit=False"` leaves both out), `legacy`
-(the recipe before the quality work, `harness.core.recipes.LEGACY_SAE` and `LEGACY_TRAINING`), or
-`NAME:key=value,key=value` where each key is a SaeTrainingConfig field or a TopKSae argument
-(`encoder_init_scale`, `activation`, `k_aux`), e.g. `decay:lr_decay_fraction=0.2`. A learning
-rate of `default` trains each with its own default: ours with `lr=None`
-(harness.core.recipes.default_lr of the planned steps; the legacy recipe with its fixed 2e-4),
-sparsify with 2e-4 / sqrt(n / 2^14).
+With --equal-time, each learning rate trains ours first, then sparsify twice: for as many
+steps as ours' wall time allows, then as ours' process CPU time allows (the steadier clock on a
+shared machine; same threads), and the table puts FVU at equal time side by side.
+
+A recipe is `default` (the shipped defaults, the bounded finish included), `legacy` (the recipe
+before the quality work: harness.core.recipes), or `NAME:key=value,...` with SaeTrainingConfig
+fields or TopKSae arguments (`encoder_init_scale`, `activation`, `k_aux`), e.g.
+`"no finish:decoder_refit=False"`. A learning rate of `default` trains each with its own default:
+ours with `lr=None` (harness.core.recipes.default_lr), sparsify with 2e-4 / sqrt(n / 2^14).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+from heldout_split import split_run
 from sparsify_step import sparsify_trainer
 
 from harness.core.loader import ActivationLoader
@@ -74,6 +75,16 @@ class Score:
     """Held-out mean active latents per token."""
     seconds: float
     """Wall time of the training."""
+    cpu_seconds: float = 0.0
+    """Process CPU time of the training (every thread)."""
+    tokens: int = 0
+    """Training tokens it saw."""
+    matched: str = ""
+    """With --equal-time, sparsify's runs: "wall" or "cpu", the budget it was given."""
+    finish_s: float = 0.0
+    """Ours: wall time of the least-squares finish."""
+    finish_share: float = 0.0
+    """Ours: the finish's time over the training loop's."""
     delta_ce: float | None = None
     """LM cross-entropy added by splicing the SAE in (with --model)."""
     ce_loss_score: float | None = None
@@ -134,21 +145,28 @@ def train_ours(store: Path, run: str, layer: str, base: SaeTrainingConfig, d: in
     cfg = base.replace(**{**fields, "lr": lr})
     sae = TopKSae(n_latents=args.n_latents, n_inputs=d, k=args.k, seed=args.seed, **sae_args)
     out = tmp / f"ours_{name}_{column}"
-    start = time.perf_counter()
-    SaeTrainer(sae).train(store=store, run_id=run, layer_signature=layer, config=cfg,
-                          save_dir=out)
-    seconds = time.perf_counter() - start
+    start, cpu_start = time.perf_counter(), time.process_time()
+    history = SaeTrainer(sae).train(store=store, run_id=run, layer_signature=layer, config=cfg,
+                                    save_dir=out)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     loaded = TopKSae.load(out)
 
     reconstruct = sae_reconstructor(loaded)  # one function scores it here and spliced in
     fvu, l0 = heldout_fvu(reconstruct, heldout)
     used = json.loads((out / "training_config.json").read_text())["lr"]  # default resolved
-    return with_downstream(Score(name, column, used, fvu, l0, seconds), reconstruct, evaluator)
+    return with_downstream(Score(name, column, used, fvu, l0, seconds, cpu,
+                                 history.final.tokens if history.final else 0,
+                                 finish_s=history.finish_s, finish_share=history.finish_share),
+                           reconstruct, evaluator)
 
 
 def train_sparsify(loader: ActivationLoader, cfg: SaeTrainingConfig, d: int, args, column: str,
                    heldout: torch.Tensor, tmp: Path,
-                   evaluator: DownstreamEvaluator | None = None) -> Score:
+                   evaluator: DownstreamEvaluator | None = None,
+                   match: tuple[str, float] | None = None) -> Score:
+    """sparsify at `column`'s learning rate for the budget's steps, or, with `match` ("wall" or
+    "cpu", seconds), for as many steps as that many seconds of wall or process CPU time allow
+    (whole epochs repeat as needed; its constant learning rate needs no planned length)."""
     from sparsify import SparseCoder, SparseCoderConfig
 
     lr = 2e-4 / math.sqrt(args.n_latents / 2**14) if column == "default" else float(column)
@@ -157,17 +175,25 @@ def train_sparsify(loader: ActivationLoader, cfg: SaeTrainingConfig, d: int, arg
                       dtype=torch.float32)
     step = sparsify_trainer(sae, lr)
     steps = cfg.planned_steps(loader.batches_per_epoch)
-    done = 0
-    start = time.perf_counter()
-    for epoch in range(cfg.epochs):
+    done = tokens = epoch = 0
+    start, cpu_start = time.perf_counter(), time.process_time()
+
+    def spent() -> bool:
+        if match is None:
+            return done >= steps
+        clock = time.perf_counter() - start if match[0] == "wall" else (time.process_time()
+                                                                        - cpu_start)
+        return clock >= match[1]
+
+    while not spent():
         for x in loader.train_batches(epoch):
             step(x)
             done += 1
-            if done >= steps:
+            tokens += x.shape[0]
+            if spent():
                 break
-        if done >= steps:
-            break
-    seconds = time.perf_counter() - start
+        epoch += 1
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     path = tmp / f"sparsify_{column}"
     sae.save_to_disk(path)
     loaded = SparseCoder.load_from_disk(path)
@@ -178,8 +204,8 @@ def train_sparsify(loader: ActivationLoader, cfg: SaeTrainingConfig, d: int, arg
         return out.sae_out, (out.latent_acts > 0).sum()
 
     fvu, l0 = heldout_fvu(reconstruct, heldout)
-    return with_downstream(Score("sparsify", column, lr, fvu, l0, seconds), reconstruct,
-                           evaluator)
+    return with_downstream(Score("sparsify", column, lr, fvu, l0, seconds, cpu, tokens,
+                                 match[0] if match else ""), reconstruct, evaluator)
 
 
 def _grid_best(by_lr: dict[str, Score]) -> Score:
@@ -235,6 +261,38 @@ def table(scores: list[Score], lrs: list[str], metric: str = "fvu") -> str:
     return "\n".join(lines)
 
 
+def equal_time_table(scores: list[Score], lrs: list[str], metric: str = "fvu") -> str:
+    """Per learning rate: ours, then sparsify given ours' wall time and ours' CPU time; the last
+    rows put each best (lowest FVU) over sparsify's best under each clock."""
+    ours = {s.column: s for s in scores if s.trainer != "sparsify"}
+    theirs = {(s.column, s.matched): s for s in scores if s.trainer == "sparsify"}
+    lines = [f"{metric} at equal time:", "",
+             "| lr | ours | tokens | wall s | CPU s | sparsify, equal wall | tokens | "
+             "sparsify, equal CPU | tokens |", "|---" * 9 + "|"]
+
+    def cell(s: Score | None) -> list[str]:
+        return [f"{getattr(s, metric):.4f}", f"{s.tokens:,}"] if s else ["", ""]
+
+    for lr in lrs:
+        mine = ours.get(lr)
+        if mine is None:
+            continue
+        lines.append("| " + " | ".join([lr, *cell(mine), f"{mine.seconds:.1f}",
+                                        f"{mine.cpu_seconds:.1f}", *cell(theirs.get((lr, "wall"))),
+                                        *cell(theirs.get((lr, "cpu")))]) + " |")
+    if ours:
+        best = min(ours.values(), key=lambda s: s.fvu)
+        for clock in ("wall", "cpu"):
+            pool = [s for (_, c), s in theirs.items() if c == clock]
+            if pool:
+                ref = min(pool, key=lambda s: s.fvu)
+                lines.append(f"\nbest ours / best sparsify at equal {clock} time: "
+                             f"{getattr(best, metric) / getattr(ref, metric):.3f} "
+                             f"({getattr(best, metric):.4f} at lr {best.column} against "
+                             f"{getattr(ref, metric):.4f} at lr {ref.column})")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -248,11 +306,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--heldout", type=int, default=32768, help="last tokens held out")
+    p.add_argument("--use-tokens", type=int,
+                   help="use only the run's first this many tokens (held-out ones included)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--recipe", action="append",
                    help="default, legacy or NAME:key=value,... (repeatable; default: default "
                         "and legacy)")
     p.add_argument("--no-sparsify", action="store_true", help="train ours only")
+    p.add_argument("--equal-time", action="store_true",
+                   help="at each learning rate train ours (one recipe), then sparsify twice: for "
+                   "ours' wall time and for ours' process CPU time; table FVU at equal time")
     p.add_argument("--json", help="also write every score to this JSON file")
     defaults = DownstreamConfig(model="", layer="")
     p.add_argument("--model", help="the causal LM the store was captured from (e.g. smollm2): "
@@ -264,16 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq-len", type=int, default=defaults.seq_len,
                    help=f"tokens per evaluation window (default {defaults.seq_len})")
     args = p.parse_args(argv)
-    recipes = args.recipe or ["default", "legacy"]
+    recipes = args.recipe or (["default"] if args.equal_time else ["default", "legacy"])
+    if args.equal_time and len(recipes) != 1:
+        raise SystemExit("--equal-time compares one recipe of ours with sparsify: give at most "
+                         "one --recipe")
 
     source = LocalStore(args.store).open(args.run_id, args.layer)
-    x = torch.cat([source.read_shard(i) for i in range(len(source.shards))])
-    if x.shape[0] <= args.heldout:
-        raise SystemExit(f"{args.store}: {x.shape[0]} tokens, not more than --heldout "
-                         f"{args.heldout}")
-    heldout = x[-args.heldout:].float()
-    train = x[:-args.heldout]
-    d = x.shape[1]
+    d = source.d
     evaluator = None
     if args.model:
         evaluator = DownstreamEvaluator.open(DownstreamConfig(
@@ -287,9 +347,9 @@ def main(argv: list[str] | None = None) -> int:
               f"({evaluator.reference.windows.description})", flush=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        store = tmp / "store"
-        LocalStore(store).put_activations("train", args.layer, train)
-        n_train = train.shape[0]
+        split = split_run(args.store, args.run_id, args.layer, args.heldout, tmp / "store",
+                          args.use_tokens)
+        store, heldout, n_train = split.store, split.heldout, split.n_train
         base = SaeTrainingConfig(batch_size=args.batch, holdout_fraction=0.001,
                                  epochs=math.ceil(args.tokens / (n_train * 0.999)),
                                  max_train_tokens=args.tokens, seed=args.seed, progress=False)
@@ -299,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--lrs: {bad} are neither learning rates nor 'default'")
         loader = ActivationLoader(LocalStore(store).open("train", args.layer),
                                   base.loader_config())
-        print(f"# {source.run_id} {args.layer}: d={d}, n_latents={args.n_latents}, k={args.k}, "
+        print(f"# {args.run_id} {args.layer}: d={d}, n_latents={args.n_latents}, k={args.k}, "
               f"batch {args.batch}, {args.tokens:,} training tokens of {loader.n_train_tokens:,} "
               f"distinct, FVU on the last {args.heldout:,} tokens; torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads", flush=True)
@@ -308,6 +368,17 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_sparsify and not with_sparsify:
             print("# sparsify is not importable (pip install eai-sparsify): ours only")
         for lr in lrs:
+            if args.equal_time:  # ours first: its times are sparsify's budgets
+                ours = train_ours(store, "train", args.layer, base, d, args, recipes[0], lr,
+                                  heldout, tmp, evaluator)
+                scores.append(ours)
+                print(json.dumps(asdict(ours)), flush=True)
+                for clock, budget in (("wall", ours.seconds), ("cpu", ours.cpu_seconds)):
+                    if with_sparsify:
+                        scores.append(train_sparsify(loader, base, d, args, lr, heldout, tmp,
+                                                     evaluator, match=(clock, budget)))
+                        print(json.dumps(asdict(scores[-1])), flush=True)
+                continue
             if with_sparsify:
                 scores.append(train_sparsify(loader, base, d, args, lr, heldout, tmp,
                                              evaluator))
@@ -318,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(asdict(scores[-1])), flush=True)
     for metric in ("fvu", "delta_ce", "kl") if evaluator is not None else ("fvu",):
         print()
-        print(table(scores, lrs, metric))
+        print(equal_time_table(scores, lrs, metric) if args.equal_time
+              else table(scores, lrs, metric))
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(s) for s in scores], indent=1))
     return 0

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from harness.core.paths import unwritable
 from harness.core.store import StoreError
-from harness.data.capture import CORPORA, PYDOC_CORPUS, CaptureConfig, capture
+from harness.data.capture import CaptureConfig, capture
+from harness.data.corpora import CORPORA, PYDOC_CORPUS
 from harness.data.models import NAMED_MODELS, list_layers, load_model
 
 

@@ -65,7 +65,8 @@ def test_a_new_activation_is_its_class_and_one_registry_line(synthetic_store: Pa
     sae = TopKSae(32, 16, 4, seed=0, activation="margin_topk")
     history = SaeTrainer(sae).train(
         store=synthetic_store, run_id="syn", layer_signature="synthetic",
-        config=SaeTrainingConfig(epochs=1, batch_size=256, progress=False),
+        config=SaeTrainingConfig(epochs=1, batch_size=256, progress=False,
+                                 finish_tokens=10**9, encoder_refit=True),
         save_dir=tmp_path / "sae")
     assert history.encoder_refit_tokens is None  # it says the encoder refit does not apply
     assert history.decoder_refit_tokens is not None and history["r2"][-1] > 0.3

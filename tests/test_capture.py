@@ -113,12 +113,12 @@ def test_capture_resumes_after_being_killed(tmp_path):
 
 
 def test_the_docstrings_corpus_is_parsed_once_then_read_from_the_cache(tmp_path, monkeypatch):
-    from harness.data import capture
+    from harness.data import corpora as capture
 
     calls = []
     monkeypatch.setenv("SAESWEEP_CACHE", str(tmp_path))
     monkeypatch.setattr(capture, "_parse_docstrings",
-                        lambda root: calls.append(root) or ["a docstring " * 20])
+                        lambda root, skip_packages: calls.append(root) or ["a docstring " * 20])
     first = capture.stdlib_docstrings()
     assert capture.stdlib_docstrings() == first == ["a docstring " * 20] and len(calls) == 1
     (cached,) = (tmp_path / "corpora").glob("stdlib-docstrings-*.json")

@@ -87,6 +87,7 @@ def test_a_pass_with_other_batches_is_refused() -> None:
 
 def _train(store: LocalStore, tmp_path, name: str, activation: str = "topk", **fields):
     sae = TopKSae(n_latents=64, n_inputs=16, k=4, seed=0, activation=activation)
+    fields = {"finish_tokens": 10**9, "encoder_refit": True, **fields}
     cfg = SaeTrainingConfig(batch_size=512, lr=4e-3, progress=False, **fields)
     history = SaeTrainer(sae).train(store=store, run_id="acts", layer_signature="layer",
                                     config=cfg, save_dir=tmp_path / name)

@@ -82,6 +82,8 @@ def _store(tmp_path, n: int = 6000, d: int = 16) -> LocalStore:
 
 def _train(store: LocalStore, tmp_path, name: str, **fields):
     sae = TopKSae(n_latents=64, n_inputs=16, k=4, seed=0)
+    # every token trained on, the plain fit: the mechanics (the budget: test_finish.py)
+    fields = {"finish_tokens": 10**9, "decoder_prior_tokens": 0, **fields}
     cfg = SaeTrainingConfig(batch_size=512, lr=4e-3, progress=False, **fields)
     history = SaeTrainer(sae).train(store=store, run_id="acts", layer_signature="layer",
                                     config=cfg, save_dir=tmp_path / name)
@@ -142,7 +144,8 @@ def test_a_stop_during_the_refit_passes_resumes_to_the_same_sae(synthetic_store,
     refit's (220) checkpoints the trained SAE, not a half-refit one."""
     from harness.core.training import LockstepMember, TrainingInterrupted
 
-    config = SaeTrainingConfig(epochs=3, batch_size=256, lr=3e-3, progress=False)
+    config = SaeTrainingConfig(epochs=3, batch_size=256, lr=3e-3, progress=False,
+                               finish_tokens=10**9, encoder_refit=True)
 
     def run(stop=None, checkpoint=None):
         sae = TopKSae(64, 16, 4, seed=3)

@@ -14,6 +14,7 @@ from harness import (
     TrainingDiverged,
     feature_recovery,
 )
+from harness.core.cpu_bf16 import cpu_has_bf16
 from harness.core.store import LocalStore
 from harness.core.training import SaveFailed
 from harness.core.training.optim import lr_factor
@@ -117,7 +118,8 @@ def test_run_dependent_defaults_resolve_per_device():
     cfg = SaeTrainingConfig()
     cpu = cfg.resolved_for(torch.device("cpu"), 512, 64, 100)
     cuda = cfg.resolved_for(torch.device("cuda"), 512, 64, 100)
-    assert (cpu.autocast_bf16, cpu.host_sync_every) == (False, 1)
+    # bf16 on a CPU only where it multiplies bf16 natively (harness.core.cpu_bf16)
+    assert (cpu.autocast_bf16, cpu.host_sync_every) == (cpu_has_bf16(), 1)
     assert (cuda.autocast_bf16, cuda.host_sync_every) == (True, 16)
     assert cpu.lr == cuda.lr == cfg.resolved_lr(512, 64, 100)
     kept = SaeTrainingConfig(autocast_bf16=False, host_sync_every=4, lr=1e-3).resolved_for(

@@ -2,7 +2,8 @@
 checks before it packs several trials on one GPU.
 
 The terms, in bytes (f = 4 for float32; a = 2 under bf16 autocast, else 4):
-- parameters, their gradients and Adam's two moments: 4 * (2 n d + n + d) * f;
+- parameters, their gradients, Adam's two moments and their moving average
+  (harness.core.training.weight_average): 5 * (2 n d + n + d) * f;
 - a training step: the pre-activations [B, n], top-k's workspace and AuxK's dead columns, each
   B n a (the dense reference backward adds two [B, n] float32 gradients);
 - an evaluation batch's float32 pre-activations, B n f, and the held-out tokens E d f;
@@ -58,7 +59,7 @@ def training_bytes(shape: TrainingShape, members: int = 1) -> int:
     another (so one step's temporaries), but each keeps its parameters and its refit sums."""
     d, n, k, b = shape.d, shape.n_latents, shape.k, shape.batch_size
     act = 2 if shape.autocast_bf16 else F32
-    params = 4 * (2 * n * d + n + d) * F32
+    params = 5 * (2 * n * d + n + d) * F32
     step = 3 * b * n * act + (0 if shape.sparse_backward else 2 * b * n * F32)
     evaluation = b * n * F32
     decoder_refit = (members * ((n + 1) ** 2 * (F32 + 8 + 8) + (n + 1) * d * (F32 + 8))
@@ -69,6 +70,6 @@ def training_bytes(shape: TrainingShape, members: int = 1) -> int:
     if shape.refit:
         refit = decoder_refit
         if shape.encoder_refit_tokens:
-            refit = max(decoder_refit, encoder_refit) + members * params // 4
+            refit = max(decoder_refit, encoder_refit) + members * params // 5
     data = (shape.prefetch_batches + 2) * b * d * F32 + shape.eval_tokens * d * F32
     return members * params + data + max(step, evaluation, refit)

@@ -80,3 +80,4 @@ def gather_preacts(values: torch.Tensor, indices: torch.Tensor, x: torch.Tensor,
     rows w_enc_t [n, d] and b_enc."""
     return _GatherPreacts.apply(values, indices, x, w_enc_t, b_enc)
 
+

@@ -12,27 +12,19 @@ Needs the `capture` extra (transformers; the MiniLM package for the default mode
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from harness.core.atomic import write_json
 from harness.core.store import LocalStore, StoreError, open_store
-from harness.data.cache import cache_dir
+from harness.data.corpora import PYDOC_CORPUS, corpus_texts
 from harness.data.models import find_module, load_model
-
-PYDOC_CORPUS = "pydoc"
-PYTHON_DOCS_CORPUS = "python-docs"
-DOCSTRINGS_CORPUS = "docstrings"
-CORPORA = (PYDOC_CORPUS, PYTHON_DOCS_CORPUS, DOCSTRINGS_CORPUS)
 
 
 class _StopForward(Exception):  # noqa: N818 - a control signal
@@ -54,8 +46,9 @@ class CaptureConfig:
     """Activation run name."""
     text: str = PYDOC_CORPUS
     """A .txt file, a folder of .txt files, "pydoc" (CPython's help texts, 128k MiniLM tokens),
-    "docstrings" (the standard library's docstrings) or "python-docs" (both, about 2M
-    tokens)."""
+    "docstrings" (the standard library's docstrings), "python-docs" (both, about 2M tokens) or
+    "package-docs" (those and every installed package's docstrings; what it holds depends on the
+    environment)."""
     max_tokens: int | None = None
     """Stop after this many kept tokens."""
     seq_len: int = 128
@@ -89,73 +82,6 @@ class CaptureResult:
     @property
     def tokens_per_s(self) -> float:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
-
-
-def corpus_texts(source: str) -> tuple[list[str], str]:
-    """(texts, description) from a .txt file, a folder of .txt files, or a corpus name
-    (CORPORA)."""
-    if source in CORPORA:
-        from pydoc_data.topics import topics
-
-        texts = [topics[k] for k in sorted(topics)]
-        if source == PYDOC_CORPUS:
-            return texts, "pydoc_data.topics of CPython (Python's help texts, English)"
-        docs = stdlib_docstrings()
-        if source == DOCSTRINGS_CORPUS:
-            return docs, f"{len(docs)} docstrings of CPython's standard library (English)"
-        return (texts + docs, f"pydoc_data.topics of CPython and {len(docs)} docstrings of its "
-                "standard library (English)")
-    path = Path(source)
-    if path.is_dir():
-        files = sorted(path.rglob("*.txt"))
-        if not files:
-            raise StoreError(f"{path}: no .txt files in this folder")
-        return [f.read_text(encoding="utf-8") for f in files], f"{len(files)} .txt files in {path}"
-    if path.is_file():
-        return [path.read_text(encoding="utf-8")], f"text file {path}"
-    raise StoreError(f"{source}: no such text file or folder (or use one of {list(CORPORA)})")
-
-
-def stdlib_docstrings() -> list[str]:
-    """Module, class and function docstrings of the standard library's .py files, in path
-    order. Read with `ast`, so nothing is imported; only docstrings of 200+ characters (short
-    ones are mostly signatures). Parsing the whole library takes seconds, so the list is kept in
-    the cache (harness.data.cache), keyed by the Python version and the library's folder."""
-    import sysconfig
-
-    root = Path(sysconfig.get_paths()["stdlib"])
-    key = hashlib.sha256(f"{sys.version}|{root}".encode()).hexdigest()[:16]
-    cached = cache_dir("corpora") / f"stdlib-docstrings-{key}.json"
-    try:
-        docs = json.loads(cached.read_text(encoding="utf-8"))
-        if isinstance(docs, list) and all(isinstance(d, str) for d in docs):
-            return docs
-    except (OSError, ValueError):
-        pass
-    docs = _parse_docstrings(root)
-    with contextlib.suppress(OSError):  # a cache that cannot be written is only slower
-        write_json(cached, docs)
-    return docs
-
-
-def _parse_docstrings(root: Path) -> list[str]:
-    import ast
-
-    docs = []
-    for path in sorted(root.rglob("*.py")):
-        if "site-packages" in path.parts or "test" in path.parts or "tests" in path.parts:
-            continue
-        try:
-            tree = ast.parse(path.read_bytes())
-        except (SyntaxError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
-                                 ast.AsyncFunctionDef)):
-                doc = ast.get_docstring(node)
-                if doc and len(doc) >= 200:
-                    docs.append(doc)
-    return docs
 
 
 def _sequences(tokenizer: Any, texts: list[str], seq_len: int,

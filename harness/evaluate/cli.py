@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from harness.core.store import StoreError
-from harness.data.capture import CORPORA
+from harness.data.corpora import CORPORA
 from harness.evaluate.downstream import DownstreamConfig, DownstreamEvaluator
 from harness.evaluate.saes import load_reconstructor
 

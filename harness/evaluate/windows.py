@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from harness.core.store import StoreError
-from harness.data.capture import corpus_texts
+from harness.data.corpora import corpus_texts
 
 _DOCS_PER_CALL = 256  # documents tokenised per tokenizer call (stop once there are enough)
 

@@ -52,6 +52,7 @@ TRIAL_COLUMNS = {
     "study": "study", "number": "trial", "expansion": "expansion", "k": "k",
     "n_latents": "latents", "lr": "lr", "final_r2": "R²", "final_fvu": "FVU", "final_l0": "L0",
     "final_dead_ratio": "dead ratio", "tokens_seen": "tokens", "wall_time_s": "wall s",
+    "finish_share": "finish share",
 }
 # shown when the study measured them (a space with evaluation.downstream)
 DOWNSTREAM_COLUMNS = {"delta_ce": "ΔCE", "ce_loss_score": "CE score", "kl": "KL",

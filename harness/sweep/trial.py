@@ -201,6 +201,7 @@ def _finish(p: _Prepared, result: MemberOutcome, loaded: LoadedSpace) -> TrialOu
         "dead_features": final.dead_features, "tokens_seen": final.tokens,
         "steps": final.step, "epochs_run": final.epoch + 1,
         "wall_time_s": time.perf_counter() - p.start, "train_time_s": history.wall_time_s,
+        "finish_s": history.finish_s, "finish_share": history.finish_share,
         "dead_window_tokens": history.dead_window_tokens,
         "n_train_tokens": history.n_train_tokens, "n_eval_tokens": history.n_eval_tokens,
         "planned_tokens": p.member.config.planned_tokens(history.n_train_tokens),

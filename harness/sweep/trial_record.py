@@ -37,7 +37,7 @@ def metric_columns() -> list[str]:
 # measurements that are not metrics of the table: counts and timings of the run
 RUN_COLUMNS = ("dead_features", "tokens_seen", "planned_tokens", "steps", "epochs_run",
                "n_train_tokens", "n_eval_tokens", "dead_window_tokens", "wall_time_s",
-               "train_time_s", "downstream_s", "downstream_tokens")
+               "train_time_s", "finish_s", "finish_share", "downstream_s", "downstream_tokens")
 
 
 @dataclass

@@ -20,10 +20,11 @@ from harness.core.training.results import HISTORY_FIELDS
 if TYPE_CHECKING:
     from harness.core.training.run import MemberRun
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 """The layout this version writes and reads (2: an SAE keeps only its activation's own state,
-so a TopK SAE has no threshold buffer)."""
-_KEYS = frozenset({"format", "step", "epoch", "next_index", "sae", "optimizer", "scheduler",
+so a TopK SAE has no threshold buffer; 3: the weights' moving average)."""
+_KEYS = frozenset({"format", "step", "epoch", "next_index", "sae", "average", "optimizer",
+                   "scheduler",
                    "dead_tokens", "dead_last_fired", "history", "elapsed_s", "rng",
                    *LossMonitor.STATE_KEYS})
 
@@ -36,6 +37,7 @@ def write_checkpoint(run: MemberRun, epoch: int, next_index: int) -> int:
         "format": CHECKPOINT_FORMAT, "step": run.step_count, "epoch": epoch,
         "next_index": next_index,
         "sae": run.sae.state_dict(), "optimizer": run.opt.state_dict(),
+        "average": run.average.tensors if run.average is not None else None,
         "scheduler": run.sched.state_dict(), "dead_tokens": run.dead.tokens,
         "dead_last_fired": run.dead.last_fired, **run.losses.state(),
         "history": {name: list(getattr(run.history, name)) for name in HISTORY_FIELDS},
@@ -61,6 +63,9 @@ def read_checkpoint(run: MemberRun, path: Path) -> None:
         raise ValueError(f"{path}: the checkpoint's history has no {missing} (written by "
                          f"another saesweep version): {redo}")
     run.sae.load_state_dict(state["sae"])
+    if run.average is not None and state["average"] is not None:
+        for mine, saved in zip(run.average.tensors, state["average"], strict=True):
+            mine.copy_(saved)
     run.opt.load_state_dict(state["optimizer"])
     run.sched.load_state_dict(state["scheduler"])
     run.step_count, run.epoch = int(state["step"]), int(state["epoch"])

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from harness.core.cpu_bf16 import cpu_has_bf16
 from harness.core.loader import ActivationLoader, LoaderConfig
 from harness.core.recipes import default_lr
 from harness.core.store import FLOAT_DTYPES as STORE_DTYPES
@@ -101,6 +102,10 @@ class OptimiserOptions:
     """Adam's betas."""
     adam_eps: float = 6.25e-10
     """Adam's epsilon (the paper's value)."""
+    weight_average_fraction: float = 0.08
+    """The SAE ends with an exponential moving average of its weights over about this share of
+    the planned steps (beta = 1 - 1 / (share x steps); Polyak averaging: Adam's last iterate is
+    noisy, docs/training.md); 0, or a window under 2 steps, keeps the last step's weights."""
 
     def __post_init__(self) -> None:
         self.adam_betas = tuple(self.adam_betas)  # type: ignore[assignment]  # YAML gives lists
@@ -112,6 +117,8 @@ class OptimiserOptions:
             check(value is None or value >= 0, name, ">= 0", value)
         check(self.lr_decay_fraction <= 1, "lr_decay_fraction", "in [0, 1]",
                self.lr_decay_fraction)
+        check(0 <= self.weight_average_fraction <= 1, "weight_average_fraction", "in [0, 1]",
+              self.weight_average_fraction)
 
 
 @dataclass
@@ -142,14 +149,25 @@ class FinishOptions:
 
     decoder_refit: bool = True
     """After the last step, replace the decoder rows and output bias by their least-squares fit
-    to the training tokens' codes (one more forward pass over the tokens trained on, each once;
-    harness.core.refit); False = the decoder as Adam left it."""
-    encoder_refit: bool = True
+    to the codes of a sample of the tokens trained on, pulled towards Adam's rows
+    (`decoder_prior_tokens`; harness.core.refit); False = the decoder as Adam left it."""
+    finish_budget: float = 0.12
+    """The finish's cost as a share of the training loop's, by the cost model of
+    harness.core.training.finish (a pass over a batch and the solve, counted in training steps):
+    it sets how many tokens the finish reads; where the solve alone does not fit, there is no
+    finish."""
+    finish_tokens: int | None = None
+    """Tokens the finish reads (whole batches, the first of the first epoch, at most those trained
+    on); None = as many as `finish_budget` allows."""
+    decoder_prior_tokens: int = 16384
+    """Adam's decoder counts as this many tokens of evidence in the refit: a ridge towards each
+    trained row, weighted by the latent's activations; 0 = the plain least-squares fit."""
+    encoder_refit: bool = False
     """After the decoder refit, one least-squares (Gauss-Newton) step for the encoder rows towards
-    the codes that decoder wants, then the decoder refit again (harness.core.encoder_refit; 6
-    more passes over at most `encoder_refit_max_tokens` of the refit's tokens; for activations
-    that support it, and only when the decoder refit runs); False = stop after the decoder
-    refit."""
+    the codes that decoder wants, then the decoder refit again (harness.core.encoder_refit: 6
+    more passes over at most `encoder_refit_max_tokens` of the finish's tokens, so the budget
+    then buys fewer tokens; for activations that support it, and only with the decoder
+    refit)."""
     encoder_refit_max_tokens: int = field(default=1 << 20, metadata=_SHARED)
     """Tokens the encoder refit fits on (the first of the decoder refit's); each keeps its k
     latent indices on the device (int32) between the passes."""
@@ -160,6 +178,9 @@ class FinishOptions:
     def __post_init__(self) -> None:
         check_types(self)
         positive(self, "encoder_refit_max_tokens", "decoder_refit_max_latents")
+        positive(self, "finish_tokens", optional=True)
+        for name in ("finish_budget", "decoder_prior_tokens"):
+            check(getattr(self, name) >= 0, name, ">= 0", getattr(self, name))
 
 
 @dataclass
@@ -179,8 +200,9 @@ class RuntimeOptions:
     """Backward through the chosen latents only (B*k*d work, not B*n*d); False = the dense
     autograd reference."""
     autocast_bf16: bool | None = None
-    """Run the forward pass under bf16 autocast with fp32 master weights; None = on CUDA (as
-    sparsify and SAELens train), off on CPU (where bf16 matmuls are slower)."""
+    """Run the forward pass (and the finish's encoder products) under bf16 autocast with fp32
+    master weights; None = on CUDA (as sparsify and SAELens train) and on a CPU with native bf16
+    products (harness.core.cpu_bf16), off on other CPUs, where bf16 is emulated and slower."""
     host_sync_every: int | None = None
     """Steps between the trainer's reads of device state: the divergence check and the dead
     latents AuxK trains (a divergence is caught at most this many steps late, a latent joins
@@ -366,5 +388,6 @@ class SaeTrainingConfig:
             lr=self.resolved_lr(n_latents, d, steps),
             lr_warmup_steps=(self.lr_warmup_steps if self.lr_warmup_steps is not None
                              else round(DEFAULT_WARMUP_FRACTION * steps)),
-            autocast_bf16=cuda if self.autocast_bf16 is None else self.autocast_bf16,
+            autocast_bf16=((cuda or (device.type == "cpu" and cpu_has_bf16()))
+                           if self.autocast_bf16 is None else self.autocast_bf16),
             host_sync_every=self.host_sync_every or (CUDA_HOST_SYNC_EVERY if cuda else 1))

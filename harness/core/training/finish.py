@@ -1,30 +1,68 @@
-"""The least-squares finish after the last step: the decoder refit (harness.core.refit), then,
-where the activation allows it, one encoder step (harness.core.encoder_refit) and the decoder
-refit again. Lockstep runs share each pass over the tokens."""
+"""The least-squares finish after the last step, at a bounded cost: the decoder refit
+(harness.core.refit) on a sample of the tokens trained on, sized by `finish_budget`; then, where
+asked for and the activation allows it, one encoder step (harness.core.encoder_refit) and the
+decoder refit again. Lockstep runs share each pass over the tokens.
+
+The budget is counted in training steps of the run, with a cost model measured on CPU
+(scripts/bench_finish.py, docs/training.md): a pass over one batch costs DECODER_PASS_STEPS steps
+(the dense encoder product, as in a step, plus the sums), the encoder refit ENCODER_PASS_STEPS
+more per batch, and the solve of the [n+1, n+1] system its float64 flops over a step's."""
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
 
-from harness.core.encoder_refit import EncoderRefit, solve_encoder_refits
+from harness.core.encoder_refit import ITERATIONS, EncoderRefit, solve_encoder_refits
 from harness.core.loader import ActivationLoader
 from harness.core.refit import DecoderRefit
 from harness.core.training.results import TrainingInterrupted, short_error
 
 if TYPE_CHECKING:
+    from harness.core.training.config import SaeTrainingConfig
     from harness.core.training.run import MemberRun
+
+DECODER_PASS_STEPS = 1.2
+"""A decoder-refit pass over one batch, in training steps of that batch (1.13-1.15 measured on
+MiniLM, n = 3072, with and without bf16: docs/training.md)."""
+ENCODER_PASS_STEPS = 2.0 + 0.55 * ITERATIONS + DECODER_PASS_STEPS
+"""The encoder refit's passes over one batch (targets, each CG product, the decoder again)."""
+
+
+def solve_steps(n_latents: int, d: int, batch_size: int, bf16: bool) -> float:
+    """The decoder solve in training steps: a Cholesky factor and a solve for d columns
+    (n^3/3 + 2 n^2 d multiply-adds) over a step's dense product (B n d). LAPACK's float64 solve
+    runs at about the rate of a float32 step on CPU, at half that of a bf16 step (0.35-0.40 s
+    against 0.09 s and 0.054 s a step at n = 3072, d = 384, B = 4096: docs/training.md)."""
+    return (n_latents**2 / 3 + 2 * n_latents * d) / (batch_size * d) * (2 if bf16 else 1)
+
+
+def finish_batches(cfg: SaeTrainingConfig, n_latents: int, d: int, planned_steps: int,
+                   trained_batches: int, encoder: bool) -> int:
+    """Batches the finish reads: `finish_tokens`, or what `finish_budget` of `planned_steps`
+    pays for once the solves are paid; at most the batches trained on; 0 = no finish."""
+    if cfg.finish_tokens is not None:
+        return min(trained_batches, math.ceil(cfg.finish_tokens / cfg.batch_size))
+    solves = (solve_steps(n_latents, d, cfg.batch_size, bool(cfg.autocast_bf16))
+              * (2 if encoder else 1))
+    per_batch = DECODER_PASS_STEPS + (ENCODER_PASS_STEPS if encoder else 0.0)
+    spare = cfg.finish_budget * planned_steps - solves
+    return max(0, min(trained_batches, math.floor(spare / per_batch)))
 
 
 def refit(loader: ActivationLoader, runs: list[MemberRun], total: int,
           stop: Callable[[], str | None] | None) -> None:
-    """The finish over the tokens trained on (the first `total` batches of epoch 0: the
-    budget's tokens, or every training token once). An interrupt checkpoints each run's trained
-    state: the finish is redone on resume."""
+    """The finish of `runs` after `total` steps: each reads the first batches of epoch 0 that its
+    budget pays for. An interrupt checkpoints each run's trained state: the finish is redone on
+    resume."""
+    trained_batches = min(total, loader.batches_per_epoch)
+    limits = {id(run): finish_batches(run.cfg, run.sae.n_latents, run.sae.n_inputs, total,
+                                      trained_batches, run.encoder_refits) for run in runs}
+    runs = [run for run in runs if limits[id(run)] > 0]
     if not runs:
         return
     trained = {id(run): {k: v.clone() for k, v in run.sae.state_dict().items()}
@@ -44,12 +82,13 @@ def refit(loader: ActivationLoader, runs: list[MemberRun], total: int,
             if index + 1 >= limit:
                 break
 
-    steps = min(total, loader.batches_per_epoch)
-    _refit_decoders(runs, batches(steps))
+    _refit_decoders(runs, limits, batches)
     runs = [run for run in runs if run.encoder_refits and run.history.decoder_refit_tokens]
     if not runs:
         return
-    cap = min(steps, math.ceil(runs[0].cfg.encoder_refit_max_tokens / loader.config.batch_size))
+    batch_size = loader.config.batch_size
+    cap = min(max(limits[id(run)] for run in runs),
+              math.ceil(runs[0].cfg.encoder_refit_max_tokens / batch_size))
     refits = [EncoderRefit(run.sae) for run in runs]
     try:
         solve_encoder_refits(refits, lambda: batches(cap))
@@ -62,18 +101,24 @@ def refit(loader: ActivationLoader, runs: list[MemberRun], total: int,
         except FloatingPointError as e:
             warnings.warn(f"{run.training_run_id}: encoder refit skipped ({short_error(e)}); "
                           "the encoder stays as trained", RuntimeWarning, stacklevel=2)
-    _refit_decoders([run for run in runs if run.history.encoder_refit_tokens], batches(steps))
+    _refit_decoders([run for run in runs if run.history.encoder_refit_tokens], limits, batches)
 
 
-def _refit_decoders(runs: list[MemberRun], batches: Iterable[torch.Tensor]) -> None:
-    """One pass over `batches` that refits each run's decoder."""
+def _refit_decoders(runs: list[MemberRun], limits: dict[int, int],
+                    batches: Callable[[int], Iterator[torch.Tensor]]) -> None:
+    """One pass that refits each run's decoder on its first `limits[id(run)]` batches."""
+    if not runs:
+        return
     refits = [DecoderRefit(run.sae.n_latents, run.sae.n_inputs, run.device) for run in runs]
-    for x in batches:
+    for index, x in enumerate(batches(max(limits[id(run)] for run in runs))):
         for run, decoder in zip(runs, refits, strict=True):
-            decoder.observe(run.sae, x)
+            if index < limits[id(run)]:
+                # the latents chosen by the step's product (bf16 where it trains in bf16)
+                decoder.observe(run.sae, x, bf16=bool(run.cfg.autocast_bf16))
     for run, decoder in zip(runs, refits, strict=True):
         try:
-            run.history.decoder_refit_tokens = decoder.apply_(run.sae)
+            run.history.decoder_refit_tokens = decoder.apply_(run.sae,
+                                                              run.cfg.decoder_prior_tokens)
         except (FloatingPointError, RuntimeError) as e:  # e.g. out of memory: keep Adam's
             warnings.warn(f"{run.training_run_id}: decoder refit skipped ({short_error(e)}); the "
                           "decoder stays as trained", RuntimeWarning, stacklevel=2)

@@ -4,6 +4,7 @@ evaluated on its own schedule, and the finish follows the last step."""
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 
 from tqdm.auto import tqdm
@@ -26,6 +27,7 @@ def drive(loader: ActivationLoader, runs: list[MemberRun], cfg: SaeTrainingConfi
     first_epoch = min(run.position[0] for run in runs)  # whole epochs every run is past
     done = first_epoch * loader.batches_per_epoch
     bar.update(done)
+    start = time.perf_counter()
     try:
         for epoch in range(first_epoch, cfg.epochs):
             for index, x in enumerate(loader.train_batches(epoch)):
@@ -52,7 +54,12 @@ def drive(loader: ActivationLoader, runs: list[MemberRun], cfg: SaeTrainingConfi
                 for run in list(active):  # a run that diverged since its last read stops here
                     if not run.guarded(run.losses.check):
                         active.remove(run)
+                finish_start = time.perf_counter()
                 refit(loader, [run for run in active if run.refits], total, stop)
+                for run in active:
+                    run.history.train_loop_s = finish_start - start
+                    if run.refits:
+                        run.history.finish_s = time.perf_counter() - finish_start
             for run in list(active):
                 if epoch < run.position[0]:
                     continue  # a resumed run already ended this epoch

@@ -52,6 +52,8 @@ def save_run(out_dir: Path, sae: TopKSae, cfg: SaeTrainingConfig, history: Train
         "n_train_tokens": history.n_train_tokens,
         "n_eval_tokens": history.n_eval_tokens,
         "wall_time_s": history.wall_time_s,
+        "finish_s": history.finish_s,
+        "finish_share": history.finish_share,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {"torch": torch.__version__, "safetensors": safetensors.__version__,
                      "python": platform.python_version(), "saesweep": saesweep_version()},

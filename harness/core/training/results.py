@@ -114,6 +114,11 @@ class TrainingHistory(Mapping[str, Any]):
     """Held-out tokens evaluated on."""
     wall_time_s: float = 0.0
     """Total training wall time."""
+    train_loop_s: float = 0.0
+    """Wall time of the steps and evaluations before the finish (this invocation's, when resumed;
+    a lockstep pack's shared loop)."""
+    finish_s: float = 0.0
+    """Wall time of the least-squares finish (a lockstep pack's shared passes); 0 without one."""
     run_dir: str | None = None
     """Folder the SAE, config and history were saved in."""
     resumed_from_step: int | None = None
@@ -147,6 +152,11 @@ class TrainingHistory(Mapping[str, Any]):
     def n_evals(self) -> int:
         """Evaluations recorded."""
         return len(self.step)
+
+    @property
+    def finish_share(self) -> float:
+        """The finish's time over the training loop's (0 without a finish)."""
+        return self.finish_s / self.train_loop_s if self.train_loop_s > 0 else 0.0
 
     @property
     def final(self) -> EvalResult | None:

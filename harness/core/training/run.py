@@ -26,6 +26,7 @@ from harness.core.training.results import (
     TrainingHistory,
 )
 from harness.core.training.wandb_callback import WandbCallback
+from harness.core.training.weight_average import WeightAverage
 
 if TYPE_CHECKING:
     from harness.core.training.trainer import LockstepMember
@@ -67,6 +68,8 @@ class MemberRun:
         self.encoder_refits = (self.refits and cfg.encoder_refit
                                and sae.activation_fn.supports_encoder_refit)
         """Whether its encoder gets a least-squares step after the decoder refit."""
+        self.average = WeightAverage.for_run(sae, cfg.weight_average_fraction, total_steps)
+        """The moving average of the weights the run ends with, or None."""
         self.step_count = 0
         self.epoch = 0
         self.losses = LossMonitor(cfg.divergence_factor, device)
@@ -128,6 +131,10 @@ class MemberRun:
         sae.normalize_decoder_()
         self.dead.update(out.top_indices, out.top_values)
         self.step_count += 1
+        if self.average is not None:
+            self.average.update(sae)
+            if self.step_count >= self.total_steps:  # the last step: end with the average
+                self.average.apply_(sae)
         refit_next = self.refits and self.step_count >= self.total_steps
         if cfg.eval_every and self.step_count % cfg.eval_every == 0 and not refit_next:
             self.evaluate()  # (the last step's evaluation comes after the refit)

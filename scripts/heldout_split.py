@@ -1,0 +1,42 @@
+"""The benchmarks' split of an activation run: its last tokens held out, the rest copied into a
+temporary store that the trainers read (scripts/bench_quality.py, scripts/bench_finish.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from harness.core.store import LocalStore
+
+
+class Split(NamedTuple):
+    """Training tokens in a store of their own, and the held-out tokens in memory."""
+
+    store: Path
+    """The temporary store; its run is "train"."""
+    heldout: torch.Tensor
+    """[heldout, d] float32."""
+    n_train: int
+    """Tokens in the training run."""
+    d: int
+    """Activation width."""
+
+
+def split_run(store: str, run_id: str, layer: str, heldout: int, into: Path,
+              use_tokens: int | None = None) -> Split:
+    """The first `use_tokens` tokens of the run (all by default): the last `heldout` of them held
+    out, the others written to `into` as run "train"."""
+    source = LocalStore(store).open(run_id, layer)
+    parts, have = [], 0
+    for i in range(len(source.shards)):
+        parts.append(source.read_shard(i))
+        have += parts[-1].shape[0]
+        if use_tokens is not None and have >= use_tokens:
+            break
+    x = torch.cat(parts)[:use_tokens]
+    if x.shape[0] <= heldout:
+        raise SystemExit(f"{store}: {x.shape[0]} tokens, not more than --heldout {heldout}")
+    LocalStore(into).put_activations("train", layer, x[:-heldout])
+    return Split(into, x[-heldout:].float(), x.shape[0] - heldout, x.shape[1])
