@@ -6,9 +6,11 @@ trial history) and the share of the full finish's FVU gain each keeps.
         --layer encoder.layer.3 --tokens 50000,200000,1000000
 
 Recipes are bench_quality.py's (`NAME:key=value,...`). The defaults: `default` (the shipped
-finish), `none` (no finish), `full` (the finish before its budget: every token trained on, the
-plain least-squares decoder, the encoder refit), and `dec all` (every token, the decoder only).
-"Gain kept" is (none - recipe) / (none - full) in held-out FVU. Data split as in
+recipe: the weights' moving average, then the budgeted finish), `none` (the last step's weights,
+no finish), `full` (the finish before its budget: every token trained on, the plain
+least-squares decoder, the encoder refit; no average), `average only` (no finish), and `dec all`
+(the average, then the decoder refit with its prior on every token). "Gain kept" is
+(none - recipe) / (none - full) in held-out FVU. Data split as in
 bench_quality.py: the run's last --heldout tokens are held out.
 """
 
@@ -28,9 +30,10 @@ from heldout_split import split_run
 
 from harness.core.training import SaeTrainingConfig
 
-RECIPES = ["default", "none:decoder_refit=False",
-           "full:finish_tokens=1000000000,decoder_prior_tokens=0,encoder_refit=True",
-           "dec all:finish_tokens=1000000000,decoder_prior_tokens=0"]
+RECIPES = ["default", "none:decoder_refit=False,weight_average_fraction=0.0",
+           "full:finish_tokens=1000000000,decoder_prior_tokens=0,encoder_refit=True,"
+           "weight_average_fraction=0.0",
+           "average only:decoder_refit=False", "dec all:finish_tokens=1000000000"]
 
 
 def table(rows: list[tuple[int, Score]]) -> str:

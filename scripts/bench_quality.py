@@ -19,9 +19,9 @@ its trainer does. Every SAE is saved, loaded back from disk, and scored by one f
 held-out FVU = sum (X - X_hat)^2 / sum (X - mu)^2 over the whole held-out set, in float64
 (docs/metrics.md), with its held-out L0.
 
-With --equal-time, each learning rate trains ours first, then sparsify twice: for as many
-steps as ours' wall time allows, then as ours' process CPU time allows (the steadier clock on a
-shared machine; same threads), and the table puts FVU at equal time side by side.
+With --equal-time, each learning rate trains ours first, then sparsify three times: for as many
+steps as ours' wall time allows, as ours' process CPU time allows (the steadier clock on a
+shared machine; same threads), and for ours' tokens; the table puts them side by side.
 
 A recipe is `default` (the shipped defaults, the bounded finish included), `legacy` (the recipe
 before the quality work: harness.core.recipes), or `NAME:key=value,...` with SaeTrainingConfig
@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+from equal_time import equal_time_table
 from heldout_split import split_run
 from sparsify_step import sparsify_trainer
 
@@ -261,38 +262,6 @@ def table(scores: list[Score], lrs: list[str], metric: str = "fvu") -> str:
     return "\n".join(lines)
 
 
-def equal_time_table(scores: list[Score], lrs: list[str], metric: str = "fvu") -> str:
-    """Per learning rate: ours, then sparsify given ours' wall time and ours' CPU time; the last
-    rows put each best (lowest FVU) over sparsify's best under each clock."""
-    ours = {s.column: s for s in scores if s.trainer != "sparsify"}
-    theirs = {(s.column, s.matched): s for s in scores if s.trainer == "sparsify"}
-    lines = [f"{metric} at equal time:", "",
-             "| lr | ours | tokens | wall s | CPU s | sparsify, equal wall | tokens | "
-             "sparsify, equal CPU | tokens |", "|---" * 9 + "|"]
-
-    def cell(s: Score | None) -> list[str]:
-        return [f"{getattr(s, metric):.4f}", f"{s.tokens:,}"] if s else ["", ""]
-
-    for lr in lrs:
-        mine = ours.get(lr)
-        if mine is None:
-            continue
-        lines.append("| " + " | ".join([lr, *cell(mine), f"{mine.seconds:.1f}",
-                                        f"{mine.cpu_seconds:.1f}", *cell(theirs.get((lr, "wall"))),
-                                        *cell(theirs.get((lr, "cpu")))]) + " |")
-    if ours:
-        best = min(ours.values(), key=lambda s: s.fvu)
-        for clock in ("wall", "cpu"):
-            pool = [s for (_, c), s in theirs.items() if c == clock]
-            if pool:
-                ref = min(pool, key=lambda s: s.fvu)
-                lines.append(f"\nbest ours / best sparsify at equal {clock} time: "
-                             f"{getattr(best, metric) / getattr(ref, metric):.3f} "
-                             f"({getattr(best, metric):.4f} at lr {best.column} against "
-                             f"{getattr(ref, metric):.4f} at lr {ref.column})")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -314,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
                         "and legacy)")
     p.add_argument("--no-sparsify", action="store_true", help="train ours only")
     p.add_argument("--equal-time", action="store_true",
-                   help="at each learning rate train ours (one recipe), then sparsify twice: for "
-                   "ours' wall time and for ours' process CPU time; table FVU at equal time")
+                   help="at each learning rate train ours (one recipe), then sparsify for ours' "
+                   "wall time, for ours' process CPU time and for ours' tokens; table them")
     p.add_argument("--json", help="also write every score to this JSON file")
     defaults = DownstreamConfig(model="", layer="")
     p.add_argument("--model", help="the causal LM the store was captured from (e.g. smollm2): "
@@ -373,10 +342,13 @@ def main(argv: list[str] | None = None) -> int:
                                   heldout, tmp, evaluator)
                 scores.append(ours)
                 print(json.dumps(asdict(ours)), flush=True)
-                for clock, budget in (("wall", ours.seconds), ("cpu", ours.cpu_seconds)):
+                for clock, budget in (("wall", ours.seconds), ("cpu", ours.cpu_seconds),
+                                      ("tokens", 0.0)):
                     if with_sparsify:
-                        scores.append(train_sparsify(loader, base, d, args, lr, heldout, tmp,
-                                                     evaluator, match=(clock, budget)))
+                        match = (clock, budget) if clock != "tokens" else None
+                        scores.append(replace(train_sparsify(loader, base, d, args, lr, heldout,
+                                                             tmp, evaluator, match),
+                                              matched=clock))
                         print(json.dumps(asdict(scores[-1])), flush=True)
                 continue
             if with_sparsify:
