@@ -20,8 +20,8 @@ from harness.core.training.finish import (
 def test_the_budget_buys_a_share_of_the_batches_once_the_solve_is_paid() -> None:
     cfg = SaeTrainingConfig(batch_size=4096, finish_budget=0.1, autocast_bf16=False)
     solve = solve_steps(3072, 384, 4096, bf16=False)
-    assert 3 < solve < 4  # a float64 Cholesky of 3073^2 against a 4096 x 3072 x 384 product
-    assert solve_steps(3072, 384, 4096, bf16=True) == 2 * solve  # a bf16 step is faster
+    assert 1.5 < solve < 2  # a Cholesky of 3073^2 against a 4096 x 3072 x 384 product
+    assert solve_steps(3072, 384, 4096, bf16=True) == 1.7 * solve  # a bf16 step is faster
     # 50k tokens (13 steps): 1.3 steps of budget do not pay for the solve: no finish
     assert finish_batches(cfg, 3072, 384, 13, 13, encoder=False) == 0
     # 1M tokens (245 steps): (24.5 - solve) / DECODER_PASS_STEPS batches

@@ -65,28 +65,35 @@ class DecoderRefit:
     @torch.no_grad()
     def solve(self, prior: torch.Tensor | None = None,
               prior_tokens: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(decoder rows [n, d], output bias [d], which latents fired [n]), in float64; with
-        `prior` ([n, d], the trained rows), each row is pulled towards its prior row with the
-        weight of `prior_tokens` tokens."""
+        """(decoder rows [n, d], output bias [d], which latents fired [n]); with `prior` ([n, d],
+        the trained rows), each row is pulled towards its prior row with the weight of
+        `prior_tokens` tokens. Solved in float32 on the Jacobi-scaled system (the ridge and the
+        prior bound its condition number), in float64 where that factorisation fails."""
         n = self.n
-        upper = self.gram.view(n + 1, n + 1).double()
+        upper = self.gram.view(n + 1, n + 1)
         gram = upper + upper.T
         gram.diagonal().sub_(upper.diagonal())
         diag = gram.diagonal().clone()
-        cross = self.cross.double()
+        cross = self.cross
         ridge = RIDGE * diag + 1e-6  # never-firing latents: a tiny ridge alone
         if prior is not None and prior_tokens > 0 and self.tokens > 0:
             pull = diag * (prior_tokens / self.tokens)
             pull[n] = 0.0  # the output bias has no prior
             ridge = ridge + pull
             cross = cross.clone()
-            cross[:n] += pull[:n, None] * prior.double()
+            cross[:n] += pull[:n, None] * prior.float()
         gram.diagonal().add_(ridge)
-        chol, info = torch.linalg.cholesky_ex(gram)
+        scale = gram.diagonal().rsqrt()
+        scaled = gram.mul_(scale[:, None]).mul_(scale[None, :])
+        chol, info = torch.linalg.cholesky_ex(scaled)
         if int(info) == 0:
-            solution = torch.cholesky_solve(cross, chol)
-        else:  # float32 sums that came out indefinite: the general solver
-            solution = torch.linalg.lstsq(gram, cross).solution
+            solution = torch.cholesky_solve(cross * scale[:, None], chol) * scale[:, None]
+        else:  # float32 rounding made it indefinite: float64, then the general solver
+            scaled = scaled.double()
+            chol, info = torch.linalg.cholesky_ex(scaled)
+            rhs = (cross * scale[:, None]).double()
+            solution = (torch.cholesky_solve(rhs, chol) if int(info) == 0
+                        else torch.linalg.lstsq(scaled, rhs).solution) * scale[:, None].double()
         return solution[:n], solution[n], diag[:n] > 0
 
     @torch.no_grad()

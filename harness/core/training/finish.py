@@ -35,10 +35,10 @@ ENCODER_PASS_STEPS = 2.0 + 0.55 * ITERATIONS + DECODER_PASS_STEPS
 
 def solve_steps(n_latents: int, d: int, batch_size: int, bf16: bool) -> float:
     """The decoder solve in training steps: a Cholesky factor and a solve for d columns
-    (n^3/3 + 2 n^2 d multiply-adds) over a step's dense product (B n d). LAPACK's float64 solve
-    runs at about the rate of a float32 step on CPU, at half that of a bf16 step (0.35-0.40 s
+    (n^3/3 + 2 n^2 d multiply-adds) over a step's dense product (B n d). The float32 solve
+    takes half a float32 step's time per multiply-add on CPU and 0.85 of a bf16 step's (0.155 s
     against 0.09 s and 0.054 s a step at n = 3072, d = 384, B = 4096: docs/training.md)."""
-    return (n_latents**2 / 3 + 2 * n_latents * d) / (batch_size * d) * (2 if bf16 else 1)
+    return (n_latents**2 / 3 + 2 * n_latents * d) / (batch_size * d) * (0.85 if bf16 else 0.5)
 
 
 def finish_batches(cfg: SaeTrainingConfig, n_latents: int, d: int, planned_steps: int,
