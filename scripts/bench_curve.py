@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-finish-runs", action="store_true",
                    help="skip ours without the finish (half of ours' time)")
     p.add_argument("--json", help="also write every point to this JSON file")
+    p.add_argument("--merge", help="add the sparsify points of an earlier run's --json (with "
+                   "--sparsify-lrs '': sparsify's step does not change with ours' code)")
     p.add_argument("--plot", help="write FVU against wall time and tokens to this PNG")
     args = p.parse_args(argv)
     budgets = sorted(int(float(t)) for t in args.tokens.split(","))
@@ -136,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
               f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
         for lr in (float(v) for v in args.sparsify_lrs.split(",") if v):
             points += sparsify_curve(split, args.layer, budgets, lr, args)
+        if args.merge:
+            points += [Point(**pt) for pt in json.loads(Path(args.merge).read_text())
+                       if pt["trainer"].startswith("sparsify")]
         recipes = [("ours", "default")] + ([] if args.no_finish_runs else
                                            [("ours without finish", "x:decoder_refit=False")])
         for tokens in budgets:

@@ -85,3 +85,35 @@ def test_the_history_times_the_finish_against_the_loop(synthetic_store) -> None:
     cfg = SaeTrainingConfig(batch_size=256, autocast_bf16=cpu_has_bf16())  # as resolved
     want = finish_batches(cfg, 64, 16, steps, steps // 2, encoder=False) * 256
     assert 0 < budgeted.decoder_refit_tokens == want < full.decoder_refit_tokens
+
+
+def test_the_kept_batches_give_the_sae_a_second_read_gives(synthetic_store, monkeypatch) -> None:
+    """The loop keeps epoch 0's first batches for the finish (a streamed store would fill its
+    shuffle buffer again); the finish on them equals the finish on a fresh read."""
+    from harness.core.training import finish
+
+    def train():
+        cfg = SaeTrainingConfig(epochs=2, batch_size=256, progress=False, finish_tokens=1024,
+                                in_memory_bytes=1, shuffle_buffer_tokens=2048)  # streamed
+        sae = TopKSae(64, 16, 4, seed=0)
+        history = SaeTrainer(sae).train(store=synthetic_store, run_id="syn",
+                                        layer_signature="synthetic", config=cfg, save_dir=None)
+        return sae, history
+
+    reads = []
+    real = finish.ActivationLoader.train_batches
+
+    def counted(self, epoch):
+        reads.append(epoch)
+        return real(self, epoch)
+
+    monkeypatch.setattr(finish.ActivationLoader, "train_batches", counted)
+    kept, h_kept = train()
+    kept_reads = reads.count(0)
+    assert h_kept.decoder_refit_tokens == 1024
+    monkeypatch.setattr(finish, "STASH_BYTES", 0)
+    reads.clear()
+    fresh, h_fresh = train()
+    assert reads.count(0) == kept_reads + 1  # without the kept batches the finish reads again
+    torch.testing.assert_close(kept.W_dec, fresh.W_dec)
+    assert h_kept["fvu"][-1] == h_fresh["fvu"][-1]

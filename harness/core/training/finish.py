@@ -54,22 +54,43 @@ def finish_batches(cfg: SaeTrainingConfig, n_latents: int, d: int, planned_steps
     return max(0, min(trained_batches, math.floor(spare / per_batch)))
 
 
-def refit(loader: ActivationLoader, runs: list[MemberRun], total: int,
-          stop: Callable[[], str | None] | None) -> None:
-    """The finish of `runs` after `total` steps: each reads the first batches of epoch 0 that its
-    budget pays for. An interrupt checkpoints each run's trained state: the finish is redone on
-    resume."""
+STASH_BYTES = 256 << 20
+"""The finish's batches are kept from the first epoch when they take at most this much: a
+streamed store would otherwise fill its shuffle buffer (2^20 tokens by default) again for them."""
+
+
+def finish_limits(loader: ActivationLoader, runs: list[MemberRun], total: int) -> dict[int, int]:
+    """id(run) -> the batches of epoch 0 its finish reads (0: none)."""
     trained_batches = min(total, loader.batches_per_epoch)
-    limits = {id(run): finish_batches(run.cfg, run.sae.n_latents, run.sae.n_inputs, total,
-                                      trained_batches, run.encoder_refits) for run in runs}
+    return {id(run): finish_batches(run.cfg, run.sae.n_latents, run.sae.n_inputs, total,
+                                    trained_batches, run.encoder_refits) if run.refits else 0
+            for run in runs}
+
+
+def stash_size(loader: ActivationLoader, runs: list[MemberRun], total: int) -> int:
+    """How many of epoch 0's first batches the loop keeps for the finish (0: it re-reads)."""
+    batches = max(finish_limits(loader, runs, total).values(), default=0)
+    size = batches * loader.config.batch_size * runs[0].sae.n_inputs * 4 if runs else 0
+    return batches if size <= STASH_BYTES else 0
+
+
+def refit(loader: ActivationLoader, runs: list[MemberRun], total: int,
+          stop: Callable[[], str | None] | None,
+          stash: list[torch.Tensor] | None = None) -> None:
+    """The finish of `runs` after `total` steps: each reads the first batches of epoch 0 that its
+    budget pays for (from `stash`, the loop's copies of them, when it holds them all). An
+    interrupt checkpoints each run's trained state: the finish is redone on resume."""
+    limits = finish_limits(loader, runs, total)
     runs = [run for run in runs if limits[id(run)] > 0]
     if not runs:
         return
     trained = {id(run): {k: v.clone() for k, v in run.sae.state_dict().items()}
                for run in runs if run.encoder_refits}
 
+    kept = stash if stash and len(stash) >= max(limits[id(run)] for run in runs) else None
+
     def batches(limit: int) -> Iterator[torch.Tensor]:
-        for index, x in enumerate(loader.train_batches(0)):
+        for index, x in enumerate(kept if kept is not None else loader.train_batches(0)):
             yield x
             reason = stop() if stop is not None else None
             if reason:

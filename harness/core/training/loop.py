@@ -7,11 +7,12 @@ import sys
 import time
 from collections.abc import Callable
 
+import torch
 from tqdm.auto import tqdm
 
 from harness.core.loader import ActivationLoader
 from harness.core.training.config import SaeTrainingConfig
-from harness.core.training.finish import refit
+from harness.core.training.finish import refit, stash_size
 from harness.core.training.results import TrainingInterrupted
 from harness.core.training.run import MemberRun
 
@@ -28,9 +29,13 @@ def drive(loader: ActivationLoader, runs: list[MemberRun], cfg: SaeTrainingConfi
     done = first_epoch * loader.batches_per_epoch
     bar.update(done)
     start = time.perf_counter()
+    keep = stash_size(loader, runs, total) if first_epoch == 0 else 0
+    stash: list[torch.Tensor] = []  # the finish's batches, kept as epoch 0 yields them
     try:
         for epoch in range(first_epoch, cfg.epochs):
             for index, x in enumerate(loader.train_batches(epoch)):
+                if epoch == 0 and index < keep:
+                    stash.append(x.clone())  # the loader may reuse its buffers
                 for run in list(active):
                     if (epoch, index) < run.position:
                         continue
@@ -55,7 +60,8 @@ def drive(loader: ActivationLoader, runs: list[MemberRun], cfg: SaeTrainingConfi
                     if not run.guarded(run.losses.check):
                         active.remove(run)
                 finish_start = time.perf_counter()
-                refit(loader, [run for run in active if run.refits], total, stop)
+                refit(loader, [run for run in active if run.refits], total, stop, stash)
+                stash.clear()
                 for run in active:
                     run.history.train_loop_s = finish_start - start
                     if run.refits:
