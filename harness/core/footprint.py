@@ -12,7 +12,8 @@ The terms, in bytes (f = 4 for float32; a = 2 under bf16 autocast, else 4):
 - the encoder refit (harness.core.encoder_refit): eight [n, d+1] float32 vectors of its solve, the
   k int32 latent indices of each of its tokens, and one batch's gathered rows B k (d+1) f twice;
   with it on, a copy of the trained parameters through both refits (an interrupt's checkpoint);
-- the batches in flight: (prefetch + 2) B d f.
+- the batches in flight: (prefetch + 2) B d f, and epoch 0's first batches kept for the finish
+  (at most harness.core.training.finish.STASH_BYTES, 256 MiB) when it refits.
 Peak = parameters + batches + held-out tokens + the largest of step, evaluation and the refits
 (they come one after another). It leaves out the CUDA context (about 0.5 GiB a process), which a
 packing check adds once per worker.
@@ -21,6 +22,8 @@ packing check adds once per worker.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from harness.core.training.finish import STASH_BYTES
 
 F32 = 4
 CUDA_CONTEXT_BYTES = 512 << 20
@@ -72,4 +75,6 @@ def training_bytes(shape: TrainingShape, members: int = 1) -> int:
         if shape.encoder_refit_tokens:
             refit = max(decoder_refit, encoder_refit) + members * params // 5
     data = (shape.prefetch_batches + 2) * b * d * F32 + shape.eval_tokens * d * F32
+    if shape.refit:
+        data += STASH_BYTES
     return members * params + data + max(step, evaluation, refit)
