@@ -91,8 +91,11 @@ def plot(points: list[Point], path: Path, title: str) -> None:
         style = "o-" if trainer == "ours" else ("o--" if trainer.startswith("ours") else "s:")
         by_time.plot([p.seconds for p in mine], [p.fvu for p in mine], style, label=trainer)
         by_tokens.plot([p.tokens for p in mine], [p.fvu for p in mine], style, label=trainer)
+    from matplotlib.ticker import NullFormatter
+
     for ax, label in ((by_time, "training wall time (s)"), (by_tokens, "training tokens")):
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # log minor labels overlap
         ax.set_yscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("held-out FVU")
