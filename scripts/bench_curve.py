@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 from bench_quality import heldout_fvu, train_ours
-from heldout_split import split_run
+from heldout_split import add_run_arguments, split_run
 from sparsify_step import sparsify_trainer
 
 from harness.core.loader import ActivationLoader
@@ -109,16 +109,9 @@ def plot(points: list[Point], path: Path, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", required=True)
-    p.add_argument("--run-id", required=True)
-    p.add_argument("--layer", required=True)
+    add_run_arguments(p, use_tokens=False)
     p.add_argument("--tokens", default="200000,1000000,4000000", help="comma-separated budgets")
     p.add_argument("--sparsify-lrs", default="4e-3", help="comma-separated learning rates")
-    p.add_argument("--n-latents", type=int, default=3072)
-    p.add_argument("--k", type=int, default=32)
-    p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--heldout", type=int, default=32768, help="last tokens held out")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-finish-runs", action="store_true",
                    help="skip ours without the finish (half of ours' time)")
     p.add_argument("--json", help="also write every point to this JSON file")

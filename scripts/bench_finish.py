@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 from bench_quality import Score, train_ours
-from heldout_split import split_run
+from heldout_split import add_run_arguments, split_run
 
 from harness.core.training import SaeTrainingConfig
 
@@ -55,18 +55,9 @@ def table(rows: list[tuple[int, Score]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", required=True)
-    p.add_argument("--run-id", required=True)
-    p.add_argument("--layer", required=True)
+    add_run_arguments(p)
     p.add_argument("--tokens", default="50000,200000,1000000",
                    help="comma-separated training budgets (default 50k, 200k, 1M)")
-    p.add_argument("--n-latents", type=int, default=3072)
-    p.add_argument("--k", type=int, default=32)
-    p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--heldout", type=int, default=32768, help="last tokens held out")
-    p.add_argument("--use-tokens", type=int,
-                   help="use only the run's first this many tokens (held-out ones included)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--recipe", action="append", help=f"repeatable (default: {RECIPES})")
     p.add_argument("--json", help="also write every score to this JSON file")
     args = p.parse_args(argv)

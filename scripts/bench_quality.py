@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 from equal_time import equal_time_table
-from heldout_split import split_run
+from heldout_split import add_run_arguments, split_run
 from sparsify_step import sparsify_trainer
 
 from harness.core.loader import ActivationLoader
@@ -265,19 +265,10 @@ def table(scores: list[Score], lrs: list[str], metric: str = "fvu") -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", required=True)
-    p.add_argument("--run-id", required=True)
-    p.add_argument("--layer", required=True)
+    add_run_arguments(p)
     p.add_argument("--tokens", type=int, default=200_000, help="training tokens (default 200k)")
     p.add_argument("--lrs", default="1e-3,2e-3,4e-3,8e-3,1.6e-2,3.2e-2",
                    help="comma-separated learning rates; 'default' = each trainer's default")
-    p.add_argument("--n-latents", type=int, default=3072)
-    p.add_argument("--k", type=int, default=32)
-    p.add_argument("--batch", type=int, default=4096)
-    p.add_argument("--heldout", type=int, default=32768, help="last tokens held out")
-    p.add_argument("--use-tokens", type=int,
-                   help="use only the run's first this many tokens (held-out ones included)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--recipe", action="append",
                    help="default, legacy or NAME:key=value,... (repeatable; default: default "
                         "and legacy)")

@@ -3,6 +3,7 @@ temporary store that the trainers read (scripts/bench_quality.py, scripts/bench_
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import NamedTuple
 
@@ -40,3 +41,18 @@ def split_run(store: str, run_id: str, layer: str, heldout: int, into: Path,
         raise SystemExit(f"{store}: {x.shape[0]} tokens, not more than --heldout {heldout}")
     LocalStore(into).put_activations("train", layer, x[:-heldout])
     return Split(into, x[-heldout:].float(), x.shape[0] - heldout, x.shape[1])
+
+
+def add_run_arguments(p: argparse.ArgumentParser, use_tokens: bool = True) -> None:
+    """The options the quality benchmarks share: the run, the SAE's shape and the split."""
+    p.add_argument("--store", required=True)
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--layer", required=True)
+    p.add_argument("--n-latents", type=int, default=3072)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--heldout", type=int, default=32768, help="last tokens held out")
+    if use_tokens:
+        p.add_argument("--use-tokens", type=int,
+                       help="use only the run's first this many tokens (held-out ones included)")
+    p.add_argument("--seed", type=int, default=0)
