@@ -116,6 +116,25 @@ def test_heartbeat_keeps_lease_fresh_and_reaper_requeues_abandoned(tmp_path):
     assert retry.system_attrs["retry_history"] == [abandoned.number]
 
 
+def test_a_trial_failed_by_a_reaper_killed_before_it_re_enqueued_is_re_enqueued_once(tmp_path):
+    """A reaper SIGKILLed between failing a trial and re-enqueueing it leaves the trial failed
+    and not retried; the next reap re-enqueues it, and only once."""
+    study = optuna.create_study(storage=open_storage(str(tmp_path / "o.journal")))
+    orphan = study.ask()
+    orphan.suggest_int("k", 1, 9)
+    study._storage.set_trial_user_attr(orphan._trial_id, "fail_reason",
+                                       "lease expired: worker process 1 on vm is gone")
+    study._storage.set_trial_state_values(orphan._trial_id, TrialState.FAIL)
+    other = study.ask()  # failed for another reason: not the reaper's to retry
+    other.suggest_int("k", 1, 9)
+    study._storage.set_trial_state_values(other._trial_id, TrialState.FAIL)
+    assert reap_stale(study, lease_s=5, max_retry=2) == []
+    assert reap_stale(study, lease_s=5, max_retry=2) == []
+    waiting = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+    assert len(waiting) == 1 and waiting[0].system_attrs["retry_history"] == [orphan.number]
+    assert waiting[0].params == study.get_trials()[orphan.number].params
+
+
 def test_worker_seeds_differ_per_worker_and_per_rerun():
     seeds = {worker_seed(0, w, n) for w in range(4) for n in (0, 10)}
     assert len(seeds) == 8

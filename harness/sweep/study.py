@@ -350,6 +350,13 @@ def reap_stale(study: optuna.Study, lease_s: float, max_retry: int) -> list[int]
             continue  # another worker reaped it first, or it just finished
         requeue(study, storage.get_trial(trial_id(trial)), max_retry)
         reaped.append(trial.number)
+    # a reaper killed between failing a trial and re-enqueueing it left it failed, not retried
+    trials = study.get_trials(deepcopy=False)
+    retried = superseded_numbers(trials)
+    for trial in trials:
+        if (trial.state == TrialState.FAIL and trial.number not in retried
+                and str(trial.user_attrs.get("fail_reason", "")).startswith("lease expired")):
+            requeue(study, trial, max_retry)
     return reaped
 
 
