@@ -79,5 +79,3 @@ def gather_preacts(values: torch.Tensor, indices: torch.Tensor, x: torch.Tensor,
     without a graph (e.g. by topk under no_grad), given a sparse backward into x, the encoder
     rows w_enc_t [n, d] and b_enc."""
     return _GatherPreacts.apply(values, indices, x, w_enc_t, b_enc)
-
-
