@@ -11,23 +11,19 @@ import torch
 
 from harness import SaeTrainer, SaeTrainingConfig, TopKSae
 from harness.core.activations import ACTIVATIONS, activation_class
+from harness.core.activations.base import ActivationBase
 from harness.core.activations.batchtopk import CANDIDATES
 
 
-class MarginTopK:
+class MarginTopK(ActivationBase):
     """docs/architecture.md's worked example: top k, kept only above a margin."""
 
     name: ClassVar[str] = "margin_topk"
-    params: ClassVar[frozenset[str]] = frozenset({"k"})
-    supports_encoder_refit: ClassVar[bool] = False
 
     def attach(self, sae: TopKSae) -> None:
         sae.register_buffer("margin", torch.tensor(0.1))
 
-    def candidates(self, k: int, n_latents: int) -> int:
-        return k
-
-    def select(self, sae: TopKSae, values: torch.Tensor) -> torch.Tensor:
+    def select(self, sae: TopKSae, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         return values * (values > sae.margin)
 
     def tensors(self, sae: TopKSae) -> dict[str, torch.Tensor]:
@@ -39,22 +35,33 @@ class MarginTopK:
 
 @pytest.mark.parametrize("name", list(ACTIVATIONS))
 def test_each_shipped_activation_round_trips_with_identical_codes(name: str, tmp_path: Path):
-    sae = TopKSae(64, 16, 4, seed=0, activation=name)
+    options = {"matryoshka_prefixes": "0.125,0.5"} if name == "matryoshka_batchtopk" else {}
+    sae = TopKSae(64, 16, 4, seed=0, activation=name, activation_options=options)
+    sae.activation_fn.begin_training(sae, 0.5)  # JumpReLU: thresholds at half the data's scale
     x = torch.randn(256, 16)
     with torch.enable_grad():
         sae(x)  # BatchTopK learns its threshold in a training forward
+    with torch.no_grad():
+        sae.b_enc.normal_()  # thresholds and biases that differ between latents
+        if name == "jumprelu":
+            sae.log_threshold.add_(torch.rand(64) - 0.5)
     sae.save(tmp_path)
     loaded = TopKSae.load(tmp_path)
-    before, after = sae.encode(x), loaded.encode(x)
-    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
-    assert loaded.activation == name
+    before, after = sae.encode_dense(x), loaded.encode_dense(x)
+    assert torch.equal(before, after) and (before > 0).any()
+    assert loaded.activation == name and loaded.k == sae.k
+    assert loaded.activation_fn.config(loaded) == sae.activation_fn.config(sae)
 
 
 def test_candidates_and_needs_come_from_the_activation():
     assert activation_class("topk")().candidates(8, 100) == 8
     assert activation_class("batchtopk")().candidates(8, 100) == CANDIDATES * 8
     assert activation_class("batchtopk")().candidates(8, 20) == 20
-    assert all("k" in cls.params for cls in ACTIVATIONS.values())
+    assert activation_class("relu")().candidates(None, 100) == 100
+    assert {name for name, cls in ACTIVATIONS.items() if "k" in cls.params} == {
+        "topk", "batchtopk", "matryoshka_batchtopk"}
+    assert activation_class("relu").params == {"l1_lambda"}
+    assert activation_class("jumprelu").params == {"l0_lambda"}
     with pytest.raises(ValueError, match="activation must be one of"):
         activation_class("gated")
 

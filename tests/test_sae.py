@@ -94,9 +94,9 @@ def test_save_load_round_trip_is_exact_and_saelens_named(tmp_path):
 def test_load_rejects_other_architectures(tmp_path):
     TopKSae(8, 4, 2).save(tmp_path)
     cfg = json.loads((tmp_path / "cfg.json").read_text())
-    cfg["architecture"] = "jumprelu"
+    cfg["architecture"] = "gated"
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="'jumprelu' is not one of"):
+    with pytest.raises(ValueError, match="'gated' is not one of"):
         TopKSae.load(tmp_path)
 
 
@@ -156,4 +156,4 @@ def test_batchtopk_round_trips_with_its_threshold(tmp_path):
     with pytest.raises(ValueError, match=r"missing tensors \['threshold'\]"):
         TopKSae.load(tmp_path)
     with pytest.raises(ValueError, match="activation must be one of"):
-        TopKSae(64, 8, 3, activation="jumprelu")
+        TopKSae(64, 8, 3, activation="gated")

@@ -8,7 +8,8 @@ The terms, in bytes (f = 4 for float32; a = 2 under bf16 autocast, else 4):
   B n a (the dense reference backward adds two [B, n] float32 gradients);
 - an evaluation batch's float32 pre-activations, B n f, and the held-out tokens E d f;
 - the decoder refit: its [n+1]^2 sums in float32, their float64 copy and Cholesky factor, and one
-  batch's code pairs B (k+1)^2 (8 + 4);
+  batch's code pairs B (k+1)^2 (8 + 4) (wide codes, ReLU and JumpReLU: a dense [B, n+1] and its
+  [n+1]^2 product);
 - the encoder refit (harness.core.encoder_refit): eight [n, d+1] float32 vectors of its solve, the
   k int32 latent indices of each of its tokens, and one batch's gathered rows B k (d+1) f twice;
   with it on, a copy of the trained parameters through both refits (an interrupt's checkpoint);
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from harness.core.refit import MAX_PAIRED_CODES
 from harness.core.training.finish import STASH_BYTES
 
 F32 = 4
@@ -39,7 +41,7 @@ class TrainingShape:
     n_latents: int
     """Dictionary size."""
     k: int
-    """Active latents per token (BatchTopK: its candidates per token)."""
+    """Candidates per token (BatchTopK: 4k; ReLU and JumpReLU: every latent, their worst case)."""
     batch_size: int
     """Tokens per step."""
     eval_tokens: int = 65536
@@ -65,8 +67,9 @@ def training_bytes(shape: TrainingShape, members: int = 1) -> int:
     params = 5 * (2 * n * d + n + d) * F32
     step = 3 * b * n * act + (0 if shape.sparse_backward else 2 * b * n * F32)
     evaluation = b * n * F32
-    decoder_refit = (members * ((n + 1) ** 2 * (F32 + 8 + 8) + (n + 1) * d * (F32 + 8))
-                     + b * (k + 1) ** 2 * (8 + F32))
+    codes = (b * (k + 1) ** 2 * (8 + F32) if k + 1 <= MAX_PAIRED_CODES
+             else (b + n + 1) * (n + 1) * F32)  # wide codes: a dense [B, n] and its product
+    decoder_refit = members * ((n + 1) ** 2 * (F32 + 8 + 8) + (n + 1) * d * (F32 + 8)) + codes
     encoder_refit = (members * (8 * n * (d + 1) * F32 + shape.encoder_refit_tokens * k * 4)
                      + 2 * b * k * (d + 1) * F32)
     refit = 0

@@ -23,6 +23,9 @@ import torch
 
 from harness.core.sparse_ops import codes_t_matmul
 
+MAX_PAIRED_CODES = 129
+"""Up to this many codes per token (the bias included) the Gram sums scatter each pair; beyond,
+the pairs' B m^2 / 2 adds cost more than a sparse [n, B] by dense [B, n] product."""
 RIDGE = 1e-4
 """Ridge on A, relative to its diagonal (each latent's sum of squared activations)."""
 
@@ -44,6 +47,12 @@ class DecoderRefit:
         bias = torch.full((batch, 1), n, device=x.device, dtype=indices.dtype)
         idx = torch.cat([indices, bias], 1)
         val = torch.cat([values.float(), values.new_ones(batch, 1, dtype=torch.float32)], 1)
+        if idx.shape[1] > MAX_PAIRED_CODES:  # wide codes (ReLU, JumpReLU): Z^T Z as sparse @ dense
+            dense = torch.zeros(batch, n + 1, device=x.device).scatter_(1, idx, val)
+            self.gram.view(n + 1, n + 1).add_(codes_t_matmul(idx, val, dense, n + 1).triu())
+            self.cross += codes_t_matmul(idx, val, x.float(), n + 1)
+            self.tokens += batch
+            return
         # a token's latents are distinct, so each unordered pair goes to the upper triangle once
         # (half the scattered adds; the solve mirrors it)
         first, second = _pairs(idx.shape[1], x.device)

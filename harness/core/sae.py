@@ -21,6 +21,7 @@ carries SAELens' TopK fields (`architecture`, `d_in`, `d_sae`, `k`, ...). No pic
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
-from harness.core.activations import ACTIVATIONS, activation_class
+from harness.core.activations import ACTIVATIONS, activation_class, by_saved_name
 from harness.core.atomic import write_json, write_safetensors
 from harness.core.metrics import DeadLatents
 from harness.core.seeding import stream_seed
@@ -48,15 +49,18 @@ class SaeOutput(NamedTuple):
     reconstruction: torch.Tensor
     """[B, d_in] decoded input."""
     top_values: torch.Tensor
-    """[B, k] latent activations after ReLU (may contain zeros); [B, 4k] for BatchTopK, whose
-    unselected candidates are zero."""
+    """[B, m] latent activations of each token's m candidates (m = k for TopK, 4k for BatchTopK,
+    a per-batch width or every latent for ReLU and JumpReLU); unselected candidates are zero."""
     top_indices: torch.Tensor
-    """[B, k] (BatchTopK: [B, 4k]) latent indices of those values."""
+    """[B, m] latent indices of those values."""
     pre_acts: torch.Tensor
     """[B, d_sae] encoder pre-activations (AuxK picks dead latents from these). On the sparse
     path they carry no graph: gradients flow only through the chosen entries."""
     centered: torch.Tensor
     """[B, d_in] the input minus b_dec (what the encoder saw)."""
+    candidate_values: torch.Tensor | None = None
+    """[B, m] the candidates after ReLU, before the activation's selection (JumpReLU's L0
+    penalty counts from these)."""
 
 
 def default_k_aux(n_inputs: int, n_latents: int) -> int:
@@ -71,27 +75,32 @@ class TopKSae(nn.Module):
         self,
         n_latents: int,
         n_inputs: int,
-        k: int,
+        k: int | None,
         device: torch.device | str = "cpu",
         dtype: torch.dtype | None = None,
         k_aux: int | None = None,
         seed: int | None = None,
         encoder_init_scale: float = DEFAULT_ENCODER_INIT_SCALE,
         activation: str = "topk",
+        activation_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if not 0 < k <= n_latents:
+        cls = activation_class(activation)
+        if not cls.uses_k:
+            k = None  # L0 comes out of training (ReLU, JumpReLU)
+        elif k is None or not 0 < k <= n_latents:
             raise ValueError(f"k must be in [1, n_latents={n_latents}], got k={k}")
         if n_inputs <= 0:
             raise ValueError(f"n_inputs must be positive, got {n_inputs}")
         if not encoder_init_scale > 0:
             raise ValueError(f"encoder_init_scale must be positive, got {encoder_init_scale}")
         self.activation = activation
-        self.activation_fn = activation_class(activation)()
+        self.activation_fn = cls(**(activation_options or {}))
         """What chooses the active latents (harness.core.activations)."""
         self.n_latents = int(n_latents)
         self.n_inputs = int(n_inputs)
-        self.k = int(k)
+        self.k = int(k) if k is not None else None
+        """Active latents per token (BatchTopK: on average); None where training sets L0."""
         self.k_aux = int(k_aux) if k_aux is not None else default_k_aux(n_inputs, n_latents)
         dtype = dtype or torch.float32
         # a stream of its own: synthetic data made with the same seed draws other numbers
@@ -144,16 +153,33 @@ class TopKSae(nn.Module):
 
     def forward(self, x: torch.Tensor) -> SaeOutput:
         centered = x - self.b_dec
-        if self.sparse_backward and torch.is_grad_enabled():
-            with torch.no_grad():  # no graph kept for the dense product
-                pre = self._dense_pre(centered)
-            top, indices = pre.topk(self.n_candidates, dim=-1, sorted=False)
-            values = gather_preacts(top, indices, centered, self.enc_weight, self.b_enc)
-        else:
+        fn = self.activation_fn
+        sparse = self.sparse_backward and torch.is_grad_enabled()
+        # an activation that may go dense (ReLU, JumpReLU) keeps the graph of the dense product
+        # until it knows this batch's width; an unused graph costs nothing but memory
+        with torch.no_grad() if sparse and fn.uses_k else contextlib.nullcontext():
             pre = self._dense_pre(centered)
-            values, indices = pre.topk(self.n_candidates, dim=-1, sorted=False)
-        values = self.activation_fn.select(self, F.relu(values))
-        return SaeOutput(self.decode(values, indices), values, indices, pre, centered)
+        width = fn.width(self, pre.detach())
+        if width is None:  # every latent: dense products both ways
+            indices = torch.arange(self.n_latents, device=x.device).expand(x.shape[0], -1)
+            candidates = F.relu(pre)
+            values = fn.select(self, candidates, indices)
+            reconstruction = torch.addmm(self.b_dec, values.to(self.W_dec.dtype), self.W_dec)
+            return SaeOutput(reconstruction, values, indices, pre.detach() if sparse else pre,
+                             centered, candidates)
+        ranking = fn.ranking(self, pre.detach())
+        if ranking is None:
+            top, indices = (pre.detach() if sparse else pre).topk(width, dim=-1, sorted=False)
+        else:  # the top by the activation's own ranking, then their pre-activations
+            indices = ranking.topk(width, dim=-1, sorted=False).indices
+            top = (pre.detach() if sparse else pre).gather(1, indices)
+        if sparse:
+            top = gather_preacts(top, indices, centered, self.enc_weight, self.b_enc)
+            pre = pre.detach()
+        candidates = F.relu(top)
+        values = fn.select(self, candidates, indices)
+        return SaeOutput(self.decode(values, indices), values, indices, pre, centered,
+                         candidates)
 
     def encode_dense(self, x: torch.Tensor) -> torch.Tensor:
         """Latents as a dense [B, d_sae] tensor (for analysis; training never builds this)."""
@@ -216,19 +242,20 @@ class TopKSae(nn.Module):
     # ------------------------------------------------------------------------- save / load
     def config_dict(self) -> dict[str, Any]:
         """SAELens-readable config (TopK architecture) plus our own fields."""
+        fn = self.activation_fn
         return {
-            "architecture": self.activation,
+            "architecture": fn.saelens_name or self.activation,
             "d_in": self.n_inputs,
             "d_sae": self.n_latents,
-            "k": self.k,
+            **({"k": self.k} if self.k is not None else {}),
             "k_aux": self.k_aux,
             "dtype": str(self.W_dec.dtype).removeprefix("torch."),
             "device": str(self.W_dec.device),
             "apply_b_dec_to_input": True,
             "normalize_activations": "none",
             "activation_fn": self.activation,
-            "activation_fn_kwargs": {"k": self.k},
-            **self.activation_fn.config(self),
+            "activation_fn_kwargs": {"k": self.k} if self.k is not None else {},
+            **fn.config(self),
             # False after a decoder refit (harness.core.refit): rows at the data's scale
             "decoder_rows_unit_norm": bool(torch.allclose(
                 self.W_dec.detach().norm(dim=1), self.W_dec.new_ones(()), atol=1e-4)),
@@ -257,24 +284,30 @@ class TopKSae(nn.Module):
             raise FileNotFoundError(f"{cfg_path}: no SAE config here")
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
         architecture = cfg.get("architecture", "topk")
-        if architecture not in ACTIVATIONS:
+        activation = by_saved_name(architecture)
+        if activation is None:
             raise ValueError(f"{cfg_path}: architecture {architecture!r} is not one of "
                              f"{tuple(ACTIVATIONS)}")
         if "k" not in cfg and "k" in (cfg.get("activation_fn_kwargs") or {}):
             cfg["k"] = cfg["activation_fn_kwargs"]["k"]  # SAELens keeps k only there
-        for key in ("d_in", "d_sae", "k"):
+        activation_cls = ACTIVATIONS[activation]
+        for key in ("d_in", "d_sae", *(("k",) if activation_cls.uses_k else ())):
             if key not in cfg:
                 raise ValueError(f"{cfg_path}: missing key {key!r}")
         weights = load_file(str(path / WEIGHTS_FILE), device=str(device))
         dtype = weights["W_dec"].dtype
-        sae = cls(cfg["d_sae"], cfg["d_in"], int(cfg["k"]), device=device, dtype=dtype,
-                  k_aux=cfg.get("k_aux"), activation=architecture)
+        options = {key: cfg[key] for key in activation_cls.options if key in cfg}
+        sae = cls(cfg["d_sae"], cfg["d_in"], cfg.get("k"), device=device, dtype=dtype,
+                  k_aux=cfg.get("k_aux"), activation=activation, activation_options=options)
         own = set(sae.activation_fn.tensors(sae))
         missing = ({"W_enc", "b_enc", "W_dec", "b_dec"} | own) - weights.keys()
         if missing:
             raise ValueError(f"{path / WEIGHTS_FILE}: missing tensors {sorted(missing)}")
-        sae.load_state_dict({"enc_weight": weights["W_enc"].T.contiguous(),
-                             **{k: weights[k] for k in ("b_enc", "W_dec", "b_dec", *own)}})
+        with torch.no_grad():
+            sae.enc_weight.copy_(weights["W_enc"].T)
+            for key in ("b_enc", "W_dec", "b_dec"):
+                getattr(sae, key).copy_(weights[key])
+        sae.activation_fn.restore(sae, {key: weights[key] for key in own})
         return sae
 
 

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 from harness.core.activations.base import Activation
 from harness.core.activations.batchtopk import BatchTopK
+from harness.core.activations.jumprelu import JumpRelu
+from harness.core.activations.matryoshka import MatryoshkaBatchTopK
+from harness.core.activations.relu import Relu
 from harness.core.activations.topk import TopK
 
 ACTIVATIONS: dict[str, type[Activation]] = {
     TopK.name: TopK,
     BatchTopK.name: BatchTopK,
+    JumpRelu.name: JumpRelu,
+    MatryoshkaBatchTopK.name: MatryoshkaBatchTopK,
+    Relu.name: Relu,
 }
 """Activation name -> its class."""
+
+OPTIONS: dict[str, str] = {key: name for name, cls in ACTIVATIONS.items() for key in cls.options}
+"""Each activation option's name -> the activation it belongs to (options are named uniquely)."""
 
 
 def activation_class(name: str) -> type[Activation]:
@@ -26,4 +35,12 @@ def activation_class(name: str) -> type[Activation]:
         raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {name!r}") from None
 
 
-__all__ = ["ACTIVATIONS", "Activation", "activation_class"]
+def by_saved_name(architecture: str) -> str | None:
+    """The registry name of cfg.json's `architecture` (ours or SAELens'), or None."""
+    for name, cls in ACTIVATIONS.items():
+        if architecture in (name, cls.saelens_name):
+            return name
+    return None
+
+
+__all__ = ["ACTIVATIONS", "OPTIONS", "Activation", "activation_class", "by_saved_name"]

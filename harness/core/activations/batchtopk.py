@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from harness.core.activations.base import ActivationBase
+
 if TYPE_CHECKING:
     from harness.core.sae import TopKSae
 
@@ -19,12 +21,10 @@ CANDIDATES = 4  # a BatchTopK token keeps at most this many times k latents
 THRESHOLD_EMA = 0.1  # weight of the newest batch's cut in the inference threshold
 
 
-class BatchTopK:
+class BatchTopK(ActivationBase):
     """k*B winners per batch among each token's top 4k; a learned threshold at inference."""
 
     name: ClassVar[str] = "batchtopk"
-    params: ClassVar[frozenset[str]] = frozenset({"k"})
-    supports_encoder_refit: ClassVar[bool] = False
 
     def attach(self, sae: TopKSae) -> None:
         # a buffer, so .to() and state_dict carry it
@@ -32,10 +32,10 @@ class BatchTopK:
                                                      dtype=sae.W_dec.dtype))
         self.updates = 0
 
-    def candidates(self, k: int, n_latents: int) -> int:
-        return min(n_latents, CANDIDATES * k)
+    def candidates(self, k: int | None, n_latents: int) -> int:
+        return min(n_latents, CANDIDATES * int(k or n_latents))
 
-    def select(self, sae: TopKSae, values: torch.Tensor) -> torch.Tensor:
+    def select(self, sae: TopKSae, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():
             return values * (values > sae.threshold)
         with torch.no_grad():
@@ -50,4 +50,4 @@ class BatchTopK:
         return {"threshold": sae.threshold}
 
     def config(self, sae: TopKSae) -> dict[str, Any]:
-        return {"threshold": float(sae.threshold)}
+        return {**super().config(sae), "threshold": float(sae.threshold)}

@@ -2,32 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import ClassVar
 
-import torch
-
-if TYPE_CHECKING:
-    from harness.core.sae import TopKSae
+from harness.core.activations.base import ActivationBase
 
 
-class TopK:
+class TopK(ActivationBase):
     """Exactly k candidates per token, all kept (ReLU zeros included)."""
 
     name: ClassVar[str] = "topk"
-    params: ClassVar[frozenset[str]] = frozenset({"k"})
     supports_encoder_refit: ClassVar[bool] = True
-
-    def attach(self, sae: TopKSae) -> None:
-        pass
-
-    def candidates(self, k: int, n_latents: int) -> int:
-        return k
-
-    def select(self, sae: TopKSae, values: torch.Tensor) -> torch.Tensor:
-        return values
-
-    def tensors(self, sae: TopKSae) -> dict[str, torch.Tensor]:
-        return {}
-
-    def config(self, sae: TopKSae) -> dict[str, Any]:
-        return {}

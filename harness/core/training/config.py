@@ -126,7 +126,14 @@ class LossOptions:
     """The training loss and what ends a run as diverged."""
 
     l1_lambda: float = 0.0
-    """Weight of the decoder-norm weighted L1 penalty (per token; the MSE is per element)."""
+    """Weight of the decoder-norm weighted L1 penalty, in units of the data's scale: the loss is
+    var x (FVU + l1_lambda x L1 / std), with var and std per element (ReLU + L1's sparsity)."""
+    l0_lambda: float = 0.0
+    """Weight of the L0 penalty (activation jumprelu): FVU traded for one more active latent
+    per token, the loss being var x (FVU + l0_lambda x L0)."""
+    sparsity_warmup_fraction: float = 0.05
+    """The L1 and L0 penalties grow linearly from 0 over this share of the planned steps
+    (SAELens' l1_warm_up_steps, dictionary_learning's sparsity_warmup_steps); 0 = none."""
     auxk_alpha: float = 1 / 32
     """Weight of the AuxK loss on dead latents (the paper's 1/32); 0 turns it off."""
     dead_window_tokens: int | None = None
@@ -137,8 +144,10 @@ class LossOptions:
 
     def __post_init__(self) -> None:
         check_types(self)
-        for name in ("l1_lambda", "auxk_alpha"):
+        for name in ("l1_lambda", "l0_lambda", "auxk_alpha"):
             check(getattr(self, name) >= 0, name, ">= 0", getattr(self, name))
+        check(0 <= self.sparsity_warmup_fraction <= 1, "sparsity_warmup_fraction", "in [0, 1]",
+              self.sparsity_warmup_fraction)
         positive(self, "dead_window_tokens", optional=True)
         positive(self, "divergence_factor")
 

@@ -20,9 +20,13 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, decay_fraction: fl
 
 def adam(sae: TopKSae, cfg: SaeTrainingConfig) -> torch.optim.Optimizer:
     """Adam, fused into one kernel where this torch build supports it for these parameters; the
-    decoder rows in their own group at `decoder_lr_scale` times the rate (group 0 is at `lr`)."""
-    rest = [p for p in sae.parameters() if p is not sae.W_dec]
+    decoder rows in their own group at `decoder_lr_scale` times the rate (group 0 is at `lr`), and
+    an activation's own parameters at the multiples it asks for (JumpReLU's thresholds)."""
+    own = {id(p): scale for p, scale in sae.activation_fn.lr_scales(sae)}
+    rest = [p for p in sae.parameters() if p is not sae.W_dec and id(p) not in own]
     params = [{"params": rest}, {"params": [sae.W_dec], "lr": cfg.lr * cfg.decoder_lr_scale}]
+    params += [{"params": [p], "lr": cfg.lr * own[id(p)]} for p in sae.parameters()
+               if id(p) in own]
     try:
         return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
                                 fused=True)

@@ -39,7 +39,7 @@ class MemberRun:
 
     def __init__(self, member: LockstepMember, store: LocalStore, source: ActivationSource,
                  loader: ActivationLoader, eval_x: torch.Tensor, b_dec_center: torch.Tensor | None,
-                 device: torch.device, total_steps: int) -> None:
+                 scale: float, device: torch.device, total_steps: int) -> None:
         self.member, self.sae = member, member.sae
         self.cfg = member.config.resolved_for(device, member.sae.n_latents,
                                               member.sae.n_inputs, total_steps)
@@ -60,10 +60,14 @@ class MemberRun:
         if b_dec_center is not None:
             with torch.no_grad():
                 sae.b_dec.copy_(b_dec_center.to(sae.b_dec))
+        self.scale = scale
+        """The data's per-element standard deviation (the sparsity penalties' unit)."""
+        sae.activation_fn.begin_training(sae, scale)
         self.opt = adam(sae, cfg)
         self.sched = schedule(self.opt, cfg, total_steps)
         self.total_steps = total_steps
-        self.refits = cfg.decoder_refit and sae.n_latents <= cfg.decoder_refit_max_latents
+        self.refits = (cfg.decoder_refit and sae.n_latents <= cfg.decoder_refit_max_latents
+                       and sae.activation_fn.supports_decoder_refit)
         """Whether this run refits its decoder once training ends."""
         self.encoder_refits = (self.refits and cfg.encoder_refit
                                and sae.activation_fn.supports_encoder_refit)
@@ -113,9 +117,15 @@ class MemberRun:
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=cfg.autocast_bf16):
             out = sae(x)
-            loss = (out.reconstruction.float() - x).pow(2).mean()
-            if cfg.l1_lambda:
-                loss = loss + cfg.l1_lambda * sae.l1_penalty(out)
+            mse = (out.reconstruction.float() - x).pow(2).mean()
+            loss = sae.activation_fn.reconstruction_loss(sae, x, out, mse)
+            if cfg.l1_lambda or cfg.l0_lambda:
+                warm = self.sparsity_weight()
+                if cfg.l1_lambda:
+                    loss = loss + warm * cfg.l1_lambda * self.scale * sae.l1_penalty(out)
+                if cfg.l0_lambda:
+                    loss = loss + (warm * cfg.l0_lambda * self.scale ** 2
+                                   * sae.activation_fn.l0_penalty(sae, out))
             if cfg.auxk_alpha:
                 loss = loss + cfg.auxk_alpha * sae.auxk_loss(x, out, self.dead_now)
         self.losses.record(loss, self.step_count)
@@ -142,6 +152,11 @@ class MemberRun:
                 and self.step_count % cfg.checkpoint_every == 0):
             self.losses.check()  # never checkpoint a diverged run
             self.checkpoint(epoch, index + 1)
+
+    def sparsity_weight(self) -> float:
+        """The sparsity penalties' warm-up factor at this step: linear from 0 to 1."""
+        warmup = self.cfg.sparsity_warmup_fraction * self.total_steps
+        return min(1.0, (self.step_count + 1) / warmup) if warmup >= 1 else 1.0
 
     def checkpoint(self, epoch: int, next_index: int) -> int:
         """Write a checkpoint to go on from batch `next_index` of `epoch`; the step it holds."""

@@ -4,7 +4,8 @@
                                     config=SaeTrainingConfig(epochs=2, batch_size=4096, lr=2e-4))
     history["r2"], history["l0"], history["dead_features"]
 
-Loss = MSE + l1_lambda * (decoder-norm weighted L1 of the latents) + auxk_alpha * AuxK.
+Loss = the activation's reconstruction term (the MSE; Matryoshka: its prefixes' mean) + the
+warmed-up sparsity penalties (l1_lambda x std x L1, l0_lambda x var x L0) + auxk_alpha x AuxK.
 Each evaluation computes held-out r2 / fvu / mse / l0 exactly as in docs/metrics.md, plus the
 dead-feature count over the last `dead_window_tokens` training tokens; callbacks see it and may
 raise `StopTraining` (this is how the sweep prunes). A non-finite or exploding loss raises
@@ -129,10 +130,12 @@ class SaeTrainer:
         loader = ActivationLoader(source, first.loader_config(), device=device, dtype=dtype)
         eval_x = loader.eval_tokens()
         # the same sample and method for every member: compute b_dec's starting centre once
-        center = (data_center(_first_tokens(loader, first.b_dec_init_tokens), first.b_dec_init)
-                  if first.b_dec_init != "zeros" else None)
+        sample = _first_tokens(loader, first.b_dec_init_tokens)
+        center = data_center(sample, first.b_dec_init) if first.b_dec_init != "zeros" else None
+        # the per-element standard deviation: the unit of the sparsity penalties
+        scale = float((sample.float() - sample.float().mean(0)).pow(2).mean().sqrt())
         total_steps = first.planned_steps(loader.batches_per_epoch)
-        runs = [MemberRun(m, store, source, loader, eval_x, center, device, total_steps)
+        runs = [MemberRun(m, store, source, loader, eval_x, center, scale, device, total_steps)
                 for m in members]
         try:
             drive(loader, runs, first, stop)
