@@ -25,8 +25,14 @@ shared machine; same threads), and for ours' tokens; the table puts them side by
 
 A recipe is `default` (the shipped defaults, the bounded finish included), `legacy` (the recipe
 before the quality work: harness.core.recipes), or `NAME:key=value,...` with SaeTrainingConfig
-fields or TopKSae arguments (`encoder_init_scale`, `activation`, `k_aux`), e.g.
-`"no finish:decoder_refit=False"`. A learning rate of `default` trains each with its own default:
+fields or TopKSae arguments (`k`, `encoder_init_scale`, `activation`, `k_aux`), e.g.
+`"no finish:decoder_refit=False"`.
+
+With --activation (e.g. topk,batchtopk,jumprelu,matryoshka_batchtopk,relu), each activation trains
+at matched L0 instead (scripts/architecture_table.py): at k = each of --l0s, or at each value of
+its sparsity penalty, and the table gives its held-out FVU at each L0 and its ratio to TopK's.
+
+A learning rate of `default` trains each with its own default:
 ours with `lr=None` (harness.core.recipes.default_lr), sparsify with 2e-4 / sqrt(n / 2^14).
 """
 
@@ -45,6 +51,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+from architecture_table import architecture_recipes, matched_l0_table, parse_penalties
 from equal_time import equal_time_table
 from heldout_split import add_run_arguments, split_run
 from sparsify_step import sparsify_trainer
@@ -57,7 +64,7 @@ from harness.core.training import SaeTrainer, SaeTrainingConfig
 from harness.evaluate.downstream import DownstreamConfig, DownstreamEvaluator, sae_reconstructor
 
 SAE_ARGS = set(inspect.signature(TopKSae.__init__).parameters) - {"self", "n_latents",
-                                                                   "n_inputs", "k", "device"}
+                                                                   "n_inputs", "device"}
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,8 @@ class Score:
     """(CE_zero - CE_sae) / (CE_zero - CE_orig) (with --model)."""
     kl: float | None = None
     """Mean KL(p_orig || p_sae) per token (with --model)."""
+    activation: str = "topk"
+    """Ours: the SAE's activation."""
 
 
 def with_downstream(score: Score, reconstruct, evaluator) -> Score:  # noqa: ANN001
@@ -144,7 +153,8 @@ def train_ours(store: Path, run: str, layer: str, base: SaeTrainingConfig, d: in
     # "default": the recipe's own default (legacy: 2e-4), else default_lr of the planned steps
     lr = fields.get("lr") if column == "default" else float(column)
     cfg = base.replace(**{**fields, "lr": lr})
-    sae = TopKSae(n_latents=args.n_latents, n_inputs=d, k=args.k, seed=args.seed, **sae_args)
+    sae = TopKSae(n_latents=args.n_latents, n_inputs=d, **{"k": args.k, "seed": args.seed,
+                                                          **sae_args})
     out = tmp / f"ours_{name}_{column}"
     start, cpu_start = time.perf_counter(), time.process_time()
     history = SaeTrainer(sae).train(store=store, run_id=run, layer_signature=layer, config=cfg,
@@ -157,8 +167,8 @@ def train_ours(store: Path, run: str, layer: str, base: SaeTrainingConfig, d: in
     used = json.loads((out / "training_config.json").read_text())["lr"]  # default resolved
     return with_downstream(Score(name, column, used, fvu, l0, seconds, cpu,
                                  history.final.tokens if history.final else 0,
-                                 finish_s=history.finish_s, finish_share=history.finish_share),
-                           reconstruct, evaluator)
+                                 finish_s=history.finish_s, finish_share=history.finish_share,
+                                 activation=loaded.activation), reconstruct, evaluator)
 
 
 def train_sparsify(loader: ActivationLoader, cfg: SaeTrainingConfig, d: int, args, column: str,
@@ -276,6 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--equal-time", action="store_true",
                    help="at each learning rate train ours (one recipe), then sparsify for ours' "
                    "wall time, for ours' process CPU time and for ours' tokens; table them")
+    p.add_argument("--activation", help="comma-separated activations to compare at matched L0 "
+                   "(ours only, default lr): k = each --l0s value, or each --penalties value")
+    p.add_argument("--l0s", default="16,32,64,128", help="L0 values of --activation")
+    p.add_argument("--penalties", help="with --activation: 'relu=0.1,0.3;jumprelu=1e-3,...' "
+                   "(default scripts/architecture_table.DEFAULT_PENALTIES)")
     p.add_argument("--json", help="also write every score to this JSON file")
     defaults = DownstreamConfig(model="", layer="")
     p.add_argument("--model", help="the causal LM the store was captured from (e.g. smollm2): "
@@ -288,6 +303,11 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"tokens per evaluation window (default {defaults.seq_len})")
     args = p.parse_args(argv)
     recipes = args.recipe or (["default"] if args.equal_time else ["default", "legacy"])
+    l0s = [int(v) for v in args.l0s.split(",")]
+    if args.activation:  # the activations at matched L0: ours only, each at its default lr
+        recipes = architecture_recipes(args.activation.split(","), l0s,
+                                       parse_penalties(args.penalties))
+        args.lrs, args.no_sparsify = "default", True
     if args.equal_time and len(recipes) != 1:
         raise SystemExit("--equal-time compares one recipe of ours with sparsify: give at most "
                          "one --recipe")
@@ -353,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     for metric in ("fvu", "delta_ce", "kl") if evaluator is not None else ("fvu",):
         print()
         print(equal_time_table(scores, lrs, metric) if args.equal_time
+              else matched_l0_table(scores, l0s) if args.activation
               else table(scores, lrs, metric))
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(s) for s in scores], indent=1))

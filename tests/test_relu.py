@@ -41,7 +41,7 @@ def test_the_gathered_step_gives_autograds_gradients(scale: float, monkeypatch):
         (((out.reconstruction - x) ** 2).mean() + 0.1 * sae.l1_penalty(out)).backward()
         grads.append({name: p.grad.clone() for name, p in sae.named_parameters()})
         widths.append(out.top_values.shape[1])
-    assert widths[0] == 256 if scale == 1.0 else widths[0] < 64
+    assert widths[0] == 256 if scale == 1.0 else widths[0] < 32
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], msg=name)
 

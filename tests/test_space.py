@@ -107,6 +107,33 @@ def test_setup_resolves_k_fraction_and_lr_scale_of_the_default_lr(space_dict, tm
     assert setup.config.auxk_alpha == 0.0 and setup.config.epochs == 2  # sampled + fixed
 
 
+def test_each_activation_samples_only_its_own_parameters(space_dict, tmp_path):
+    space_dict["params"] = {
+        "expansion": 4,
+        "activation": {"type": "categorical", "choices": ["topk", "relu", "jumprelu",
+                                                          "matryoshka_batchtopk"]},
+        "k": {"type": "categorical", "choices": [2, 4]},
+        "l1_lambda": {"type": "float", "low": 1e-3, "high": 1e-1, "log": True,
+                      "when": ["relu"]},
+        "l0_lambda": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "matryoshka_prefixes": {"type": "categorical", "choices": ["0.25", "0.125,0.5"]},
+        "lr_scale": 1.0}
+    loaded = _load(tmp_path, space_dict)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {}
+    for _ in range(24):
+        trial = study.ask()
+        setup = loaded.setup(trial)
+        seen[setup.activation] = set(trial.params)
+        assert (setup.k is None) == (setup.activation in ("relu", "jumprelu"))
+        assert setup.config.l0_lambda > 0 if setup.activation == "jumprelu" else (
+            setup.config.l0_lambda == 0)
+        study.tell(trial, 0.0)
+    assert seen == {"topk": {"activation", "k"}, "relu": {"activation", "l1_lambda"},
+                    "jumprelu": {"activation", "l0_lambda"},
+                    "matryoshka_batchtopk": {"activation", "k", "matryoshka_prefixes"}}
+
+
 def test_k_fraction_outside_unit_interval_is_rejected(space_dict, tmp_path):
     del space_dict["params"]["k"]
     space_dict["params"]["k_fraction"] = 1.5

@@ -20,6 +20,7 @@ import pandas as pd
 
 from harness.core.metrics import METRICS
 from harness.core.paths import unwritable
+from harness.report.architectures import activations, at_matched_l0, plot_architectures
 from harness.report.data import (
     ReportError,
     best_per_group,
@@ -49,7 +50,8 @@ from harness.report.tables import (
 __all__ = ["Report", "build_report", "load_trials", "main"]
 FORMATS = ("md", "tex", "csv", "parquet")
 TRIAL_COLUMNS = {
-    "study": "study", "number": "trial", "expansion": "expansion", "k": "k",
+    "study": "study", "number": "trial", "activation": "activation", "expansion": "expansion",
+    "k": "k",
     "n_latents": "latents", "lr": "lr", "final_r2": "R²", "final_fvu": "FVU", "final_l0": "L0",
     "final_dead_ratio": "dead ratio", "tokens_seen": "tokens", "wall_time_s": "wall s",
     "finish_share": "finish share",
@@ -124,9 +126,19 @@ def build_report(
     if missing:
         raise ReportError(f"--group-by {missing}: not a column; columns: {list(df.columns)}")
     keys = (["study"] if len(studies) > 1 else []) + list(group_by)
+    mixed = len(activations(df)) > 1
+    if mixed and "activation" not in keys:
+        keys.append("activation")  # a TopK and a BatchTopK at one (expansion, k) both count
 
     best = best_per_group(df, keys, metric)
     by_size = best_per_group(df, ["n_latents", "k"], "fvu")
+    if mixed:  # a scaling law is one architecture's
+        with_k = complete(df).dropna(subset=["k"])
+        if not with_k.empty:
+            main = with_k["activation"].fillna("topk").value_counts().index[0]
+            by_size = best_per_group(df[df["activation"].fillna("topk") == main],
+                                     ["n_latents", "k"], "fvu")
+            report.notes.append(f"the scaling fits use the {main} trials only")
     report.fits = fit_per_k(by_size)
     report.joint = fit_joint(by_size)
     if not report.fits:
@@ -140,6 +152,11 @@ def build_report(
         report.files += plot_pareto(df, out_dir)
         if _has_downstream(df):
             report.files += plot_pareto(df, out_dir, y="delta_ce", name="pareto_delta_ce")
+        if mixed:
+            report.files += plot_architectures(df, out_dir)
+            if _has_downstream(df):
+                report.files += plot_architectures(df, out_dir, y="delta_ce",
+                                                   name="architectures_delta_ce")
         report.files += plot_learning_curves(df, out_dir, metric)
         if done["lr"].nunique() > 1:
             report.files += plot_lr_sensitivity(df, out_dir)
@@ -228,6 +245,14 @@ def _summary_md(label: str, df: pd.DataFrame, best: pd.DataFrame, group_by: Sequ
     lines += [f"## Best per ({', '.join(group_by)})", "", markdown_table(best, columns), ""]
     lines += ["## Pareto front (FVU vs L0, both minimised)", "",
               markdown_table(pareto_front(df), columns), ""]
+    if len(activations(df)) > 1:
+        lines += ["## Architectures at matched L0", "",
+                  "Held-out FVU on each activation's Pareto front, interpolated in log-log at "
+                  "each L0 (nan: outside the L0 range its trials reached).", "",
+                  at_matched_l0(df).to_markdown(index=False, floatfmt=".4f"), ""]
+        if _has_downstream(df):
+            lines += [at_matched_l0(df, y="delta_ce").to_markdown(index=False, floatfmt=".4f"),
+                      ""]
     if _has_downstream(df):
         lines += ["## Pareto front (ΔCE vs L0, both minimised)", "",
                   "ΔCE = CE with the SAE spliced into the LM − clean CE, on the study's "

@@ -154,8 +154,8 @@ def best_per_group(df: pd.DataFrame, by: Sequence[str], metric: str = "r2") -> p
     done = complete(df).dropna(subset=[col])
     if done.empty:
         return done
-    idx = (done.groupby(list(by), sort=True)[col].idxmax() if larger
-           else done.groupby(list(by), sort=True)[col].idxmin())
+    groups = done.groupby(list(by), sort=True, dropna=False)  # k is NaN for ReLU and JumpReLU
+    idx = groups[col].idxmax() if larger else groups[col].idxmin()
     return done.loc[idx.values].reset_index(drop=True)
 
 

@@ -33,7 +33,7 @@ def best_table_tex(best: pd.DataFrame, metric: str, study: str) -> str:
     rows = best.sort_values(["expansion", "k"]).reset_index(drop=True)
     table = pd.DataFrame({
         "Expansion": rows["expansion"].map(lambda v: f"{v:g}"),
-        "$k$": rows["k"].astype(int),
+        "$k$": rows["k"].map(lambda v: "--" if pd.isna(v) else str(int(v))),
         "Latents": rows["n_latents"].astype(int),
         "LR": rows["lr"].astype(float),
         metric_name: rows[col].astype(float),

@@ -34,9 +34,17 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _k(r: TrialRecord) -> str:
+    """k, or the activation that has none (L0 set by training)."""
+    return str(r.k) if r.k is not None else (r.activation or "-")[:4]
+
+
 def trial_line(t: FrozenTrial, loaded: LoadedSpace) -> str:
     r = TrialRecord.from_frozen(t)
-    cfg = f"n_latents={r.n_latents} k={r.k} lr={r.lr or 0:.2e}"
+    shape = f"k={r.k}" if r.k is not None else f"{r.activation}"
+    if r.k is not None and r.activation not in (None, "topk"):
+        shape = f"{r.activation} {shape}"
+    cfg = f"n_latents={r.n_latents} {shape} lr={r.lr or 0:.2e}"
     secs = r.get("wall_time_s")
     took = f" {secs:.1f}s" if isinstance(secs, float) else ""
     if t.state == TrialState.COMPLETE:
@@ -97,7 +105,7 @@ def print_summary(study: optuna.Study, loaded: LoadedSpace, storage: str, out: P
             dce = f" {METRICS['delta_ce'].format(r.final('delta_ce')):>8}" if lm else ""
             print(f"{r.number:6d}{dce} {METRICS['r2'].format(r.final('r2')):>8} "
                   f"{METRICS['l0'].format(r.final('l0')):>6} "
-                  f"{100 * (r.final('dead_ratio') or 0):6.1f} {r.n_latents:9d} {r.k:4d} "
+                  f"{100 * (r.final('dead_ratio') or 0):6.1f} {r.n_latents:9d} {_k(r):>4} "
                   f"{r.lr or 0:9.2e}{found}  {r.trial_dir}")
         if truth:
             print("found% = planted features recovered (a decoder row within cos 0.9 of the "

@@ -40,12 +40,16 @@ def largest_trial(loaded: LoadedSpace) -> tuple[TrainingShape, int]:
     params = loaded.space.params
     expansions = [float(v) for v in bounding_values(params["expansion"])]
     n_max = max(1, round(max(expansions) * d))
+    k: int | None = None
     if "k" in params:
         k = int(max(bounding_values(params["k"])))
-    else:
+    elif "k_fraction" in params:
         k = round(max(float(v) for v in bounding_values(params["k_fraction"])) * n_max)
-    k = max(activation_class(str(name))().candidates(k, n_max)
-            for name in bounding_values(params.get("activation", "topk")))
+    activations = [activation_class(str(name)) for name in
+                   bounding_values(params.get("activation", "topk"))]
+    k = max(cls().candidates(k, n_max) for cls in activations)
+    # ReLU and JumpReLU step densely while most latents fire: the dense backward's memory
+    dense = any(not cls.uses_k for cls in activations)
     cap = int(max(_possible(loaded, "decoder_refit_max_latents")))
     refits = any(bool(v) for v in _possible(loaded, "decoder_refit"))
     encoder_tokens = (int(max(_possible(loaded, "encoder_refit_max_tokens")))
@@ -57,7 +61,7 @@ def largest_trial(loaded: LoadedSpace) -> tuple[TrainingShape, int]:
         d=d, n_latents=n, k=min(k, n), batch_size=int(max(_possible(loaded, "batch_size"))),
         eval_tokens=int(max(_possible(loaded, "max_eval_tokens"))),
         autocast_bf16=all(v is None or bool(v) for v in _possible(loaded, "autocast_bf16")),
-        sparse_backward=all(bool(v) for v in _possible(loaded, "sparse_backward")),
+        sparse_backward=not dense and all(bool(v) for v in _possible(loaded, "sparse_backward")),
         refit=refits and n <= cap, encoder_refit_tokens=encoder_tokens,
         prefetch_batches=int(max(_possible(loaded, "prefetch_batches"))))
         for n in candidates]

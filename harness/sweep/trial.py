@@ -157,7 +157,8 @@ def _prepare(trial: optuna.Trial, record: TrialRecord, loaded: LoadedSpace, ctx:
              "expansion": setup.expansion, "lr": setup.lr, "activation": setup.activation,
              "device": ctx.device_label, "host": record.host}
     sae = TopKSae(setup.n_latents, loaded.d, setup.k, device=ctx.device,
-                  seed=stream_seed(cfg.seed, "trial", trial.number), activation=setup.activation)
+                  seed=stream_seed(cfg.seed, "trial", trial.number), activation=setup.activation,
+                  activation_options=setup.activation_options)
     # keyed by the first trial of a retry chain: a retry resumes where its predecessor stopped
     first = trial.storage.get_trial_system_attrs(trial_id(trial)).get("failed_trial",
                                                                        trial.number)

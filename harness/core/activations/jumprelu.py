@@ -13,7 +13,7 @@ with that step (the L0 penalty, warmed up like the L1 penalty). Thresholds are k
 `log_threshold` (Adam then moves them by ratios) and saved as SAELens' `threshold`. Bandwidth
 and initial threshold are options in units of the data's per-element standard deviation, so one
 setting serves stores of any scale. Only the latents above theta - epsilon / 2 have a gradient, so
-the step gathers those (a sparse backward) while they are under a quarter of the dictionary.
+the step gathers those (a sparse backward) while they are under an eighth of the dictionary.
 Anthropic's 2025 variant (a tanh penalty and a pre-activation loss) is not implemented.
 """
 
@@ -77,7 +77,7 @@ class JumpRelu(ActivationBase):
     name: ClassVar[str] = "jumprelu"
     params: ClassVar[frozenset[str]] = frozenset({"l0_lambda"})
     options: ClassVar[dict[str, Any]] = {"jumprelu_bandwidth": 0.05,
-                                         "jumprelu_init_threshold": 0.5,
+                                         "jumprelu_init_threshold": 1.5,
                                          "jumprelu_threshold_lr_scale": 10.0}
     uses_k: ClassVar[bool] = False
 

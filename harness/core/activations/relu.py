@@ -2,9 +2,9 @@
 
 Every latent with a positive pre-activation is active, and the training loss's decoder-norm
 weighted L1 penalty (`l1_lambda`, warmed up over `sparsity_warmup_fraction` of the steps as in
-SAELens and dictionary_learning) sets how many: L0 comes out of training. While fewer than a
-quarter of the latents fire per token, the step gathers the positive ones (a sparse backward);
-above that it runs dense.
+SAELens and dictionary_learning) sets how many: L0 comes out of training. While fewer than an
+eighth of the latents fire per token (base.DENSE_SHARE), the step gathers the positive ones (a
+sparse backward); above that it runs dense.
 """
 
 from __future__ import annotations

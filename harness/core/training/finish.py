@@ -11,6 +11,7 @@ more per batch, and the solve of the [n+1, n+1] system its float64 flops over a 
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -54,6 +55,11 @@ def finish_batches(cfg: SaeTrainingConfig, n_latents: int, d: int, planned_steps
     return max(0, min(trained_batches, math.floor(spare / per_batch)))
 
 
+WIDE_PASS_SHARE = 0.8
+"""ReLU and JumpReLU codes are as wide as training makes them, so the step-count cost model does
+not price their passes: they stop reading once their passes took this share of
+`finish_budget` x the loop's seconds (the rest is for the solve)."""
+
 STASH_BYTES = 256 << 20
 """The finish's batches are kept from the first epoch when they take at most this much: a
 streamed store would otherwise fill its shuffle buffer (2^20 tokens by default) again for them."""
@@ -76,10 +82,12 @@ def stash_size(loader: ActivationLoader, runs: list[MemberRun], total: int) -> i
 
 def refit(loader: ActivationLoader, runs: list[MemberRun], total: int,
           stop: Callable[[], str | None] | None,
-          stash: list[torch.Tensor] | None = None) -> None:
+          stash: list[torch.Tensor] | None = None, loop_s: float = 0.0) -> None:
     """The finish of `runs` after `total` steps: each reads the first batches of epoch 0 that its
     budget pays for (from `stash`, the loop's copies of them, when it holds them all). An
-    interrupt checkpoints each run's trained state: the finish is redone on resume."""
+    interrupt checkpoints each run's trained state: the finish is redone on resume. `loop_s`,
+    the training loop's seconds, bounds the passes of activations whose code width training
+    decides (WIDE_PASS_SHARE)."""
     limits = finish_limits(loader, runs, total)
     runs = [run for run in runs if limits[id(run)] > 0]
     if not runs:
@@ -103,7 +111,7 @@ def refit(loader: ActivationLoader, runs: list[MemberRun], total: int,
             if index + 1 >= limit:
                 break
 
-    _refit_decoders(runs, limits, batches)
+    _refit_decoders(runs, limits, batches, loop_s)
     runs = [run for run in runs if run.encoder_refits and run.history.decoder_refit_tokens]
     if not runs:
         return
@@ -126,16 +134,24 @@ def refit(loader: ActivationLoader, runs: list[MemberRun], total: int,
 
 
 def _refit_decoders(runs: list[MemberRun], limits: dict[int, int],
-                    batches: Callable[[int], Iterator[torch.Tensor]]) -> None:
-    """One pass that refits each run's decoder on its first `limits[id(run)]` batches."""
+                    batches: Callable[[int], Iterator[torch.Tensor]], loop_s: float = 0.0) -> None:
+    """One pass that refits each run's decoder on its first `limits[id(run)]` batches (fewer
+    for a run with wide codes once its passes have taken their share of the budget)."""
     if not runs:
         return
     refits = [DecoderRefit(run.sae.n_latents, run.sae.n_inputs, run.device) for run in runs]
+    limits = dict(limits)
+    spent = {id(run): 0.0 for run in runs}
     for index, x in enumerate(batches(max(limits[id(run)] for run in runs))):
         for run, decoder in zip(runs, refits, strict=True):
             if index < limits[id(run)]:
+                start = time.perf_counter()
                 # the latents chosen by the step's product (bf16 where it trains in bf16)
                 decoder.observe(run.sae, x, bf16=bool(run.cfg.autocast_bf16))
+                spent[id(run)] += time.perf_counter() - start
+                if (not run.sae.activation_fn.uses_k and loop_s > 0 and spent[id(run)]
+                        >= WIDE_PASS_SHARE * run.cfg.finish_budget * loop_s):
+                    limits[id(run)] = index + 1  # its budget is spent: no more batches
     for run, decoder in zip(runs, refits, strict=True):
         try:
             run.history.decoder_refit_tokens = decoder.apply_(run.sae,

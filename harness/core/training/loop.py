@@ -60,7 +60,8 @@ def drive(loader: ActivationLoader, runs: list[MemberRun], cfg: SaeTrainingConfi
                     if not run.guarded(run.losses.check):
                         active.remove(run)
                 finish_start = time.perf_counter()
-                refit(loader, [run for run in active if run.refits], total, stop, stash)
+                refit(loader, [run for run in active if run.refits], total, stop, stash,
+                      loop_s=finish_start - start)
                 stash.clear()
                 for run in active:
                     run.history.train_loop_s = finish_start - start

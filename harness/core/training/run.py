@@ -60,6 +60,8 @@ class MemberRun:
         if b_dec_center is not None:
             with torch.no_grad():
                 sae.b_dec.copy_(b_dec_center.to(sae.b_dec))
+        if cfg.l0_lambda and "l0_lambda" not in sae.activation_fn.params:
+            raise ValueError(f"l0_lambda needs activation jumprelu, not {sae.activation!r}")
         self.scale = scale
         """The data's per-element standard deviation (the sparsity penalties' unit)."""
         sae.activation_fn.begin_training(sae, scale)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import optuna
 import torch
 from pydantic import ValidationError
 
+from harness.core.activations import OPTIONS, activation_class
 from harness.core.loader import ActivationLoader
 from harness.core.store import ActivationSource, StoreError, open_store
 from harness.core.training.checks import type_error
@@ -42,12 +43,31 @@ class TrialSetup:
 
     expansion: float
     n_latents: int
-    k: int
+    k: int | None
+    """Active latents per token; None for an activation whose L0 training sets."""
     lr: float
     config: SaeTrainingConfig
     sampled: dict[str, Any]
     activation: str = "topk"
     """The activation's registry name (harness.core.activations)."""
+    activation_options: dict[str, Any] = field(default_factory=dict)
+    """Its options (Matryoshka's prefixes), as sampled or fixed."""
+
+
+OWNED = {"k", "k_fraction", "l0_lambda", *OPTIONS}
+"""Parameters that belong to the activations that list them (k and k_fraction go with "k")."""
+
+
+def applies(name: str, spec: Any, activation: str) -> bool:
+    """Whether a trial whose activation is `activation` samples (or fixes) parameter `name`."""
+    when = spec.when if isinstance(spec, ParamSpec) else None
+    if when is not None:
+        return activation in when
+    if name not in OWNED:
+        return True
+    cls = activation_class(activation)
+    owned = cls.params | set(cls.options)
+    return (name in owned) or (name == "k_fraction" and "k" in owned)
 
 
 @dataclass
@@ -60,18 +80,33 @@ class LoadedSpace:
     raw: dict[str, Any]
 
     def setup(self, trial: optuna.Trial) -> TrialSetup:
-        """Sample this trial's parameters and resolve n_latents, k, lr and the config."""
+        """Sample this trial's parameters and resolve n_latents, k, lr and the config. The
+        activation is sampled first; a parameter that it does not use (another activation's k,
+        penalty or option, or one whose `when` leaves it out) is not sampled."""
         s = self.space
         values: dict[str, Any] = {}
+        spec = s.params.get("activation", "topk")
+        activation = str(spec.suggest(trial, "activation") if isinstance(spec, ParamSpec)
+                         else spec)
+        values["activation"] = activation
         for name, spec in s.params.items():
+            if name == "activation" or not applies(name, spec, activation):
+                continue
             values[name] = spec.suggest(trial, name) if isinstance(spec, ParamSpec) else spec
+        if "activation" not in s.params:
+            del values["activation"]
         expansion = float(values["expansion"])
         n_latents = max(1, round(expansion * self.d))
-        k = int(values["k"]) if "k" in values else max(1, round(values["k_fraction"] * n_latents))
-        if not 0 < k < n_latents:
-            raise ValueError(f"k={k} must be in [1, n_latents={n_latents})")
+        k: int | None = None
+        if activation_class(activation).uses_k:
+            k = (int(values["k"]) if "k" in values
+                 else max(1, round(values["k_fraction"] * n_latents)))
+            if not 0 < k < n_latents:
+                raise ValueError(f"k={k} must be in [1, n_latents={n_latents})")
         fields = {**s.training}
         fields.update({n: v for n, v in values.items() if n not in SPECIAL_PARAMS})
+        if fields.get("l0_lambda") and "l0_lambda" not in activation_class(activation).params:
+            raise ValueError(f"l0_lambda needs activation jumprelu, not {activation!r}")
         fields["max_tokens"] = s.data.max_tokens
         if "lr" in values:
             lr = float(values["lr"])
@@ -84,9 +119,10 @@ class LoadedSpace:
         else:
             lr = float(fields["lr"])
         fields["lr"] = lr
+        options = {n: v for n, v in values.items() if n in OPTIONS}
         return TrialSetup(expansion=expansion, n_latents=n_latents, k=k, lr=lr,
                           config=SaeTrainingConfig(**fields), sampled=values,
-                          activation=str(values.get("activation", "topk")))
+                          activation=activation, activation_options=options)
 
     def raw_masked(self) -> dict[str, Any]:
         """The space as given, with a storage URL's password replaced by *** (what is written
@@ -130,6 +166,7 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None,
     except ValidationError as e:
         raise SpaceError(_format_validation(path, e, raw)) from e
     _check_special(path, space)
+    _check_activation_options(path, space)
     _check_training(path, space)
     _check_options(path, space)
     d = _check_data(path, space, read_heldout) if check_data else (
@@ -267,6 +304,17 @@ def _check_special(path: Path, space: SweepSpace) -> None:
                 raise SpaceError(f"{path}: params.{name}: expected {expected}, got {value!r}")
 
 
+def _check_activation_options(path: Path, space: SweepSpace) -> None:
+    """Each activation option's values build its activation (e.g. Matryoshka's prefixes)."""
+    for name, owner in OPTIONS.items():
+        spec = space.params.get(name)
+        for value in bounding_values(spec) if spec is not None else []:
+            try:
+                activation_class(owner)(**{name: value})
+            except (TypeError, ValueError) as e:
+                raise SpaceError(f"{path}: params.{name}: {e}") from None
+
+
 def _check_options(path: Path, space: SweepSpace) -> None:
     for section, table, kind in (("sampler", SAMPLERS, space.sampler.type),
                                  ("pruner", PRUNERS, space.pruner.type)):
@@ -324,6 +372,8 @@ def _check_k(path: Path, space: SweepSpace, d: int) -> None:
     if min_exp <= 0:
         raise SpaceError(f"{path}: params.expansion: must be > 0, got {min_exp}")
     min_latents = max(1, round(min_exp * d))
+    if "k" not in params and "k_fraction" not in params:
+        return  # no activation of the space keeps k latents (ReLU, JumpReLU)
     if "k" in params:
         k = params["k"]
         max_k = k.max_value if isinstance(k, ParamSpec) else float(k)

@@ -12,13 +12,13 @@ from typing import Any, Literal
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from harness.core.activations import ACTIVATIONS, activation_class
+from harness.core.activations import ACTIVATIONS, OPTIONS, activation_class
 from harness.core.metrics import METRICS, OBJECTIVE_METRICS
 from harness.core.training.config import NOT_SAMPLED, SaeTrainingConfig
 from harness.evaluate.downstream import DownstreamConfig
 
 # lr = 2e-4 / sqrt(n_latents / 2**14): the scaling rule of sparsify and dictionary_learning
-SPECIAL_PARAMS = {"expansion", "k", "k_fraction", "lr", "lr_scale", "activation"}
+SPECIAL_PARAMS = {"expansion", "k", "k_fraction", "lr", "lr_scale", "activation", *OPTIONS}
 SAMPLERS: dict[str, type] = {
     "tpe": optuna.samplers.TPESampler,
     "random": optuna.samplers.RandomSampler,
@@ -57,9 +57,16 @@ class ParamSpec(_Strict):
     log: bool = False
     step: float | None = None
     choices: list[Any] | None = None
+    when: list[str] | None = None
+    """Sample it only for trials whose activation is one of these (a conditional parameter:
+    Optuna's suggest inside a branch); None = whenever it applies."""
 
     @model_validator(mode="after")
     def _check(self) -> ParamSpec:
+        unknown = [a for a in self.when or [] if a not in ACTIVATIONS]
+        if unknown or self.when == []:
+            raise ValueError(f"'when' lists activations among {list(ACTIVATIONS)}, got "
+                             f"{self.when}")
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("categorical needs a non-empty 'choices' list")
@@ -307,6 +314,20 @@ class SweepSpace(_Strict):
             raise ValueError(f"'k' or 'k_fraction' must be sampled or fixed (activation "
                              f"{needing_k[0]!r} keeps k latents per token)")
         return params
+
+    @model_validator(mode="after")
+    def _activation_needs(self) -> SweepSpace:
+        """Every activation the space can choose gets the parameters it needs."""
+        activation = self.params.get("activation", "topk")
+        choices = (activation.choices or []) if isinstance(activation, ParamSpec) else [activation]
+        for choice in choices:
+            for need in activation_class(choice).params - {"k"}:
+                spec = self.params.get(need, self.training.get(need))
+                when = spec.when if isinstance(spec, ParamSpec) else None
+                if spec is None or (when is not None and choice not in when):
+                    raise ValueError(f"activation {choice!r} needs {need!r}: sample or fix it in "
+                                     "params (or fix it in training)")
+        return self
 
     @property
     def directions(self) -> list[str]:
