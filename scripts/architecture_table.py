@@ -2,8 +2,9 @@
 their table (scores are bench_quality.Score).
 
 An activation with k (topk, batchtopk, matryoshka_batchtopk) trains once per L0 asked for, at
-k = L0. One whose L0 comes out of training (relu, jumprelu) trains once per value of its
-sparsity penalty. Each activation's FVU at each L0 is then read off its Pareto front of held-out
+k = L0, and once at 1.25 times the largest (a BatchTopK SAE's held-out L0 is a little under k).
+One whose L0 comes out of training (relu, jumprelu) trains once per value of its sparsity
+penalty. Each activation's FVU at each L0 is then read off its Pareto front of held-out
 (L0, FVU) by log-log interpolation, never extrapolated, as harness.report.architectures does.
 """
 
@@ -41,8 +42,9 @@ def architecture_recipes(activations: list[str], l0s: list[int],
     """bench_quality recipes: `NAME:activation=...,k=...` or `...,l1_lambda=...`."""
     recipes = []
     for name in activations:
-        if activation_class(name).uses_k:
-            recipes += [f"{name} k={k}:activation={name},k={k}" for k in l0s]
+        if activation_class(name).uses_k:  # and one k above: BatchTopK's L0 falls short of k
+            ks = [*l0s, round(1.25 * max(l0s))]
+            recipes += [f"{name} k={k}:activation={name},k={k}" for k in ks]
         else:
             recipes += [f"{name} {PENALTY[name]}={v:g}:activation={name},{PENALTY[name]}={v!r}"
                         for v in penalties[name]]

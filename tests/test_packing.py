@@ -31,6 +31,17 @@ def test_the_largest_trial_takes_every_maximum(synthetic_store, tmp_path):
     assert shape.refit and size == training_bytes(shape)
 
 
+def test_relu_and_jumprelu_count_every_latent_and_a_dense_step(synthetic_store, tmp_path):
+    loaded = _loaded(tmp_path, synthetic_store, params={
+        "expansion": 8, "lr": 1e-3, "l1_lambda": 0.01, "l0_lambda": 0.001,
+        "activation": {"type": "categorical", "choices": ["relu", "jumprelu"]}})
+    shape, size = largest_trial(loaded)
+    assert (shape.n_latents, shape.k, shape.sparse_backward) == (128, 128, False)
+    topk = largest_trial(_loaded(tmp_path, synthetic_store, params={
+        "expansion": 8, "lr": 1e-3, "k": 4}))[1]
+    assert size > topk
+
+
 def test_lockstep_packs_count_each_member(synthetic_store, tmp_path):
     one = largest_trial(_loaded(tmp_path, synthetic_store))[1]
     params = {"expansion": {"type": "categorical", "choices": [2, 4]}, "k": 4,

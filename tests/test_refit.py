@@ -197,3 +197,21 @@ def test_a_checkpoint_of_another_format_is_refused_by_name(synthetic_store, tmp_
         SaeTrainer.train_lockstep(LocalStore(synthetic_store), "syn", "synthetic", [member()])
     assert str(checkpoint) in str(info.value)
     assert ("format 99" if change == "format" else "'fvu'") in str(info.value)
+
+
+@pytest.mark.parametrize(("width", "zeros"), [(40, 0.7), (200, 0.1)])  # pairs; sparse @ dense
+def test_the_sums_match_dense_products_with_zero_codes_dropped(width: int, zeros: float) -> None:
+    gen = torch.Generator().manual_seed(0)
+    n, d, batch = 300, 16, 64
+    indices = torch.stack([torch.randperm(n, generator=gen)[:width] for _ in range(batch)])
+    values = torch.rand(batch, width, generator=gen) * (torch.rand(batch, width,
+                                                                   generator=gen) > zeros)
+    x = torch.randn(batch, d, generator=gen)
+    sums = DecoderRefit(n, d, torch.device("cpu"))
+    sums.add(x, values, indices)
+    z = torch.zeros(batch, n + 1).scatter_(1, indices, values)
+    z[:, n] = 1.0  # the output bias's column
+    upper = sums.gram.view(n + 1, n + 1)
+    gram = upper + upper.T - torch.diag(upper.diagonal())
+    torch.testing.assert_close(gram, z.T @ z)
+    torch.testing.assert_close(sums.cross, z.T @ x)

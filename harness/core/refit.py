@@ -23,9 +23,11 @@ import torch
 
 from harness.core.sparse_ops import codes_t_matmul
 
-MAX_PAIRED_CODES = 129
+MAX_PAIRED_CODES = 65
 """Up to this many codes per token (the bias included) the Gram sums scatter each pair; beyond,
-the pairs' B m^2 / 2 adds cost more than a sparse [n, B] by dense [B, n] product."""
+the pairs' B m^2 / 2 adds cost more than a sparse [n, B] by dense [B, n] product (a batch of
+4096 at n = 3072 on a 2-core CPU: 0.31 s against 0.29 s at k = 64, 0.98 s against 0.50 s at
+k = 128)."""
 RIDGE = 1e-4
 """Ridge on A, relative to its diagonal (each latent's sum of squared activations)."""
 
@@ -42,8 +44,14 @@ class DecoderRefit:
 
     @torch.no_grad()
     def add(self, x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor) -> None:
-        """Add a batch: inputs x [B, d] and their codes (values, indices) [B, m]."""
+        """Add a batch: inputs x [B, d] and their codes (values, indices) [B, m]. Zero codes add
+        nothing: the rows are cut to the most non-zero codes a token has (reading that count
+        waits for the device once a batch)."""
         n, batch = self.n, x.shape[0]
+        widest = int((values != 0).sum(1).max()) if values.numel() else 0
+        if widest < values.shape[1]:  # drop the zeros (BatchTopK's unkept candidates, padding)
+            keep = values.abs().topk(widest, dim=1, sorted=False).indices
+            values, indices = values.gather(1, keep), indices.gather(1, keep)
         bias = torch.full((batch, 1), n, device=x.device, dtype=indices.dtype)
         idx = torch.cat([indices, bias], 1)
         val = torch.cat([values.float(), values.new_ones(batch, 1, dtype=torch.float32)], 1)

@@ -55,10 +55,11 @@ def finish_batches(cfg: SaeTrainingConfig, n_latents: int, d: int, planned_steps
     return max(0, min(trained_batches, math.floor(spare / per_batch)))
 
 
-WIDE_PASS_SHARE = 0.8
-"""ReLU and JumpReLU codes are as wide as training makes them, so the step-count cost model does
-not price their passes: they stop reading once their passes took this share of
-`finish_budget` x the loop's seconds (the rest is for the solve)."""
+PASS_TIME_SHARE = 0.8
+"""The step-count cost model prices a pass at TopK's k = 32; wider codes (k >= 64, ReLU and
+JumpReLU, whose width training decides) cost more per token. So a budget-sized finish also stops
+reading once its passes took this share of `finish_budget` x the loop's seconds (the rest is for
+the solve); `finish_tokens` is never cut."""
 
 STASH_BYTES = 256 << 20
 """The finish's batches are kept from the first epoch when they take at most this much: a
@@ -86,8 +87,7 @@ def refit(loader: ActivationLoader, runs: list[MemberRun], total: int,
     """The finish of `runs` after `total` steps: each reads the first batches of epoch 0 that its
     budget pays for (from `stash`, the loop's copies of them, when it holds them all). An
     interrupt checkpoints each run's trained state: the finish is redone on resume. `loop_s`,
-    the training loop's seconds, bounds the passes of activations whose code width training
-    decides (WIDE_PASS_SHARE)."""
+    the training loop's seconds, also bounds a budget-sized finish's passes (PASS_TIME_SHARE)."""
     limits = finish_limits(loader, runs, total)
     runs = [run for run in runs if limits[id(run)] > 0]
     if not runs:
@@ -136,7 +136,7 @@ def refit(loader: ActivationLoader, runs: list[MemberRun], total: int,
 def _refit_decoders(runs: list[MemberRun], limits: dict[int, int],
                     batches: Callable[[int], Iterator[torch.Tensor]], loop_s: float = 0.0) -> None:
     """One pass that refits each run's decoder on its first `limits[id(run)]` batches (fewer
-    for a run with wide codes once its passes have taken their share of the budget)."""
+    once a budget-sized finish's passes have taken their share of the loop's time)."""
     if not runs:
         return
     refits = [DecoderRefit(run.sae.n_latents, run.sae.n_inputs, run.device) for run in runs]
@@ -149,8 +149,8 @@ def _refit_decoders(runs: list[MemberRun], limits: dict[int, int],
                 # the latents chosen by the step's product (bf16 where it trains in bf16)
                 decoder.observe(run.sae, x, bf16=bool(run.cfg.autocast_bf16))
                 spent[id(run)] += time.perf_counter() - start
-                if (not run.sae.activation_fn.uses_k and loop_s > 0 and spent[id(run)]
-                        >= WIDE_PASS_SHARE * run.cfg.finish_budget * loop_s):
+                if (run.cfg.finish_tokens is None and loop_s > 0 and spent[id(run)]
+                        >= PASS_TIME_SHARE * run.cfg.finish_budget * loop_s):
                     limits[id(run)] = index + 1  # its budget is spent: no more batches
     for run, decoder in zip(runs, refits, strict=True):
         try:
