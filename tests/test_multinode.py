@@ -18,8 +18,8 @@ from spaces import tiny_space, write_space
 
 from harness import TopKSae
 from harness.report import load_trials
+from harness.sweep.budget import superseded_numbers
 from harness.sweep.storage import open_storage
-from harness.sweep.study import superseded_numbers
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,6 +6,7 @@ import optuna
 import pytest
 
 from harness.core.training import EvalResult, StopTraining
+from harness.sweep.optuna_private import trial_id
 from harness.sweep.pruning import (
     DeadFeaturesRule,
     OptunaPrunerRule,
@@ -40,6 +41,22 @@ def test_the_callback_stops_on_the_first_rule_and_keeps_the_event():
     assert cb.event is not None and cb.event.rule == "r2_floor" and cb.event.tokens == 400
 
 
+def test_nothing_prunes_once_less_than_a_quarter_of_the_steps_remains():
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(lower=0.5))
+    trial = study.ask()
+    optuna_rule = OptunaPrunerRule(trial, "r2", "threshold")
+    cb = PruningCallback([R2FloorRule(min_r2=0.2), optuna_rule], planned_steps=100,
+                         min_remaining=PrunerSection(type="none").min_remaining)
+    cb(result(80, r2=0.1))  # 20% of the steps remain: the floor is not enforced ...
+    assert cb.event is None
+    assert trial.storage.get_trial(trial_id(trial)).intermediate_values == {80: 0.1}  # ... reported
+    with pytest.raises(StopTraining, match="r2_floor at step 75"):
+        cb(result(75, r2=0.1))  # exactly a quarter remains: still prunable
+    late = PruningCallback([R2FloorRule(min_r2=0.2)], planned_steps=100, min_remaining=0.0)
+    with pytest.raises(StopTraining):
+        late(result(99, r2=0.1))
+
+
 def test_rules_for_a_space_reports_to_optuna_only_with_one_objective():
     study = optuna.create_study(pruner=optuna.pruners.NopPruner())
     trial = study.ask()
@@ -49,7 +66,7 @@ def test_rules_for_a_space_reports_to_optuna_only_with_one_objective():
     assert [r.name for r in one] == ["dead_features", "r2_floor", "median"]
     assert isinstance(one[-1], OptunaPrunerRule)
     one[-1].check(result(2, r2=0.4))
-    assert trial.storage.get_trial(trial._trial_id).intermediate_values == {2: 0.4}
+    assert trial.storage.get_trial(trial_id(trial)).intermediate_values == {2: 0.4}
     two = rules_for(trial, pruner, [Objective(metric="r2", direction="maximize"),
                                     Objective(metric="l0", direction="minimize")])
     assert [r.name for r in two] == ["dead_features", "r2_floor"]

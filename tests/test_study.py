@@ -10,12 +10,12 @@ import pytest
 from optuna.trial import TrialState
 from spaces import tiny_space, write_space
 
+from harness.sweep.budget import budget_state
 from harness.sweep.space import load_space
 from harness.sweep.storage import open_storage
 from harness.sweep.study import (
     LEASE_ATTR,
     Heartbeat,
-    budget_state,
     create_study,
     reap_stale,
     requeue,

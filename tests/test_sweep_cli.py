@@ -20,11 +20,12 @@ from scripts_run import report_here, sweep_here
 from spaces import tiny_space, write_space
 from wandb_records import run_contents
 
+from harness.sweep.budget import budget_state
 from harness.sweep.cli import build_parser
 from harness.sweep.optuna_private import study_storage, trial_id
 from harness.sweep.space import load_space
 from harness.sweep.storage import open_storage
-from harness.sweep.study import LEASE_ATTR, budget_state, create_study
+from harness.sweep.study import LEASE_ATTR, create_study
 
 ROOT = Path(__file__).resolve().parent.parent
 

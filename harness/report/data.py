@@ -20,8 +20,9 @@ from harness.core.metrics import METRICS
 from harness.core.sae import WEIGHTS_FILE
 from harness.core.training.config import SaeTrainingConfig
 from harness.sweep.artifacts import fetch_trial
+from harness.sweep.budget import superseded_numbers
 from harness.sweep.storage import open_storage
-from harness.sweep.study import STORAGE_ENV, journal_path, superseded_numbers
+from harness.sweep.study import STORAGE_ENV, journal_path
 from harness.sweep.trial_record import TrialRecord
 from harness.sweep.urls import masked
 

@@ -32,6 +32,7 @@ from harness.core.store import open_store
 from harness.core.wandb_log import has_api_key
 from harness.data.synthetic import write_synthetic_store
 from harness.sweep.artifacts import default_location, s3_problem
+from harness.sweep.budget import BudgetState, budget_state, superseded_numbers
 from harness.sweep.console import best_value, print_summary, time_left, trial_line
 from harness.sweep.devices import (
     DeviceError,
@@ -46,12 +47,10 @@ from harness.sweep.space import LoadedSpace, SpaceError, load_space, synthetic_s
 from harness.sweep.storage import prepare_storage
 from harness.sweep.study import (
     STORAGE_ENV,
-    budget_state,
     create_study,
     default_storage,
     reap_stale,
     storage_url,
-    superseded_numbers,
 )
 from harness.sweep.urls import masked
 from harness.sweep.worker import EXIT_BAD_DATA, EXIT_NO_DEVICE, EXIT_UNWRITABLE
@@ -158,9 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     if reaped:
         print(f"re-enqueued trials abandoned by an earlier run: {reaped}")
     budget = budget_state(study)
-    if budget.waiting == 0 and budget.running == 0 and budget.used >= space.budget.n_trials:
-        print(f"study {space.study.name!r} already has {budget.used} of its "
-              f"{space.budget.n_trials} trials: nothing to run (raise --n-trials to run more)")
+    spent = [name for name, fits in (
+        ("token", budget.tokens_fit(space.budget.tokens, loaded.planned_tokens()
+                                    if space.budget.tokens is not None else 0)),
+        ("hour", budget.hours_fit(space.budget.hours))) if not fits]
+    if budget.waiting == 0 and budget.running == 0 and (
+            budget.used >= space.budget.n_trials or spent):
+        left = budget.describe(space.budget.tokens, space.budget.hours)
+        held = (f"spent its {spent[0]} budget ({left})" if spent
+                else f"{budget.used} of its {space.budget.n_trials} trials")
+        print(f"study {space.study.name!r} already has {held}: nothing to run (raise the "
+              "budget to run more)")
         print_summary(study, loaded, url, out)
         return 0
     print(f"study {space.study.name!r}: storage {masked(url)}, "
@@ -277,6 +284,7 @@ def _monitor(study: optuna.Study, procs: list[subprocess.Popen], loaded: LoadedS
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     n_trials = loaded.space.budget.n_trials
     seen: set[int] = set()
+    spent = BudgetState(used=0, waiting=0, running=0)  # what the trials printed so far spent
     started = time.perf_counter()
     done_before: int | None = None  # trials finished by earlier runs (not part of the rate)
     bar = tqdm(total=n_trials, unit="trial", dynamic_ncols=True, file=sys.stderr,
@@ -289,16 +297,22 @@ def _monitor(study: optuna.Study, procs: list[subprocess.Popen], loaded: LoadedS
             done = sum(1 for t in trials if t.state.is_finished() and t.number not in superseded)
             if done_before is None:  # finished by earlier runs: said once, not line by line
                 done_before = done
-                seen.update(t.number for t in trials if t.state.is_finished())
+                for t in trials:
+                    if t.state.is_finished():
+                        seen.add(t.number)
+                        spent = spent.after(t)
                 if done:
                     tqdm.write(f"resuming: {done} of {n_trials} trials finished in earlier runs")
             new = [t for t in sorted(trials, key=lambda t: t.number)
                    if t.state.is_finished() and t.number not in seen]
             for i, t in enumerate(new):
                 seen.add(t.number)
+                spent = spent.after(t)
                 done_then = done - (len(new) - 1 - i)  # several may finish between two polls
+                left = spent.describe(loaded.space.budget.tokens, loaded.space.budget.hours)
                 tqdm.write(trial_line(t, loaded)
-                           + time_left(done_then, done_before, n_trials, started))
+                           + time_left(done_then, done_before, n_trials, started)
+                           + (f" ({left})" if left else ""))
             bar.n = min(done, n_trials)
             best = best_value(study, loaded)
             if best is not None:

@@ -5,8 +5,9 @@
 - Optuna's pruner on the first objective, reported with `trial.report(value, step)` (single-
   objective only: Optuna does not prune multi-objective trials).
 
-A new rule is a class here with a `name` and `check`, listed in RULES, plus its section in the
-space's `pruner:` block (harness.sweep.space.PrunerSection).
+No rule prunes once less than `pruner.min_remaining` (default 0.25) of a trial's planned steps
+remain. A new rule is a class here with a `name` and `check`, listed in RULES, plus its section
+in the space's `pruner:` block (harness.sweep.space.PrunerSection).
 """
 
 from __future__ import annotations
@@ -118,15 +119,23 @@ def rules_for(trial: optuna.Trial, pruner: Any, objectives: list[Any],
 
 class PruningCallback:
     """A trainer callback: applies the rules at each evaluation, raises StopTraining on the
-    first that fires and keeps the event for the trial's record."""
+    first that fires and keeps the event for the trial's record. Past the point where less than
+    `min_remaining` of the `planned_steps` remain, nothing is pruned: stopping then saves too
+    little to be worth losing a finished trial (the rules are still asked, so Optuna still
+    records the values)."""
 
-    def __init__(self, rules: list[PruneRule]) -> None:
+    def __init__(self, rules: list[PruneRule], planned_steps: int | None = None,
+                 min_remaining: float = 0.0) -> None:
         self.rules = rules
         self.event: PruneEvent | None = None
+        self.last_step = (None if not planned_steps or not min_remaining
+                          else (1.0 - min_remaining) * planned_steps)
+        """The last step at which a rule may prune (None: any)."""
 
     def __call__(self, r: EvalResult) -> None:
+        late = self.last_step is not None and r.step > self.last_step
         for rule in self.rules:
             values = rule.check(r)
-            if values is not None:
+            if values is not None and not late:
                 self.event = PruneEvent(rule.name, r.step, r.tokens, values)
                 raise StopTraining(self.event.reason)

@@ -1,4 +1,4 @@
-"""The Optuna side of a sweep: storage, sampler, pruner, the study's record, budget and leases.
+"""The Optuna side of a sweep: storage, sampler, pruner, the study's record and leases.
 
 Leases: on an RDB storage, Optuna's own heartbeat (RDBStorage heartbeat_interval /
 grace_period) marks running trials; on a journal file, which has none, every running trial gets
@@ -8,16 +8,15 @@ exists) or whose heartbeat is older than `lease_s`: the trial is failed with the
 parameters re-enqueued through Optuna's RetryHeartbeatStaleTrialCallback (at most `max_retry`
 times).
 
-Budget: `n_trials` counts every trial of the study except those superseded by a retry, and
-enqueued (WAITING) trials always run. Workers check the budget and ask for their trial under one
-lock (a file lock beside a journal or SQLite file, a PostgreSQL advisory lock across nodes), so
-the budget is exact; only on other servers (MySQL) may parallel workers overshoot by at most one
-trial each, as with Optuna's MaxTrialsCallback.
+Budget (harness.sweep.budget): `n_trials` counts every trial of the study except those
+superseded by a retry, and enqueued (WAITING) trials always run. Workers check the budget and
+ask for their trial under one lock (a file lock beside a journal or SQLite file, a PostgreSQL
+advisory lock across nodes), so the budget is exact; only on other servers (MySQL) may parallel
+workers overshoot by at most one trial each, as with Optuna's MaxTrialsCallback.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import json
 import logging
@@ -41,6 +40,7 @@ from optuna.storages import (
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.core.training.config import DataOptions
+from harness.sweep.budget import superseded_numbers
 from harness.sweep.optuna_private import study_storage, trial_id
 from harness.sweep.space import (
     PRUNERS,
@@ -217,33 +217,6 @@ def _item(section: Any, key: Any) -> Any:
     if isinstance(section, list):
         return section[key] if key < len(section) else None
     return (section or {}).get(key)
-
-
-# ------------------------------------------------------------------------------ budget
-@dataclasses.dataclass(frozen=True)
-class BudgetState:
-    """How much of the study's trial budget is spoken for."""
-
-    used: int
-    """Trials that count against n_trials (anything not WAITING and not superseded)."""
-    waiting: int
-    """Enqueued trials not yet started (retries included): always run."""
-    running: int
-    """Trials RUNNING now."""
-
-
-def budget_state(study: optuna.Study) -> BudgetState:
-    trials = study.get_trials(deepcopy=False)
-    superseded = superseded_numbers(trials)
-    used = sum(1 for t in trials if t.state != TrialState.WAITING and t.number not in superseded)
-    waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
-    running = sum(1 for t in trials if t.state == TrialState.RUNNING)
-    return BudgetState(used=used, waiting=waiting, running=running)
-
-
-def superseded_numbers(trials: list[FrozenTrial]) -> set[int]:
-    """Numbers of failed trials whose configuration was re-enqueued as another trial."""
-    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
 
 
 # ------------------------------------------------------------------------------ leases

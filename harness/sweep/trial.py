@@ -165,7 +165,8 @@ def _prepare(trial: optuna.Trial, record: TrialRecord, loaded: LoadedSpace, ctx:
     downstream = final_evaluator(loaded, ctx.device, ctx.results_dir)
     probe = probe_for(loaded, downstream, sae)
     pruning = PruningCallback(rules_for(trial, space.pruner, space.objectives,
-                                        probe.value if probe else None))
+                                        probe.value if probe else None),
+                              setup.planned_steps, space.pruner.min_remaining)
     callbacks = [probe, pruning] if probe else [pruning]  # the probe measures, then rules read
     member = LockstepMember(sae=sae, config=cfg, callbacks=callbacks, training_run_id=name,
                             save_dir=record.trial_dir, extra_meta=extra,

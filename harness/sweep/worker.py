@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 from harness.core.token_cache import keep_tokens
 from harness.core.training.config import SaeTrainingConfig
 from harness.core.training.results import TrainingInterrupted
+from harness.sweep.budget import budget_state
 from harness.sweep.downstream import preload_downstream
 from harness.sweep.optuna_private import study_storage, trial_id
 from harness.sweep.space import load_space
@@ -33,7 +34,6 @@ from harness.sweep.storage import budget_lock, open_storage
 from harness.sweep.study import (
     STORAGE_ENV,
     Heartbeat,
-    budget_state,
     make_pruner,
     make_sampler,
     reap_stale,
@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                         results_dir=Path(space.results_dir) / space.study.name,
                         artifacts=space.artifacts)
     faults = space.faults
+    per_trial = loaded.planned_tokens() if space.budget.tokens is not None else 0
     log.info("started pid=%d device=%s threads=%d", os.getpid(), args.device,
              torch.get_num_threads())
     while signals.stop_requested is None:
@@ -127,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
             break
         with budget_lock(url, storage):
             budget = budget_state(study)
-            room = budget.waiting + max(0, space.budget.n_trials - budget.used)
-            trials = [study.ask() for _ in range(min(space.lockstep, room))]
+            fresh = min(space.lockstep, max(0, space.budget.n_trials - budget.used))
+            while fresh and not (budget.tokens_fit(space.budget.tokens, per_trial, fresh)
+                                 and budget.hours_fit(space.budget.hours, fresh)):
+                fresh -= 1  # the token or hour budget has no room for another trial
+            trials = [study.ask() for _ in range(min(space.lockstep, budget.waiting + fresh))]
         if not trials:
             if budget.running:
                 # a trial still running may yet be reaped and re-enqueued: stay to run it

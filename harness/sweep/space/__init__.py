@@ -1,7 +1,8 @@
 """Declarative search spaces: one YAML file describes one sweep, validated before anything runs.
 
     schema.py  the file's sections as strict pydantic models
-    load.py    load_space: validation, data and training checks, each trial's setup
+    load.py    load_space and each trial's setup (conditional parameters included)
+    checks.py  the checks after the schema: values, training, options, data, k
 """
 
 from harness.sweep.space.load import (

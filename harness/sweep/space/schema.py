@@ -192,6 +192,9 @@ class PrunerSection(_Strict):
     """Keyword arguments of the Optuna pruner (e.g. n_startup_trials, n_warmup_steps)."""
     dead_features: DeadFeatureSection | None = None
     r2_floor: R2FloorSection | None = None
+    min_remaining: float = Field(0.25, ge=0, lt=1)
+    """No rule prunes a trial once less than this share of its planned steps remains (pruning
+    then saves too little); 0 = prune at any evaluation."""
 
 
 class BudgetSection(_Strict):
@@ -199,6 +202,12 @@ class BudgetSection(_Strict):
     """Trials for the whole study, across all workers and re-runs."""
     timeout: float | None = Field(None, gt=0)
     """Stop starting trials after this many seconds of this invocation."""
+    tokens: float | None = Field(None, gt=0)
+    """Training tokens for the whole study (pruned and failed trials count what they trained):
+    no trial starts that would take the total past it."""
+    hours: float | None = Field(None, gt=0)
+    """Trial hours for the whole study (the sum of the trials' wall times, on every node): no
+    trial starts once the finished trials' mean would take the total past it."""
 
 
 class WandbSection(_Strict):

@@ -1,0 +1,198 @@
+"""The checks a space passes after its schema: parameter values, activation options, training
+values against SaeTrainingConfig, sampler and pruner options, the data, and k against the width.
+Each raises SpaceError naming the file, the key path and what was expected."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.core.activations import OPTIONS, activation_class
+from harness.core.loader import ActivationLoader
+from harness.core.store import ActivationSource, StoreError, open_store
+from harness.core.training.checks import type_error
+from harness.core.training.config import SaeTrainingConfig, option_types
+from harness.sweep.space.schema import (
+    MIN_EVAL_TOKENS,
+    PRUNERS,
+    SAMPLERS,
+    SPECIAL_PARAMS,
+    ParamSpec,
+    SpaceError,
+    SweepSpace,
+)
+
+
+def check_training(path: Path, space: SweepSpace) -> None:
+    """Every training value (in `training:` and every value a sampled training parameter can
+    take) type-checked strictly against SaeTrainingConfig, then range-checked by it."""
+    known = set(SaeTrainingConfig.field_names())
+    for key in space.training:
+        if key not in known:
+            raise SpaceError(f"{path}: training.{key}: unknown SaeTrainingConfig field; known: "
+                             f"{sorted(known)}")
+        if key == "max_tokens":
+            raise SpaceError(f"{path}: training.max_tokens: set it as data.max_tokens")
+        if key in space.params:
+            raise SpaceError(f"{path}: training.{key}: also given under params; give it once")
+    _validate_training(path, "training", space.training)
+    hints = option_types()
+    for name, spec in space.params.items():
+        if name in SPECIAL_PARAMS:
+            continue
+        if isinstance(spec, ParamSpec) and spec.type == "float" and hints[name] in (int,
+                                                                                 int | None):
+            raise SpaceError(f"{path}: params.{name}: SaeTrainingConfig.{name} is a whole "
+                             "number: sample it with type int or categorical")
+        for value in bounding_values(spec):
+            _validate_training(path, f"params.{name}", {**space.training, name: value})
+
+
+def _validate_training(path: Path, where: str, values: dict[str, Any]) -> None:
+    """Types by the options' one type rule (harness.core.training.checks), then ranges by
+    SaeTrainingConfig itself."""
+    error = type_error(values, option_types())
+    if error is not None:
+        key, msg, given = error
+        shown = where if where.startswith("params.") else f"{where}.{key}"
+        raise SpaceError(f"{path}: {shown}: {msg} (got {given!r})")
+    try:
+        SaeTrainingConfig(**values)
+    except (TypeError, ValueError) as e:
+        raise SpaceError(f"{path}: {where}: {e}") from e
+
+
+def bounding_values(spec: ParamSpec | float | int | str | bool) -> list[Any]:
+    """The values a parameter can take that bound its range: a fixed value, the choices, or
+    low and high (as ints for an int parameter)."""
+    if not isinstance(spec, ParamSpec):
+        return [spec]
+    if spec.type == "categorical":
+        return list(spec.choices or [])
+    cast = int if spec.type == "int" else float
+    return [cast(spec.low), cast(spec.high)]  # type: ignore[arg-type]
+
+
+# what each special parameter's values must be: (check, expected)
+_SPECIAL_CHECKS: dict[str, tuple[Any, str]] = {
+    "expansion": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "k": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+          "a whole number >= 1"),
+    "k_fraction": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
+    "lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "lr_scale": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+}
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_special(path: Path, space: SweepSpace) -> None:
+    for name, (ok, expected) in _SPECIAL_CHECKS.items():
+        spec = space.params.get(name)
+        if spec is None:
+            continue
+        if name == "k" and isinstance(spec, ParamSpec) and spec.type == "float":
+            raise SpaceError(f"{path}: params.k: k is a whole number: sample it with type int "
+                             "or categorical")
+        for value in bounding_values(spec):
+            if not ok(value):
+                raise SpaceError(f"{path}: params.{name}: expected {expected}, got {value!r}")
+
+
+def check_activation_options(path: Path, space: SweepSpace) -> None:
+    """Each activation option's values build its activation (e.g. Matryoshka's prefixes)."""
+    for name, owner in OPTIONS.items():
+        spec = space.params.get(name)
+        for value in bounding_values(spec) if spec is not None else []:
+            try:
+                activation_class(owner)(**{name: value})
+            except (TypeError, ValueError) as e:
+                raise SpaceError(f"{path}: params.{name}: {e}") from None
+
+
+def check_options(path: Path, space: SweepSpace) -> None:
+    for section, table, kind in (("sampler", SAMPLERS, space.sampler.type),
+                                 ("pruner", PRUNERS, space.pruner.type)):
+        cls = table.get(kind)
+        options = getattr(space, section).options
+        if cls is None:
+            if options:
+                raise SpaceError(f"{path}: {section}.options: {kind!r} takes no options")
+            continue
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "seed"}
+        for key in options:
+            if key not in accepted:
+                raise SpaceError(f"{path}: {section}.options.{key}: not an option of "
+                                 f"{cls.__name__}; accepted: {sorted(accepted)}")
+
+
+def check_store(path: Path, space: SweepSpace, read_heldout: bool = True) -> int:
+    data = space.data
+    store = open_store(data.store)
+    try:
+        source = store.open(data.run_id, data.layer_signature)
+        if read_heldout:
+            _check_evaluable(path, space, source)
+        return source.d
+    except StoreError as e:
+        if data.synthetic is not None and not (store.activation_dir(data.run_id)
+                                               / "meta.json").exists():
+            return data.synthetic.d  # generated on first use
+        key = "data.layer_signature" if "layer" in str(e) else "data.run_id"
+        raise SpaceError(f"{path}: {key}: {e}") from e
+
+
+def _check_evaluable(path: Path, space: SweepSpace, source: ActivationSource) -> None:
+    """Refuse data whose held-out split cannot give a meaningful FVU: too few tokens, or no
+    variance (FVU divides by it). Only the held-out tokens are read."""
+    config = SaeTrainingConfig(**{**space.training, "max_tokens": space.data.max_tokens})
+    loader = ActivationLoader(source, config.loader_config())
+    n_eval = min(loader.n_heldout_tokens, config.max_eval_tokens)
+    where = f"{path}: data: run {space.data.run_id!r} layer {source.layer_signature!r}"
+    if n_eval < MIN_EVAL_TOKENS:
+        raise SpaceError(f"{where}: only {n_eval} held-out token(s) of {loader.n_tokens} "
+                         f"(holdout_fraction {config.holdout_fraction:g}); the held-out metrics "
+                         f"need at least {MIN_EVAL_TOKENS}: use a larger store or "
+                         "training.holdout_fraction")
+    x = loader.eval_tokens().to(torch.float64)
+    if not float(x.var(dim=0, unbiased=False).sum()) > 0:
+        raise SpaceError(f"{where}: the held-out activations have zero variance (every token "
+                         "is the same vector), so FVU is undefined; check the capture")
+
+
+def check_k(path: Path, space: SweepSpace, d: int) -> None:
+    params = space.params
+    expansion = params["expansion"]
+    min_exp = expansion.min_value if isinstance(expansion, ParamSpec) else float(expansion)
+    if min_exp <= 0:
+        raise SpaceError(f"{path}: params.expansion: must be > 0, got {min_exp}")
+    min_latents = max(1, round(min_exp * d))
+    if "k" not in params and "k_fraction" not in params:
+        return  # no activation of the space keeps k latents (ReLU, JumpReLU)
+    if "k" in params:
+        k = params["k"]
+        max_k = k.max_value if isinstance(k, ParamSpec) else float(k)
+        min_k = k.min_value if isinstance(k, ParamSpec) else float(k)
+        if min_k < 1:
+            raise SpaceError(f"{path}: params.k: must be >= 1, got {min_k:g}")
+        if max_k >= min_latents:
+            raise SpaceError(f"{path}: params.k: k can reach {max_k:g} but n_latents can be as "
+                             f"small as {min_latents} (expansion {min_exp:g} x d={d}); need "
+                             "k < n_latents")
+    else:
+        frac = params["k_fraction"]
+        lo = frac.min_value if isinstance(frac, ParamSpec) else float(frac)
+        hi = frac.max_value if isinstance(frac, ParamSpec) else float(frac)
+        if not (lo > 0 and hi < 1):
+            raise SpaceError(f"{path}: params.k_fraction: must lie in (0, 1), got "
+                             f"[{lo:g}, {hi:g}]")
+        if round(hi * min_latents) >= min_latents:  # the trial rounds k = k_fraction x n
+            raise SpaceError(f"{path}: params.k_fraction: {hi:g} x n_latents rounds to "
+                             f"{round(hi * min_latents)} = n_latents when n_latents is "
+                             f"{min_latents} (expansion {min_exp:g} x d={d}); need k < n_latents")

@@ -1,0 +1,57 @@
+"""The study's budget in trials, training tokens and trial hours: the arithmetic, and short real
+sweeps that stop when the next trial would not fit."""
+
+from __future__ import annotations
+
+import optuna
+from scripts_run import sweep_here
+from spaces import tiny_space, write_space
+
+from harness.sweep.budget import BudgetState, budget_state
+
+
+def test_a_trial_fits_only_with_the_running_ones_counted():
+    state = BudgetState(used=3, waiting=0, running=1, tokens=20_000, seconds=30.0, finished=2)
+    assert state.tokens_fit(None, 10_000)
+    assert state.tokens_fit(40_000, 10_000) and not state.tokens_fit(39_999, 10_000)
+    assert not state.tokens_fit(40_000, 10_000, more=2)
+    # mean 15 s a trial: 30 s done, one running, one more = 60 s
+    assert state.hours_fit(60 / 3600) and not state.hours_fit(59 / 3600)
+    assert BudgetState(used=0, waiting=0, running=0).hours_fit(1e-9)  # nothing measured yet
+    assert state.describe(40_000, 1.0) == "tokens 20k of 40k, 0.0083 of 1 trial h"
+
+
+def _load(results):
+    return optuna.load_study(study_name="t",
+                             storage=optuna.storages.JournalStorage(
+                                 optuna.storages.journal.JournalFileBackend(
+                                     str(results / "t" / "study.journal"))))
+
+
+def test_the_token_budget_stops_the_sweep_before_the_trial_that_would_not_fit(
+        synthetic_store, tmp_path, capsys):
+    results = tmp_path / "results"
+    # a trial plans 2 epochs of the 5,700 training tokens: two fit in 28,500, three do not
+    space = tiny_space(synthetic_store, results, budget={"n_trials": 10, "tokens": 28_500},
+                       workers=1, wandb={"mode": "off"})
+    proc = sweep_here(capsys, str(write_space(tmp_path / "s.yaml", space)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    study = _load(results)
+    assert len(study.trials) == 2
+    assert budget_state(study).tokens == sum(t.user_attrs["tokens_seen"] for t in study.trials)
+    assert "(tokens 11.4k of 28.5k)" in proc.stdout and "(tokens 22.8k of 28.5k)" in proc.stdout
+    again = sweep_here(capsys, str(write_space(tmp_path / "s.yaml", space)))
+    assert "already has spent its token budget (tokens 22.8k of 28.5k)" in again.stdout
+    assert len(_load(results).trials) == 2
+
+
+def test_the_hour_budget_stops_after_the_first_trial_that_spends_it(synthetic_store, tmp_path,
+                                                                      capsys):
+    results = tmp_path / "results"
+    space = tiny_space(synthetic_store, results, budget={"n_trials": 10, "hours": 1e-4},
+                       workers=1, wandb={"mode": "off"})  # 0.36 s: one trial takes longer
+    proc = sweep_here(capsys, str(write_space(tmp_path / "s.yaml", space)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    study = _load(results)
+    assert len(study.trials) == 1 and study.trials[0].user_attrs["wall_time_s"] > 0.36
+    assert "of 0.0001 trial h)" in proc.stdout
