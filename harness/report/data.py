@@ -97,7 +97,8 @@ def _row(study: str, t: FrozenTrial, superseded: bool, training_seed: int, fetch
     row: dict[str, Any] = {"study": study, "number": t.number,
                            "state": STATE_NAMES.get(t.state, t.state.name.lower()),
                            "superseded": superseded,
-                           "retry_of": t.system_attrs.get("failed_trial")}
+                           "retry_of": t.system_attrs.get("failed_trial"),
+                           "warm_start": t.user_attrs.get("warm_start")}
     row.update({f"param_{k}": v for k, v in t.params.items()})
     for key in TrialRecord.columns():
         if key != "prune_values":

@@ -70,7 +70,9 @@ def _si(value: float) -> str:
 
 
 def budget_state(study: optuna.Study) -> BudgetState:
-    trials = study.get_trials(deepcopy=False)
+    """What the study's own trials have spent (warm-started copies of other studies' trials cost
+    this study nothing)."""
+    trials = [t for t in study.get_trials(deepcopy=False) if not warm_started(t)]
     superseded = superseded_numbers(trials)
     used = sum(1 for t in trials if t.state != TrialState.WAITING and t.number not in superseded)
     waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
@@ -85,3 +87,8 @@ def budget_state(study: optuna.Study) -> BudgetState:
 def superseded_numbers(trials: list[FrozenTrial]) -> set[int]:
     """Numbers of failed trials whose configuration was re-enqueued as another trial."""
     return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+
+
+def warm_started(trial: FrozenTrial) -> bool:
+    """Whether `trial` is a copy of another study's trial (harness.sweep.warm_start)."""
+    return "warm_start" in trial.user_attrs

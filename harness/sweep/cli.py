@@ -32,7 +32,7 @@ from harness.core.store import open_store
 from harness.core.wandb_log import has_api_key
 from harness.data.synthetic import write_synthetic_store
 from harness.sweep.artifacts import default_location, s3_problem
-from harness.sweep.budget import BudgetState, budget_state, superseded_numbers
+from harness.sweep.budget import BudgetState, budget_state, superseded_numbers, warm_started
 from harness.sweep.console import best_value, print_summary, time_left, trial_line
 from harness.sweep.devices import (
     DeviceError,
@@ -142,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpaceError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_SPACE
+    warm = study.user_attrs.get("warm_started")
+    if warm:
+        print(f"warm start: {warm['trials']} complete trial(s) of {', '.join(warm['from'])}")
     if downstream is not None:
         path = save_reference(downstream)
         w = downstream.reference.windows
@@ -292,7 +295,7 @@ def _monitor(study: optuna.Study, procs: list[subprocess.Popen], loaded: LoadedS
     try:
         while True:
             alive = [p for p in procs if p.poll() is None]
-            trials = study.get_trials(deepcopy=False)
+            trials = [t for t in study.get_trials(deepcopy=False) if not warm_started(t)]
             superseded = superseded_numbers(trials)
             done = sum(1 for t in trials if t.state.is_finished() and t.number not in superseded)
             if done_before is None:  # finished by earlier runs: said once, not line by line

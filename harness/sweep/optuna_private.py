@@ -1,8 +1,9 @@
-"""The two places the harness reaches past Optuna's public API, each in one function.
+"""The three places the harness reaches past Optuna's public API, each in one function.
 
 Optuna's storage API addresses trials by their storage id, and a study's storage is what the
 harness writes through when it reaps a trial whose worker died (lease expiry) or re-enqueues an
-interrupted one; neither has a public accessor (Optuna 4-5).
+interrupted one; neither has a public accessor (Optuna 4-5). A warm start asks whether a
+distribution holds a value, which only a private method answers.
 """
 
 from __future__ import annotations
@@ -20,3 +21,11 @@ def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
 def study_storage(study: optuna.Study) -> BaseStorage:
     """The storage `study` reads and writes (reaping and re-enqueueing go through it)."""
     return study._storage
+
+
+def holds(distribution: optuna.distributions.BaseDistribution, value: object) -> bool:
+    """Whether `distribution` could have sampled `value` (a warm-started trial's parameter)."""
+    try:
+        return bool(distribution._contains(distribution.to_internal_repr(value)))
+    except ValueError:
+        return False

@@ -51,6 +51,7 @@ from harness.sweep.space import (
 )
 from harness.sweep.storage import open_storage
 from harness.sweep.urls import masked
+from harness.sweep.warm_start import warm_start, warm_start_sources
 from harness.version import saesweep_version
 
 LEASE_ATTR = "saesweep:lease"
@@ -134,6 +135,7 @@ def create_study(loaded: LoadedSpace, storage_url: str) -> optuna.Study:
     fingerprint = joblib.hash(definition)
     if existing is not None:
         _refuse_changed_definition(existing, definition, fingerprint, loaded, storage_url)
+    sources = warm_start_sources(loaded, storage_url) if existing is None else []
     study = optuna.create_study(study_name=s.study.name, storage=storage, sampler=sampler,
                                 pruner=pruner, directions=s.directions, load_if_exists=True)
     attrs = study.user_attrs
@@ -163,6 +165,9 @@ def create_study(loaded: LoadedSpace, storage_url: str) -> optuna.Study:
     record["invocations"] = [*attrs.get("invocations", []), now]
     for key, value in record.items():
         study.set_user_attr(key, value)
+    copied = warm_start(study, loaded, sources)
+    if copied:
+        study.set_user_attr("warm_started", {"from": s.study.warm_start, "trials": copied})
     return study
 
 

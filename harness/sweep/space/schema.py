@@ -102,6 +102,16 @@ class ParamSpec(_Strict):
             return min(float(c) for c in self.choices or [])
         return float(self.low)  # type: ignore[arg-type]
 
+    def distribution(self) -> optuna.distributions.BaseDistribution:
+        """The Optuna distribution `suggest` samples from."""
+        if self.type == "categorical":
+            return optuna.distributions.CategoricalDistribution(self.choices)  # type: ignore[arg-type]
+        if self.type == "int":
+            return optuna.distributions.IntDistribution(int(self.low), int(self.high),  # type: ignore[arg-type]
+                                                        log=self.log, step=int(self.step or 1))
+        return optuna.distributions.FloatDistribution(float(self.low), float(self.high),  # type: ignore[arg-type]
+                                                      log=self.log, step=self.step)
+
     def suggest(self, trial: optuna.Trial, name: str) -> Any:
         if self.type == "categorical":
             return trial.suggest_categorical(name, self.choices)  # type: ignore[arg-type]
@@ -118,6 +128,10 @@ class StudySection(_Strict):
     storage: str | None = None
     """Optuna storage URL; None = a journal file results/<name>/study.journal."""
     seed: int = 0
+    warm_start: list[str] = Field(default_factory=list)
+    """Studies on the same activations whose complete trials a new study starts from (in its
+    storage, else at results/<name>/study.journal): the sampler sees them, the budget does
+    not count them."""
 
 
 class SyntheticSection(_Strict):
