@@ -36,6 +36,26 @@ def test_bench_quality_scores_every_recipe_on_the_held_out_tail(tmp_path: Path):
     assert "| default |" in proc.stdout and "| legacy |" in proc.stdout
 
 
+def test_bench_quality_compares_activations_at_matched_l0(tmp_path: Path):
+    LocalStore(tmp_path / "store").put_activations("acts", "L", torch.randn(6000, 16) + 3.0)
+    out = tmp_path / "scores.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_quality.py"), "--store",
+         str(tmp_path / "store"), "--run-id", "acts", "--layer", "L", "--tokens", "3000",
+         "--n-latents", "64", "--batch", "256", "--heldout", "1000", "--activation",
+         "topk,relu", "--l0s", "2,4", "--penalties", "relu=0.01,0.3", "--json", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    scores = json.loads(out.read_text())
+    assert [s["trainer"] for s in scores] == ["topk k=2", "topk k=4", "topk k=5",
+                                              "relu l1_lambda=0.01", "relu l1_lambda=0.3"]
+    assert [s["activation"] for s in scores] == ["topk"] * 3 + ["relu"] * 2
+    relu = [s for s in scores if s["activation"] == "relu"]
+    assert relu[1]["l0"] < relu[0]["l0"]  # the larger penalty, the sparser
+    assert "| activation | L0=2 | L0=4 |" in proc.stdout and "over TopK:" in proc.stdout
+    assert "| topk | " in proc.stdout and "| relu | " in proc.stdout
+
+
 def test_bench_quality_rejects_an_unknown_recipe_setting(tmp_path: Path):
     LocalStore(tmp_path / "store").put_activations("acts", "L", torch.randn(3000, 8))
     proc = subprocess.run(

@@ -25,9 +25,8 @@ from harness.core.sparse_ops import codes_t_matmul
 
 MAX_PAIRED_CODES = 65
 """Up to this many codes per token (the bias included) the Gram sums scatter each pair; beyond,
-the pairs' B m^2 / 2 adds cost more than a sparse [n, B] by dense [B, n] product (a batch of
-4096 at n = 3072 on a 2-core CPU: 0.31 s against 0.29 s at k = 64, 0.98 s against 0.50 s at
-k = 128)."""
+the pairs' B m^2 / 2 adds cost more than a sparse [n, B] by dense [B, n] product (measured by
+scripts/bench_widths.py: docs/architectures.md)."""
 RIDGE = 1e-4
 """Ridge on A, relative to its diagonal (each latent's sum of squared activations)."""
 

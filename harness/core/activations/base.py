@@ -149,8 +149,8 @@ class ActivationBase:
 
 DENSE_SHARE = 0.125
 """Above this share of the latents per token, a gathered (sparse) step costs more than a dense
-one: the top-m selection and the gathered backward grow with m, the dense products do not (on a
-2-core CPU at n = 3072, B = 4096, the crossover was near m = 350: docs/architectures.md)."""
+one: the top-m selection and the gathered backward grow with m, the dense products do not
+(scripts/bench_widths.py measures the crossover: docs/architectures.md)."""
 
 
 def width_above(pre: torch.Tensor, cut: torch.Tensor | float) -> int | None:
