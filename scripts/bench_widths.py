@@ -69,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# n={n} d={d} batch={args.batch}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     try:
-        dense = median_s(jumprelu_step(n, d, x, 1.3, dense=True), args.repeats)
+        dense = median_s(jumprelu_step(n, d, x, 0.8, dense=True), args.repeats)
         print("\nJumpReLU step, gathered against dense:\n\n| width | gathered s | dense s | "
               "ratio |\n|---|---|---|---|")
-        for margin in (2.6, 2.2, 1.9, 1.6, 1.3):
+        for margin in (1.3, 1.0, 0.8, 0.65, 0.55, 0.45):
             step = jumprelu_step(n, d, x, margin, dense=False)
             seconds = median_s(step, args.repeats)
             print(f"| {step.width} | {seconds:.3f} | {dense:.3f} | {seconds / dense:.2f} |")
