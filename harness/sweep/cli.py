@@ -169,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
         left = budget.describe(space.budget.tokens, space.budget.hours)
         held = (f"spent its {spent[0]} budget ({left})" if spent
                 else f"{budget.used} of its {space.budget.n_trials} trials")
-        print(f"study {space.study.name!r} already has {held}: nothing to run (raise the "
-              "budget to run more)")
+        raise_it = f"budget.{spent[0]}s" if spent else "--n-trials"
+        print(f"study {space.study.name!r} already has {held}: nothing to run (raise "
+              f"{raise_it} to run more)")
         print_summary(study, loaded, url, out)
         return 0
     print(f"study {space.study.name!r}: storage {masked(url)}, "
