@@ -2,7 +2,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.report.data import best_per_group, pareto_front, pareto_mask, pruning_summary
+from harness.report.data import (
+    best_per_group,
+    pareto_front,
+    pareto_mask,
+    pruning_summary,
+    tokens_saved,
+)
 
 
 def test_pareto_mask_on_hand_made_points():
@@ -44,6 +50,7 @@ def test_pruning_summary_counts_tokens_saved():
     ])
     out = pruning_summary(df).set_index("rule")
     assert out.loc["median", "trials"] == 2 and out.loc["median", "tokens_saved"] == 130
+    assert list(tokens_saved(df)) == [80, 50, 30, 0]  # per trial: a complete one saves none
     assert out.loc["median", "saved_fraction"] == pytest.approx(130 / 200)
     assert out.loc["dead_features", "tokens_trained"] == 70
 

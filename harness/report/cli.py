@@ -53,7 +53,8 @@ TRIAL_COLUMNS = {
     "study": "study", "number": "trial", "activation": "activation", "expansion": "expansion",
     "k": "k",
     "n_latents": "latents", "lr": "lr", "final_r2": "R²", "final_fvu": "FVU", "final_l0": "L0",
-    "final_dead_ratio": "dead ratio", "tokens_seen": "tokens", "wall_time_s": "wall s",
+    "final_dead_ratio": "dead ratio", "tokens_seen": "tokens", "tokens_saved": "tokens saved",
+    "wall_time_s": "wall s",
     "finish_share": "finish share",
 }
 # shown when the study measured them (a space with evaluation.downstream)
@@ -263,7 +264,9 @@ def _summary_md(label: str, df: pd.DataFrame, best: pd.DataFrame, group_by: Sequ
         lines += ["## Across seeds (mean ± std)", "", seeds.to_markdown(index=False,
                                                                           floatfmt=".4g"), ""]
     prune = pruning_summary(df)
-    lines += ["## Pruning", ""]
+    spent = pd.to_numeric(df["tokens_seen"], errors="coerce").fillna(0).sum()
+    lines += ["## Pruning", "", f"The study's trials trained {int(spent):,} tokens in all; "
+              f"pruning saved {int(df['tokens_saved'].sum()):,}.", ""]
     if prune.empty:
         lines += ["No trial was pruned.", ""]
     else:

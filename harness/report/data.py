@@ -88,6 +88,7 @@ def load_trials(studies: str | Sequence[str], storage: str | None = None,
     df = pd.DataFrame(rows)
     if df.empty:
         return pd.DataFrame(columns=["study", "number", "state"])
+    df["tokens_saved"] = tokens_saved(df)
     return df.sort_values(["study", "number"]).reset_index(drop=True)
 
 
@@ -200,13 +201,24 @@ def pareto_front(df: pd.DataFrame, x: str = "final_l0", y: str = "final_fvu") ->
     return done[pareto_mask(done[x], done[y])].sort_values(x).reset_index(drop=True)
 
 
+def tokens_saved(df: pd.DataFrame) -> pd.Series:
+    """Per trial, the training tokens pruning saved it: a pruned trial's planned tokens minus
+    those it trained; 0 for every other trial."""
+    if df.empty or "planned_tokens" not in df:
+        return pd.Series(0, index=df.index, dtype="int64")
+    planned = pd.to_numeric(df["planned_tokens"], errors="coerce")
+    seen = pd.to_numeric(df["tokens_seen"], errors="coerce")
+    saved = (planned - seen).clip(lower=0).fillna(0)
+    return saved.where(df["state"] == "pruned", 0).astype("int64")
+
+
 def pruning_summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per prune rule: trials pruned, tokens they trained, and tokens pruning saved."""
     pruned = df[df["state"] == "pruned"]
     if pruned.empty:
         return pd.DataFrame(columns=["rule", "trials", "tokens_trained", "tokens_saved",
                                      "saved_fraction"])
-    saved = (pruned["planned_tokens"] - pruned["tokens_seen"]).clip(lower=0)
+    saved = tokens_saved(df)[pruned.index]
     table = pd.DataFrame({"rule": pruned["prune_rule"].fillna("unknown"),
                           "tokens_trained": pruned["tokens_seen"], "tokens_saved": saved,
                           "planned": pruned["planned_tokens"]})
