@@ -12,9 +12,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from harness.core.metrics import METRICS
 from harness.report.data import complete, pareto_mask
-from harness.report.plots import COLUMN, STYLE, _plain_log, _save, palette
+from harness.report.plots import COLUMN, STYLE, _save, l0_axes, palette
 
 MATCHED_L0 = (16, 32, 64, 128)
 """The L0 values the architecture table reads each front at."""
@@ -78,12 +77,5 @@ def plot_architectures(df: pd.DataFrame, out: Path, y: str = "final_fvu",
                     marker="o", ms=2.5, label=activation)
         for l0 in MATCHED_L0:
             ax.axvline(l0, color="grey", lw=0.4, ls=":", zorder=0)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        _plain_log(ax)
-        ax.set_xlabel("L0 (held-out active latents per token)")
-        ax.set_ylabel("FVU (held-out, fraction)" if y == "final_fvu"
-                      else METRICS[y.removeprefix("final_")].label)
-        ax.legend(title="activation", loc="best", handletextpad=0.3, borderaxespad=0.2)
-        ax.grid(True, which="major", lw=0.3, alpha=0.5)
+        l0_axes(ax, y, "activation")
         return _save(fig, out, name)

@@ -91,15 +91,21 @@ def plot_pareto(df: pd.DataFrame, out: Path, y: str = "final_fvu",
                 zorder=3, label="Pareto front")
         ax.scatter(front["final_l0"], front[y], s=22, facecolors="none",
                    edgecolors="black", linewidths=0.8, zorder=4)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        _plain_log(ax)
-        ax.set_xlabel("L0 (active latents per token)")
-        ax.set_ylabel("FVU (held-out, fraction)" if y == "final_fvu"
-                      else METRICS[y.removeprefix("final_")].label)
-        ax.legend(title="expansion", loc="best", handletextpad=0.3, borderaxespad=0.2)
-        ax.grid(True, which="major", lw=0.3, alpha=0.5)
+        l0_axes(ax, y, "expansion")
         return _save(fig, out, name)
+
+
+def l0_axes(ax: plt.Axes, y: str, legend: str) -> None:
+    """Log axes of `y` (held-out FVU, or a downstream metric) against held-out L0, labelled, with
+    a legend titled `legend` and a light grid."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _plain_log(ax)
+    ax.set_xlabel("L0 (held-out active latents per token)")
+    ax.set_ylabel("FVU (held-out, fraction)" if y == "final_fvu"
+                  else METRICS[y.removeprefix("final_")].label)
+    ax.legend(title=legend, loc="best", handletextpad=0.3, borderaxespad=0.2)
+    ax.grid(True, which="major", lw=0.3, alpha=0.5)
 
 
 R2_FLOOR = -1.0  # learning curves: R² axis bottom; a run below it is hopeless, drawn to the edge

@@ -126,11 +126,9 @@ class LossOptions:
     """The training loss and what ends a run as diverged."""
 
     l1_lambda: float = 0.0
-    """Weight of the decoder-norm weighted L1 penalty, in units of the data's scale: the loss is
-    var x (FVU + l1_lambda x L1 / std), with var and std per element (ReLU + L1's sparsity)."""
+    """Weight of the decoder-norm weighted L1 penalty: loss = var x (FVU + l1_lambda x L1/std)."""
     l0_lambda: float = 0.0
-    """Weight of the L0 penalty (activation jumprelu): FVU traded for one more active latent
-    per token, the loss being var x (FVU + l0_lambda x L0)."""
+    """Weight of JumpReLU's L0 penalty, the FVU one active latent must save: var x l0_lambda."""
     sparsity_warmup_fraction: float = 0.05
     """The L1 and L0 penalties grow linearly from 0 over this share of the planned steps
     (SAELens' l1_warm_up_steps, dictionary_learning's sparsity_warmup_steps); 0 = none."""
