@@ -253,7 +253,9 @@ def test_memory_stays_flat_streaming_a_store_larger_than_the_cache(tmp_path: Pat
         callbacks=[lambda r: seen.append(_rss_mib())], save=False)
     assert len(seen) == 2 and history["tokens"][-1] == 2 * history.n_train_tokens
     assert max(seen) - min(seen) < 16, seen  # flat across epochs
-    assert max(seen) - before < store_mib / 5, (before, seen, store_mib)
+    # a third of the store: loading it would add all 195 MiB; what the allocator keeps of the
+    # streamed buffers varies from run to run (24-37 MiB in five runs of this test's body)
+    assert max(seen) - before < store_mib / 3, (before, seen, store_mib)
 
 
 def test_lr_schedule_warms_up_holds_and_decays_to_zero():

@@ -133,7 +133,7 @@ class SaeTrainer:
         sample = _first_tokens(loader, first.b_dec_init_tokens)
         center = data_center(sample, first.b_dec_init) if first.b_dec_init != "zeros" else None
         # the per-element standard deviation: the unit of the sparsity penalties
-        scale = float((sample.float() - sample.float().mean(0)).pow(2).mean().sqrt())
+        scale = float(sample.var(dim=0, unbiased=False).mean().sqrt())  # no [N, d] temporaries
         total_steps = first.planned_steps(loader.batches_per_epoch)
         runs = [MemberRun(m, store, source, loader, eval_x, center, scale, device, total_steps)
                 for m in members]
