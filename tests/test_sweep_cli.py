@@ -333,47 +333,6 @@ def test_a_changed_study_definition_is_refused_and_nothing_is_written(synthetic_
     assert len(load(results).get_trials()) == 3
 
 
-ALL_ACTIVATIONS = ["topk", "batchtopk", "jumprelu", "matryoshka_batchtopk", "relu"]
-
-
-def test_a_sweep_samples_every_activation_and_reports_each_front(synthetic_store, tmp_path,
-                                                                 capsys):
-    results = tmp_path / "results"
-    space = tiny_space(
-        synthetic_store, results, sampler={"type": "grid"},
-        params={"expansion": 4, "k": 4, "lr": 3e-3,
-                "activation": {"type": "categorical", "choices": ALL_ACTIVATIONS},
-                "l1_lambda": {"type": "categorical", "choices": [0.05], "when": ["relu"]},
-                "l0_lambda": 1e-3, "matryoshka_prefixes": "0.25"},
-        objectives=[{"metric": "fvu", "direction": "minimize"},
-                    {"metric": "l0", "direction": "minimize"}],
-        budget={"n_trials": 5}, wandb={"mode": "off"})
-    proc = sweep_here(capsys, str(write_space(tmp_path / "s.yaml", space)))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    trials = load(results).get_trials()
-    assert sorted(t.user_attrs["activation"] for t in trials) == sorted(ALL_ACTIVATIONS)
-    for t in trials:
-        activation = t.params["activation"]
-        assert t.state == TrialState.COMPLETE, t.user_attrs.get("fail_reason")
-        cfg = json.loads((Path(t.user_attrs["trial_dir"]) / "cfg.json").read_text())
-        assert cfg["architecture"] == {"relu": "standard"}.get(activation, activation)
-        assert ("k" in cfg) == (activation not in ("relu", "jumprelu"))
-        assert set(t.params) == ({"activation", "l1_lambda"} if activation == "relu"
-                                 else {"activation"})
-        config = json.loads((Path(t.user_attrs["trial_dir"]) / "training_config.json")
-                            .read_text())
-        assert config["l0_lambda"] == (1e-3 if activation == "jumprelu" else 0.0)
-        if activation in ("topk", "batchtopk", "matryoshka_batchtopk"):
-            assert 3.0 <= t.user_attrs["final_l0"] <= 5.0  # mean L0 near k, held out
-    report = report_here(capsys, "t", "--results", str(results), "--out", str(tmp_path / "r"))
-    assert report.returncode == 0, report.stdout + report.stderr
-    assert (tmp_path / "r" / "architectures.png").exists()
-    summary = (tmp_path / "r" / "summary.md").read_text()
-    matched = summary.split("## Architectures at matched L0")[1].split("##")[0]
-    for activation in ALL_ACTIVATIONS:
-        assert f"| {activation} " in matched
-
-
 BAD_CLI = [
     ("unknown activation", {"params": {"expansion": 2, "k": 4, "activation": "gated"}},
      "params: Value error, 'activation' must be one of ['topk', 'batchtopk', 'jumprelu'"),
