@@ -11,8 +11,9 @@
 - an auxiliary loss (AuxK) lets dead latents model the residual error.
 
 `activation` names how a token's active latents are chosen (harness.core.activations: "topk",
-and "batchtopk" after Bussmann et al. 2024); the SAE gathers each token's candidates and the
-activation keeps some of them.
+"batchtopk", "jumprelu", "matryoshka_batchtopk", "relu"; docs/architectures.md); the SAE gathers
+each token's candidates, as many as the activation asks for, and the activation keeps some of
+them. For "jumprelu" and "relu" training sets L0 and k is None.
 
 Weights are stored with SAELens' names and shapes, `W_enc` [d_in, d_sae], `b_enc` [d_sae],
 `W_dec` [d_sae, d_in], `b_dec` [d_in], in `sae_weights.safetensors` beside a `cfg.json` that
