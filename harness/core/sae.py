@@ -134,11 +134,6 @@ class TopKSae(nn.Module):
         """b_enc + centered @ W_enc: the one dense product of a step."""
         return torch.addmm(self.b_enc, centered, self.enc_weight.T)
 
-    @property
-    def n_candidates(self) -> int:
-        """Latents a token may keep: k for TopK, more where the activation chooses among more."""
-        return self.activation_fn.candidates(self.k, self.n_latents)
-
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Active latents of `x` at inference: (values after ReLU, indices), both [B, k] (BatchTopK:
         [B, 4k], zero where a candidate is below the threshold)."""

@@ -35,6 +35,12 @@ def activation_class(name: str) -> type[Activation]:
         raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {name!r}") from None
 
 
+def check_penalty(activation: str, l0_lambda: float) -> None:
+    """ValueError unless an L0 penalty, if any, goes to an activation that has one (JumpReLU)."""
+    if l0_lambda and "l0_lambda" not in activation_class(activation).params:
+        raise ValueError(f"l0_lambda needs activation jumprelu, not {activation!r}")
+
+
 def by_saved_name(architecture: str) -> str | None:
     """The registry name of cfg.json's `architecture` (ours or SAELens'), or None."""
     for name, cls in ACTIVATIONS.items():
@@ -43,4 +49,5 @@ def by_saved_name(architecture: str) -> str | None:
     return None
 
 
-__all__ = ["ACTIVATIONS", "OPTIONS", "Activation", "activation_class", "by_saved_name"]
+__all__ = ["ACTIVATIONS", "OPTIONS", "Activation", "activation_class", "by_saved_name",
+           "check_penalty"]

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from harness.core.activations import check_penalty
 from harness.core.loader import ActivationLoader
 from harness.core.loss_monitor import LossMonitor
 from harness.core.metrics import DeadFeatureTracker, DeadLatents, ReconstructionAccumulator
@@ -60,8 +61,7 @@ class MemberRun:
         if b_dec_center is not None:
             with torch.no_grad():
                 sae.b_dec.copy_(b_dec_center.to(sae.b_dec))
-        if cfg.l0_lambda and "l0_lambda" not in sae.activation_fn.params:
-            raise ValueError(f"l0_lambda needs activation jumprelu, not {sae.activation!r}")
+        check_penalty(sae.activation, cfg.l0_lambda)
         self.scale = scale
         """The data's per-element standard deviation (the sparsity penalties' unit)."""
         sae.activation_fn.begin_training(sae, scale)

@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 from pydantic import ValidationError
 
-from harness.core.activations import OPTIONS, activation_class
+from harness.core.activations import OPTIONS, activation_class, check_penalty
 from harness.core.loader import ActivationLoader
 from harness.core.store import open_store
 from harness.core.training.config import LOCKSTEP_FIELDS, SaeTrainingConfig
@@ -109,8 +109,7 @@ class LoadedSpace:
                 raise ValueError(f"k={k} must be in [1, n_latents={n_latents})")
         fields = {**s.training}
         fields.update({n: v for n, v in values.items() if n not in SPECIAL_PARAMS})
-        if fields.get("l0_lambda") and "l0_lambda" not in activation_class(activation).params:
-            raise ValueError(f"l0_lambda needs activation jumprelu, not {activation!r}")
+        check_penalty(activation, fields.get("l0_lambda", 0.0))
         fields["max_tokens"] = s.data.max_tokens
         if "lr" in values:
             lr = float(values["lr"])
