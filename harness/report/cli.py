@@ -116,6 +116,10 @@ def build_report(
                             f"{row['trial_dir']} nor in the artifact store; it is in the tables "
                             "(its metrics are in the study), not in the learning curves")
     done = complete(df)
+    lower = int((df["state"] == "complete").sum()) - len(done)
+    if lower:
+        report.notes.append(f"{lower} complete trial(s) of rungs below the last (fidelity) "
+                            "trained on fewer tokens: in trials.csv, not in fronts, tables or fits")
     if done.empty:
         counts = df["state"].value_counts().to_dict()
         reasons = df["fail_reason"].dropna().value_counts().head(3).to_dict()

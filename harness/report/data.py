@@ -69,7 +69,8 @@ def load_trials(studies: str | Sequence[str], storage: str | None = None,
     for every sampled parameter, expansion, n_latents, k, lr (resolved), seed, final and best
     metrics (final_r2, best_r2, final_fvu, ..., final_l0, final_dead_ratio), tokens_seen,
     planned_tokens, wall_time_s, device, prune_rule / prune_step / prune_tokens /
-    prune_reason, fail_reason, trial_dir and sae_path (None when no SAE was saved), value_<i>.
+    prune_reason, fail_reason, trial_dir and sae_path (None when no SAE was saved), value_<i>,
+    rung and full_budget (False for a trial of a rung below a fidelity study's last).
 
     sae_path is the trial's own folder when this machine can read it; otherwise its files are
     fetched from the Optuna artifact store it recorded (or `artifacts`, where that store is
@@ -83,8 +84,12 @@ def load_trials(studies: str | Sequence[str], storage: str | None = None,
         superseded = superseded_numbers(trials)
         training_seed = (study.user_attrs.get("space", {}).get("training", {}) or {}).get("seed", 0)
         fetched = Path(results_dir) / name / "fetched"
-        rows.extend(_row(name, t, t.number in superseded, training_seed, fetched, artifacts)
-                    for t in trials)
+        fidelity = (study.user_attrs.get("space", {}) or {}).get("fidelity") or {}
+        last_rung = len(fidelity.get("tokens", [])) - 1
+        for t in trials:
+            row = _row(name, t, t.number in superseded, training_seed, fetched, artifacts)
+            row["full_budget"] = row["rung"] is None or row["rung"] >= last_rung
+            rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
         return pd.DataFrame(columns=["study", "number", "state"])
@@ -141,7 +146,14 @@ def load_history(trial_dir: str | Path) -> dict[str, list] | None:
 
 # ------------------------------------------------------------------------------ aggregations
 def complete(df: pd.DataFrame) -> pd.DataFrame:
-    return df[df["state"] == "complete"] if "state" in df else df
+    """The complete trials at their full budget: a trial of a rung below the last (a space's
+    fidelity:) trained on fewer tokens, so fronts, bests and fits leave it out."""
+    if "state" not in df:
+        return df
+    done = df["state"] == "complete"
+    if "full_budget" in df:
+        done &= df["full_budget"].fillna(True).astype(bool)
+    return df[done]
 
 
 def metric_column(metric: str) -> tuple[str, bool]:

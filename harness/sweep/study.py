@@ -174,9 +174,11 @@ def create_study(loaded: LoadedSpace, storage_url: str) -> optuna.Study:
 def study_definition(loaded: LoadedSpace) -> dict[str, Any]:
     """What a study's trials are comparable on: its objectives, its data (the activation run,
     its width, the held-out split) and its parameter distributions. Budget, workers, sampler,
-    pruner and W&B may change between runs of one study; these may not."""
+    pruner and W&B may change between runs of one study; these (and the rungs) may not."""
     s = loaded.space
+    rungs = {"fidelity": s.fidelity.model_dump()} if s.fidelity is not None else {}
     return {
+        **rungs,  # only when set: the definitions (fingerprints) of studies without rungs stay
         "objectives": [o.model_dump() for o in s.objectives],
         "data": {"store": str(Path(s.data.store).resolve()), "run_id": s.data.run_id,
                  "layer_signature": s.data.layer_signature, "d": loaded.d,

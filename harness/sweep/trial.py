@@ -144,6 +144,7 @@ def _prepare(trial: optuna.Trial, record: TrialRecord, loaded: LoadedSpace, ctx:
     record.params = dict(trial.params)
     record.expansion, record.n_latents, record.k = setup.expansion, setup.n_latents, setup.k
     record.lr, record.activation = setup.lr, setup.activation
+    record.rung = setup.rung
     _save(trial, record, write_file=False)
     name = f"{space.study.name}-trial-{trial.number:04d}"
     cfg = setup.config.replace(
@@ -157,7 +158,8 @@ def _prepare(trial: optuna.Trial, record: TrialRecord, loaded: LoadedSpace, ctx:
              "expansion": setup.expansion, "lr": setup.lr, "activation": setup.activation,
              "device": ctx.device_label, "host": record.host}
     sae = TopKSae(setup.n_latents, loaded.d, setup.k, device=ctx.device,
-                  seed=stream_seed(cfg.seed, "trial", trial.number), activation=setup.activation,
+                  seed=stream_seed(cfg.seed, "trial", trial.number if setup.seed_trial is None
+                                  else setup.seed_trial), activation=setup.activation,
                   activation_options=setup.activation_options)
     # keyed by the first trial of a retry chain: a retry resumes where its predecessor stopped
     first = trial.storage.get_trial_system_attrs(trial_id(trial)).get("failed_trial",

@@ -28,6 +28,7 @@ from harness.core.training.config import SaeTrainingConfig
 from harness.core.training.results import TrainingInterrupted
 from harness.sweep.budget import budget_state
 from harness.sweep.downstream import preload_downstream
+from harness.sweep.fidelity import RungScheduler
 from harness.sweep.optuna_private import study_storage, trial_id
 from harness.sweep.space import load_space
 from harness.sweep.storage import budget_lock, open_storage
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                         artifacts=space.artifacts)
     faults = space.faults
     per_trial = loaded.planned_tokens() if space.budget.tokens is not None else 0
+    rungs = RungScheduler(loaded) if space.fidelity is not None else None
     log.info("started pid=%d device=%s threads=%d", os.getpid(), args.device,
              torch.get_num_threads())
     while signals.stop_requested is None:
@@ -128,7 +130,12 @@ def main(argv: list[str] | None = None) -> int:
             break
         with budget_lock(url, storage):
             budget = budget_state(study)
-            fresh = min(space.lockstep, max(0, space.budget.n_trials - budget.used))
+            if rungs is not None:  # the rungs' plan sizes every trial: nothing fresh besides
+                rungs.enqueue(study, space.lockstep,
+                              fresh_allowed=budget.hours_fit(space.budget.hours))
+                budget, fresh = budget_state(study), 0
+            else:
+                fresh = min(space.lockstep, max(0, space.budget.n_trials - budget.used))
             while fresh and not (budget.tokens_fit(space.budget.tokens, per_trial, fresh)
                                  and budget.hours_fit(space.budget.hours, fresh)):
                 fresh -= 1  # the token or hour budget has no room for another trial

@@ -28,6 +28,7 @@ from harness.sweep.space.checks import (
     check_store,
     check_training,
 )
+from harness.sweep.space.fidelity import check_fidelity, rung_of
 from harness.sweep.space.schema import (
     SPECIAL_PARAMS,
     ParamSpec,
@@ -56,6 +57,11 @@ class TrialSetup:
     """Its options (Matryoshka's prefixes), as sampled or fixed."""
     planned_steps: int | None = None
     """The steps it trains in full (the prune-late rule's reference)."""
+    rung: int | None = None
+    """Its token-budget rung (harness.sweep.fidelity); None outside the rungs."""
+    seed_trial: int | None = None
+    """The trial number its SAE's initial weights are seeded by: a re-run at a higher rung
+    starts from its configuration's first trial's weights; None = its own."""
 
 
 OWNED = {"k", "k_fraction", "l0_lambda", *OPTIONS}
@@ -111,6 +117,9 @@ class LoadedSpace:
         fields.update({n: v for n, v in values.items() if n not in SPECIAL_PARAMS})
         check_penalty(activation, fields.get("l0_lambda", 0.0))
         fields["max_tokens"] = s.data.max_tokens
+        rung = rung_of(trial) if s.fidelity is not None else None
+        if rung is not None:
+            fields["max_train_tokens"] = rung.tokens
         if "lr" in values:
             lr = float(values["lr"])
         elif "lr_scale" in values or fields.get("lr") is None:
@@ -127,7 +136,9 @@ class LoadedSpace:
         data = open_store(s.data.store).open(s.data.run_id, s.data.layer_signature)
         return TrialSetup(expansion=expansion, n_latents=n_latents, k=k, lr=lr,
                           config=config, sampled=values, activation=activation,
-                          activation_options=options, planned_steps=config.steps_on(data))
+                          activation_options=options, planned_steps=config.steps_on(data),
+                          rung=rung.rung if rung else None,
+                          seed_trial=rung.root if rung else None)
 
     def planned_tokens(self) -> int:
         """The most training tokens one trial of this space plans (the token budget's price of
@@ -203,7 +214,9 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None,
             if isinstance(spec, ParamSpec) and spec.type != "categorical":
                 raise SpaceError(f"{path}: params.{name}: the grid sampler needs categorical "
                                  f"parameters, got {spec.type}")
-    return LoadedSpace(space=space, path=path, d=d, raw=raw)
+    loaded = LoadedSpace(space=space, path=path, d=d, raw=raw)
+    check_fidelity(path, loaded, check_data)
+    return loaded
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

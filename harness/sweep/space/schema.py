@@ -224,6 +224,26 @@ class BudgetSection(_Strict):
     trial starts once the finished trials' mean would take the total past it."""
 
 
+class FidelitySection(_Strict):
+    """Successive halving over token budgets (harness.sweep.fidelity): configurations train at
+    the first budget, the best of each group are re-run at the next."""
+
+    tokens: list[int] = Field(min_length=2)
+    """Training tokens of each rung, increasing; the last is a trial's full budget."""
+    reduction: int = Field(3, ge=2)
+    """Each rung re-runs the best 1/reduction of the rung below, per group."""
+    group_by: list[str] = Field(default_factory=list)
+    """Parameters ranked apart (k: the best configuration of every k reaches the last rung);
+    fresh configurations cycle through their values."""
+
+    @field_validator("tokens")
+    @classmethod
+    def _increasing(cls, tokens: list[int]) -> list[int]:
+        if tokens[0] <= 0 or any(b <= a for a, b in zip(tokens, tokens[1:], strict=False)):
+            raise ValueError(f"rung budgets must be positive and increasing, got {tokens}")
+        return tokens
+
+
 class WandbSection(_Strict):
     mode: Literal["online", "offline", "off"] = "off"
     project: str = "saesweep"
@@ -293,6 +313,8 @@ class SweepSpace(_Strict):
     sampler: SamplerSection
     pruner: PrunerSection = Field(default_factory=lambda: PrunerSection(type="none"))
     budget: BudgetSection
+    fidelity: FidelitySection | None = None
+    """Token-budget rungs; None = every trial trains to its full budget."""
     wandb: WandbSection = Field(default_factory=WandbSection)
     faults: FaultsSection = Field(default_factory=FaultsSection)
     results_dir: str = "results"

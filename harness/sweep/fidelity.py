@@ -1,0 +1,110 @@
+"""Token-budget rungs: successive halving that re-runs configurations (a space's `fidelity:`).
+
+A fresh configuration trains at the first rung's token budget. Once every configuration of a
+rung in one group (`group_by`, e.g. each k) has finished, the best 1/`reduction` of them by the
+first objective are re-run from the start at the next rung's budget.
+
+Re-run, not continued: a run's learning rate warms up and decays over its planned steps, its
+last steps are weight-averaged and its decoder is refit by least squares at its end, so a run
+stopped at a lower budget is not a prefix of one planned for a higher budget. A rung's trial is
+therefore the same training as a standalone trial at that budget, with the seed of its
+configuration's first trial. Optuna's SuccessiveHalvingPruner and HyperbandPruner stop a trial
+part-way (continuation), so they do not fit here; the rungs are enqueued as Optuna trials
+(`enqueue_trial`) and sampled by the study's sampler.
+
+The plan is fixed by the budget: n0 configurations per group at rung 0 and
+n0 // reduction**r at rung r, with n0 the largest that fits `budget.n_trials` and
+`budget.tokens`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from harness.sweep.budget import superseded_numbers, warm_started
+from harness.sweep.space import LoadedSpace
+from harness.sweep.space.fidelity import (
+    FIDELITY_ATTR,
+    Rung,
+    group_choices,
+    plan_size,
+    rung_of,
+    rung_sizes,
+)
+
+
+def _params(t: FrozenTrial) -> dict[str, Any]:
+    """A trial's parameters, including those fixed by enqueue_trial before it was sampled."""
+    return {**t.system_attrs.get("fixed_params", {}), **t.params}
+
+
+class RungScheduler:
+    """Enqueues a fidelity study's next trials: due promotions first, then fresh ones."""
+
+    def __init__(self, loaded: LoadedSpace) -> None:
+        space = loaded.space
+        assert space.fidelity is not None
+        self.fidelity = space.fidelity
+        self.groups = group_choices(loaded)
+        self.n0 = plan_size(self.fidelity, len(self.groups), space.budget.n_trials,
+                            space.budget.tokens)
+        self.sizes = rung_sizes(self.n0, self.fidelity)
+        self.maximize = space.objectives[0].direction == "maximize"
+
+    def planned_trials(self) -> int:
+        return len(self.groups) * sum(self.sizes)
+
+    def _group(self, t: FrozenTrial) -> int:
+        params = _params(t)
+        for i, group in enumerate(self.groups):
+            if all(params.get(n, v) == v for n, v in group.items()):
+                return i
+        return -1
+
+    def enqueue(self, study: optuna.Study, want: int, fresh_allowed: bool = True) -> int:
+        """Enqueue up to `want` trials (promotions need no room: they are the plan's); returns
+        how many were enqueued. Call it under the study's budget lock."""
+        trials = [t for t in study.get_trials(deepcopy=False) if not warm_started(t)]
+        superseded = superseded_numbers(trials)
+        by_cell: dict[tuple[int, int], list[FrozenTrial]] = {}
+        for t in trials:
+            rung = rung_of(t)
+            if rung is not None and t.number not in superseded:
+                by_cell.setdefault((rung.rung, self._group(t)), []).append(t)
+        added = self._promote(study, by_cell)
+        started = sum(len(ts) for (r, _), ts in by_cell.items() if r == 0)
+        while fresh_allowed and added < want and started < self.n0 * len(self.groups):
+            group = self.groups[started % len(self.groups)]
+            study.enqueue_trial(group, user_attrs={FIDELITY_ATTR: asdict(
+                Rung(rung=0, tokens=self.fidelity.tokens[0]))})
+            started += 1
+            added += 1
+        return added
+
+    def _promote(self, study: optuna.Study,
+                 by_cell: dict[tuple[int, int], list[FrozenTrial]]) -> int:
+        added = 0
+        for r in range(len(self.sizes) - 1):
+            for g in range(len(self.groups)):
+                cell = by_cell.get((r, g), [])
+                if len(cell) < self.sizes[r] or not all(t.state.is_finished() for t in cell):
+                    continue
+                done = [t for t in cell if t.state == TrialState.COMPLETE and t.values]
+                done.sort(key=lambda t: t.values[0], reverse=self.maximize)
+                promoted = {rung.promoted_from for t in by_cell.get((r + 1, g), [])
+                            if (rung := rung_of(t)) is not None}
+                for t in done[:self.sizes[r + 1]]:
+                    if t.number in promoted:
+                        continue
+                    below = rung_of(t)
+                    assert below is not None
+                    rung = Rung(rung=r + 1, tokens=self.fidelity.tokens[r + 1],
+                                root=below.root if below.root is not None else t.number,
+                                promoted_from=t.number)
+                    study.enqueue_trial(t.params, user_attrs={FIDELITY_ATTR: asdict(rung)})
+                    added += 1
+        return added

@@ -1,0 +1,100 @@
+"""Token-budget rungs: the plan, the checks, and a real sweep whose best configuration of every
+k is re-run at the full budget, equal to training it there from the start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from safetensors.torch import load_file
+from scripts_run import report_here, sweep_here
+from spaces import tiny_space, write_space
+
+from harness import SaeTrainer, TopKSae
+from harness.core.seeding import stream_seed
+from harness.report.data import complete, load_trials
+from harness.sweep.space import SpaceError, load_space
+from harness.sweep.space.fidelity import plan_size, rung_of, rung_sizes
+from harness.sweep.space.schema import FidelitySection
+
+RUNGS = {"tokens": [2560, 11_400], "reduction": 2, "group_by": ["k"]}
+
+
+def _space(store: Path, results: Path, **sections):
+    params = {"expansion": 2, "k": {"type": "categorical", "choices": [2, 4]},
+              "lr_scale": {"type": "float", "low": 0.7, "high": 1.4, "log": True}}
+    return tiny_space(store, results, params=params, fidelity=RUNGS,
+                      budget={"n_trials": 6}, workers=2, wandb={"mode": "off"}, **sections)
+
+
+def test_the_plan_is_the_most_configurations_the_budget_pays_for():
+    rungs = FidelitySection(tokens=[100, 300, 900], reduction=3)
+    assert rung_sizes(9, rungs) == [9, 3, 1]
+    # 4 groups of 9 + 3 + 1 trials = 52; of 9x100 + 3x300 + 900 = 2,700 tokens each
+    assert plan_size(rungs, 4, 52, None) == 9
+    assert plan_size(rungs, 4, 1000, 4 * 2700) == 9
+    assert plan_size(rungs, 4, 1000, 4 * 2700 - 1) == 8  # 8 + 2 + 0: nothing at the last rung
+    assert rung_sizes(8, rungs)[-1] == 0
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    ({"fidelity": {**RUNGS, "tokens": [500, 400]}}, "increasing"),
+    ({"fidelity": {**RUNGS, "group_by": ["width"]}}, "fidelity.group_by: 'width'"),
+    ({"fidelity": {**RUNGS, "group_by": ["lr_scale"]}}, "params.lr_scale must be categorical"),
+    ({"fidelity": {**RUNGS, "tokens": [2560, 99_000]}}, "more than a trial trains in full"),
+    ({"budget": {"n_trials": 5}}, "needs n_trials >= 6"),
+    ({"training": {"epochs": 2, "batch_size": 256, "max_train_tokens": 5000}},
+     "training.max_train_tokens"),
+])
+def test_rungs_that_cannot_run_are_refused_naming_the_key(synthetic_store, tmp_path, change,
+                                                           says):
+    space = _space(synthetic_store, tmp_path / "results")
+    space.update(change)
+    with pytest.raises(SpaceError, match=says.replace("(", r"\(").replace(")", r"\)")):
+        load_space(write_space(tmp_path / "s.yaml", space))
+    assert not (tmp_path / "results").exists()
+
+
+def test_the_best_of_each_k_is_rerun_at_the_full_budget_as_if_trained_there_and_reported(
+        synthetic_store, tmp_path, capsys):
+    results = tmp_path / "results"
+    path = write_space(tmp_path / "s.yaml", _space(synthetic_store, results))
+    proc = sweep_here(capsys, str(path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    study = optuna.load_study(study_name="t", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(results / "t" / "study.journal"))))
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == 6
+    for k in (2, 4):
+        low = [t for t in trials if t.params["k"] == k and rung_of(t).rung == 0]
+        top = [t for t in trials if t.params["k"] == k and rung_of(t).rung == 1]
+        assert len(low) == 2 and len(top) == 1
+        assert all(t.user_attrs["tokens_seen"] == 2560 for t in low)
+        assert top[0].user_attrs["tokens_seen"] > 4 * 2560 and top[0].user_attrs["rung"] == 1
+        best = max(low, key=lambda t: t.values[0])
+        assert rung_of(top[0]).promoted_from == best.number
+        assert top[0].params == best.params
+    # a re-run is training to that budget from the start: the same SAE, bit for bit
+    top = next(t for t in trials if rung_of(t).rung == 1)
+    fixed = optuna.trial.FixedTrial(top.params)
+    fixed.set_user_attr("fidelity", top.user_attrs["fidelity"])
+    setup = load_space(path).setup(fixed)
+    assert setup.config.max_train_tokens == 11_400
+    sae = TopKSae(setup.n_latents, 16, setup.k,
+                  seed=stream_seed(0, "trial", rung_of(top).root))
+    config = setup.config.replace(progress=False)
+    history = SaeTrainer(sae).train(store=synthetic_store, run_id="syn",
+                                    layer_signature="synthetic", config=config)
+    saved = load_file(str(Path(top.user_attrs["trial_dir"]) / "sae_weights.safetensors"))
+    assert torch.equal(saved["W_dec"], sae.W_dec.detach().cpu())
+    assert history.final.tokens == top.user_attrs["tokens_seen"]
+    # the report leaves the lower rungs out of its fronts, tables and fits, and says so
+    df = load_trials("t", results_dir=results)
+    assert sorted(df["rung"]) == [0, 0, 0, 0, 1, 1]
+    assert sorted(complete(df)["number"]) == sorted(df[df["rung"] == 1]["number"])
+    proc = report_here(capsys, "t", "--results", str(results), "--out", str(tmp_path / "rep"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "4 complete trial(s) of rungs below the last" in proc.stdout
+
