@@ -63,6 +63,9 @@ def test_the_best_of_each_k_is_rerun_at_the_full_budget_as_if_trained_there_and_
     path = write_space(tmp_path / "s.yaml", _space(synthetic_store, results))
     proc = sweep_here(capsys, str(path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "6 trials (4 at 2.56k, 2 at 11.4k tokens)" in proc.stdout
+    again = sweep_here(capsys, str(path))
+    assert "already has 6 of its 6 trials: nothing to run" in again.stdout
     study = optuna.load_study(study_name="t", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(results / "t" / "study.journal"))))
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))

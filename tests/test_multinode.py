@@ -19,7 +19,7 @@ from spaces import tiny_space, write_space
 from harness import TopKSae
 from harness.report import load_trials
 from harness.sweep.budget import superseded_numbers
-from harness.sweep.storage import open_storage
+from harness.sweep.storage import close_storage, open_storage
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,8 +52,10 @@ def test_two_nodes_share_one_postgres_study_exactly(postgres_url, synthetic_stor
              env={"SAESWEEP_STORAGE": postgres_url})
     outs = [p.communicate(timeout=300)[0] for p in (a, b)]
     assert [a.returncode, b.returncode] == [0, 0], outs
-    study = optuna.load_study(study_name="t", storage=open_storage(postgres_url))
+    storage = open_storage(postgres_url)
+    study = optuna.load_study(study_name="t", storage=storage)
     trials = study.get_trials()
+    close_storage(storage)
     states = Counter(t.state for t in trials)
     assert states == {TrialState.COMPLETE: 8}, states  # exact budget, nothing RUNNING
     folders = Counter(Path(t.user_attrs["trial_dir"]).parts[-5] for t in trials)
@@ -133,7 +135,9 @@ def test_chaos_sigkills_across_two_nodes_lose_and_duplicate_nothing(postgres_url
         time.sleep(0.2)
     for proc in procs.values():
         proc.communicate(timeout=60)
-    trials = optuna.load_study(study_name="t", storage=open_storage(postgres_url)).get_trials()
+    storage = open_storage(postgres_url)
+    trials = optuna.load_study(study_name="t", storage=storage).get_trials()
+    close_storage(storage)
     retried = superseded_numbers(trials)
     chains = Counter(t.system_attrs.get("failed_trial", t.number) for t in trials
                      if t.state in (TrialState.COMPLETE, TrialState.PRUNED))

@@ -21,7 +21,8 @@ from harness.core.sae import WEIGHTS_FILE
 from harness.core.training.config import SaeTrainingConfig
 from harness.sweep.artifacts import fetch_trial
 from harness.sweep.budget import superseded_numbers
-from harness.sweep.storage import open_storage
+from harness.sweep.optuna_private import study_storage as storage_of
+from harness.sweep.storage import close_storage, open_storage
 from harness.sweep.study import STORAGE_ENV, journal_path
 from harness.sweep.trial_record import TrialRecord
 from harness.sweep.urls import masked
@@ -90,6 +91,7 @@ def load_trials(studies: str | Sequence[str], storage: str | None = None,
             row = _row(name, t, t.number in superseded, training_seed, fetched, artifacts)
             row["full_budget"] = row["rung"] is None or row["rung"] >= last_rung
             rows.append(row)
+        close_storage(storage_of(study))
     df = pd.DataFrame(rows)
     if df.empty:
         return pd.DataFrame(columns=["study", "number", "state"])

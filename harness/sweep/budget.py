@@ -56,13 +56,14 @@ class BudgetState:
         """What is left of the token and hour budgets, for the progress line ("" if none)."""
         parts = []
         if tokens is not None:
-            parts.append(f"tokens {_si(self.tokens)} of {_si(tokens)}")
+            parts.append(f"tokens {si(self.tokens)} of {si(tokens)}")
         if hours is not None:
             parts.append(f"{self.seconds / 3600:.2g} of {hours:g} trial h")
         return ", ".join(parts)
 
 
-def _si(value: float) -> str:
+def si(value: float) -> str:
+    """A count in k, M or G with 3 significant digits."""
     for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if value >= size:
             return f"{value / size:.3g}{unit}"

@@ -42,8 +42,10 @@ from harness.sweep.devices import (
     worker_slots,
 )
 from harness.sweep.downstream import check_downstream, save_reference
+from harness.sweep.fidelity import plan_line, trial_total
 from harness.sweep.packing import check_packing, cuda_memory
 from harness.sweep.space import LoadedSpace, SpaceError, load_space, synthetic_spec
+from harness.sweep.space.fidelity import check_fidelity
 from harness.sweep.storage import prepare_storage
 from harness.sweep.study import (
     STORAGE_ENV,
@@ -138,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(space.results_dir) / space.study.name
     _ensure_data(loaded)
     try:
+        check_fidelity(loaded.path, loaded, check_data=True)  # synthetic data: now it exists
         study = create_study(loaded, url)
     except SpaceError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -159,33 +162,30 @@ def main(argv: list[str] | None = None) -> int:
     reaped = reap_stale(study, space.faults.lease_s, space.faults.max_retry)
     if reaped:
         print(f"re-enqueued trials abandoned by an earlier run: {reaped}")
-    budget = budget_state(study)
-    spent = [name for name, fits in (
-        ("token", budget.tokens_fit(space.budget.tokens, loaded.planned_tokens()
-                                    if space.budget.tokens is not None else 0)),
+    budget, total = budget_state(study), trial_total(loaded)
+    spent = [name for name, fits in (  # rungs: their plan is sized by the token budget
+        ("token", space.fidelity is not None or budget.tokens_fit(
+            space.budget.tokens, loaded.planned_tokens() if space.budget.tokens else 0)),
         ("hour", budget.hours_fit(space.budget.hours))) if not fits]
-    if budget.waiting == 0 and budget.running == 0 and (
-            budget.used >= space.budget.n_trials or spent):
+    if budget.waiting == 0 and budget.running == 0 and (budget.used >= total or spent):
         left = budget.describe(space.budget.tokens, space.budget.hours)
         held = (f"spent its {spent[0]} budget ({left})" if spent
-                else f"{budget.used} of its {space.budget.n_trials} trials")
+                else f"{budget.used} of its {total} trials")
         raise_it = f"budget.{spent[0]}s" if spent else "--n-trials"
         print(f"study {space.study.name!r} already has {held}: nothing to run (raise "
               f"{raise_it} to run more)")
         print_summary(study, loaded, url, out)
         return 0
-    print(f"study {space.study.name!r}: storage {masked(url)}, "
-          f"{space.budget.n_trials} trials, "
+    print(f"study {space.study.name!r}: storage {masked(url)}, {plan_line(loaded)}, "
           f"{len(slots)} worker(s) on {', '.join(s.label for s in slots)}; results in {out}/")
     deadline = time.time() + space.budget.timeout if space.budget.timeout else 0.0
     procs = _start_workers(slots, resolved, url, out, deadline)
     status = _monitor(study, procs, loaded)
     print_summary(study, loaded, url, out)
     budget = budget_state(study)
-    if status == 0 and deadline and time.time() >= deadline and \
-            budget.used < space.budget.n_trials:
+    if status == 0 and deadline and time.time() >= deadline and budget.used < total:
         print(f"stopped: the timeout of {space.budget.timeout:g} s was reached with "
-              f"{budget.used} of {space.budget.n_trials} trials run; re-run the same command "
+              f"{budget.used} of {total} trials run; re-run the same command "
               "to continue")
     return status
 
@@ -286,7 +286,7 @@ def _monitor(study: optuna.Study, procs: list[subprocess.Popen], loaded: LoadedS
                 p.send_signal(signum)  # the same signal: every worker names the same stop
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    n_trials = loaded.space.budget.n_trials
+    n_trials = trial_total(loaded)
     seen: set[int] = set()
     spent = BudgetState(used=0, waiting=0, running=0)  # what the trials printed so far spent
     started = time.perf_counter()

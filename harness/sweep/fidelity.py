@@ -25,7 +25,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from harness.sweep.budget import superseded_numbers, warm_started
+from harness.sweep.budget import si, superseded_numbers, warm_started
 from harness.sweep.space import LoadedSpace
 from harness.sweep.space.fidelity import (
     FIDELITY_ATTR,
@@ -108,3 +108,21 @@ class RungScheduler:
                     study.enqueue_trial(t.params, user_attrs={FIDELITY_ATTR: asdict(rung)})
                     added += 1
         return added
+
+
+def trial_total(loaded: LoadedSpace) -> int:
+    """The trials a study runs in all: its rungs' plan, else budget.n_trials."""
+    if loaded.space.fidelity is None:
+        return loaded.space.budget.n_trials
+    return RungScheduler(loaded).planned_trials()
+
+
+def plan_line(loaded: LoadedSpace) -> str:
+    """The study's trials for the start line: "24 trials (16 at 17.4k tokens, 8 at 137k)"."""
+    total = trial_total(loaded)
+    if loaded.space.fidelity is None:
+        return f"{total} trials"
+    rungs = RungScheduler(loaded)
+    parts = [f"{len(rungs.groups) * n} at {si(t)}" for n, t in
+             zip(rungs.sizes, rungs.fidelity.tokens, strict=True)]
+    return f"{total} trials ({', '.join(parts)} tokens)"

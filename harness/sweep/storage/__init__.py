@@ -10,7 +10,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
-from optuna.storages import BaseStorage
+from optuna.storages import BaseStorage, RDBStorage
 
 from harness.sweep.storage.base import StorageKind
 from harness.sweep.storage.journal import JournalKind, repair_torn_tail
@@ -42,6 +42,13 @@ def open_storage(url: str, faults: FaultsSection | None = None) -> BaseStorage:
     return storage_kind(url).open(url, faults)
 
 
+def close_storage(storage: BaseStorage) -> None:
+    """Close an RDB storage's pooled connections now, not whenever they are garbage-collected
+    (a journal file holds none)."""
+    if isinstance(storage, RDBStorage):
+        storage.engine.dispose()
+
+
 def prepare_storage(url: str) -> str | None:
     """Check a storage before a sweep writes to it (SpaceError says why it cannot be used);
     returns a line to print about a repair (a journal's torn last record), else None."""
@@ -53,5 +60,5 @@ def budget_lock(url: str, storage: BaseStorage) -> AbstractContextManager[None]:
     return storage_kind(url).budget_lock(url, storage)
 
 
-__all__ = ["KINDS", "StorageKind", "budget_lock", "open_storage", "prepare_storage",
-           "repair_torn_tail", "storage_kind"]
+__all__ = ["KINDS", "StorageKind", "budget_lock", "close_storage", "open_storage",
+           "prepare_storage", "repair_torn_tail", "storage_kind"]
