@@ -4,7 +4,7 @@ On one store, through the real CLI (`python -m harness.sweep`), it runs:
 
 - the grid, the ground truth: expansion x k x lr_scale, every point trained to --tokens;
 - each strategy at --seeds seeds, each with a token budget of --share of the grid's:
-    default  TPE, lr_scale in [0.7, 1.4] (log) around the default rule, and token rungs
+    default  TPE, lr_scale in --prior (log; [0.7, 1.4] around the default rule), token rungs
              fidelity {tokens: [tokens/8, tokens], reduction: 4, group_by: [k]}: every k's
              best configuration at the small budget is re-run at the full one;
     tpe      TPE, lr_scale in [0.25, 4], every trial at the full budget;
@@ -46,7 +46,6 @@ from harness.report.data import complete, load_trials
 
 ROOT = Path(__file__).resolve().parent.parent
 STRATEGIES = ("default", "tpe", "random")
-NARROW = {"type": "float", "low": 0.7, "high": 1.4, "log": True}
 WIDE = {"type": "float", "low": 0.25, "high": 4.0, "log": True}
 
 
@@ -106,7 +105,8 @@ def strategy_space(args: argparse.Namespace, strategy: str, seed: int,
     space = base_space(args, f"{strategy}_s{seed}", seed)
     space["budget"]["tokens"] = args.share * grid_tokens
     if strategy == "default":
-        space["params"]["lr_scale"] = NARROW
+        low, high = (float(v) for v in args.prior.split(","))
+        space["params"]["lr_scale"] = {"type": "float", "low": low, "high": high, "log": True}
         first = max(args.batch_size, args.tokens // 8 // args.batch_size * args.batch_size)
         space["training"].pop("max_train_tokens")
         space["fidelity"] = {"tokens": [first, args.tokens], "reduction": 4, "group_by": ["k"]}
@@ -164,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--expansions", default="2,4,8", help="expansion factors (n_latents / d)")
     p.add_argument("--lr-scales", default="0.25,0.5,1,2,4",
                    help="the grid's lr_scale values (times the default learning-rate rule)")
+    p.add_argument("--prior", default="0.7,1.4",
+                   help="LOW,HIGH: the default strategy's lr_scale range (log-uniform)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per strategy (medians over them)")
     p.add_argument("--tokens", type=int, default=270_336,
                    help="training tokens of one trial at the full budget")
