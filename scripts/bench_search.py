@@ -4,7 +4,7 @@ On one store, through the real CLI (`python -m harness.sweep`), it runs:
 
 - the grid, the ground truth: expansion x k x lr_scale, every point trained to --tokens;
 - each strategy at --seeds seeds, each with a token budget of --share of the grid's:
-    default  TPE, lr_scale in --prior (log; [0.7, 1.4] around the default rule), token rungs
+    default  TPE, lr_scale in --prior (log; [0.35, 1.4] around the default rule), token rungs
              fidelity {tokens: [tokens/8, tokens], reduction: 4, group_by: [k]}: every k's
              best configuration at the small budget is re-run at the full one;
     tpe      TPE, lr_scale in [0.25, 4], every trial at the full budget;
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--expansions", default="2,4,8", help="expansion factors (n_latents / d)")
     p.add_argument("--lr-scales", default="0.25,0.5,1,2,4",
                    help="the grid's lr_scale values (times the default learning-rate rule)")
-    p.add_argument("--prior", default="0.7,1.4",
+    p.add_argument("--prior", default="0.35,1.4",
                    help="LOW,HIGH: the default strategy's lr_scale range (log-uniform)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per strategy (medians over them)")
     p.add_argument("--tokens", type=int, default=270_336,

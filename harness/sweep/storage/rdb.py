@@ -63,7 +63,7 @@ class RdbKind:
                              "process and the workers are other processes: give a file, e.g. "
                              "sqlite:///results/study.db")
         try:
-            cls.open(url)
+            cls.open(url).engine.dispose()  # opened to check it, then its connections closed
         except Exception as e:  # noqa: BLE001 - SQLAlchemy and drivers raise many kinds
             detail = str(e).splitlines()[0] if str(e) else type(e).__name__
             hint = (" (PostgreSQL needs a driver: pip install -e '.[postgres]')"
