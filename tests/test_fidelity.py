@@ -64,6 +64,8 @@ def test_the_best_of_each_k_is_rerun_at_the_full_budget_as_if_trained_there_and_
     proc = sweep_here(capsys, str(path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "6 trials (4 at 2.56k, 2 at 11.4k tokens)" in proc.stdout
+    block = proc.stdout.split("best trials (maximize r2):\n")[1].split("study storage:")[0]
+    shown = [int(line.split()[0]) for line in block.splitlines()[1:] if line[:6].strip().isdigit()]
     again = sweep_here(capsys, str(path))
     assert "already has 6 of its 6 trials: nothing to run" in again.stdout
     study = optuna.load_study(study_name="t", storage=optuna.storages.JournalStorage(
@@ -79,6 +81,8 @@ def test_the_best_of_each_k_is_rerun_at_the_full_budget_as_if_trained_there_and_
         best = max(low, key=lambda t: t.values[0])
         assert rung_of(top[0]).promoted_from == best.number
         assert top[0].params == best.params
+    # the summary's best trials are the full-budget ones only
+    assert sorted(shown) == sorted(t.number for t in trials if rung_of(t).rung == 1)
     # a re-run is training to that budget from the start: the same SAE, bit for bit
     top = next(t for t in trials if rung_of(t).rung == 1)
     fixed = optuna.trial.FixedTrial(top.params)

@@ -12,6 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness.core.metrics import METRICS
 from harness.sweep.space import LoadedSpace
+from harness.sweep.space.fidelity import rung_of
 from harness.sweep.storage import storage_kind
 from harness.sweep.trial_record import TrialRecord
 from harness.sweep.urls import masked
@@ -86,9 +87,14 @@ def print_summary(study: optuna.Study, loaded: LoadedSpace, storage: str, out: P
     print("trials: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v))
     first = METRICS[space.objectives[0].metric]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if space.fidelity is not None:  # lower rungs trained on fewer tokens: not comparable
+        last = len(space.fidelity.tokens) - 1
+        complete = [t for t in complete if (r := rung_of(t)) is None or r.rung == last]
     if complete:
         if space.multi_objective:
-            best, title = list(study.best_trials), "Pareto front"
+            signs = [1 if o.direction == "minimize" else -1 for o in space.objectives]
+            best, title = [t for t in complete if not any(
+                _dominates(o.values, t.values, signs) for o in complete)], "Pareto front"
         else:
             best, title = complete, "best trials"
         best = sorted(best, key=lambda t: t.values[0], reverse=first.larger_is_better)
@@ -134,3 +140,9 @@ def next_steps(study: str, storage: str, results_dir: str) -> str:
              "data.store, run_id, layer_signature")]
     width = max(len(cmd) for cmd, _ in rows)
     return "next:\n" + "\n".join(f"  {cmd:<{width}}  # {why}" for cmd, why in rows)
+
+
+def _dominates(a: list[float], b: list[float], signs: list[int]) -> bool:
+    """Whether objective values `a` Pareto-dominate `b` (signs: +1 minimise, -1 maximise)."""
+    pairs = [(s * x, s * y) for s, x, y in zip(signs, a, b, strict=True)]
+    return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
