@@ -133,7 +133,7 @@ def next_steps(study: str, storage: str, results_dir: str) -> str:
         report += " --storage URL"
     dashboard = f"optuna-dashboard {storage if '://' not in storage else 'URL'}"
     hint = "" if shutil.which("optuna-dashboard") else "   (pip install optuna-dashboard)"
-    rows = [(report, f"tables, Pareto and scaling plots -> {results_dir}/{study}/report/"),
+    rows = [(report, f"tables, Pareto front, learning curves -> {results_dir}/{study}/report/"),
             (dashboard, "the study live in a browser" + hint),
             ("python -m harness.sweep my_space.yaml",
              "your store: copy search_spaces/minilm.yaml (or mi_crow_store.yaml), set "
