@@ -11,7 +11,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.core.metrics import METRICS
-from harness.sweep.space import LoadedSpace
+from harness.sweep.space import LoadedSpace, SweepSpace
 from harness.sweep.space.fidelity import rung_of
 from harness.sweep.storage import storage_kind
 from harness.sweep.trial_record import TrialRecord
@@ -68,13 +68,32 @@ def _percent(value: float | None, digits: int = 1) -> str:
 
 
 def best_value(study: optuna.Study, loaded: LoadedSpace) -> str | None:
-    try:
-        if loaded.space.multi_objective:
-            return f"pareto={len(study.best_trials)}"
-        o = loaded.space.objectives[0]
-        return f"best {o.metric}={METRICS[o.metric].format(study.best_value)}"
-    except ValueError:
+    """The progress line's best so far: the Pareto front's size, or the best value (trials on
+    the full budget only); None before any."""
+    space = loaded.space
+    done = _comparable(study.get_trials(deepcopy=False), space)
+    if not done:
         return None
+    if space.multi_objective:
+        return f"pareto={len(_front(done, space))}"
+    o = space.objectives[0]
+    pick = max if o.direction == "maximize" else min
+    return f"best {o.metric}={METRICS[o.metric].format(pick(t.values[0] for t in done))}"
+
+
+def _comparable(trials: list[FrozenTrial], space: SweepSpace) -> list[FrozenTrial]:
+    """The complete trials on the full budget (a lower rung trained on fewer tokens)."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+    if space.fidelity is None:
+        return done
+    last = len(space.fidelity.tokens) - 1
+    return [t for t in done if (r := rung_of(t)) is None or r.rung == last]
+
+
+def _front(trials: list[FrozenTrial], space: SweepSpace) -> list[FrozenTrial]:
+    """The trials no other one Pareto-dominates on the space's objectives."""
+    signs = [1 if o.direction == "minimize" else -1 for o in space.objectives]
+    return [t for t in trials if not any(_dominates(o.values, t.values, signs) for o in trials)]
 
 
 def print_summary(study: optuna.Study, loaded: LoadedSpace, storage: str, out: Path) -> None:
@@ -86,15 +105,10 @@ def print_summary(study: optuna.Study, loaded: LoadedSpace, storage: str, out: P
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
     print("trials: " + ", ".join(f"{v} {k.lower()}" for k, v in counts.items() if v))
     first = METRICS[space.objectives[0].metric]
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if space.fidelity is not None:  # lower rungs trained on fewer tokens: not comparable
-        last = len(space.fidelity.tokens) - 1
-        complete = [t for t in complete if (r := rung_of(t)) is None or r.rung == last]
+    complete = _comparable(trials, space)
     if complete:
         if space.multi_objective:
-            signs = [1 if o.direction == "minimize" else -1 for o in space.objectives]
-            best, title = [t for t in complete if not any(
-                _dominates(o.values, t.values, signs) for o in complete)], "Pareto front"
+            best, title = _front(complete, space), "Pareto front"
         else:
             best, title = complete, "best trials"
         best = sorted(best, key=lambda t: t.values[0], reverse=first.larger_is_better)
