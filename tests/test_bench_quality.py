@@ -1,28 +1,25 @@
 """scripts/bench_quality.py end to end on a tiny store (ours only: sparsify is not a dependency)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
+from scripts_run import run_script
 
 from harness.core.recipes import default_lr
 from harness.core.store import LocalStore
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bench_quality_scores_every_recipe_on_the_held_out_tail(tmp_path: Path):
     LocalStore(tmp_path / "store").put_activations("acts", "L", torch.randn(6000, 16) + 3.0)
     out = tmp_path / "scores.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_quality.py"), "--store",
-         str(tmp_path / "store"), "--run-id", "acts", "--layer", "L", "--tokens", "3000",
-         "--lrs", "1e-3,4e-3,default", "--n-latents", "64", "--k", "4", "--batch", "256",
-         "--heldout", "1000", "--no-sparsify", "--recipe", "default", "--recipe", "legacy",
-         "--recipe", "decay:lr_decay_fraction=0.5,adam_betas=(0.8,0.99)", "--json", str(out)],
-        capture_output=True, text=True, timeout=300)
+    proc = run_script(
+        "bench_quality.py", "--store",
+        str(tmp_path / "store"), "--run-id", "acts", "--layer", "L", "--tokens", "3000",
+        "--lrs", "1e-3,4e-3,default", "--n-latents", "64", "--k", "4", "--batch", "256",
+        "--heldout", "1000", "--no-sparsify", "--recipe", "default", "--recipe", "legacy",
+        "--recipe", "decay:lr_decay_fraction=0.5,adam_betas=(0.8,0.99)", "--json", str(out),
+        timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "3,000 training tokens" in proc.stdout and "last 1,000 tokens" in proc.stdout
     scores = json.loads(out.read_text())
@@ -39,16 +36,16 @@ def test_bench_quality_scores_every_recipe_on_the_held_out_tail(tmp_path: Path):
 def test_bench_quality_compares_activations_at_matched_l0(tmp_path: Path):
     LocalStore(tmp_path / "store").put_activations("acts", "L", torch.randn(6000, 16) + 3.0)
     out = tmp_path / "scores.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_quality.py"), "--store",
-         str(tmp_path / "store"), "--run-id", "acts", "--layer", "L", "--tokens", "3000",
-         "--n-latents", "64", "--batch", "256", "--heldout", "1000", "--activation",
-         "topk,relu", "--l0s", "2,4", "--penalties", "relu=0.01,0.3", "--json", str(out)],
-        capture_output=True, text=True, timeout=300)
+    proc = run_script(
+        "bench_quality.py", "--store",
+        str(tmp_path / "store"), "--run-id", "acts", "--layer", "L", "--tokens", "3000",
+        "--n-latents", "64", "--batch", "256", "--heldout", "1000", "--activation",
+        "topk,relu", "--l0s", "2,4", "--penalties", "relu=0.01,0.3", "--json", str(out),
+        timeout=300)
     assert proc.returncode == 0, proc.stderr
     scores = json.loads(out.read_text())
     assert [s["trainer"] for s in scores] == ["topk k=2", "topk k=4", "topk k=5",
-                                              "relu l1_lambda=0.01", "relu l1_lambda=0.3"]
+                                "relu l1_lambda=0.01", "relu l1_lambda=0.3"]
     assert [s["activation"] for s in scores] == ["topk"] * 3 + ["relu"] * 2
     relu = [s for s in scores if s["activation"] == "relu"]
     assert relu[1]["l0"] < relu[0]["l0"]  # the larger penalty, the sparser
@@ -58,11 +55,10 @@ def test_bench_quality_compares_activations_at_matched_l0(tmp_path: Path):
 
 def test_bench_quality_rejects_an_unknown_recipe_setting(tmp_path: Path):
     LocalStore(tmp_path / "store").put_activations("acts", "L", torch.randn(3000, 8))
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_quality.py"), "--store",
-         str(tmp_path / "store"), "--run-id", "acts", "--layer", "L", "--heldout", "500",
-         "--no-sparsify", "--recipe", "x:lr_decay=0.2"], capture_output=True, text=True,
-        timeout=120)
+    proc = run_script(
+        "bench_quality.py", "--store",
+        str(tmp_path / "store"), "--run-id", "acts", "--layer", "L", "--heldout", "500",
+        "--no-sparsify", "--recipe", "x:lr_decay=0.2", timeout=120)
     assert proc.returncode != 0 and "unknown setting(s) ['lr_decay']" in proc.stderr
 
 
@@ -72,15 +68,15 @@ def test_bench_quality_splices_each_sae_into_the_model_with_model(tmp_path: Path
     model, text = tiny_folder
     g = torch.Generator().manual_seed(0)
     LocalStore(tmp_path / "store").put_activations("acts", LAYER,
-                                                   torch.randn(4000, HIDDEN, generator=g))
+                                     torch.randn(4000, HIDDEN, generator=g))
     out = tmp_path / "scores.json"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_quality.py"), "--store",
-         str(tmp_path / "store"), "--run-id", "acts", "--layer", LAYER, "--tokens", "2000",
-         "--lrs", "default", "--n-latents", "64", "--k", "4", "--batch", "256",
-         "--heldout", "1000", "--no-sparsify", "--recipe", "default", "--model", str(model),
-         "--text", str(text), "--windows", "4", "--seq-len", "8", "--json", str(out)],
-        capture_output=True, text=True, timeout=300)
+    proc = run_script(
+        "bench_quality.py", "--store",
+        str(tmp_path / "store"), "--run-id", "acts", "--layer", LAYER, "--tokens", "2000",
+        "--lrs", "default", "--n-latents", "64", "--k", "4", "--batch", "256",
+        "--heldout", "1000", "--no-sparsify", "--recipe", "default", "--model", str(model),
+        "--text", str(text), "--windows", "4", "--seq-len", "8", "--json", str(out),
+        timeout=300)
     assert proc.returncode == 0, proc.stderr
     [score] = json.loads(out.read_text())
     # a random LM on random activations: the splice changes its predictions (KL > 0); ΔCE can

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from penalty_runs import trained
 
-from harness import SaeTrainer, SaeTrainingConfig, TopKSae
+from harness import TopKSae
 from harness.core.activations import base
 from harness.core.activations.jumprelu import JumpReluFunction, StepFunction
 
@@ -80,11 +81,7 @@ def test_the_gathered_step_gives_autograds_gradients(shift: float, monkeypatch):
 def test_a_larger_l0_penalty_gives_a_lower_l0(synthetic_store, tmp_path):
     l0s = []
     for l0_lambda in (1e-3, 1e-1):
-        sae = TopKSae(128, 16, None, seed=0, activation="jumprelu")
-        history = SaeTrainer(sae).train(
-            store=synthetic_store, run_id="syn", layer_signature="synthetic",
-            config=SaeTrainingConfig(epochs=2, batch_size=256, progress=False,
-                                     l0_lambda=l0_lambda),
-            save_dir=tmp_path / str(l0_lambda))
+        _, history = trained(synthetic_store, tmp_path / str(l0_lambda), "jumprelu",
+                             l0_lambda=l0_lambda)
         l0s.append(history["l0"][-1])
     assert l0s[1] < 0.5 * l0s[0], l0s

@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from penalty_runs import trained
 
-from harness import SaeTrainer, SaeTrainingConfig, TopKSae
+from harness import SaeTrainingConfig, TopKSae
 from harness.core.activations import base
 
 
 def test_a_larger_l1_penalty_gives_a_lower_l0(synthetic_store, tmp_path):
     l0s, r2s = [], []
     for l1_lambda in (1e-3, 1e-1):
-        sae = TopKSae(128, 16, None, seed=0, activation="relu")
-        history = SaeTrainer(sae).train(
-            store=synthetic_store, run_id="syn", layer_signature="synthetic",
-            config=SaeTrainingConfig(epochs=2, batch_size=256, progress=False,
-                                     l1_lambda=l1_lambda),
-            save_dir=tmp_path / str(l1_lambda))
+        sae, history = trained(synthetic_store, tmp_path / str(l1_lambda), "relu",
+                               l1_lambda=l1_lambda)
         l0s.append(history["l0"][-1])
         r2s.append(history["r2"][-1])
         assert sae.k is None

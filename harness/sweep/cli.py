@@ -244,11 +244,9 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object] | object
 
 def _ensure_data(loaded: LoadedSpace) -> None:
     data = loaded.space.data
-    if data.synthetic is None:
+    if data.synthetic is None or not data.synthetic_pending():
         return
     store = open_store(data.store)
-    if (store.activation_dir(data.run_id) / "meta.json").exists():
-        return
     spec = synthetic_spec(data.synthetic)
     print(f"generating synthetic activations ({spec.n_tokens} tokens, d={spec.d}) into "
           f"{store.activation_dir(data.run_id)}")

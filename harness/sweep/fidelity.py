@@ -20,12 +20,12 @@ n0 // reduction**r at rung r, with n0 the largest that fits `budget.n_trials` an
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.sweep.budget import si, superseded_numbers, warm_started
+from harness.sweep.optuna_private import params_with_fixed
 from harness.sweep.space import LoadedSpace
 from harness.sweep.space.fidelity import (
     FIDELITY_ATTR,
@@ -35,11 +35,6 @@ from harness.sweep.space.fidelity import (
     rung_of,
     rung_sizes,
 )
-
-
-def _params(t: FrozenTrial) -> dict[str, Any]:
-    """A trial's parameters, including those fixed by enqueue_trial before it was sampled."""
-    return {**t.system_attrs.get("fixed_params", {}), **t.params}
 
 
 class RungScheduler:
@@ -59,7 +54,7 @@ class RungScheduler:
         return len(self.groups) * sum(self.sizes)
 
     def _group(self, t: FrozenTrial) -> int:
-        params = _params(t)
+        params = params_with_fixed(t)
         for i, group in enumerate(self.groups):
             if all(params.get(n, v) == v for n, v in group.items()):
                 return i
@@ -119,10 +114,9 @@ def trial_total(loaded: LoadedSpace) -> int:
 
 def plan_line(loaded: LoadedSpace) -> str:
     """The study's trials for the start line: "24 trials (16 at 17.4k tokens, 8 at 137k)"."""
-    total = trial_total(loaded)
     if loaded.space.fidelity is None:
-        return f"{total} trials"
+        return f"{loaded.space.budget.n_trials} trials"
     rungs = RungScheduler(loaded)
     parts = [f"{len(rungs.groups) * n} at {si(t)}" for n, t in
              zip(rungs.sizes, rungs.fidelity.tokens, strict=True)]
-    return f"{total} trials ({', '.join(parts)} tokens)"
+    return f"{rungs.planned_trials()} trials ({', '.join(parts)} tokens)"

@@ -141,8 +141,7 @@ def check_store(path: Path, space: SweepSpace, read_heldout: bool = True) -> int
             _check_evaluable(path, space, source)
         return source.d
     except StoreError as e:
-        if data.synthetic is not None and not (store.activation_dir(data.run_id)
-                                               / "meta.json").exists():
+        if data.synthetic is not None and data.synthetic_pending():
             return data.synthetic.d  # generated on first use
         key = "data.layer_signature" if "layer" in str(e) else "data.run_id"
         raise SpaceError(f"{path}: {key}: {e}") from e

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.core.store import open_store
 from harness.sweep.space.schema import FidelitySection, ParamSpec, SpaceError
 
 if TYPE_CHECKING:
@@ -101,9 +100,7 @@ def check_fidelity(path: Path, loaded: LoadedSpace, check_data: bool) -> None:
                          f"fidelity.group_by) reaching the last rung needs n_trials >= {trials}"
                          f" and tokens >= {tokens}; the budget gives n_trials "
                          f"{space.budget.n_trials}, tokens {space.budget.tokens}")
-    data = space.data
-    if check_data and (data.synthetic is None or (
-            open_store(data.store).activation_dir(data.run_id) / "meta.json").exists()):
+    if check_data and not space.data.synthetic_pending():
         full = loaded.planned_tokens()  # synthetic data not yet generated: checked once it is
         if fidelity.tokens[-1] > full:
             raise SpaceError(f"{path}: fidelity.tokens: the last rung ({fidelity.tokens[-1]}) "

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from harness.core.activations import ACTIVATIONS, OPTIONS, activation_class
 from harness.core.metrics import METRICS, OBJECTIVE_METRICS
+from harness.core.store import open_store
 from harness.core.training.config import NOT_SAMPLED, SaeTrainingConfig
 from harness.evaluate.downstream import DownstreamConfig
 
@@ -164,6 +165,11 @@ class DataSection(_Strict):
         if run_id in (".", ".."):
             raise ValueError(f"run_id must name a folder of the store, got {run_id!r}")
         return run_id
+
+    def synthetic_pending(self) -> bool:
+        """Whether the synthetic activations it asks for are not generated yet (first use)."""
+        return self.synthetic is not None and not (
+            open_store(self.store).activation_dir(self.run_id) / "meta.json").exists()
 
 
 class Objective(_Strict):
