@@ -55,3 +55,79 @@ def test_a_warm_start_from_other_activations_is_refused_before_anything_is_writt
         assert not journal.exists() or not optuna.get_all_study_names(
             optuna.storages.JournalStorage(
                 optuna.storages.journal.JournalFileBackend(str(journal))))
+
+
+def _recorded_study(store, results, tmp_path, objectives, fidelity=None, rungs=()):
+    """Study "t" made by the sweep's own create_study, with complete trials added by hand (one
+    per rung in `rungs`, each with its rung recorded as the sweep records it)."""
+    from harness.sweep.space import load_space
+    from harness.sweep.study import create_study
+
+    space = tiny_space(store, results, objectives=objectives, wandb={"mode": "off"},
+                       params={"expansion": 2, "k": {"type": "categorical", "choices": [2, 4]}},
+                       budget={"n_trials": 8})
+    if fidelity:
+        space["fidelity"] = fidelity
+    loaded = load_space(write_space(tmp_path / "source.yaml", space))
+    study = create_study(loaded, str(results / "t" / "study.journal"))
+    dist = {"k": optuna.distributions.CategoricalDistribution([2, 4])}
+    for rung in rungs or [None]:
+        attrs = {"tokens_seen": 1000, "r2": 0.9}
+        if rung is not None:
+            attrs |= {"rung": rung, "fidelity": {"rung": rung, "tokens": 1000 * (rung + 1),
+                                                 "root": None, "promoted_from": None}}
+        study.add_trial(optuna.trial.create_trial(
+            params={"k": 2}, distributions=dist, values=[0.9] * len(objectives),
+            user_attrs=attrs))
+    return study
+
+
+def test_a_warm_start_from_a_study_with_other_objective_metrics_is_refused(
+        synthetic_store, tmp_path, capsys):
+    """Same directions, other metrics: A's R² would be read as B's dead ratio."""
+    results = tmp_path / "results"
+    _recorded_study(synthetic_store, results, tmp_path,
+                    [{"metric": "r2", "direction": "maximize"},
+                     {"metric": "l0", "direction": "minimize"}])
+    other = tiny_space(synthetic_store, results, wandb={"mode": "off"},
+                       study={"name": "b", "warm_start": ["t"]},
+                       objectives=[{"metric": "dead_ratio", "direction": "maximize"},
+                                   {"metric": "l0", "direction": "minimize"}])
+    proc = sweep_here(capsys, str(write_space(tmp_path / "b.yaml", other)))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert ("study.warm_start: 't': its objectives [maximize r2, minimize l0] are not this "
+            "space's [maximize dead_ratio, minimize l0]") in proc.stderr
+    assert not (results / "b").exists()  # nothing written: no journal, no folder
+    assert len(_study(results, "t").trials) == 1  # the source is untouched
+
+
+def test_a_warm_start_naming_the_study_itself_is_refused_and_leaves_nothing(
+        synthetic_store, tmp_path, capsys):
+    results = tmp_path / "results"
+    space = tiny_space(synthetic_store, results, wandb={"mode": "off"},
+                       study={"name": "t", "warm_start": ["t"]})
+    proc = sweep_here(capsys, str(write_space(tmp_path / "s.yaml", space)))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "study.warm_start: 't' is this study itself" in proc.stderr
+    assert not results.exists()
+
+
+def test_a_warm_start_from_a_rung_study_copies_its_full_budget_trials_only(synthetic_store,
+                                                                           tmp_path, capsys):
+    from harness.sweep.space import load_space
+    from harness.sweep.study import create_study
+
+    results = tmp_path / "results"
+    r2 = [{"metric": "r2", "direction": "maximize"}]
+    _recorded_study(synthetic_store, results, tmp_path, r2,
+                    fidelity={"tokens": [1000, 2000], "reduction": 2, "group_by": ["k"]},
+                    rungs=[0, 0, 1])
+    other = tiny_space(synthetic_store, results, wandb={"mode": "off"}, objectives=r2,
+                       study={"name": "b", "warm_start": ["t"]},
+                       params={"expansion": 2, "k": {"type": "categorical", "choices": [2, 4]}})
+    loaded = load_space(write_space(tmp_path / "b.yaml", other))
+    study = create_study(loaded, str(results / "b" / "study.journal"))
+    warm = [t for t in study.trials if WARM_ATTR in t.user_attrs]
+    assert [t.user_attrs[WARM_ATTR] for t in warm] == ["t:2"]  # the last rung's trial only
+    assert "rung" not in warm[0].user_attrs and "fidelity" not in warm[0].user_attrs
+    assert study.user_attrs["warm_started"] == {"from": ["t"], "trials": 1, "lower_rungs": 2}

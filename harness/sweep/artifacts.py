@@ -39,7 +39,7 @@ def s3_problem(location: str) -> str | None:
         import boto3
         import botocore.exceptions
     except ImportError:
-        return "an S3 artifact store needs boto3 (pip install boto3)"
+        return "an S3 artifact store needs boto3 (pip install 'saesweep[s3]')"
     bucket, _, prefix = location.removeprefix("s3://").partition("/")
     key = f"{prefix.rstrip('/') + '/' if prefix else ''}.saesweep-probe"
     try:

@@ -53,6 +53,7 @@ from harness.sweep.study import (
     default_storage,
     reap_stale,
     storage_url,
+    warm_start_plan,
 )
 from harness.sweep.urls import masked
 from harness.sweep.worker import EXIT_BAD_DATA, EXIT_NO_DEVICE, EXIT_UNWRITABLE
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         _resolve_artifacts(loaded)
         url = storage_url(args.storage, space.study.storage, default_storage(loaded))
         repaired = prepare_storage(url)
+        sources = warm_start_plan(loaded, url)
         # loads the model: the slowest check goes last
         downstream = check_downstream(loaded, Path(space.results_dir) / space.study.name)
     except (SpaceError, DeviceError) as e:
@@ -141,13 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     _ensure_data(loaded)
     try:
         check_fidelity(loaded.path, loaded, check_data=True)  # synthetic data: now it exists
-        study = create_study(loaded, url)
+        study = create_study(loaded, url, sources)
     except SpaceError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_SPACE
     warm = study.user_attrs.get("warm_started")
     if warm:
-        print(f"warm start: {warm['trials']} complete trial(s) of {', '.join(warm['from'])}")
+        lower = warm.get("lower_rungs", 0)
+        print(f"warm start: {warm['trials']} complete trial(s) of {', '.join(warm['from'])}"
+              + (f" ({lower} of lower token rungs left out: not full results)" if lower else ""))
     if downstream is not None:
         path = save_reference(downstream)
         w = downstream.reference.windows

@@ -49,7 +49,7 @@ from harness.sweep.space import (
     ParamSpec,
     SpaceError,
 )
-from harness.sweep.storage import open_storage
+from harness.sweep.storage import open_storage, storage_holds_anything
 from harness.sweep.urls import masked
 from harness.sweep.warm_start import warm_start, warm_start_sources
 from harness.version import saesweep_version
@@ -115,9 +115,28 @@ def worker_seed(study_seed: int, worker_index: int, n_existing: int) -> int:
     return (study_seed * 1_000_003 + worker_index * 7919 + n_existing * 104_729) % (2**31 - 1)
 
 
-def create_study(loaded: LoadedSpace, storage_url: str) -> optuna.Study:
-    """Create the study (or load it when resuming) and record how it is run."""
+def warm_start_plan(loaded: LoadedSpace, storage_url: str) -> list[tuple[str, optuna.Study]]:
+    """The checked warm-start sources of a study not created yet; [] when it exists (a resumed
+    study is left as it is). Writes nothing: a refused source leaves no study behind."""
     s = loaded.space
+    if not s.study.warm_start:
+        return []
+    if storage_holds_anything(storage_url):
+        try:
+            optuna.load_study(study_name=s.study.name, storage=open_storage(storage_url))
+            return []
+        except KeyError:
+            pass
+    return warm_start_sources(loaded, storage_url)
+
+
+def create_study(loaded: LoadedSpace, storage_url: str,
+                 sources: list[tuple[str, optuna.Study]] | None = None) -> optuna.Study:
+    """Create the study (or load it when resuming) and record how it is run; a new study starts
+    from `sources` (else those `warm_start_plan` finds)."""
+    s = loaded.space
+    if sources is None:
+        sources = warm_start_plan(loaded, storage_url)
     storage = open_storage(storage_url, s.faults)
     sampler = make_sampler(loaded, worker_seed(s.study.seed, 0, 0))
     pruner = make_pruner(loaded)
@@ -135,7 +154,8 @@ def create_study(loaded: LoadedSpace, storage_url: str) -> optuna.Study:
     fingerprint = joblib.hash(definition)
     if existing is not None:
         _refuse_changed_definition(existing, definition, fingerprint, loaded, storage_url)
-    sources = warm_start_sources(loaded, storage_url) if existing is None else []
+    if existing is not None:
+        sources = []
     study = optuna.create_study(study_name=s.study.name, storage=storage, sampler=sampler,
                                 pruner=pruner, directions=s.directions, load_if_exists=True)
     attrs = study.user_attrs
@@ -165,9 +185,10 @@ def create_study(loaded: LoadedSpace, storage_url: str) -> optuna.Study:
     record["invocations"] = [*attrs.get("invocations", []), now]
     for key, value in record.items():
         study.set_user_attr(key, value)
-    copied = warm_start(study, loaded, sources)
-    if copied:
-        study.set_user_attr("warm_started", {"from": s.study.warm_start, "trials": copied})
+    warm = warm_start(study, loaded, sources)
+    if warm.copied or warm.lower_rungs:
+        study.set_user_attr("warm_started", {"from": s.study.warm_start, "trials": warm.copied,
+                                             "lower_rungs": warm.lower_rungs})
     return study
 
 

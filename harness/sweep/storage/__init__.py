@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from optuna.storages import BaseStorage, RDBStorage
 
 from harness.sweep.storage.base import StorageKind
-from harness.sweep.storage.journal import JournalKind, repair_torn_tail
+from harness.sweep.storage.journal import JournalKind, journal_file, repair_torn_tail
 from harness.sweep.storage.postgres import PostgresKind
 from harness.sweep.storage.rdb import RdbKind
 
@@ -42,6 +42,13 @@ def open_storage(url: str, faults: FaultsSection | None = None) -> BaseStorage:
     return storage_kind(url).open(url, faults)
 
 
+def storage_holds_anything(url: str) -> bool:
+    """Whether the storage may hold studies already: a journal file that does not exist holds
+    none (and opening it would create it); any other kind is asked."""
+    kind = storage_kind(url)
+    return kind is not JournalKind or journal_file(url).exists()
+
+
 def close_storage(storage: BaseStorage) -> None:
     """Close an RDB storage's pooled connections now, not whenever they are garbage-collected
     (a journal file holds none)."""
@@ -61,4 +68,4 @@ def budget_lock(url: str, storage: BaseStorage) -> AbstractContextManager[None]:
 
 
 __all__ = ["KINDS", "StorageKind", "budget_lock", "close_storage", "open_storage",
-           "prepare_storage", "repair_torn_tail", "storage_kind"]
+           "prepare_storage", "repair_torn_tail", "storage_holds_anything", "storage_kind"]
