@@ -204,35 +204,59 @@ def test_a_torn_journal_tail_is_repaired_with_a_backup_and_the_study_goes_on(syn
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
 
 
-def test_a_trial_that_cannot_be_saved_stops_the_sweep_and_runs_again_once_fixed(
+def test_a_trials_folder_that_cannot_be_written_is_refused_before_the_sweep(
         synthetic_store, tmp_path, capsys):
-    """The trials folder stops taking writes mid-sweep: the trial keeps its weights elsewhere, is
-    re-enqueued (not spent) and the sweep stops saying why; once fixed, a re-run completes."""
     results = tmp_path / "results"
     (results / "t").mkdir(parents=True)
     (results / "t" / "trials").write_text("a file where the trial folders go")
+    path = write_space(tmp_path / "s.yaml", one_trial(synthetic_store, results))
+    proc = sweep_here(capsys, str(path))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert (f"--results / results_dir: {results / 't' / 'trials'} cannot be created: "
+            f"{results / 't' / 'trials'} is not a folder") in proc.stderr
+    assert sorted(p.name for p in (results / "t").iterdir()) == ["trials"]  # no study made
+
+
+def test_a_trial_that_cannot_be_saved_stops_the_sweep_and_runs_again_once_fixed(
+        synthetic_store, tmp_path, capsys):
+    """A trial's folder cannot be written mid-sweep: the trial keeps its weights elsewhere, is
+    re-enqueued (not spent) and the sweep stops saying why; once fixed, a re-run completes.
+    With its retries used up, the console says it was dropped."""
+    results = tmp_path / "results"
+    (results / "t" / "trials").mkdir(parents=True)
+    (results / "t" / "trials" / "0000").write_text("a file where trial 0's folder goes")
     path = write_space(tmp_path / "s.yaml", one_trial(synthetic_store, results,
                                                       budget={"n_trials": 2}))
     proc = sweep_here(capsys, str(path))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "stopped: an output location stopped accepting writes" in proc.stderr
+    assert "trial(s) [0] could not be saved and were re-enqueued" in proc.stderr
     assert "save failed" in proc.stdout
     study = load(results)
     (failed,) = study.get_trials(states=[TrialState.FAIL])  # one trial, not the whole budget
     record = TrialRecord.from_frozen(failed)
     assert record.fail_reason.startswith(f"save failed: could not save to "
-                                         f"{results / 't' / 'trials'}")
+                                         f"{results / 't' / 'trials' / '0000'}")
     assert f"the trained SAE was saved to {record.saved_to} instead" in record.fail_reason
     kept = Path(record.saved_to)
     assert (kept / "sae_weights.safetensors").exists() and (kept / "history.json").exists()
     assert record.final("r2") is not None  # what it measured is still recorded
     assert len(study.get_trials(states=[TrialState.WAITING])) == 1  # re-enqueued
-    (results / "t" / "trials").unlink()
     rerun = sweep_here(capsys, str(path))
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     study = load(results)
     done = study.get_trials(states=[TrialState.COMPLETE])
     assert len(done) == 2 and done[0].params == failed.params  # the retry, then the second
+    # no retries left: the console says the configuration was dropped, not re-enqueued
+    (results / "t" / "trials" / "0003").write_text("a file where trial 3's folder goes")
+    space = one_trial(synthetic_store, results, budget={"n_trials": 3})
+    space["faults"]["max_retry"] = 0
+    proc = sweep_here(capsys, str(write_space(tmp_path / "s0.yaml", space)))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert ("trial(s) [3] could not be saved and were NOT re-enqueued: their configuration had "
+            "its faults.max_retry = 0 retries") in proc.stderr
+    assert "re-enqueued (their weights" not in proc.stderr
+    assert len(load(results).get_trials(states=[TrialState.COMPLETE])) == 2  # nothing lost
 
 
 def test_an_artifact_store_that_cannot_be_written_is_refused_before_the_sweep(

@@ -122,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         check_packing(slots, loaded, cuda_memory)
         space = loaded.space
         check_writable(Path(space.results_dir), "--results / results_dir")
+        for sub in ("trials", "logs", "checkpoints"):  # a trial's SAE goes under trials/
+            check_writable(Path(space.results_dir) / space.study.name / sub,
+                           "--results / results_dir")
         _resolve_artifacts(loaded)
         url = storage_url(args.storage, space.study.storage, default_storage(loaded))
         repaired = prepare_storage(url)
@@ -290,6 +293,7 @@ def _monitor(study: optuna.Study, procs: list[subprocess.Popen], loaded: LoadedS
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     n_trials = trial_total(loaded)
     seen: set[int] = set()
+    earlier: set[int] = set()  # finished before this run
     spent = BudgetState(used=0, waiting=0, running=0)  # what the trials printed so far spent
     started = time.perf_counter()
     done_before: int | None = None  # trials finished by earlier runs (not part of the rate)
@@ -306,6 +310,7 @@ def _monitor(study: optuna.Study, procs: list[subprocess.Popen], loaded: LoadedS
                 for t in trials:
                     if t.state.is_finished():
                         seen.add(t.number)
+                        earlier.add(t.number)
                         spent = spent.after(t)
                 if done:
                     tqdm.write(f"resuming: {done} of {n_trials} trials finished in earlier runs")
@@ -342,9 +347,8 @@ def _monitor(study: optuna.Study, procs: list[subprocess.Popen], loaded: LoadedS
         return 1
     if EXIT_UNWRITABLE in codes:
         print("stopped: an output location stopped accepting writes (see the failed trial above "
-              "and the logs folder; a trial that could not be saved was re-enqueued, its weights "
-              "kept where its fail reason says); fix it, then re-run the same command",
-              file=sys.stderr)
+              f"and the logs folder); {_unsaved(study, loaded, earlier)}; fix it, then re-run the same "
+              "command", file=sys.stderr)
         return 1
     if EXIT_NO_DEVICE in codes:
         print("stopped: a worker could not use its device (see the logs folder); re-run with "
@@ -356,6 +360,27 @@ def _monitor(study: optuna.Study, procs: list[subprocess.Popen], loaded: LoadedS
               "command to continue (abandoned trials are re-enqueued).", file=sys.stderr)
         return 1
     return 0
+
+
+def _unsaved(study: optuna.Study, loaded: LoadedSpace, earlier: set[int]) -> str:
+    """What became of this run's trials whose SAE could not be saved: re-enqueued (their weights
+    kept where the fail reason says), or dropped once their configuration used
+    faults.max_retry. `earlier`: trials finished before this run."""
+    trials = [t for t in study.get_trials(deepcopy=False) if t.number not in earlier]
+    retried = superseded_numbers(trials)
+    unsaved = [t for t in trials if t.state == optuna.trial.TrialState.FAIL
+               and str(t.user_attrs.get("fail_reason", "")).startswith("save failed")]
+    again = [t.number for t in unsaved if t.number in retried]
+    dropped = [t.number for t in unsaved if t.number not in retried]
+    parts = []
+    if again:
+        parts.append(f"trial(s) {again} could not be saved and were re-enqueued (their weights "
+                     "are kept where the fail reason says)")
+    if dropped:
+        parts.append(f"trial(s) {dropped} could not be saved and were NOT re-enqueued: their "
+                     f"configuration had its faults.max_retry = {loaded.space.faults.max_retry} "
+                     "retries (their weights are kept where the fail reason says)")
+    return "; ".join(parts) or "no trial was lost"
 
 
 def _positive_int(text: str) -> int:

@@ -361,10 +361,12 @@ def reap_stale(study: optuna.Study, lease_s: float, max_retry: int) -> list[int]
     return reaped
 
 
-def requeue(study: optuna.Study, failed: FrozenTrial, max_retry: int) -> None:
-    """Enqueue a failed trial's parameters again (Optuna's retry callback; experimental)."""
+def requeue(study: optuna.Study, failed: FrozenTrial, max_retry: int) -> bool:
+    """Enqueue a failed trial's parameters again (Optuna's retry callback; experimental);
+    False when its configuration has had its `max_retry` retries and is dropped."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         callback = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
     callback(study, failed)
+    return len(failed.system_attrs.get("retry_history", [])) < max_retry
 

@@ -180,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
             if outcome.unwritable:
                 unwritable.append(outcome.unwritable)
             if outcome.requeue:  # trained but unsaved: its parameters run again, not spent
-                requeue(study, study_storage(study).get_trial(trial_id(trial)), faults.max_retry)
+                again = requeue(study, study_storage(study).get_trial(trial_id(trial)),
+                                faults.max_retry)
+                log.info("trial %d: %s", trial.number, "re-enqueued" if again else
+                         f"not re-enqueued (faults.max_retry = {faults.max_retry} used)")
         if fatal:
             log.error("stopping: the activation data is unusable (see the trials' fail_reason)")
             return EXIT_BAD_DATA
