@@ -204,6 +204,53 @@ def test_a_torn_journal_tail_is_repaired_with_a_backup_and_the_study_goes_on(syn
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
 
 
+def _file_size_limited(limit: int) -> None:
+    """preexec_fn: no file of this process and its children grows past `limit` bytes (a write
+    past it fails with EFBIG, as on a full disk with ENOSPC)."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_a_storage_that_stops_taking_writes_names_the_cause_and_loses_nothing(
+        synthetic_store, tmp_path, capsys):
+    """The study journal cannot grow mid-trial (a full disk): the console names the error, the
+    trial left RUNNING is released by the next run, and the finished trial is kept."""
+    import shutil
+
+    from harness.sweep.space import load_space
+    from harness.sweep.study import create_study
+
+    results = tmp_path / "results"
+    path = write_space(tmp_path / "s.yaml", one_trial(synthetic_store, results))
+    assert sweep_here(capsys, str(path)).returncode == 0
+    journal = results / "t" / "study.journal"
+    first = load(results).trials[0]
+    # what the sweep's own start writes on a resume, measured on a copy: the limit lets it
+    # through and stops the trial's first records
+    scratch = tmp_path / "scratch"
+    shutil.copytree(results, scratch)
+    create_study(load_space(path, overrides={"budget": {"n_trials": 2}}),
+                 str(scratch / "t" / "study.journal"))
+    limit = (scratch / "t" / "study.journal").stat().st_size + 600
+    proc = subprocess.run([sys.executable, "-m", "harness.sweep", str(path), "--n-trials", "2"],
+                          capture_output=True, text=True, timeout=300,
+                          preexec_fn=lambda: _file_size_limited(limit))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "stopped: worker 0 (exit 1): OSError: [Errno 27] File too large" in proc.stderr
+    assert ("the trials left running could not be released now (OSError: [Errno 27] File too "
+            "large); the next run re-enqueues them") in proc.stderr
+    assert journal.stat().st_size == limit
+    rerun = sweep_here(capsys, str(path), "--n-trials", "2")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"repaired {journal}" in rerun.stdout
+    assert "re-enqueued trials abandoned by an earlier run: [1]" in rerun.stdout
+    study = load(results)
+    done = study.get_trials(states=[TrialState.COMPLETE])
+    assert len(done) == 2 and done[0].number == 0 and done[0].values == first.values
+    assert study.trials[1].state == TrialState.FAIL  # the abandoned one, retried as trial 2
+
+
 def test_a_trials_folder_that_cannot_be_written_is_refused_before_the_sweep(
         synthetic_store, tmp_path, capsys):
     results = tmp_path / "results"

@@ -276,7 +276,7 @@ def test_token_budget_stops_mid_epoch_and_evaluates_at_the_end(synthetic_store: 
     assert history["step"][-1] == 12  # ceil(3000 / 256) steps, not 5 epochs
     assert history["tokens"][-1] == 12 * 256
     assert history["lr"][-1] == 0.0  # the schedule reached 0 after the last step
-    assert config.planned_tokens(history.n_train_tokens) == 3000
+    assert config.planned_tokens(history.n_train_tokens) == 12 * 256  # what it trained
     with pytest.raises(ValueError, match="max_train_tokens"):
         SaeTrainingConfig(max_train_tokens=0)
     with pytest.raises(ValueError, match="lr_decay_fraction"):

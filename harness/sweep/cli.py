@@ -11,20 +11,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-import uuid
-from datetime import datetime, timezone
 from pathlib import Path
-from types import FrameType
 
 import optuna
 import yaml
-from tqdm.auto import tqdm
 
 from harness.core.atomic import write_text
 from harness.core.paths import unwritable
@@ -32,8 +24,8 @@ from harness.core.store import open_store
 from harness.core.wandb_log import has_api_key
 from harness.data.synthetic import write_synthetic_store
 from harness.sweep.artifacts import default_location, s3_problem
-from harness.sweep.budget import BudgetState, budget_state, superseded_numbers, warm_started
-from harness.sweep.console import best_value, print_summary, time_left, trial_line
+from harness.sweep.budget import BudgetState, budget_state
+from harness.sweep.console import print_summary
 from harness.sweep.devices import (
     DeviceError,
     WorkerSlot,
@@ -43,12 +35,12 @@ from harness.sweep.devices import (
 )
 from harness.sweep.downstream import check_downstream, save_reference
 from harness.sweep.fidelity import plan_line, trial_total
+from harness.sweep.monitor import monitor, start_workers
 from harness.sweep.packing import check_packing, cuda_memory
 from harness.sweep.space import LoadedSpace, SpaceError, load_space, synthetic_spec
-from harness.sweep.space.fidelity import check_fidelity
+from harness.sweep.space.fidelity import check_budget, check_fidelity, rung_plan
 from harness.sweep.storage import prepare_storage
 from harness.sweep.study import (
-    STORAGE_ENV,
     create_study,
     default_storage,
     reap_stale,
@@ -56,7 +48,6 @@ from harness.sweep.study import (
     warm_start_plan,
 )
 from harness.sweep.urls import masked
-from harness.sweep.worker import EXIT_BAD_DATA, EXIT_NO_DEVICE, EXIT_UNWRITABLE
 
 EXIT_BAD_SPACE = 2
 QUICKSTART = "quickstart.yaml"
@@ -146,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     _ensure_data(loaded)
     try:
         check_fidelity(loaded.path, loaded, check_data=True)  # synthetic data: now it exists
+        check_budget(loaded.path, loaded, check_data=True)
         study = create_study(loaded, url, sources)
     except SpaceError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -170,10 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if reaped:
         print(f"re-enqueued trials abandoned by an earlier run: {reaped}")
     budget, total = budget_state(study), trial_total(loaded)
-    spent = [name for name, fits in (  # rungs: their plan is sized by the token budget
-        ("token", space.fidelity is not None or budget.tokens_fit(
-            space.budget.tokens, loaded.planned_tokens() if space.budget.tokens else 0)),
-        ("hour", budget.hours_fit(space.budget.hours))) if not fits]
+    spent = _spent_budgets(budget, loaded)
     if budget.waiting == 0 and budget.running == 0 and (budget.used >= total or spent):
         left = budget.describe(space.budget.tokens, space.budget.hours)
         held = (f"spent its {spent[0]} budget ({left})" if spent
@@ -185,16 +174,32 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"study {space.study.name!r}: storage {masked(url)}, {plan_line(loaded)}, "
           f"{len(slots)} worker(s) on {', '.join(s.label for s in slots)}; results in {out}/")
+    if space.fidelity is not None and (note := rung_plan(loaded).note):
+        print(note)
     deadline = time.time() + space.budget.timeout if space.budget.timeout else 0.0
-    procs = _start_workers(slots, resolved, url, out, deadline)
-    status = _monitor(study, procs, loaded)
+    workers = start_workers(slots, resolved, url, out, deadline)
+    status = monitor(study, workers, loaded)
     print_summary(study, loaded, url, out)
     budget = budget_state(study)
     if status == 0 and deadline and time.time() >= deadline and budget.used < total:
         print(f"stopped: the timeout of {space.budget.timeout:g} s was reached with "
               f"{budget.used} of {total} trials run; re-run the same command "
               "to continue")
+    elif status == 0 and budget.used < total and (spent := _spent_budgets(budget, loaded)):
+        print(f"stopped: the {spent[0]} budget is spent "
+              f"({budget.describe(space.budget.tokens, space.budget.hours)}) with {budget.used} "
+              f"of {total} trials run; raise budget.{spent[0]}s to run more")
     return status
+
+
+def _spent_budgets(budget: BudgetState, loaded: LoadedSpace) -> list[str]:
+    """The budgets ("token", "hour") with no room for another trial. A rung study's plan is
+    sized by its token budget, so only its hours can run out."""
+    space = loaded.space
+    tokens = space.fidelity is not None or budget.tokens_fit(
+        space.budget.tokens, loaded.planned_tokens() if space.budget.tokens else 0)
+    return [name for name, fits in (("token", tokens),
+                                    ("hour", budget.hours_fit(space.budget.hours))) if not fits]
 
 
 def _resolve_artifacts(loaded: LoadedSpace) -> None:
@@ -258,129 +263,6 @@ def _ensure_data(loaded: LoadedSpace) -> None:
     print(f"generating synthetic activations ({spec.n_tokens} tokens, d={spec.d}) into "
           f"{store.activation_dir(data.run_id)}")
     write_synthetic_store(data.store, data.run_id, spec, layer_signature=data.layer_signature)
-
-
-def _start_workers(slots: list[WorkerSlot], space_file: Path, storage: str,
-                   out: Path, deadline: float) -> list[subprocess.Popen]:
-    logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    # one log per worker per invocation: two sweeps on one study never share a file
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
-    run = f"{stamp}-{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-    procs = []
-    for i, slot in enumerate(slots):
-        # the URL travels in the environment: not in `ps`, the logs or the resolved space
-        env = {**os.environ, **slot.env, STORAGE_ENV: storage}
-        cmd = [sys.executable, "-m", "harness.sweep.worker", "--space", str(space_file),
-               "--index", str(i), "--device", slot.device,
-               "--device-label", slot.label, "--threads", str(slot.threads),
-               "--deadline", str(deadline)]
-        log = open(logs / f"{run}_worker_{i}.log", "a", encoding="utf-8")  # noqa: SIM115 - kept
-        procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
-    return procs
-
-
-def _monitor(study: optuna.Study, procs: list[subprocess.Popen], loaded: LoadedSpace) -> int:
-    """Print a line per finished trial and a progress bar until every worker has exited."""
-    stop: list[str] = []
-
-    def forward(signum: int, frame: FrameType | None) -> None:
-        stop.append(signal.Signals(signum).name)
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signum)  # the same signal: every worker names the same stop
-
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    n_trials = trial_total(loaded)
-    seen: set[int] = set()
-    earlier: set[int] = set()  # finished before this run
-    spent = BudgetState(used=0, waiting=0, running=0)  # what the trials printed so far spent
-    started = time.perf_counter()
-    done_before: int | None = None  # trials finished by earlier runs (not part of the rate)
-    bar = tqdm(total=n_trials, unit="trial", dynamic_ncols=True, file=sys.stderr,
-               disable=not sys.stderr.isatty())
-    try:
-        while True:
-            alive = [p for p in procs if p.poll() is None]
-            trials = [t for t in study.get_trials(deepcopy=False) if not warm_started(t)]
-            superseded = superseded_numbers(trials)
-            done = sum(1 for t in trials if t.state.is_finished() and t.number not in superseded)
-            if done_before is None:  # finished by earlier runs: said once, not line by line
-                done_before = done
-                for t in trials:
-                    if t.state.is_finished():
-                        seen.add(t.number)
-                        earlier.add(t.number)
-                        spent = spent.after(t)
-                if done:
-                    tqdm.write(f"resuming: {done} of {n_trials} trials finished in earlier runs")
-            new = [t for t in sorted(trials, key=lambda t: t.number)
-                   if t.state.is_finished() and t.number not in seen]
-            for i, t in enumerate(new):
-                seen.add(t.number)
-                spent = spent.after(t)
-                done_then = done - (len(new) - 1 - i)  # several may finish between two polls
-                left = spent.describe(loaded.space.budget.tokens, loaded.space.budget.hours)
-                tqdm.write(trial_line(t, loaded)
-                           + time_left(done_then, done_before, n_trials, started)
-                           + (f" ({left})" if left else ""))
-            bar.n = min(done, n_trials)
-            best = best_value(study, loaded)
-            if best is not None:
-                bar.set_postfix_str(best)
-            bar.refresh()
-            if not alive:
-                break
-            time.sleep(0.5)
-    finally:
-        bar.close()
-        for s, handler in old.items():
-            signal.signal(s, handler)
-    codes = [p.returncode for p in procs]
-    if stop:
-        print(f"stopped by {stop[0]}; the study is consistent: re-run the same command to "
-              "continue")
-        return 130 if stop[0] == "SIGINT" else 143
-    if EXIT_BAD_DATA in codes:
-        print("stopped: the activation data is unusable (see the failed trials above); fix the "
-              "store, then re-run the same command", file=sys.stderr)
-        return 1
-    if EXIT_UNWRITABLE in codes:
-        print("stopped: an output location stopped accepting writes (see the failed trial above "
-              f"and the logs folder); {_unsaved(study, loaded, earlier)}; fix it, then re-run the same "
-              "command", file=sys.stderr)
-        return 1
-    if EXIT_NO_DEVICE in codes:
-        print("stopped: a worker could not use its device (see the logs folder); re-run with "
-              "--devices naming usable ones", file=sys.stderr)
-        return 1
-    crashed = [(i, c) for i, c in enumerate(codes) if c != 0]
-    if crashed:
-        print(f"worker(s) exited abnormally: {crashed}; see the logs folder. Re-run the same "
-              "command to continue (abandoned trials are re-enqueued).", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _unsaved(study: optuna.Study, loaded: LoadedSpace, earlier: set[int]) -> str:
-    """What became of this run's trials whose SAE could not be saved: re-enqueued (their weights
-    kept where the fail reason says), or dropped once their configuration used
-    faults.max_retry. `earlier`: trials finished before this run."""
-    trials = [t for t in study.get_trials(deepcopy=False) if t.number not in earlier]
-    retried = superseded_numbers(trials)
-    unsaved = [t for t in trials if t.state == optuna.trial.TrialState.FAIL
-               and str(t.user_attrs.get("fail_reason", "")).startswith("save failed")]
-    again = [t.number for t in unsaved if t.number in retried]
-    dropped = [t.number for t in unsaved if t.number not in retried]
-    parts = []
-    if again:
-        parts.append(f"trial(s) {again} could not be saved and were re-enqueued (their weights "
-                     "are kept where the fail reason says)")
-    if dropped:
-        parts.append(f"trial(s) {dropped} could not be saved and were NOT re-enqueued: their "
-                     f"configuration had its faults.max_retry = {loaded.space.faults.max_retry} "
-                     "retries (their weights are kept where the fail reason says)")
-    return "; ".join(parts) or "no trial was lost"
 
 
 def _positive_int(text: str) -> int:

@@ -11,6 +11,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.core.metrics import METRICS
+from harness.sweep.budget import si
 from harness.sweep.space import LoadedSpace, SweepSpace
 from harness.sweep.space.fidelity import rung_of
 from harness.sweep.storage import storage_kind
@@ -46,6 +47,11 @@ def trial_line(t: FrozenTrial, loaded: LoadedSpace) -> str:
     if r.k is not None and r.activation not in (None, "topk"):
         shape = f"{r.activation} {shape}"
     cfg = f"n_latents={r.n_latents} {shape} lr={r.lr or 0:.2e}"
+    tokens = r.get("tokens_seen")
+    if tokens is not None:  # a first-rung trial's R² is not a full-budget trial's
+        cfg += f" tokens={si(tokens)}"
+    if loaded.space.fidelity is not None and r.rung is not None:
+        cfg += f" rung={r.rung + 1}/{len(loaded.space.fidelity.tokens)}"
     secs = r.get("wall_time_s")
     took = f" {secs:.1f}s" if isinstance(secs, float) else ""
     if t.state == TrialState.COMPLETE:

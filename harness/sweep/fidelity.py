@@ -27,14 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from harness.sweep.budget import si, superseded_numbers, warm_started
 from harness.sweep.optuna_private import params_with_fixed
 from harness.sweep.space import LoadedSpace
-from harness.sweep.space.fidelity import (
-    FIDELITY_ATTR,
-    Rung,
-    group_choices,
-    plan_size,
-    rung_of,
-    rung_sizes,
-)
+from harness.sweep.space.fidelity import FIDELITY_ATTR, Rung, rung_of, rung_plan
 
 
 class RungScheduler:
@@ -44,19 +37,17 @@ class RungScheduler:
         space = loaded.space
         assert space.fidelity is not None
         self.fidelity = space.fidelity
-        self.groups = group_choices(loaded)
-        self.n0 = plan_size(self.fidelity, len(self.groups), space.budget.n_trials,
-                            space.budget.tokens)
-        self.sizes = rung_sizes(self.n0, self.fidelity)
+        self.plan = rung_plan(loaded)
+        self.groups = self.plan.groups
         self.maximize = space.objectives[0].direction == "maximize"
 
     def planned_trials(self) -> int:
-        return len(self.groups) * sum(self.sizes)
+        return self.plan.trials
 
     def _group(self, t: FrozenTrial) -> int:
         params = params_with_fixed(t)
         for i, group in enumerate(self.groups):
-            if all(params.get(n, v) == v for n, v in group.items()):
+            if all(n in params and params[n] == v for n, v in group.items()):
                 return i
         return -1
 
@@ -71,30 +62,36 @@ class RungScheduler:
             if rung is not None and t.number not in superseded:
                 by_cell.setdefault((rung.rung, self._group(t)), []).append(t)
         added = self._promote(study, by_cell)
-        started = sum(len(ts) for (r, _), ts in by_cell.items() if r == 0)
-        while fresh_allowed and added < want and started < self.n0 * len(self.groups):
+        start = self.plan.start
+        started = sum(len(ts) for (r, _), ts in by_cell.items() if r == start)
+        while fresh_allowed and added < want and started < self.plan.fresh:
             group = self.groups[started % len(self.groups)]
             study.enqueue_trial(group, user_attrs={FIDELITY_ATTR: asdict(
-                Rung(rung=0, tokens=self.fidelity.tokens[0]))})
+                Rung(rung=start, tokens=self.fidelity.tokens[start]))})
             started += 1
             added += 1
         return added
 
     def _promote(self, study: optuna.Study,
                  by_cell: dict[tuple[int, int], list[FrozenTrial]]) -> int:
+        """Re-run the best of each group's finished rung at the next; a rung above never holds
+        more than the plan's size (a plan raised later tops it up with the best not yet
+        promoted, and never re-runs one twice)."""
         added = 0
-        for r in range(len(self.sizes) - 1):
+        sizes = self.plan.sizes
+        for r in range(self.plan.start, len(sizes) - 1):
             for g in range(len(self.groups)):
                 cell = by_cell.get((r, g), [])
-                if len(cell) < self.sizes[r] or not all(t.state.is_finished() for t in cell):
+                if len(cell) < sizes[r] or not all(t.state.is_finished() for t in cell):
                     continue
-                done = [t for t in cell if t.state == TrialState.COMPLETE and t.values]
-                done.sort(key=lambda t: t.values[0], reverse=self.maximize)
-                promoted = {rung.promoted_from for t in by_cell.get((r + 1, g), [])
+                above = by_cell.get((r + 1, g), [])
+                room = sizes[r + 1] - len(above)
+                promoted = {rung.promoted_from for t in above
                             if (rung := rung_of(t)) is not None}
-                for t in done[:self.sizes[r + 1]]:
-                    if t.number in promoted:
-                        continue
+                done = [t for t in cell if t.state == TrialState.COMPLETE and t.values
+                        and t.number not in promoted]
+                done.sort(key=lambda t: t.values[0], reverse=self.maximize)
+                for t in done[:max(0, room)]:
                     below = rung_of(t)
                     assert below is not None
                     rung = Rung(rung=r + 1, tokens=self.fidelity.tokens[r + 1],
@@ -109,14 +106,15 @@ def trial_total(loaded: LoadedSpace) -> int:
     """The trials a study runs in all: its rungs' plan, else budget.n_trials."""
     if loaded.space.fidelity is None:
         return loaded.space.budget.n_trials
-    return RungScheduler(loaded).planned_trials()
+    return rung_plan(loaded).trials
 
 
 def plan_line(loaded: LoadedSpace) -> str:
     """The study's trials for the start line: "24 trials (16 at 17.4k tokens, 8 at 137k)"."""
     if loaded.space.fidelity is None:
         return f"{loaded.space.budget.n_trials} trials"
-    rungs = RungScheduler(loaded)
-    parts = [f"{len(rungs.groups) * n} at {si(t)}" for n, t in
-             zip(rungs.sizes, rungs.fidelity.tokens, strict=True)]
-    return f"{rungs.planned_trials()} trials ({', '.join(parts)} tokens)"
+    plan = rung_plan(loaded)
+    counts = [plan.fresh if r == plan.start else len(plan.groups) * n
+              for r, n in enumerate(plan.sizes)]
+    parts = [f"{n} at {si(t)}" for n, t in zip(counts, plan.prices, strict=True) if n]
+    return f"{plan.trials} trials ({', '.join(parts)} tokens)"

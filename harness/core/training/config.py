@@ -367,9 +367,12 @@ class SaeTrainingConfig:
             seed=d.seed, prefetch_batches=d.prefetch_batches)
 
     def planned_tokens(self, n_train_tokens: int) -> int:
-        """Training tokens this config sees in full: every epoch, capped by the budget."""
-        tokens = self.epochs * n_train_tokens
-        return min(tokens, self.max_train_tokens) if self.max_train_tokens else tokens
+        """Training tokens this config sees in full: every epoch, capped by the budget. A cap
+        trains whole batches (its last one is not cut), so this is what the planned steps read:
+        e.g. 11,400 at batch 256 is 45 steps, 11,520 tokens."""
+        per_epoch = math.ceil(n_train_tokens / self.batch_size)
+        epochs, steps = divmod(self.planned_steps(per_epoch), per_epoch)
+        return epochs * n_train_tokens + steps * self.batch_size
 
     def planned_steps(self, batches_per_epoch: int) -> int:
         """Optimisation steps this config runs in full: every epoch, capped by the budget."""

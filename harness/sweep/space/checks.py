@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from harness.core.activations import OPTIONS, activation_class
+from harness.core.activations import ACTIVATIONS, OPTIONS, activation_class, check_penalty
 from harness.core.loader import ActivationLoader
 from harness.core.store import ActivationSource, StoreError, open_store
 from harness.core.training.checks import type_error
@@ -75,6 +75,22 @@ def bounding_values(spec: ParamSpec | float | int | str | bool) -> list[Any]:
         return list(spec.choices or [])
     cast = int if spec.type == "int" else float
     return [cast(spec.low), cast(spec.high)]  # type: ignore[arg-type]
+
+
+OWNED = {"k", "k_fraction", "l0_lambda", *OPTIONS}
+"""Parameters that belong to the activations that list them (k and k_fraction go with "k")."""
+
+
+def applies(name: str, spec: Any, activation: str) -> bool:
+    """Whether a trial whose activation is `activation` samples (or fixes) parameter `name`."""
+    when = spec.when if isinstance(spec, ParamSpec) else None
+    if when is not None:
+        return activation in when
+    if name not in OWNED:
+        return True
+    cls = activation_class(activation)
+    owned = cls.params | set(cls.options)
+    return (name in owned) or (name == "k_fraction" and "k" in owned)
 
 
 # what each special parameter's values must be: (check, expected)
@@ -195,3 +211,51 @@ def check_k(path: Path, space: SweepSpace, d: int) -> None:
             raise SpaceError(f"{path}: params.k_fraction: {hi:g} x n_latents rounds to "
                              f"{round(hi * min_latents)} = n_latents when n_latents is "
                              f"{min_latents} (expansion {min_exp:g} x d={d}); need k < n_latents")
+
+
+def activation_choices(space: SweepSpace) -> list[str]:
+    """The activations the space's trials can have."""
+    spec = space.params.get("activation", "topk")
+    return list(spec.choices or []) if isinstance(spec, ParamSpec) else [str(spec)]
+
+
+def owners(name: str) -> list[str]:
+    """The activations that use parameter `name` (k_fraction goes with k)."""
+    wanted = "k" if name == "k_fraction" else name
+    return [a for a, cls in ACTIVATIONS.items() if wanted in cls.params | set(cls.options)]
+
+
+def check_owned(path: Path, space: SweepSpace) -> None:
+    """A parameter that belongs to some activations (k, an L0 penalty, an activation option)
+    must reach a trial whose activation uses it: given to none, or to one that does not use it,
+    it would be ignored, or fail every such trial. An L0 penalty under `training:` reaches every
+    trial, so every activation of the space must take it."""
+    choices = activation_choices(space)
+    for name, spec in space.params.items():
+        if name not in OWNED:
+            continue
+        users = owners(name)
+        when = spec.when if isinstance(spec, ParamSpec) else None
+        wrong = [a for a in when or [] if a not in users]
+        if wrong:
+            raise SpaceError(f"{path}: params.{name}.when: activation(s) {wrong} do not use "
+                             f"{name} (it belongs to {users})")
+        if not any(a in users and (when is None or a in when) for a in choices):
+            raise SpaceError(f"{path}: params.{name}: no trial of this space would use it: the "
+                             f"activation is {' or '.join(choices)}, and {name} belongs to "
+                             f"{' / '.join(users)}; remove it, or add such an activation")
+    for name in ("l0_lambda",):
+        value = space.training.get(name)
+        bad = []
+        for choice in choices:
+            try:
+                check_penalty(choice, value or 0.0)
+            except ValueError:
+                bad.append(choice)
+        if bad:
+            mixed = len(bad) < len(choices)
+            fix = (f"move it to params (it is then given to {' / '.join(owners(name))} trials "
+                   "only)" if mixed else f"remove it, or use activation "
+                   f"{' / '.join(owners(name))}")
+            raise SpaceError(f"{path}: training.{name}: every trial gets it, but activation(s) "
+                             f"{bad} have no L0 penalty (only {' / '.join(owners(name))}): {fix}")

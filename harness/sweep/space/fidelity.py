@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness.sweep.space.checks import activation_choices, applies
 from harness.sweep.space.schema import FidelitySection, ParamSpec, SpaceError
 
 if TYPE_CHECKING:
@@ -44,17 +45,101 @@ def rung_sizes(n0: int, fidelity: FidelitySection) -> list[int]:
 
 
 def plan_size(fidelity: FidelitySection, n_groups: int, n_trials: int,
-              tokens: float | None) -> int:
+              tokens: float | None, prices: list[int] | None = None) -> int:
     """The most fresh configurations per group whose rungs fit `n_trials` trials and `tokens`
-    training tokens (0 when not even one fits)."""
+    training tokens (0 when not even one fits); `prices`: the tokens a trial at each rung
+    trains (else the rungs' budgets)."""
+    prices = prices or fidelity.tokens
     n0 = 0
     while True:
         sizes = rung_sizes(n0 + 1, fidelity)
         trials = n_groups * sum(sizes)
-        spent = n_groups * sum(n * t for n, t in zip(sizes, fidelity.tokens, strict=True))
+        spent = n_groups * sum(n * t for n, t in zip(sizes, prices, strict=True))
         if trials > n_trials or (tokens is not None and spent > tokens):
             return n0
         n0 += 1
+
+
+@dataclass(frozen=True)
+class RungPlan:
+    """What a rung study runs: fresh configurations at rung `start`, cycling through the groups,
+    and at each later rung the best `sizes[r]` of each group."""
+
+    groups: list[dict[str, Any]]
+    """Every combination of the group_by parameters' values."""
+    sizes: list[int]
+    """Configurations per group at each rung (0 below `start`)."""
+    prices: list[int]
+    """Training tokens a trial at each rung trains (whole batches: what the budget pays)."""
+    fresh: int
+    """Fresh configurations in all (at rung `start`)."""
+    start: int = 0
+    """The rung fresh configurations train at: 0, or the last when the budget pays for no
+    rung below it."""
+    note: str | None = None
+    """What was changed from the space to fit the budget (the console says it)."""
+
+    @property
+    def trials(self) -> int:
+        """Trials the plan runs in all."""
+        return self.fresh + len(self.groups) * sum(self.sizes[self.start + 1:])
+
+    @property
+    def tokens(self) -> int:
+        """Training tokens the plan pays for in all (every trial trained in full)."""
+        fresh = self.fresh * self.prices[self.start]
+        return fresh + len(self.groups) * sum(
+            n * p for n, p in zip(self.sizes[self.start + 1:], self.prices[self.start + 1:],
+                                  strict=True))
+
+
+def rung_plan(loaded: LoadedSpace, path: Path | None = None) -> RungPlan:
+    """The plan the budget pays for: n0 configurations per group at rung 0 and
+    n0 // reduction**r at rung r, n0 the largest that fits budget.n_trials and budget.tokens.
+    A budget too small for one configuration of every group to reach the last rung runs its
+    trials at the last rung only (no rungs), cycling through the groups, and says so; a token
+    budget smaller than one full trial is a SpaceError."""
+    space = loaded.space
+    fidelity = space.fidelity
+    assert fidelity is not None
+    path = path or loaded.path
+    groups = group_choices(loaded)
+    prices = rung_prices(loaded)
+    budget = space.budget
+    n0 = plan_size(fidelity, len(groups), budget.n_trials, budget.tokens, prices)
+    sizes = rung_sizes(n0, fidelity)
+    if sizes[-1] > 0:
+        return RungPlan(groups=groups, sizes=sizes, prices=prices, fresh=n0 * len(groups))
+    last = len(prices) - 1
+    fit = budget.n_trials
+    if budget.tokens is not None:
+        fit = min(fit, int(budget.tokens // prices[-1]))
+    if fit == 0:
+        raise SpaceError(f"{path}: budget.tokens: {budget.tokens:g} tokens is less than one "
+                         f"trial at the last rung trains ({prices[-1]} tokens); raise "
+                         "budget.tokens")
+    least = rung_sizes(fidelity.reduction ** last, fidelity)
+    need_trials = len(groups) * sum(least)
+    need_tokens = len(groups) * sum(n * p for n, p in zip(least, prices, strict=True))
+    names = ", ".join(fidelity.group_by) or "the study"
+    left = (f"; the groups left without a trial: {groups[fit:]}" if fit < len(groups) else "")
+    note = (f"rungs: one configuration per {names} reaching the last rung needs n_trials >= "
+            f"{need_trials} and tokens >= {need_tokens} (the budget: n_trials "
+            f"{budget.n_trials}, tokens {budget.tokens}), so {fit} trial(s) run at the full "
+            f"budget only ({fidelity.tokens[-1]} tokens), cycling through the groups{left}")
+    sizes = [0] * last + [-(-fit // len(groups))]
+    return RungPlan(groups=groups, sizes=sizes, prices=prices, fresh=fit, start=last, note=note)
+
+
+def rung_prices(loaded: LoadedSpace) -> list[int]:
+    """Training tokens a trial at each rung trains: whole batches, the most over the space's
+    batch sizes and epochs; the rungs' budgets themselves while synthetic data is not generated
+    yet (the plan is checked again once it is)."""
+    fidelity = loaded.space.fidelity
+    assert fidelity is not None
+    if loaded.space.data.synthetic_pending() or not loaded.d:
+        return list(fidelity.tokens)
+    return [loaded.planned_tokens(max_train_tokens=t) for t in fidelity.tokens]
 
 
 def group_choices(loaded: LoadedSpace) -> list[dict[str, Any]]:
@@ -90,16 +175,14 @@ def check_fidelity(path: Path, loaded: LoadedSpace, check_data: bool) -> None:
         if "max_train_tokens" in getattr(space, where):
             raise SpaceError(f"{path}: {where}.max_train_tokens: fidelity.tokens sets each "
                              "rung's training tokens; leave max_train_tokens out")
-    n_groups = len(group_choices(loaded))
-    n0 = plan_size(fidelity, n_groups, space.budget.n_trials, space.budget.tokens)
-    if rung_sizes(n0, fidelity)[-1] == 0:
-        least = rung_sizes(fidelity.reduction ** (len(fidelity.tokens) - 1), fidelity)
-        trials = n_groups * sum(least)
-        tokens = n_groups * sum(n * t for n, t in zip(least, fidelity.tokens, strict=True))
-        raise SpaceError(f"{path}: budget: one configuration per group ({n_groups} group(s) of "
-                         f"fidelity.group_by) reaching the last rung needs n_trials >= {trials}"
-                         f" and tokens >= {tokens}; the budget gives n_trials "
-                         f"{space.budget.n_trials}, tokens {space.budget.tokens}")
+    choices = activation_choices(space)
+    for name in fidelity.group_by:
+        spec = space.params[name]
+        missing = [a for a in choices if name != "activation" and not applies(name, spec, a)]
+        if missing:
+            raise SpaceError(f"{path}: fidelity.group_by: params.{name} does not apply to "
+                             f"activation(s) {missing}, so their trials would have no group; "
+                             f"group by a parameter every trial of the space samples")
     if check_data and not space.data.synthetic_pending():
         full = loaded.planned_tokens()  # synthetic data not yet generated: checked once it is
         if fidelity.tokens[-1] > full:
@@ -107,3 +190,20 @@ def check_fidelity(path: Path, loaded: LoadedSpace, check_data: bool) -> None:
                              f"is more than a trial trains in full ({full} tokens: "
                              "training.epochs over the store's training split); raise epochs or "
                              "lower the rung")
+    rung_plan(loaded, path)  # a budget too small for one full trial is refused here
+
+
+def check_budget(path: Path, loaded: LoadedSpace, check_data: bool) -> None:
+    """A token budget smaller than one trial of a space without rungs is refused (one with
+    rungs: by its plan); nothing is written. Needs the data: checked once synthetic data is."""
+    space = loaded.space
+    tokens = space.budget.tokens
+    if tokens is None or space.fidelity is not None or not check_data \
+            or space.data.synthetic_pending():
+        return
+    price = loaded.planned_tokens()
+    if tokens < price:
+        raise SpaceError(f"{path}: budget.tokens: {tokens:g} tokens is less than one trial "
+                         f"trains ({price} tokens: training.epochs over the store's training "
+                         "split, whole batches); raise budget.tokens, or lower epochs or "
+                         "max_train_tokens")

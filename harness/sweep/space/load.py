@@ -7,6 +7,7 @@ low > high, log with low <= 0, missing store or layer, k that can reach n_latent
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,15 +21,17 @@ from harness.core.store import open_store
 from harness.core.training.config import LOCKSTEP_FIELDS, SaeTrainingConfig
 from harness.data.synthetic import SyntheticSpec
 from harness.sweep.space.checks import (
+    applies,
     bounding_values,
     check_activation_options,
     check_k,
     check_options,
+    check_owned,
     check_special,
     check_store,
     check_training,
 )
-from harness.sweep.space.fidelity import check_fidelity, rung_of
+from harness.sweep.space.fidelity import check_budget, check_fidelity, rung_of
 from harness.sweep.space.schema import (
     SPECIAL_PARAMS,
     ParamSpec,
@@ -64,21 +67,7 @@ class TrialSetup:
     starts from its configuration's first trial's weights; None = its own."""
 
 
-OWNED = {"k", "k_fraction", "l0_lambda", *OPTIONS}
-"""Parameters that belong to the activations that list them (k and k_fraction go with "k")."""
-
-
-def applies(name: str, spec: Any, activation: str) -> bool:
-    """Whether a trial whose activation is `activation` samples (or fixes) parameter `name`."""
-    when = spec.when if isinstance(spec, ParamSpec) else None
-    if when is not None:
-        return activation in when
-    if name not in OWNED:
-        return True
-    cls = activation_class(activation)
-    owned = cls.params | set(cls.options)
-    return (name in owned) or (name == "k_fraction" and "k" in owned)
-
+_UNSET = object()  # a data field the space leaves at its default
 
 @dataclass
 class LoadedSpace:
@@ -140,20 +129,26 @@ class LoadedSpace:
                           rung=rung.rung if rung else None,
                           seed_trial=rung.root if rung else None)
 
-    def planned_tokens(self) -> int:
+    def planned_tokens(self, max_train_tokens: int | None = None) -> int:
         """The most training tokens one trial of this space plans (the token budget's price of
-        a trial): its data fields at their largest."""
+        a trial): the largest over its data fields' bounding values. `max_train_tokens`: the
+        price at that cap (a token rung's)."""
         s = self.space
-        fields = {**s.training, "max_tokens": s.data.max_tokens}
-        for name in ("epochs", "max_train_tokens", "holdout_fraction"):
-            spec = s.params.get(name)
-            if spec is not None:
-                values = bounding_values(spec)
-                fields[name] = (min(values) if name == "holdout_fraction" else
-                                None if None in values else max(values))
-        config = SaeTrainingConfig(**fields)
+        base = {**s.training, "max_tokens": s.data.max_tokens}
+        names = ("epochs", "max_train_tokens", "holdout_fraction", "batch_size")
+        choices = [bounding_values(s.params[n]) if n in s.params else [base.get(n, _UNSET)]
+                   for n in names]
         data = open_store(s.data.store).open(s.data.run_id, s.data.layer_signature)
-        return config.planned_tokens(ActivationLoader(data, config.loader_config()).n_train_tokens)
+        most = 0
+        for combo in itertools.product(*choices):
+            fields = {**base, **{n: v for n, v in zip(names, combo, strict=True)
+                                 if v is not _UNSET}}
+            if max_train_tokens is not None:
+                fields["max_train_tokens"] = max_train_tokens
+            config = SaeTrainingConfig(**fields)
+            n_train = ActivationLoader(data, config.loader_config()).n_train_tokens
+            most = max(most, config.planned_tokens(n_train))
+        return most
 
     def raw_masked(self) -> dict[str, Any]:
         """The space as given, with a storage URL's password replaced by *** (what is written
@@ -198,6 +193,7 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None,
         raise SpaceError(_format_validation(path, e, raw)) from e
     check_special(path, space)
     check_activation_options(path, space)
+    check_owned(path, space)
     check_training(path, space)
     check_options(path, space)
     d = check_store(path, space, read_heldout) if check_data else (
@@ -216,6 +212,7 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None,
                                  f"parameters, got {spec.type}")
     loaded = LoadedSpace(space=space, path=path, d=d, raw=raw)
     check_fidelity(path, loaded, check_data)
+    check_budget(path, loaded, check_data)
     return loaded
 
 

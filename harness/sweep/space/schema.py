@@ -46,7 +46,7 @@ class SpaceError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ParamSpec(_Strict):
