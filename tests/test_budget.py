@@ -4,6 +4,7 @@ sweeps that stop when the next trial would not fit."""
 from __future__ import annotations
 
 import optuna
+import pytest
 from scripts_run import sweep_here
 from spaces import tiny_space, write_space
 
@@ -40,6 +41,9 @@ def test_the_token_budget_stops_the_sweep_before_the_trial_that_would_not_fit(
     assert len(study.trials) == 2
     assert budget_state(study).tokens == sum(t.user_attrs["tokens_seen"] for t in study.trials)
     assert "(tokens 11.4k of 28.5k)" in proc.stdout and "(tokens 22.8k of 28.5k)" in proc.stdout
+    # the run that hits the budget says so itself
+    assert ("stopped: the token budget is spent (tokens 22.8k of 28.5k) with 2 of 10 trials "
+            "run; raise budget.tokens to run more") in proc.stdout
     again = sweep_here(capsys, str(write_space(tmp_path / "s.yaml", space)))
     assert "already has spent its token budget (tokens 22.8k of 28.5k)" in again.stdout
     assert len(_load(results).trials) == 2
@@ -55,3 +59,39 @@ def test_the_hour_budget_stops_after_the_first_trial_that_spends_it(synthetic_st
     study = _load(results)
     assert len(study.trials) == 1 and study.trials[0].user_attrs["wall_time_s"] > 0.36
     assert "of 0.0001 trial h)" in proc.stdout
+    assert "stopped: the hour budget is spent" in proc.stdout and \
+        "raise budget.hours to run more" in proc.stdout
+
+
+def _quoted(path):
+    """The space with `5e8` quoted, as a user who wrote the string "5e8" would have it (unquoted,
+    5e8 is a number: harness.sweep.space.yaml_file)."""
+    path.write_text(path.read_text().replace("tokens: 5e8", 'tokens: "5e8"'))
+    return path
+
+
+@pytest.mark.parametrize(("budget", "says"), [
+    ({"n_trials": 4, "tokens": 1000},
+     "budget.tokens: 1000 tokens is less than one trial trains (11400 tokens"),
+    ({"n_trials": 4, "tokens": "5e8"},
+     "budget.tokens: Input should be a valid number (got '5e8')"),
+    ({"n_trials": 4.0}, "budget.n_trials: Input should be a valid integer (got 4.0)"),
+    ({"n_trials": "4"}, "budget.n_trials: Input should be a valid integer (got '4')"),
+])
+def test_a_budget_that_cannot_pay_for_a_trial_or_is_not_a_number_is_refused(
+        synthetic_store, tmp_path, capsys, budget, says):
+    """Exit 2 before anything is written, and a finished study is left exactly as it was."""
+    results = tmp_path / "results"
+    ok = tiny_space(synthetic_store, results, budget={"n_trials": 1}, wandb={"mode": "off"})
+    assert sweep_here(capsys, str(write_space(tmp_path / "ok.yaml", ok))).returncode == 0
+    journal = results / "t" / "study.journal"
+    before = journal.read_bytes()
+    space = tiny_space(synthetic_store, results, budget=budget, wandb={"mode": "off"})
+    proc = sweep_here(capsys, str(_quoted(write_space(tmp_path / "s.yaml", space))))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert says in proc.stderr
+    assert journal.read_bytes() == before
+    fresh = tiny_space(synthetic_store, tmp_path / "fresh", budget=budget, wandb={"mode": "off"})
+    proc = sweep_here(capsys, str(_quoted(write_space(tmp_path / "f.yaml", fresh))))
+    assert proc.returncode == 2 and says in proc.stderr
+    assert not (tmp_path / "fresh").exists()

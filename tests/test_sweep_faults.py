@@ -119,6 +119,24 @@ BAD = [
      "the held-out activations have zero variance"),
     ("meta.json dtype unlike its shards", {"data": {"run_id": "lying"}}, (),
      "shard holds float32 but"),
+    ("an L0 penalty for TopK", {"training": {"epochs": 1, "l0_lambda": 1e-3}}, (),
+     "training.l0_lambda: every trial gets it, but activation(s) ['topk'] have no L0 penalty "
+     "(only jumprelu): remove it, or use activation jumprelu"),
+    ("an L0 penalty for every activation of a mix", {
+        "training": {"epochs": 1, "l0_lambda": 1e-3},
+        "params": {**PARAMS, "activation": {"type": "categorical",
+                                            "choices": ["topk", "jumprelu"]}}}, (),
+     "activation(s) ['topk'] have no L0 penalty (only jumprelu): move it to params"),
+    ("an L0 penalty sampled for TopK alone", {"params": {**PARAMS, "l0_lambda": {
+        "type": "float", "low": 1e-4, "high": 1e-2, "log": True}}}, (),
+     "params.l0_lambda: no trial of this space would use it: the activation is topk, and "
+     "l0_lambda belongs to jumprelu"),
+    ("another activation's option", {"params": {**PARAMS, "matryoshka_prefixes": "0.25"}}, (),
+     "params.matryoshka_prefixes: no trial of this space would use it"),
+    ("a penalty given to an activation without it", {"params": {
+        **PARAMS, "activation": {"type": "categorical", "choices": ["topk", "jumprelu"]},
+        "l0_lambda": {"type": "float", "low": 1e-4, "high": 1e-2, "when": ["topk", "jumprelu"]}}},
+     (), "params.l0_lambda.when: activation(s) ['topk'] do not use l0_lambda"),
 ]
 
 
