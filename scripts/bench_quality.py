@@ -11,7 +11,8 @@ CE-loss score and KL per trainer (docs/metrics.md).
 
 The last `--heldout` tokens of the activation run are held out; neither trainer sees them. The
 rest is written to a temporary store that ours trains on through the seed API
-(`SaeTrainer(TopKSae(...)).train(...)`, `holdout_fraction=0.001`), and sparsify is fed the very
+(`SaeTrainer(TopKSae(...)).train(...)`, `holdout_fraction=0.001`, more on a store too small
+to give the trainer's split 64 tokens), and sparsify is fed the very
 batches our loader yields (same tokens, same order) through its own step: `SparseCoder` forward
 (FVU + AuxK), backward, `remove_gradient_parallel_to_decoder_directions`, Adam at a constant
 learning rate, decoder renormalised before each step, `b_dec` from the first batch's mean, as
@@ -56,7 +57,7 @@ from equal_time import equal_time_table
 from heldout_split import add_run_arguments, split_run
 from sparsify_step import sparsify_trainer
 
-from harness.core.loader import ActivationLoader
+from harness.core.loader import MIN_EVAL_TOKENS, ActivationLoader
 from harness.core.recipes import LEGACY_SAE, LEGACY_TRAINING
 from harness.core.sae import TopKSae
 from harness.core.store import LocalStore
@@ -330,8 +331,11 @@ def main(argv: list[str] | None = None) -> int:
         split = split_run(args.store, args.run_id, args.layer, args.heldout, tmp / "store",
                           args.use_tokens)
         store, heldout, n_train = split.store, split.heldout, split.n_train
-        base = SaeTrainingConfig(batch_size=args.batch, holdout_fraction=0.001,
-                                 epochs=math.ceil(args.tokens / (n_train * 0.999)),
+        # the trainer's own split is not what is scored (the held-out tail is): keep it at the
+        # least that still gives the trainer its MIN_EVAL_TOKENS
+        holdout = min(0.5, max(0.001, 2 * MIN_EVAL_TOKENS / n_train))
+        base = SaeTrainingConfig(batch_size=args.batch, holdout_fraction=holdout,
+                                 epochs=math.ceil(args.tokens / (n_train * (1 - holdout))),
                                  max_train_tokens=args.tokens, seed=args.seed, progress=False)
         lrs = [v.strip() for v in args.lrs.split(",")]
         bad = [v for v in lrs if v != "default" and not _is_float(v)]

@@ -23,6 +23,7 @@ are what to read; absolute tokens/s depend on the machine.
 from __future__ import annotations
 
 import argparse
+import math
 import resource
 import statistics
 import tempfile
@@ -34,6 +35,7 @@ from sparsify_step import sparsify_trainer
 
 from harness import LocalStore, SaeTrainer, SaeTrainingConfig, TopKSae
 from harness.core.cpu_memory import reuse_freed_blocks
+from harness.core.loader import MIN_EVAL_TOKENS
 from harness.core.training import LockstepMember
 
 
@@ -104,6 +106,16 @@ def bound_tokens_per_s(d: int, n: int, batches: list[torch.Tensor], device: str)
 
 
 REUSE_FREED = True  # --glibc-default turns it off for every run
+HOLDOUT = 0.01  # the held-out share: 1%, or enough for the trainer's MIN_EVAL_TOKENS
+
+
+def with_heldout(tokens: torch.Tensor) -> torch.Tensor:
+    """`tokens` with the held-out share added back (repeated rows), so the timed loop trains on
+    all of `tokens`; sets HOLDOUT so that share holds at least 2 x MIN_EVAL_TOKENS."""
+    global HOLDOUT
+    HOLDOUT = max(0.01, 2 * MIN_EVAL_TOKENS / len(tokens))
+    extra = math.ceil(len(tokens) * HOLDOUT / (1 - HOLDOUT)) + 1
+    return torch.cat([tokens, tokens[torch.arange(extra) % len(tokens)]])
 
 
 def _config(batch: int, device: str, **extra: object) -> SaeTrainingConfig:
@@ -111,7 +123,7 @@ def _config(batch: int, device: str, **extra: object) -> SaeTrainingConfig:
     # at the geometric median as by default (setup that whole-run timings include); the steps
     # are timed, so no decoder refit pass after them (its cost is in the README's Quality)
     return SaeTrainingConfig(epochs=1, batch_size=batch, lr=1e-4, l1_lambda=1e-4,
-                             holdout_fraction=0.01, max_eval_tokens=batch,
+                             holdout_fraction=HOLDOUT, max_eval_tokens=batch,
                              dead_window_tokens=2 * batch, progress=False, device=device,
                              decoder_refit=False,
                              cpu_reuse_freed_memory=REUSE_FREED, **extra)
@@ -185,9 +197,8 @@ def main() -> None:
           f"torch={torch.__version__} freed-block reuse={'on' if reused else 'off'}")
     with tempfile.TemporaryDirectory() as tmp:
         store = LocalStore(tmp)
-        # 1% is held out: add it back so the timed loop trains `steps + 1` full batches
-        store.put_activations("bench", "bench", torch.cat([tokens, tokens[: bs // 50 + 1]]),
-                              shard_tokens=bs * 2)
+        # the held-out share is added back so the timed loop trains `steps + 1` full batches
+        store.put_activations("bench", "bench", with_heldout(tokens), shard_tokens=bs * 2)
         print(f"{'n_latents':>9} {'harness':>9} {'dense':>9} {'bound':>9} "
               f"{'vs dense':>8} {'of bound':>8}"
               + (f" {'sparsify':>9} {'vs spars.':>9}" if with_sparsify else "")
@@ -214,9 +225,7 @@ def shared_work(store: LocalStore, args: argparse.Namespace, long_tokens: torch.
     """Store-fed vs in-memory throughput, and lockstep vs sequential trials, `args.rounds` each
     in alternating order, on `long_tokens`."""
     d, k, bs, dev, n = args.d, args.k, args.batch, args.device, args.n_latents[0]
-    extra_rows = long_tokens[: bs // 50 + 1]  # the held-out 1%, as above
-    store.put_activations("long", "bench", torch.cat([long_tokens, extra_rows]),
-                          shard_tokens=bs * 2)
+    store.put_activations("long", "bench", with_heldout(long_tokens), shard_tokens=bs * 2)
     print(f"store-fed (streamed from disk) vs in-memory at n={n}, {3 * args.steps} steps, "
           f"{args.rounds} rounds in alternating order:")
     stream = {"in_memory_bytes": 0, "shuffle_buffer_tokens": 4 * bs}

@@ -29,12 +29,13 @@ SCRIPT = textwrap.dedent("""
     SaeTrainer(TopKSae(32, 16, 4)).train(
         store=sys.argv[1], run_id="syn", layer_signature="synthetic", save=False,
         config=SaeTrainingConfig(max_tokens=1000, batch_size=100, progress=False,
-                                 cpu_reuse_freed_memory=False))
+                                 holdout_fraction=0.1, cpu_reuse_freed_memory=False))
     opted_out = cpu_memory._applied
     default = faults_per_cycle()
     SaeTrainer(TopKSae(32, 16, 4)).train(
         store=sys.argv[1], run_id="syn", layer_signature="synthetic", save=False,
-        config=SaeTrainingConfig(max_tokens=1000, batch_size=100, progress=False))
+        config=SaeTrainingConfig(max_tokens=1000, batch_size=100, progress=False,
+                                 holdout_fraction=0.1))
     print(json.dumps({"opted_out_applied": opted_out, "applied": cpu_memory._applied,
                       "default": default, "reused": faults_per_cycle()}))
 """)

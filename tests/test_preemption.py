@@ -99,8 +99,9 @@ def test_a_preempted_trial_resumes_from_its_checkpoint(synthetic_store, tmp_path
         assert first.state == TrialState.FAIL
         assert first.user_attrs["fail_reason"] == \
             f"interrupted by SIGTERM; checkpoint at step(s) [{saved}]"
-    else:  # nobody could record it: RUNNING until the re-run reaps it
-        assert first.state == TrialState.RUNNING
+    else:  # the worker could not record it: the sweep released it when the worker died
+        assert first.state == TrialState.FAIL
+        assert first.user_attrs["fail_reason"].startswith("lease expired: worker process")
     rerun = sweep_here(capsys, str(space))  # the re-run: in this process, a real worker
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     done = [t for t in trials(results, "p") if t.state == TrialState.COMPLETE]

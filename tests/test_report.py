@@ -228,10 +228,11 @@ def test_a_failed_trials_half_saved_folder_is_never_offered_as_an_sae(tmp_path):
     assert '"state": "FAIL"' in marked and "save failed: disk full" in marked
 
 
-def test_a_trial_whose_sae_is_gone_is_named_and_the_rest_reported(synthetic_store, tmp_path,
-                                                                   capsys):
-    """Its folder and its artifacts removed: the report names it, makes every table and plot
-    from the others and exits 0."""
+def test_trials_whose_files_are_gone_or_damaged_are_named_and_the_rest_reported(
+        synthetic_store, tmp_path, capsys):
+    """One trial's folder and the artifacts removed, another's history.json cut short: the
+    report names both, makes every table and plot from the rest and exits 0. A journal damaged
+    in the middle is named, with exit 2."""
     import shutil
 
     from scripts_run import sweep_here
@@ -243,13 +244,24 @@ def test_a_trial_whose_sae_is_gone_is_named_and_the_rest_reported(synthetic_stor
     assert sweep_here(capsys, str(space)).returncode == 0
     shutil.rmtree(results / "t" / "trials" / "0001")
     shutil.rmtree(results / "t" / "artifacts")
+    history = results / "t" / "trials" / "0002" / "history.json"
+    history.write_bytes(history.read_bytes()[:100])  # a copy that stopped, a full disk
     proc = report_here(capsys, "t", "--results", str(results), "--out", str(tmp_path / "report"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "note: trial 1 of t: its SAE is neither in" in proc.stdout
-    assert "trial 0 of t" not in proc.stdout and "trial 2 of t" not in proc.stdout
-    assert len(pd.read_csv(tmp_path / "report" / "trials.csv")) == 3
+    assert f"note: trial 2 of t is left out: {history}: not valid JSON (cut short?)" \
+        in proc.stdout
+    assert "trial 0 of t" not in proc.stdout
+    table = pd.read_csv(tmp_path / "report" / "trials.csv")
+    assert len(table) == 3 and table["corrupt"].notna().sum() == 1  # trials.csv keeps them all
     for name in ("pareto", "learning_curves"):
         assert (tmp_path / "report" / f"{name}.png").is_file()
+    journal = results / "t" / "study.journal"
+    lines = journal.read_bytes().split(b"\n")
+    journal.write_bytes(b"\n".join([*lines[:3], lines[3][:20], *lines[4:]]))
+    proc = report_here(capsys, "t", "--results", str(results), "--out", str(tmp_path / "r2"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"error: {journal}: line 4 is not a journal record" in proc.stderr
 
 
 def test_an_out_folder_that_cannot_be_created_is_named(study_results, tmp_path, capsys):

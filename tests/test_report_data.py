@@ -89,3 +89,28 @@ def test_a_pruned_curve_is_drawn_whole_unless_it_is_hopeless(tmp_path):
         bottom = fig.axes[0].get_ylim()[0]
         assert -0.6 < bottom < -0.5
         matplotlib.pyplot.close(fig)
+
+
+def test_importance_is_measured_on_the_full_budget_trials_of_a_rung_study():
+    """First-rung results depend on b alone, full-budget ones on a alone: the importance
+    report is about the full budget, so a dominates (over every rung both would share it)."""
+    import random
+
+    import optuna
+
+    from harness.report.plots import param_importances
+
+    study = optuna.create_study(directions=["maximize"])
+    study.set_user_attr("space", {"fidelity": {"tokens": [100, 200]}})
+    dists = {n: optuna.distributions.FloatDistribution(0, 1) for n in "ab"}
+    rng = random.Random(0)
+    for _ in range(40):
+        a, b = rng.random(), rng.random()
+        for rung, value in ((0, b), (1, a)):
+            study.add_trial(optuna.trial.create_trial(
+                params={"a": a, "b": b}, distributions=dists, value=value,
+                user_attrs={"rung": rung, "final_r2": value}))
+    importances = param_importances(study, "r2")
+    assert importances["a"] > 0.9 > importances["b"]
+    every = param_importances(study, "r2", full_budget_only=False)
+    assert every["a"] < 0.9  # what the report showed before: b's first-rung effect mixed in

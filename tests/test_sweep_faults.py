@@ -230,6 +230,18 @@ def _file_size_limited(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
+def test_a_storage_file_that_is_not_a_journal_is_refused_and_left_as_it_is(
+        synthetic_store, tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes, not a study\n")
+    path = write_space(tmp_path / "s.yaml", one_trial(synthetic_store, tmp_path / "results"))
+    proc = sweep_here(capsys, str(path), "--storage", str(notes))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"{notes}: not an Optuna journal (no record in its 22 bytes)" in proc.stderr
+    assert notes.read_text() == "my notes, not a study\n"
+    assert not (tmp_path / "results").exists()
+
+
 def test_a_storage_that_stops_taking_writes_names_the_cause_and_loses_nothing(
         synthetic_store, tmp_path, capsys):
     """The study journal cannot grow mid-trial (a full disk): the console names the error, the

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -133,7 +134,7 @@ def test_nan_input_stops_with_training_diverged(tmp_path: Path):
     sae = TopKSae(16, 4, 2)
     with torch.no_grad():
         sae.W_enc.fill_(float("nan"))
-    LocalStore(tmp_path).put_activations("r", "L", torch.randn(500, 4))
+    LocalStore(tmp_path).put_activations("r", "L", torch.randn(2000, 4))
     with pytest.raises(TrainingDiverged, match="non-finite"):
         SaeTrainer(sae).train(store=tmp_path, run_id="r", layer_signature="L",
                               config=SaeTrainingConfig(b_dec_init="zeros", **FAST), save=False)
@@ -367,3 +368,21 @@ def test_the_default_warm_up_is_a_tenth_of_the_planned_steps():
     assert SaeTrainingConfig(lr_warmup_steps=0).resolved_for(cpu, 64, 16, 245).lr_warmup_steps == 0
     with pytest.raises(ValueError, match="lr_warmup_steps"):
         SaeTrainingConfig(lr_warmup_steps=-1)
+
+
+@pytest.mark.parametrize(("tokens", "says"), [
+    (torch.randn(10, 16), "only 1 held-out token(s) of 10"),
+    (torch.ones(4000, 16), "the held-out activations have zero variance"),
+])
+def test_a_store_whose_held_out_split_cannot_be_measured_is_refused_before_training(
+        tmp_path, tokens, says):
+    """R² on 10 tokens would be -inf (and -Infinity in history.json): the seed API refuses such
+    a store as the sweep does, and saves nothing."""
+    from harness.core.store import StoreError
+
+    store = LocalStore(tmp_path / "store")
+    store.put_activations("small", "L", tokens)
+    with pytest.raises(StoreError, match=re.escape(says)):
+        SaeTrainer(TopKSae(32, 16, 4)).train(store=store, run_id="small", layer_signature="L",
+                                             config=SaeTrainingConfig(progress=False))
+    assert not (tmp_path / "store" / "runs").exists()

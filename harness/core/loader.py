@@ -25,6 +25,9 @@ import torch
 from harness.core import token_cache
 from harness.core.store import ActivationSource, StoreError
 
+MIN_EVAL_TOKENS = 64
+"""Fewer held-out tokens make FVU and L0 noise, not a measurement: training refuses them."""
+
 
 @dataclass(frozen=True)
 class LoaderConfig:
@@ -144,6 +147,20 @@ class ActivationLoader:
                 self._read_eval)
             self._eval = self._to_device(host)
         return self._eval
+
+    def heldout_problem(self) -> str | None:
+        """Why the held-out split cannot give a meaningful FVU (too few tokens, or no variance:
+        FVU divides by it), else None. Reads the held-out tokens only."""
+        n_eval = min(self.n_heldout_tokens, self.config.max_eval_tokens)
+        if n_eval < MIN_EVAL_TOKENS:
+            return (f"only {n_eval} held-out token(s) of {self.n_tokens} (holdout_fraction "
+                    f"{self.config.holdout_fraction:g}); the held-out metrics need at least "
+                    f"{MIN_EVAL_TOKENS}: use a larger store or holdout_fraction")
+        x = self.eval_tokens().to(torch.float64)
+        if not float(x.var(dim=0, unbiased=False).sum()) > 0:
+            return ("the held-out activations have zero variance (every token is the same "
+                    "vector), so FVU is undefined; check the capture")
+        return None
 
     def _read_eval(self) -> torch.Tensor:
         parts = []

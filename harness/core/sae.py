@@ -23,19 +23,18 @@ carries SAELens' TopK fields (`architecture`, `d_in`, `d_sae`, `k`, ...). No pic
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
 from harness.core.activations import ACTIVATIONS, activation_class, by_saved_name
 from harness.core.atomic import write_json, write_safetensors
 from harness.core.metrics import DeadLatents
+from harness.core.readback import CorruptFile, check_shapes, read_json, read_safetensors
 from harness.core.seeding import stream_seed
 from harness.core.sparse_ops import gather_preacts
 
@@ -278,7 +277,7 @@ class TopKSae(nn.Module):
         cfg_path = path / CONFIG_FILE
         if not cfg_path.exists():
             raise FileNotFoundError(f"{cfg_path}: no SAE config here")
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        cfg = read_json(cfg_path)
         architecture = cfg.get("architecture", "topk")
         activation = by_saved_name(architecture)
         if activation is None:
@@ -290,15 +289,27 @@ class TopKSae(nn.Module):
         for key in ("d_in", "d_sae", *(("k",) if activation_cls.uses_k else ())):
             if key not in cfg:
                 raise ValueError(f"{cfg_path}: missing key {key!r}")
-        weights = load_file(str(path / WEIGHTS_FILE), device=str(device))
+        for key in ("d_in", "d_sae"):
+            if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
+                raise CorruptFile(f"{cfg_path}: {key} must be a whole number >= 1, got "
+                                  f"{cfg[key]!r}")
+        weights = read_safetensors(path / WEIGHTS_FILE, device=str(device))
+        missing = {"W_enc", "b_enc", "W_dec", "b_dec"} - weights.keys()
+        if missing:
+            raise CorruptFile(f"{path / WEIGHTS_FILE}: missing tensors {sorted(missing)}")
+        d_in, d_sae = cfg["d_in"], cfg["d_sae"]
+        check_shapes(path / WEIGHTS_FILE, weights, {"W_enc": (d_in, d_sae), "b_enc": (d_sae,),
+                                                    "W_dec": (d_sae, d_in), "b_dec": (d_in,)})
         dtype = weights["W_dec"].dtype
         options = {key: cfg[key] for key in activation_cls.options if key in cfg}
         sae = cls(cfg["d_sae"], cfg["d_in"], cfg.get("k"), device=device, dtype=dtype,
                   k_aux=cfg.get("k_aux"), activation=activation, activation_options=options)
-        own = set(sae.activation_fn.tensors(sae))
-        missing = ({"W_enc", "b_enc", "W_dec", "b_dec"} | own) - weights.keys()
+        own = sae.activation_fn.tensors(sae)
+        missing = set(own) - weights.keys()
         if missing:
-            raise ValueError(f"{path / WEIGHTS_FILE}: missing tensors {sorted(missing)}")
+            raise CorruptFile(f"{path / WEIGHTS_FILE}: missing tensors {sorted(missing)}")
+        check_shapes(path / WEIGHTS_FILE, weights,
+                     {key: tuple(value.shape) for key, value in own.items()})
         with torch.no_grad():
             sae.enc_weight.copy_(weights["W_enc"].T)
             for key in ("b_enc", "W_dec", "b_dec"):

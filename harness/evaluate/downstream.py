@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ from harness.evaluate.windows import Windows, make_windows
 
 REFERENCE_FORMAT = 1
 HEAD_RTOL = 1e-3  # the output embedding of the kept inputs must give the model's own logits
+
+log = logging.getLogger("saesweep.downstream")
 
 
 def reference_path(cache_dir: str | Path, key: str) -> Path:
@@ -162,13 +165,21 @@ class Reference:
             if meta.get("key") != key:
                 return None
             t = load_file(str(path))
-        except (OSError, SafetensorError):  # unreadable or cut short: computed again
+            windows = Windows(ids=t["ids"], kept=t["kept"].bool(),
+                              description=meta.get("description", ""))
+            ref = cls(windows=windows, head_in=t["head_in"], ce_orig=t["ce_orig"],
+                      ce_zero=t["ce_zero"], kl_zero=t["kl_zero"], width=int(meta["width"]),
+                      key=key)
+            n = int(windows.kept.sum())
+            if any(x.shape[0] != n for x in (ref.head_in, ref.ce_orig, ref.ce_zero,
+                                             ref.kl_zero)) or ref.head_in.shape[1] != ref.width:
+                raise ValueError("its tensors disagree with its windows")
+        except (OSError, SafetensorError, KeyError, ValueError, RuntimeError) as e:
+            # unreadable, cut short or inconsistent: computed again (and rewritten)
+            log.warning("reference cache %s is damaged (%s: %s); computing it again", path,
+                        type(e).__name__, e)
             return None
-        windows = Windows(ids=t["ids"], kept=t["kept"].bool(),
-                          description=meta.get("description", ""))
-        return cls(windows=windows, head_in=t["head_in"], ce_orig=t["ce_orig"],
-                   ce_zero=t["ce_zero"], kl_zero=t["kl_zero"], width=int(meta["width"]),
-                   key=key)
+        return ref
 
 
 class DownstreamEvaluator:
@@ -185,6 +196,11 @@ class DownstreamEvaluator:
         if self.head is None:
             raise StoreError(f"model {cfg.model!r} has no output embedding (LM head)")
         self.device = next(lm.model.parameters()).device
+        context = context_length(lm.model)
+        if context is not None and cfg.seq_len + 1 > context:
+            raise ValueError(f"seq_len {cfg.seq_len}: a window is a BOS and {cfg.seq_len} "
+                             f"tokens, past the {context} positions of {cfg.model!r}'s context; "
+                             f"use seq_len <= {context - 1}")
         key = cfg.key(lm.path)
         self.cache_path = reference_path(cache_dir, key) if cache_dir else None
         loaded = Reference.load(self.cache_path, key) if self.cache_path else None
@@ -296,6 +312,16 @@ class DownstreamEvaluator:
             kl.append(_kl(logp, logp_sae).cpu())
         rec = acc.result()
         return _metrics(ref, torch.cat(ce_sae), torch.cat(kl), rec.fvu, rec.l0)
+
+
+def context_length(model: torch.nn.Module) -> int | None:
+    """The most positions the model's config says it takes (None when it does not say)."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def _ce(logp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

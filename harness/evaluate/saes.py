@@ -3,12 +3,11 @@ JumpReLU), read from `cfg.json` and `sae_weights.safetensors` without running an
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
+from harness.core.readback import CorruptFile, check_shapes, read_json, read_safetensors
 from harness.core.sae import ACTIVATIONS, CONFIG_FILE, WEIGHTS_FILE, TopKSae
 from harness.evaluate.downstream import Reconstructor, sae_reconstructor
 
@@ -20,10 +19,7 @@ def load_reconstructor(folder: str | Path, device: str = "cpu") -> tuple[Reconst
     cfg_path = folder / CONFIG_FILE
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{cfg_path}: no SAE config here")
-    try:
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{cfg_path}: not a JSON SAE config ({e})") from e
+    cfg = read_json(cfg_path)
     architecture = cfg.get("architecture", "topk")
     if architecture in ACTIVATIONS:
         sae = TopKSae.load(folder, device=device)
@@ -31,12 +27,19 @@ def load_reconstructor(folder: str | Path, device: str = "cpu") -> tuple[Reconst
     if architecture not in ("standard", "jumprelu"):
         raise ValueError(f"{cfg_path}: architecture {architecture!r} is not one of "
                          f"{[*ACTIVATIONS, 'standard', 'jumprelu']}")
-    w = load_file(str(folder / WEIGHTS_FILE), device=device)
+    w = read_safetensors(folder / WEIGHTS_FILE, device=device)
     needed = {"W_enc", "b_enc", "W_dec", "b_dec"} | ({"threshold"} if architecture == "jumprelu"
                                                      else set())
     missing = needed - w.keys()
     if missing:
-        raise ValueError(f"{folder / WEIGHTS_FILE}: missing tensors {sorted(missing)}")
+        raise CorruptFile(f"{folder / WEIGHTS_FILE}: missing tensors {sorted(missing)}")
+    d_in, d_sae = cfg.get("d_in"), cfg.get("d_sae")
+    if not isinstance(d_in, int) or not isinstance(d_sae, int):
+        raise CorruptFile(f"{cfg_path}: d_in and d_sae must be whole numbers, got {d_in!r}, "
+                          f"{d_sae!r}")
+    check_shapes(folder / WEIGHTS_FILE, w, {
+        "W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,),
+        **({"threshold": (d_sae,)} if architecture == "jumprelu" else {})})
     subtract = bool(cfg.get("apply_b_dec_to_input", True))
 
     @torch.no_grad()

@@ -20,6 +20,7 @@ import pandas as pd
 
 from harness.core.metrics import METRICS
 from harness.core.paths import unwritable
+from harness.core.readback import CorruptFile
 from harness.report.architectures import activations, at_matched_l0, plot_architectures
 from harness.report.data import (
     ReportError,
@@ -110,6 +111,7 @@ def build_report(
         df.to_parquet(out_dir / "trials.parquet", index=False)
         report.files.append(out_dir / "trials.parquet")
 
+    df = _without_corrupt(df, report)
     df = _without_non_finite(df, report)
     for _, row in df[df["state"].isin(["complete", "pruned"]) & df["sae_path"].isna()].iterrows():
         report.notes.append(f"trial {row['number']} of {row['study']}: its SAE is neither in "
@@ -187,6 +189,18 @@ def build_report(
     return report
 
 
+def _without_corrupt(df: pd.DataFrame, report: Report) -> pd.DataFrame:
+    """Trials whose files are damaged are left out of everything but trials.csv, each named
+    with what is wrong; the report is built from the rest."""
+    if "corrupt" not in df:
+        return df
+    bad = df["corrupt"].notna()
+    for _, row in df[bad].iterrows():
+        report.notes.append(f"trial {row['number']} of {row['study']} is left out: "
+                            f"{row['corrupt']}")
+    return df[~bad].reset_index(drop=True)
+
+
 def _without_non_finite(df: pd.DataFrame, report: Report) -> pd.DataFrame:
     """Complete trials whose final metrics are not finite (degenerate data, e.g. zero held-out
     variance) cannot be plotted or fitted: leave them out, with a note saying which."""
@@ -210,7 +224,7 @@ def _importances(studies: list[str], storage: str | None, results_dir: str | Pat
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", category=UserWarning)  # Optuna's experimental
-                values = param_importances(study, metric)
+                values = param_importances(study, metric, full_budget_only=True)
         except (ValueError, RuntimeError) as e:
             report.notes.append(f"no importance plot for {name!r}: {e}")
             continue
@@ -371,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except CorruptFile as e:  # the study itself cannot be read: nothing to build from
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"report for {', '.join(args.studies)} in {report.out_dir}/:")
     for path in report.files:
         print(f"  {path.name}")

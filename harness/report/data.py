@@ -5,7 +5,6 @@ Everything here reads the study storage and the trial folders only (never W&B).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,12 +16,13 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.core.metrics import METRICS
+from harness.core.readback import CorruptFile, read_json, safetensors_problem
 from harness.core.sae import WEIGHTS_FILE
 from harness.core.training.config import SaeTrainingConfig
 from harness.sweep.artifacts import fetch_trial
 from harness.sweep.budget import superseded_numbers
 from harness.sweep.optuna_private import study_storage as storage_of
-from harness.sweep.storage import close_storage, open_storage
+from harness.sweep.storage import close_storage, open_storage, storage_damage
 from harness.sweep.study import STORAGE_ENV, journal_path
 from harness.sweep.trial_record import TrialRecord
 from harness.sweep.urls import masked
@@ -51,7 +51,12 @@ def study_storage(name: str, storage: str | None, results_dir: str | Path) -> st
 
 def load_study(name: str, storage: str | None = None,
                results_dir: str | Path = "results") -> optuna.Study:
+    """The study `name`; ReportError when there is none, CorruptFile when its journal is
+    damaged (a line that is not a record, with records after it)."""
     url = study_storage(name, storage, results_dir)
+    damage = storage_damage(url)
+    if damage:
+        raise CorruptFile(damage)
     backend = open_storage(url)
     try:
         return optuna.load_study(study_name=name, storage=backend)
@@ -70,8 +75,9 @@ def load_trials(studies: str | Sequence[str], storage: str | None = None,
     for every sampled parameter, expansion, n_latents, k, lr (resolved), seed, final and best
     metrics (final_r2, best_r2, final_fvu, ..., final_l0, final_dead_ratio), tokens_seen,
     planned_tokens, wall_time_s, device, prune_rule / prune_step / prune_tokens /
-    prune_reason, fail_reason, trial_dir and sae_path (None when no SAE was saved), value_<i>,
-    rung and full_budget (False for a trial of a rung below a fidelity study's last).
+    prune_reason, fail_reason, trial_dir and sae_path (None when no SAE was saved), corrupt
+    (what is wrong with a finished trial's files, else None), value_<i>, rung and full_budget
+    (False for a trial of a rung below a fidelity study's last).
 
     sae_path is the trial's own folder when this machine can read it; otherwise its files are
     fetched from the Optuna artifact store it recorded (or `artifacts`, where that store is
@@ -85,11 +91,9 @@ def load_trials(studies: str | Sequence[str], storage: str | None = None,
         superseded = superseded_numbers(trials)
         training_seed = (study.user_attrs.get("space", {}).get("training", {}) or {}).get("seed", 0)
         fetched = Path(results_dir) / name / "fetched"
-        fidelity = (study.user_attrs.get("space", {}) or {}).get("fidelity") or {}
-        last_rung = len(fidelity.get("tokens", [])) - 1
         for t in trials:
             row = _row(name, t, t.number in superseded, training_seed, fetched, artifacts)
-            row["full_budget"] = row["rung"] is None or row["rung"] >= last_rung
+            row["full_budget"] = full_budget(t, study)
             rows.append(row)
         close_storage(storage_of(study))
     df = pd.DataFrame(rows)
@@ -97,6 +101,33 @@ def load_trials(studies: str | Sequence[str], storage: str | None = None,
         return pd.DataFrame(columns=["study", "number", "state"])
     df["tokens_saved"] = tokens_saved(df)
     return df.sort_values(["study", "number"]).reset_index(drop=True)
+
+
+def last_rung(study: optuna.Study) -> int | None:
+    """The index of a rung study's last token rung (its full budget); None without rungs."""
+    fidelity = (study.user_attrs.get("space", {}) or {}).get("fidelity") or {}
+    tokens = fidelity.get("tokens") or []
+    return len(tokens) - 1 if tokens else None
+
+
+def full_budget(t: FrozenTrial, study: optuna.Study) -> bool:
+    """Whether a trial trained at its study's full budget (False for a rung below the last)."""
+    last, rung = last_rung(study), t.user_attrs.get("rung")
+    return last is None or rung is None or rung >= last
+
+
+def trial_files_problem(trial_dir: Path) -> str | None:
+    """What is wrong with the files of a finished trial the report reads (its history and
+    configs as JSON, its weights' header), or None."""
+    for name in ("history.json", "training_config.json", "cfg.json"):
+        path = trial_dir / name
+        if path.exists():
+            try:
+                read_json(path)
+            except CorruptFile as e:
+                return str(e)
+    weights = trial_dir / WEIGHTS_FILE
+    return safetensors_problem(weights) if weights.exists() else None
 
 
 def _row(study: str, t: FrozenTrial, superseded: bool, training_seed: int, fetched: Path,
@@ -116,8 +147,10 @@ def _row(study: str, t: FrozenTrial, superseded: bool, training_seed: int, fetch
     # a failed trial's folder may hold a half-saved SAE: only finished trials point at theirs
     finished = t.state in (TrialState.COMPLETE, TrialState.PRUNED)
     row["sae_path"] = None
+    row["corrupt"] = None
     if finished and trial_dir and (Path(trial_dir) / WEIGHTS_FILE).exists():
-        row["sae_path"] = trial_dir
+        row["corrupt"] = trial_files_problem(Path(trial_dir))
+        row["sae_path"] = trial_dir if row["corrupt"] is None else None
     elif finished and record.artifacts:  # trained on another node: from the artifact store
         location = artifacts or record.artifact_store
         got = fetch_trial(record.artifacts, location, fetched / f"{t.number:04d}") \
@@ -127,7 +160,7 @@ def _row(study: str, t: FrozenTrial, superseded: bool, training_seed: int, fetch
         row[f"value_{i}"] = v
     row["datetime_start"] = t.datetime_start
     row["datetime_complete"] = t.datetime_complete
-    if row["planned_tokens"] is None and trial_dir:
+    if row["planned_tokens"] is None and trial_dir and row["corrupt"] is None:
         row["planned_tokens"] = _planned_tokens(Path(trial_dir), record.get("n_train_tokens"))
     return row
 
@@ -136,14 +169,18 @@ def _planned_tokens(trial_dir: Path, n_train: int | None) -> int | None:
     cfg = trial_dir / "training_config.json"
     if n_train is None or not cfg.exists():
         return None
-    values = json.loads(cfg.read_text())
-    return SaeTrainingConfig.from_dict(values, where=str(cfg)).planned_tokens(int(n_train))
+    try:
+        values = read_json(cfg)
+        return SaeTrainingConfig.from_dict(values, where=str(cfg)).planned_tokens(int(n_train))
+    except (CorruptFile, TypeError, ValueError):
+        return None  # an older or damaged config: the column stays empty
 
 
 def load_history(trial_dir: str | Path) -> dict[str, list] | None:
-    """A trial's saved training history (None if the trial saved none)."""
+    """A trial's saved training history (None if the trial saved none); CorruptFile names a
+    damaged one."""
     path = Path(trial_dir) / "history.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_json(path) if path.exists() else None
 
 
 # ------------------------------------------------------------------------------ aggregations

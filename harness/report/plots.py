@@ -19,9 +19,10 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
 
 from harness.core.metrics import METRICS  # noqa: E402
-from harness.report.data import complete, load_history, pareto_mask  # noqa: E402
+from harness.report.data import complete, full_budget, load_history, pareto_mask  # noqa: E402
 from harness.report.scaling import PowerLawFit  # noqa: E402
 
 # Okabe-Ito without its yellow, which is too faint on white
@@ -172,11 +173,21 @@ def learning_curves_figure(df: pd.DataFrame, metric: str = "r2") -> plt.Figure:
     return fig
 
 
-def param_importances(study: optuna.Study, metric: str = "r2") -> dict[str, float]:
-    """Optuna's fANOVA importances of the sampled parameters for the final held-out metric."""
+def param_importances(study: optuna.Study, metric: str = "r2",
+                      full_budget_only: bool = True) -> dict[str, float]:
+    """Optuna's fANOVA importances of the sampled parameters for the final held-out metric,
+    over the complete trials that recorded it (at the full budget only, as the fronts: a lower
+    token rung's R² is another quantity)."""
     key = f"final_{metric}"
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+              if key in t.user_attrs and (not full_budget_only or full_budget(t, study))]
+    if not trials:
+        raise ValueError("no complete trial at the full budget recorded "
+                         f"{METRICS[metric].header}")
+    kept = optuna.create_study(directions=study.directions)  # in memory: the kept trials
+    kept.add_trials(trials)
     return optuna.importance.get_param_importances(
-        study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+        kept, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
         target=lambda t: t.user_attrs[key])
 
 

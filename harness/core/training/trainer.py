@@ -24,7 +24,7 @@ import torch
 from harness.core.cpu_memory import reuse_freed_blocks
 from harness.core.loader import ActivationLoader
 from harness.core.sae import TopKSae, data_center
-from harness.core.store import LocalStore, open_store
+from harness.core.store import LocalStore, StoreError, open_store
 from harness.core.training.config import LOCKSTEP_FIELDS, SaeTrainingConfig
 from harness.core.training.loop import drive
 from harness.core.training.results import (
@@ -128,6 +128,10 @@ class SaeTrainer:
             reuse_freed_blocks()
         dtype = getattr(torch, first.dtype) if first.dtype else members[0].sae.W_dec.dtype
         loader = ActivationLoader(source, first.loader_config(), device=device, dtype=dtype)
+        problem = loader.heldout_problem()  # e.g. 10 tokens: R² would be -inf, not a result
+        if problem:
+            raise StoreError(f"activation run {run_id!r} layer {source.layer_signature!r}: "
+                             f"{problem}")
         eval_x = loader.eval_tokens()
         # the same sample and method for every member: compute b_dec's starting centre once
         sample = _first_tokens(loader, first.b_dec_init_tokens)

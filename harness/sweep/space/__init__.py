@@ -13,7 +13,6 @@ from harness.sweep.space.load import (
     synthetic_spec,
 )
 from harness.sweep.space.schema import (
-    MIN_EVAL_TOKENS,
     PRUNERS,
     SAMPLERS,
     SPECIAL_PARAMS,
@@ -32,7 +31,7 @@ from harness.sweep.space.schema import (
     SyntheticSection,
 )
 
-__all__ = ["MIN_EVAL_TOKENS", "PRUNERS", "SAMPLERS", "SPECIAL_PARAMS", "DataSection",
+__all__ = ["PRUNERS", "SAMPLERS", "SPECIAL_PARAMS", "DataSection",
            "DeadFeatureSection", "DownstreamSection", "EvaluationSection", "FaultsSection",
            "LoadedSpace", "Objective", "ParamSpec", "PrunerSection", "R2FloorSection",
            "SpaceError", "StudySection", "SweepSpace", "SyntheticSection", "TrialSetup",

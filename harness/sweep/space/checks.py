@@ -9,15 +9,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from harness.core.activations import ACTIVATIONS, OPTIONS, activation_class, check_penalty
 from harness.core.loader import ActivationLoader
 from harness.core.store import ActivationSource, StoreError, open_store
 from harness.core.training.checks import type_error
 from harness.core.training.config import SaeTrainingConfig, option_types
 from harness.sweep.space.schema import (
-    MIN_EVAL_TOKENS,
     PRUNERS,
     SAMPLERS,
     SPECIAL_PARAMS,
@@ -164,21 +161,13 @@ def check_store(path: Path, space: SweepSpace, read_heldout: bool = True) -> int
 
 
 def _check_evaluable(path: Path, space: SweepSpace, source: ActivationSource) -> None:
-    """Refuse data whose held-out split cannot give a meaningful FVU: too few tokens, or no
-    variance (FVU divides by it). Only the held-out tokens are read."""
+    """Refuse data whose held-out split cannot give a meaningful FVU (the trainer's own check,
+    made before anything runs). Only the held-out tokens are read."""
     config = SaeTrainingConfig(**{**space.training, "max_tokens": space.data.max_tokens})
-    loader = ActivationLoader(source, config.loader_config())
-    n_eval = min(loader.n_heldout_tokens, config.max_eval_tokens)
-    where = f"{path}: data: run {space.data.run_id!r} layer {source.layer_signature!r}"
-    if n_eval < MIN_EVAL_TOKENS:
-        raise SpaceError(f"{where}: only {n_eval} held-out token(s) of {loader.n_tokens} "
-                         f"(holdout_fraction {config.holdout_fraction:g}); the held-out metrics "
-                         f"need at least {MIN_EVAL_TOKENS}: use a larger store or "
-                         "training.holdout_fraction")
-    x = loader.eval_tokens().to(torch.float64)
-    if not float(x.var(dim=0, unbiased=False).sum()) > 0:
-        raise SpaceError(f"{where}: the held-out activations have zero variance (every token "
-                         "is the same vector), so FVU is undefined; check the capture")
+    problem = ActivationLoader(source, config.loader_config()).heldout_problem()
+    if problem:
+        raise SpaceError(f"{path}: data: run {space.data.run_id!r} layer "
+                         f"{source.layer_signature!r}: {problem}")
 
 
 def check_k(path: Path, space: SweepSpace, d: int) -> None:

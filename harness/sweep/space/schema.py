@@ -38,7 +38,6 @@ PRUNERS: dict[str, type | None] = {
 }
 
 
-MIN_EVAL_TOKENS = 64  # fewer held-out tokens make FVU and L0 noise, not a measurement
 
 
 class SpaceError(Exception):

@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING
 from optuna.storages import BaseStorage, RDBStorage
 
 from harness.sweep.storage.base import StorageKind
-from harness.sweep.storage.journal import JournalKind, journal_file, repair_torn_tail
+from harness.sweep.storage.journal import (
+    JournalKind,
+    journal_damage,
+    journal_file,
+    repair_torn_tail,
+)
 from harness.sweep.storage.postgres import PostgresKind
 from harness.sweep.storage.rdb import RdbKind
 
@@ -49,6 +54,12 @@ def storage_holds_anything(url: str) -> bool:
     return kind is not JournalKind or journal_file(url).exists()
 
 
+def storage_damage(url: str) -> str | None:
+    """What makes a stored study unreadable, found without writing (a journal line that is not a
+    record, with records after it), else None."""
+    return journal_damage(journal_file(url)) if storage_kind(url) is JournalKind else None
+
+
 def close_storage(storage: BaseStorage) -> None:
     """Close an RDB storage's pooled connections now, not whenever they are garbage-collected
     (a journal file holds none)."""
@@ -68,4 +79,5 @@ def budget_lock(url: str, storage: BaseStorage) -> AbstractContextManager[None]:
 
 
 __all__ = ["KINDS", "StorageKind", "budget_lock", "close_storage", "open_storage",
-           "prepare_storage", "repair_torn_tail", "storage_holds_anything", "storage_kind"]
+           "prepare_storage", "repair_torn_tail", "storage_damage", "storage_holds_anything",
+           "storage_kind"]

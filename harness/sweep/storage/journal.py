@@ -70,13 +70,14 @@ def repair_torn_tail(path: Path) -> str | None:
         keep = len(data) - len(tail)
         while lines and not _is_record(lines[-1]):  # a whole but undecodable last line goes too
             keep -= len(lines.pop()) + 1
-        for number, line in enumerate(lines, start=1):
-            if not _is_record(line):
-                raise SpaceError(f"{path}: line {number} is not a journal record (a write torn "
-                                 "by a crash, then more records after it); the study cannot be "
-                                 "read. Keep a copy of the file, delete that line and re-run.")
+        problem = _damaged_line(path, lines)
+        if problem:
+            raise SpaceError(problem)
         if keep == len(data):
             return None
+        if keep == 0 and not data.startswith(b'{"op_code"'):  # not a first record torn
+            raise SpaceError(f"{path}: not an Optuna journal (no record in its {len(data)} "
+                             "bytes); give another --storage, or move the file away")
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         backup = path.with_name(f"{path.name}.torn-{stamp}.bak")
         shutil.copy2(path, backup)
@@ -87,6 +88,27 @@ def repair_torn_tail(path: Path) -> str | None:
         lock.release()
     return (f"repaired {path}: its last record was torn by a crash mid-write ({len(data) - keep} "
             f"bytes cut, {len(lines)} complete records kept); the file as it was: {backup}")
+
+
+def journal_damage(path: Path) -> str | None:
+    """What makes a journal unreadable (a line that is not a record, with records after it),
+    else None; read-only (a torn last line alone is skipped by Optuna's readers)."""
+    if not path.is_file():
+        return None
+    lines = path.read_bytes().split(b"\n")
+    lines.pop()
+    while lines and not _is_record(lines[-1]):
+        lines.pop()
+    return _damaged_line(path, lines)
+
+
+def _damaged_line(path: Path, lines: list[bytes]) -> str | None:
+    for number, line in enumerate(lines, start=1):
+        if not _is_record(line):
+            return (f"{path}: line {number} is not a journal record (a write torn by a crash, "
+                    "then more records after it); the study cannot be read. Keep a copy of the "
+                    "file, delete that line and re-run.")
+    return None
 
 
 def _is_record(line: bytes) -> bool:
