@@ -46,7 +46,8 @@ def one_trial(store: Path, results: Path, **sections) -> dict:
 
 @pytest.fixture(scope="module")
 def odd_stores(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Stores that validation must refuse: 20 tokens, all zeros, a meta.json lying about dtype."""
+    """Stores that validation must refuse: 20 tokens, all zeros, a meta.json lying about dtype,
+    a shard cut short, an index (meta.json) cut short."""
     base = tmp_path_factory.mktemp("odd_stores")
     store = LocalStore(base)
     store.put_activations("tiny", "synthetic", torch.randn(20, 16))
@@ -56,6 +57,11 @@ def odd_stores(tmp_path_factory: pytest.TempPathFactory) -> Path:
     meta = json.loads(meta_path.read_text())
     meta["dtype"] = "float16"
     meta_path.write_text(json.dumps(meta))
+    store.put_activations("cut", "synthetic", torch.randn(4000, 16), shard_tokens=1000)
+    shard = sorted(store.activation_dir("cut").glob("shard_*.safetensors"))[1]
+    shard.write_bytes(shard.read_bytes()[:3000])  # a copy that stopped part-way
+    store.put_activations("noindex", "synthetic", torch.randn(4000, 16))
+    (store.activation_dir("noindex") / "meta.json").write_text('{"d": 16, "shards": [')
     return base
 
 
@@ -119,6 +125,10 @@ BAD = [
      "the held-out activations have zero variance"),
     ("meta.json dtype unlike its shards", {"data": {"run_id": "lying"}}, (),
      "shard holds float32 but"),
+    ("a shard cut short", {"data": {"run_id": "cut"}}, (),
+     "shard_00001.safetensors: unreadable or truncated safetensors file"),
+    ("an index cut short", {"data": {"run_id": "noindex"}}, (),
+     "noindex/meta.json: unreadable JSON"),
     ("an L0 penalty for TopK", {"training": {"epochs": 1, "l0_lambda": 1e-3}}, (),
      "training.l0_lambda: every trial gets it, but activation(s) ['topk'] have no L0 penalty "
      "(only jumprelu): remove it, or use activation jumprelu"),
@@ -147,7 +157,8 @@ def test_bad_input_exits_2_naming_it_and_writes_nothing(synthetic_store, odd_sto
     space = one_trial(synthetic_store, results)
     for key, value in (change or {}).items():
         if key == "data":
-            store = odd_stores if value.get("run_id") in ("tiny", "zeros", "lying") else None
+            odd = ("tiny", "zeros", "lying", "cut", "noindex")
+            store = odd_stores if value.get("run_id") in odd else None
             space["data"] = {**space["data"], **value,
                              **({"store": str(store)} if store else {})}
         else:
