@@ -308,8 +308,8 @@ def test_a_trials_folder_that_cannot_be_written_is_refused_before_the_sweep(
 def test_a_trial_that_cannot_be_saved_stops_the_sweep_and_runs_again_once_fixed(
         synthetic_store, tmp_path, capsys):
     """A trial's folder cannot be written mid-sweep: the trial keeps its weights elsewhere, is
-    re-enqueued (not spent) and the sweep stops saying why; once fixed, a re-run completes.
-    With its retries used up, the console says it was dropped."""
+    re-enqueued (not spent) and the sweep stops saying why; once fixed, the re-run saves it.
+    With its retries used up, the console says a trial was dropped."""
     results = tmp_path / "results"
     (results / "t" / "trials").mkdir(parents=True)
     (results / "t" / "trials" / "0000").write_text("a file where trial 0's folder goes")
@@ -330,21 +330,20 @@ def test_a_trial_that_cannot_be_saved_stops_the_sweep_and_runs_again_once_fixed(
     assert (kept / "sae_weights.safetensors").exists() and (kept / "history.json").exists()
     assert record.final("r2") is not None  # what it measured is still recorded
     assert len(study.get_trials(states=[TrialState.WAITING])) == 1  # re-enqueued
-    rerun = sweep_here(capsys, str(path))
-    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    study = load(results)
-    done = study.get_trials(states=[TrialState.COMPLETE])
-    assert len(done) == 2 and done[0].params == failed.params  # the retry, then the second
-    # no retries left: the console says the configuration was dropped, not re-enqueued
-    (results / "t" / "trials" / "0003").write_text("a file where trial 3's folder goes")
-    space = one_trial(synthetic_store, results, budget={"n_trials": 3})
+    # the re-run: the retry (trial 1) saves; the next fresh trial (2) cannot, and with no
+    # retries left the console says it was dropped, not re-enqueued
+    (results / "t" / "trials" / "0002").write_text("a file where trial 2's folder goes")
+    space = one_trial(synthetic_store, results, budget={"n_trials": 2})
     space["faults"]["max_retry"] = 0
-    proc = sweep_here(capsys, str(write_space(tmp_path / "s0.yaml", space)))
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert ("trial(s) [3] could not be saved and were NOT re-enqueued: their configuration had "
-            "its faults.max_retry = 0 retries") in proc.stderr
-    assert "re-enqueued (their weights" not in proc.stderr
-    assert len(load(results).get_trials(states=[TrialState.COMPLETE])) == 2  # nothing lost
+    rerun = sweep_here(capsys, str(write_space(tmp_path / "s0.yaml", space)))
+    assert rerun.returncode == 1, rerun.stdout + rerun.stderr
+    assert ("trial(s) [2] could not be saved and were NOT re-enqueued: their configuration had "
+            "its faults.max_retry = 0 retries") in rerun.stderr
+    assert "re-enqueued (their weights" not in rerun.stderr  # trial 0 was an earlier run's
+    study = load(results)
+    (done,) = study.get_trials(states=[TrialState.COMPLETE])
+    assert done.number == 1 and done.params == failed.params  # the retry, saved this time
+    assert not study.get_trials(states=[TrialState.WAITING])
 
 
 def test_an_artifact_store_that_cannot_be_written_is_refused_before_the_sweep(

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import optuna
-from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
-from optuna.artifacts.exceptions import ArtifactNotFound
+if TYPE_CHECKING:  # optuna.artifacts imports boto3 where it is installed: loaded when used
+    import optuna
+    from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
 
 log = logging.getLogger("saesweep.artifacts")
 
@@ -56,13 +57,15 @@ def s3_problem(location: str) -> str | None:
 
 def open_store(location: str) -> FileSystemArtifactStore | Boto3ArtifactStore:
     """The artifact store at `location`: s3://bucket (boto3 needed) or a folder (created)."""
+    from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
+
     if location.startswith("s3://"):
         bucket = location.removeprefix("s3://").split("/", 1)[0]
         try:
             return Boto3ArtifactStore(bucket)
         except ImportError as e:
             raise ArtifactError(f"--artifacts {location}: an S3 artifact store needs boto3 "
-                                "(pip install boto3)") from e
+                                "(pip install 'saesweep[s3]')") from e
     folder = Path(location)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -75,6 +78,8 @@ def open_store(location: str) -> FileSystemArtifactStore | Boto3ArtifactStore:
 def upload_trial(trial: optuna.Trial, trial_dir: Path, location: str) -> dict[str, str]:
     """Upload a trial folder's files; returns {file name: artifact id} (empty on failure, which
     is logged: the local folder still has them)."""
+    import optuna.artifacts
+
     ids: dict[str, str] = {}
     try:
         store = open_store(location)
@@ -96,6 +101,9 @@ def fetch_trial(ids: dict[str, str], location: str, into: Path) -> Path | None:
         return None
     if all((into / name).exists() for name in ids):
         return into
+    import optuna.artifacts
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
     try:
         store = open_store(location)
         into.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,7 @@ from harness.sweep.storage import prepare_storage
 from harness.sweep.study import (
     create_study,
     default_storage,
-    reap_stale,
+    reap_locked,
     storage_url,
     warm_start_plan,
 )
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     resolved = out / "space.resolved.yaml"
     write_text(resolved, yaml.safe_dump(loaded.raw_masked(), sort_keys=False))
 
-    reaped = reap_stale(study, space.faults.lease_s, space.faults.max_retry)
+    reaped = reap_locked(study, url, space.faults.lease_s, space.faults.max_retry)
     if reaped:
         print(f"re-enqueued trials abandoned by an earlier run: {reaped}")
     budget, total = budget_state(study), trial_total(loaded)

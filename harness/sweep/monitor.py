@@ -26,7 +26,7 @@ from harness.sweep.console import best_value, time_left, trial_line
 from harness.sweep.devices import WorkerSlot
 from harness.sweep.fidelity import trial_total
 from harness.sweep.space import LoadedSpace
-from harness.sweep.study import STORAGE_ENV, reap_stale
+from harness.sweep.study import STORAGE_ENV, reap_locked
 from harness.sweep.worker import EXIT_BAD_DATA, EXIT_NO_DEVICE, EXIT_UNWRITABLE
 
 _ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Exit)\b.*?: .+")
@@ -40,6 +40,8 @@ class Workers:
 
     procs: list[subprocess.Popen]
     logs: list[Path]
+    url: str
+    """The study's storage."""
 
 
 def start_workers(slots: list[WorkerSlot], space_file: Path, storage: str,
@@ -61,7 +63,7 @@ def start_workers(slots: list[WorkerSlot], space_file: Path, storage: str,
         paths.append(logs / f"{run}_worker_{i}.log")
         log = open(paths[-1], "a", encoding="utf-8")  # noqa: SIM115 - the worker's
         procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
-    return Workers(procs, paths)
+    return Workers(procs, paths, storage)
 
 
 def monitor(study: optuna.Study, workers: Workers, loaded: LoadedSpace) -> int:
@@ -145,8 +147,8 @@ def monitor(study: optuna.Study, workers: Workers, loaded: LoadedSpace) -> int:
         causes = [f"worker {i} (exit {c}): {crash_cause(workers.logs[i])}" for i, c in crashed]
         print("stopped: " + "; ".join(causes) + disk_note(workers.logs[0].parent),
               file=sys.stderr)
-        print(release_abandoned(study, loaded) + "; the logs folder has the full output. Re-run "
-              "the same command to continue.", file=sys.stderr)
+        print(release_abandoned(study, loaded, workers.url) + "; the logs folder has the full "
+              "output. Re-run the same command to continue.", file=sys.stderr)
         return 1
     return 0
 
@@ -197,12 +199,12 @@ def disk_note(folder: Path) -> str:
         if free < FULL_DISK_BYTES else ""
 
 
-def release_abandoned(study: optuna.Study, loaded: LoadedSpace) -> str:
+def release_abandoned(study: optuna.Study, loaded: LoadedSpace, url: str) -> str:
     """Fail and re-enqueue the trials the crashed workers left RUNNING (their processes are gone),
     and say so; if the storage cannot be written either, say the next run will."""
     faults = loaded.space.faults
     try:
-        reaped = reap_stale(study, faults.lease_s, faults.max_retry)
+        reaped = reap_locked(study, url, faults.lease_s, faults.max_retry)
     except Exception as e:  # noqa: BLE001 - a full disk or a lost server: say it, lose nothing
         return (f"the trials left running could not be released now ({type(e).__name__}: {e}); "
                 "the next run re-enqueues them")

@@ -49,7 +49,12 @@ from harness.sweep.space import (
     ParamSpec,
     SpaceError,
 )
-from harness.sweep.storage import open_storage, storage_holds_anything
+from harness.sweep.storage import (
+    budget_lock,
+    close_storage,
+    open_storage,
+    storage_holds_anything,
+)
 from harness.sweep.urls import masked
 from harness.sweep.warm_start import warm_start, warm_start_sources
 from harness.version import saesweep_version
@@ -359,6 +364,21 @@ def reap_stale(study: optuna.Study, lease_s: float, max_retry: int) -> list[int]
                 and str(trial.user_attrs.get("fail_reason", "")).startswith("lease expired")):
             requeue(study, trial, max_retry)
     return reaped
+
+
+def reap_locked(study: optuna.Study, url: str, lease_s: float, max_retry: int,
+                storage: BaseStorage | None = None) -> list[int]:
+    """reap_stale under the study's budget lock: two reapers (workers, the sweep releasing a
+    dead worker's trial) must not both re-enqueue one trial. `storage`: the storage `url`
+    opened (a study's own is wrapped in Optuna's cache); None opens one for the lock."""
+    own = storage is None
+    lock_storage = open_storage(url) if storage is None else storage
+    try:
+        with budget_lock(url, lock_storage):
+            return reap_stale(study, lease_s, max_retry)
+    finally:
+        if own:
+            close_storage(lock_storage)
 
 
 def requeue(study: optuna.Study, failed: FrozenTrial, max_retry: int) -> bool:

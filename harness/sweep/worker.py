@@ -37,7 +37,7 @@ from harness.sweep.study import (
     Heartbeat,
     make_pruner,
     make_sampler,
-    reap_stale,
+    reap_locked,
     requeue,
     worker_seed,
 )
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     log.info("started pid=%d device=%s threads=%d", os.getpid(), args.device,
              torch.get_num_threads())
     while signals.stop_requested is None:
-        reaped = reap_stale(study, faults.lease_s, faults.max_retry)
+        reaped = reap_locked(study, url, faults.lease_s, faults.max_retry, storage)
         if reaped:
             log.info("reaped abandoned trials %s (re-enqueued)", reaped)
         if args.deadline and time.time() >= args.deadline:

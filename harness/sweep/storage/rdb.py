@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import optuna
-import sqlalchemy.exc
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from harness.sweep.storage.locks import file_lock, no_lock
@@ -34,6 +33,8 @@ class RdbKind:
         """With `faults`, Optuna's own heartbeat: every `heartbeat_s` a running trial records a
         beat, and a trial silent for `lease_s` is failed and re-enqueued by
         RetryHeartbeatStaleTrialCallback (at most `max_retry` times)."""
+        import sqlalchemy.exc  # here: a journal study's workers never load SQLAlchemy
+
         kwargs: dict[str, Any] = {}
         if faults is not None:
             kwargs = {"heartbeat_interval": max(1, round(faults.heartbeat_s)),
