@@ -1,12 +1,15 @@
-"""Test helper: small valid sweep spaces written as YAML."""
+"""Test helpers: small valid sweep spaces written as YAML, and the study a sweep of one left."""
 
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import optuna
 import yaml
+from optuna.trial import TrialState
 
 
 def tiny_space(store: Path, results: Path, **sections: Any) -> dict[str, Any]:
@@ -34,3 +37,29 @@ def tiny_space(store: Path, results: Path, **sections: Any) -> dict[str, Any]:
 def write_space(path: Path, space: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     return path
+
+
+def one_trial(store: Path, results: Path, **sections: Any) -> dict[str, Any]:
+    """A space of one fixed configuration, one epoch, one trial (override any section)."""
+    base = {"params": {"expansion": 2, "k": 4, "lr": 3e-3}, "budget": {"n_trials": 1},
+            "wandb": {"mode": "off"}, "training": {"epochs": 1, "batch_size": 256}}
+    return tiny_space(store, results, **{**base, **sections})
+
+
+def load(results: Path, name: str = "t") -> optuna.Study:
+    """The study a sweep left in <results>/<name>/study.journal."""
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(results / name / "study.journal")))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def slow_space(store: Path, results: Path, n_trials: int, epochs: int = 60) -> dict[str, Any]:
+    """Trials of a few seconds (60 epochs), so a test can catch one running."""
+    return tiny_space(store, results, budget={"n_trials": n_trials},
+                      training={"epochs": epochs, "batch_size": 256, "eval_every": 100})
+
+
+def assert_settled(study: optuna.Study) -> None:
+    """Nothing of the study is left RUNNING or WAITING."""
+    states = Counter(t.state for t in study.get_trials())
+    assert states[TrialState.RUNNING] == 0 and states[TrialState.WAITING] == 0, states

@@ -121,7 +121,7 @@ def test_the_best_of_each_k_is_rerun_at_the_full_budget_as_if_trained_there_and_
     # a larger budget later tops the plan up to exactly its sizes: 4 per k at the first rung,
     # the best 2 per k (the one promoted already and the best one not) at the full budget
     more = sweep_here(capsys, str(write_space(tmp_path / "more.yaml", _space(
-        synthetic_store, results))), "--n-trials", "12")
+        synthetic_store, results))), "--n-trials", "12", "--workers", "1")
     assert more.returncode == 0, more.stdout + more.stderr
     study = optuna.load_study(study_name="t", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(results / "t" / "study.journal"))))
@@ -141,7 +141,7 @@ def test_a_budget_too_small_for_the_rungs_runs_its_trials_at_the_full_budget_and
     trials, at the full budget, cycling through k, and the console says what changed."""
     results = tmp_path / "results"
     path = write_space(tmp_path / "s.yaml", _space(synthetic_store, results))
-    proc = sweep_here(capsys, str(path), "--n-trials", "3")
+    proc = sweep_here(capsys, str(path), "--n-trials", "3", "--workers", "1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "3 trials (3 at 11.3k tokens)" in proc.stdout
     assert ("rungs: one configuration per k reaching the last rung needs n_trials >= 6 and "

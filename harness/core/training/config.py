@@ -1,9 +1,8 @@
 """What controls one training run: six groups of options, one flat face.
 
 `SaeTrainingConfig` holds the groups (`data`, `optimiser`, `loss`, `finish`, `runtime`,
-`logging`); every option is also read, written and given by its own name, so
-`SaeTrainingConfig(epochs=2, lr=1e-3)`, `cfg.lr` and the flat `training:` section of a space keep
-working. The lists the rest of the harness needs are derived here from the groups:
+`logging`); every option is also read, written and given by its own name (`SaeTrainingConfig(
+epochs=2, lr=1e-3)`, `cfg.lr`, a space's flat `training:`). Derived here from the groups:
 `LOCKSTEP_FIELDS` (what SAEs trained on the same batches must agree on) and `NOT_SAMPLED` (what
 belongs to the harness, not to a search).
 """
@@ -367,9 +366,7 @@ class SaeTrainingConfig:
             seed=d.seed, prefetch_batches=d.prefetch_batches)
 
     def planned_tokens(self, n_train_tokens: int) -> int:
-        """Training tokens this config sees in full: every epoch, capped by the budget. A cap
-        trains whole batches (its last one is not cut), so this is what the planned steps read:
-        e.g. 11,400 at batch 256 is 45 steps, 11,520 tokens."""
+        """Tokens the planned steps read (a cap trains whole batches: 3,000 at 256 is 3,072)."""
         per_epoch = math.ceil(n_train_tokens / self.batch_size)
         epochs, steps = divmod(self.planned_steps(per_epoch), per_epoch)
         return epochs * n_train_tokens + steps * self.batch_size
