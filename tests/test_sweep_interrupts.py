@@ -33,7 +33,7 @@ def wait_for(predicate, timeout: float = 60.0, every: float = 0.1):
     while time.time() < end:
         try:
             value = predicate()
-        except KeyError:  # the journal file exists, the study record is not in it yet
+        except (KeyError, FileNotFoundError):  # no journal yet, or no study record in it yet
             value = None
         if value:
             return value

@@ -61,8 +61,8 @@ def start_workers(slots: list[WorkerSlot], space_file: Path, storage: str,
                "--device-label", slot.label, "--threads", str(slot.threads),
                "--deadline", str(deadline)]
         paths.append(logs / f"{run}_worker_{i}.log")
-        log = open(paths[-1], "a", encoding="utf-8")  # noqa: SIM115 - the worker's
-        procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
+        with open(paths[-1], "a", encoding="utf-8") as log:  # the worker holds its own copy
+            procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
     return Workers(procs, paths, storage)
 
 
