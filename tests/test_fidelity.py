@@ -146,7 +146,7 @@ def test_a_budget_too_small_for_the_rungs_runs_its_trials_at_the_full_budget_and
     assert "3 trials (3 at 11.3k tokens)" in proc.stdout
     assert ("rungs: one configuration per k reaching the last rung needs n_trials >= 6 and "
             "tokens >= 32904 (the budget: n_trials 3, tokens None), so 3 trial(s) run at the "
-            "full budget only (11400 tokens), cycling through the groups") in proc.stdout
+            "full budget only (11332 tokens each), cycling through the groups") in proc.stdout
     study = optuna.load_study(study_name="t", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(results / "t" / "study.journal"))))
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))

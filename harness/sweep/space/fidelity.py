@@ -126,7 +126,7 @@ def rung_plan(loaded: LoadedSpace, path: Path | None = None) -> RungPlan:
     note = (f"rungs: one configuration per {names} reaching the last rung needs n_trials >= "
             f"{need_trials} and tokens >= {need_tokens} (the budget: n_trials "
             f"{budget.n_trials}, tokens {budget.tokens}), so {fit} trial(s) run at the full "
-            f"budget only ({fidelity.tokens[-1]} tokens), cycling through the groups{left}")
+            f"budget only ({prices[-1]} tokens each), cycling through the groups{left}")
     sizes = [0] * last + [-(-fit // len(groups))]
     return RungPlan(groups=groups, sizes=sizes, prices=prices, fresh=fit, start=last, note=note)
 
