@@ -20,6 +20,7 @@ names a module of the causal LM.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import importlib.util
@@ -27,6 +28,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,8 +147,9 @@ def load_model(name: str, device: str = "cpu", causal: bool | None = None) -> Lo
         else:
             if kwargs:
                 _quiet_gguf_reader()
-            tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-            model = loader.from_pretrained(path, **kwargs)
+            with _gguf_parsed_once() if kwargs else contextlib.nullcontext():
+                tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+                model = loader.from_pretrained(path, **kwargs)
             if cached is not None:
                 _save_dequantised(model, tokenizer, cached)
         model = model.to(device).eval()
@@ -216,6 +219,22 @@ def _has_lm_head(path: str) -> bool:
         return False  # from_pretrained below says what is wrong
     return any(a.endswith(("ForCausalLM", "LMHeadModel"))
                for a in getattr(config, "architectures", None) or [])
+
+
+@contextlib.contextmanager
+def _gguf_parsed_once() -> Iterator[None]:
+    """transformers parses a GGUF file three times (config, tokenizer, weights; ~4 s each for
+    SmolLM2) and rebuilds gguf's tensor-name map for every module (~400 times, ~6 s); during
+    the one dequantisation, each is made once (both are read-only lookups)."""
+    import gguf
+
+    reader, names = gguf.GGUFReader, gguf.get_tensor_name_map
+    gguf.GGUFReader = functools.lru_cache(maxsize=2)(reader)
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=8)(names)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, names
 
 
 def _quiet_gguf_reader() -> None:
