@@ -83,13 +83,13 @@ def test_sigkill_of_a_worker_mid_trial_then_rerun_accounts_for_every_trial(synth
 
 
 # the re-run does not depend on the signal: it is tested once
-@pytest.mark.parametrize(("sig", "code", "rerun"), [(signal.SIGTERM, 143, True),
-                                                    (signal.SIGINT, 130, False)])
+@pytest.mark.parametrize(("sig", "code", "rerun", "workers"), [(signal.SIGTERM, 143, True, "2"),
+                                                               (signal.SIGINT, 130, False, "1")])
 def test_signal_stops_cleanly_and_the_rerun_continues(synthetic_store, tmp_path, sig, code,
-                                                      rerun, capsys):
+                                                      rerun, workers, capsys):
     results = tmp_path / "results"
     space = str(write_space(tmp_path / "slow.yaml", slow_space(synthetic_store, results, 2)))
-    proc = start_sweep(space, "--workers", "2")
+    proc = start_sweep(space, "--workers", workers)
     wait_for(lambda: (results / "t" / "study.journal").exists())
     wait_for(lambda: any(t.state == TrialState.RUNNING for t in load(results).get_trials()))
     time.sleep(0.5)
