@@ -81,3 +81,30 @@ def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     lm.model.save_pretrained(folder / "model")
     lm.tokenizer.save_pretrained(folder / "model")
     return folder / "model", text_file(folder)
+
+
+@pytest.fixture(scope="session")
+def finished_study(synthetic_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A results folder whose study "t" (spaces.one_trial) has one finished trial: swept once per
+    test process, copied by each test that starts from a finished study (`copy_finished`)."""
+    import contextlib
+    import io
+
+    from spaces import one_trial, write_space
+
+    from harness.sweep.cli import main
+
+    tmp = tmp_path_factory.mktemp("finished_study")
+    space = write_space(tmp / "s.yaml", one_trial(synthetic_store, tmp / "results"))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        assert main([str(space)]) == 0, out.getvalue()
+    return tmp / "results"
+
+
+@pytest.fixture()
+def copy_finished(finished_study: Path, tmp_path: Path) -> Path:
+    """This test's own copy of `finished_study` at tmp_path/results."""
+    import shutil
+
+    return Path(shutil.copytree(finished_study, tmp_path / "results"))

@@ -3,10 +3,6 @@ sweeps that stop when the next trial would not fit."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import shutil
-
 import optuna
 import pytest
 from scripts_run import sweep_here
@@ -67,20 +63,6 @@ def test_the_hour_budget_stops_after_the_first_trial_that_spends_it(synthetic_st
         "raise budget.hours to run more" in proc.stdout
 
 
-@pytest.fixture(scope="module")
-def finished(synthetic_store, tmp_path_factory):
-    """A results folder whose study "t" has one finished trial (copied by each test)."""
-    tmp = tmp_path_factory.mktemp("finished")
-    space = tiny_space(synthetic_store, tmp / "results", budget={"n_trials": 1},
-                       wandb={"mode": "off"})
-    from harness.sweep.cli import main
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        assert main([str(write_space(tmp / "ok.yaml", space))]) == 0, out.getvalue()
-    return tmp / "results"
-
-
 def _quoted(path):
     """The space with `5e8` quoted, as a user who wrote the string "5e8" would have it (unquoted,
     5e8 is a number: harness.sweep.space.yaml_file)."""
@@ -97,10 +79,9 @@ def _quoted(path):
     ({"n_trials": "4"}, "budget.n_trials: Input should be a valid integer (got '4')"),
 ])
 def test_a_budget_that_cannot_pay_for_a_trial_or_is_not_a_number_is_refused(
-        synthetic_store, finished, tmp_path, capsys, budget, says):
+        synthetic_store, copy_finished, tmp_path, capsys, budget, says):
     """Exit 2 before anything is written, and a finished study is left exactly as it was."""
-    results = tmp_path / "results"
-    shutil.copytree(finished, results)
+    results = copy_finished
     journal = results / "t" / "study.journal"
     before = journal.read_bytes()
     space = tiny_space(synthetic_store, results, budget=budget, wandb={"mode": "off"})

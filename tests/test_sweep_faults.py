@@ -4,7 +4,6 @@ trial with a reason and leave the study readable."""
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import os
@@ -221,10 +220,9 @@ def test_an_artifact_store_that_cannot_be_written_is_refused_before_the_sweep(
     assert not results.exists()
 
 
-def test_a_finished_study_says_so_instead_of_asking_for_a_rerun(synthetic_store, tmp_path, capsys):
-    results = tmp_path / "results"
-    path = write_space(tmp_path / "s.yaml", one_trial(synthetic_store, results))
-    assert sweep_here(capsys, str(path)).returncode == 0
+def test_a_finished_study_says_so_instead_of_asking_for_a_rerun(synthetic_store, copy_finished,
+                                                               tmp_path, capsys):
+    path = write_space(tmp_path / "s.yaml", one_trial(synthetic_store, copy_finished))
     proc = sweep_here(capsys, str(path))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "already has 1 of its 1 trials: nothing to run (raise --n-trials" in proc.stdout
@@ -296,18 +294,17 @@ def test_outputs_respect_the_umask(synthetic_store, tmp_path, capsys):
     assert stat.S_IMODE((results / "t" / "space.resolved.yaml").stat().st_mode) == 0o644
 
 
-def test_changing_only_the_metric_is_refused(synthetic_store, tmp_path, capsys):
-    """Item 1 of the hardening issue, once more from the CLI: r2 -> fvu flips the direction
-    too, so pick two minimised metrics."""
-    results = tmp_path / "results"
-    space = one_trial(synthetic_store, results,
-                      objectives=[{"metric": "fvu", "direction": "minimize"}])
-    assert sweep_here(capsys, str(write_space(tmp_path / "a.yaml", space))).returncode == 0
-    changed = copy.deepcopy(space)
-    changed["objectives"] = [{"metric": "l0", "direction": "minimize"}]
+def test_changing_only_the_metric_is_refused(synthetic_store, copy_finished, tmp_path, capsys):
+    """Item 1 of the hardening issue, once more from the CLI: the finished study maximised r2;
+    another maximised metric keeps the direction and changes only the metric."""
+    changed = one_trial(synthetic_store, copy_finished,
+                        objectives=[{"metric": "dead_ratio", "direction": "maximize"}])
+    journal = copy_finished / "t" / "study.journal"
+    before = journal.read_bytes()
     proc = sweep_here(capsys, str(write_space(tmp_path / "b.yaml", changed)), "--n-trials", "2")
     assert proc.returncode == 2 and "--study NEW_NAME" in proc.stderr
-    assert len(load(results).get_trials()) == 1
+    assert "objectives[0]:" in proc.stderr and "'dead_ratio'" in proc.stderr
+    assert journal.read_bytes() == before
 
 
 def test_a_binary_file_given_as_the_space_exits_2(tmp_path, capsys):
