@@ -96,7 +96,11 @@ def test_load_rejects_other_architectures(tmp_path):
     cfg = json.loads((tmp_path / "cfg.json").read_text())
     cfg["architecture"] = "gated"
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match="'gated' is not one of"):
+    with pytest.raises(ValueError, match="saved as architecture 'topk', not 'gated'"):
+        TopKSae.load(tmp_path)
+    del cfg["saesweep_activation"]  # not ours: SAELens' architectures only
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="architecture 'gated' is not read"):
         TopKSae.load(tmp_path)
 
 
@@ -117,9 +121,9 @@ def test_batchtopk_keeps_k_per_token_on_average_and_learns_a_threshold():
     assert per_token.min() < 4 < per_token.max()  # ...spread unevenly over its tokens
     cut = out.top_values[out.top_values > 0].min()
     assert float(sae.threshold) == pytest.approx(float(cut.detach()))  # the first batch sets it
-    with torch.no_grad():
-        inference = sae(x)
-    assert torch.equal(inference.top_values > 0, out.top_values > float(sae.threshold))
+    with torch.no_grad():  # inference: every latent above the threshold, no 4k cap
+        codes, pre = sae.encode_dense(x), sae.pre_activations(x)
+    assert torch.equal(codes, torch.relu(pre) * (pre > sae.threshold))
     out.reconstruction.pow(2).sum().backward()
     grads = sae.enc_weight.grad.abs().sum(-1) > 0
     assert set(torch.nonzero(grads).flatten().tolist()) == set(
@@ -144,7 +148,9 @@ def test_batchtopk_round_trips_with_its_threshold(tmp_path):
     sae(torch.randn(128, 8))  # sets the threshold
     sae.save(tmp_path)
     cfg = json.loads((tmp_path / "cfg.json").read_text())
-    assert cfg["architecture"] == "batchtopk" and cfg["threshold"] > 0
+    # SAELens' inference form: a JumpReLU with the one threshold for every latent
+    assert cfg["architecture"] == "jumprelu" and cfg["saesweep_activation"] == "batchtopk"
+    assert cfg["threshold"] > 0
     loaded = TopKSae.load(tmp_path)
     assert loaded.activation == "batchtopk"
     assert torch.equal(loaded.threshold, sae.threshold)

@@ -64,7 +64,11 @@ def safetensors_problem(path: str | Path) -> str | None:
 
 def check_shapes(path: str | Path, tensors: dict[str, torch.Tensor],
                  expected: dict[str, tuple[int, ...]]) -> None:
-    """CorruptFile naming the first tensor whose shape is not the config's."""
+    """CorruptFile naming the tensors that are missing, or the first whose shape is not the
+    config's."""
+    missing = sorted(set(expected) - tensors.keys())
+    if missing:
+        raise CorruptFile(f"{path}: missing tensors {missing}")
     for key, shape in expected.items():
         got = tuple(tensors[key].shape)
         if got != shape:

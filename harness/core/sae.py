@@ -16,8 +16,9 @@ each token's candidates, as many as the activation asks for, and the activation 
 them. For "jumprelu" and "relu" training sets L0 and k is None.
 
 Weights are stored with SAELens' names and shapes, `W_enc` [d_in, d_sae], `b_enc` [d_sae],
-`W_dec` [d_sae, d_in], `b_dec` [d_in], in `sae_weights.safetensors` beside a `cfg.json` that
-carries SAELens' TopK fields (`architecture`, `d_in`, `d_sae`, `k`, ...). No pickles anywhere.
+`W_dec` [d_sae, d_in], `b_dec` [d_in], in `sae_weights.safetensors` beside a `cfg.json` in SAELens
+6.x's inference form (`architecture`, `d_in`, `d_sae`, `k`, ...). No pickles anywhere. Folders of
+other tools are read by harness.core.sae_formats.
 """
 
 from __future__ import annotations
@@ -31,14 +32,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.core.activations import ACTIVATIONS, activation_class, by_saved_name
+from harness.core.activations import activation_class
 from harness.core.atomic import write_json, write_safetensors
 from harness.core.metrics import DeadLatents
-from harness.core.readback import CorruptFile, check_shapes, read_json, read_safetensors
+from harness.core.readback import CorruptFile, check_shapes
 from harness.core.seeding import stream_seed
 from harness.core.sparse_ops import gather_preacts
 
 WEIGHTS_FILE = "sae_weights.safetensors"
+SAELENS_FORMAT = "6.54.12"
+"""The SAELens release whose cfg.json a saved folder follows (tests/test_interop_saelens.py loads
+every activation's folder with it)."""
 DEFAULT_ENCODER_INIT_SCALE = 1 / math.sqrt(3)  # nn.Linear's default row norm, for any d_in
 CONFIG_FILE = "cfg.json"
 
@@ -236,85 +240,82 @@ class TopKSae(nn.Module):
 
     # ------------------------------------------------------------------------- save / load
     def config_dict(self) -> dict[str, Any]:
-        """SAELens-readable config (TopK architecture) plus our own fields."""
+        """cfg.json in SAELens 6.x's inference form (what `SAE.load_from_disk` reads, with no
+        legacy path: `metadata.sae_lens_version`), plus our own fields: `saesweep_activation`
+        names the activation it trained with (BatchTopK and Matryoshka are saved as SAELens'
+        JumpReLU, one threshold for every latent)."""
         fn = self.activation_fn
+        architecture = fn.saelens_name or self.activation
         return {
-            "architecture": fn.saelens_name or self.activation,
+            "architecture": architecture,
             "d_in": self.n_inputs,
             "d_sae": self.n_latents,
             **({"k": self.k} if self.k is not None else {}),
-            "k_aux": self.k_aux,
             "dtype": str(self.W_dec.dtype).removeprefix("torch."),
             "device": str(self.W_dec.device),
             "apply_b_dec_to_input": True,
             "normalize_activations": "none",
-            "activation_fn": self.activation,
-            "activation_fn_kwargs": {"k": self.k} if self.k is not None else {},
+            "reshape_activations": "none",
+            **({"rescale_acts_by_decoder_norm": False} if architecture == "topk" else {}),
+            "saesweep_activation": self.activation,
+            "k_aux": self.k_aux,
             **fn.config(self),
             # False after a decoder refit (harness.core.refit): rows at the data's scale
             "decoder_rows_unit_norm": bool(torch.allclose(
                 self.W_dec.detach().norm(dim=1), self.W_dec.new_ones(()), atol=1e-4)),
+            "metadata": {"sae_lens_version": SAELENS_FORMAT},
         }
 
     def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-        """Write `sae_weights.safetensors` and `cfg.json` into folder `path` (atomically)."""
+        """Write `sae_weights.safetensors` and `cfg.json` into folder `path` (atomically);
+        `metadata` joins cfg.json's (SAELens reads `hook_name` and `model_name` there)."""
         path = Path(path)
         tensors = {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec,
                    "b_dec": self.b_dec}
         tensors.update(self.activation_fn.tensors(self))
         write_safetensors(path / WEIGHTS_FILE, tensors)
         cfg = self.config_dict()
-        if metadata:
-            cfg["metadata"] = metadata
+        cfg["metadata"].update(metadata or {})
         write_json(path / CONFIG_FILE, cfg)
         return path
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> TopKSae:
-        """Load a folder written by `save` (or by SAELens for a TopK SAE); a BatchTopK SAE comes
-        back with its inference threshold. Never runs code."""
-        path = Path(path)
-        cfg_path = path / CONFIG_FILE
-        if not cfg_path.exists():
-            raise FileNotFoundError(f"{cfg_path}: no SAE config here")
-        cfg = read_json(cfg_path)
-        architecture = cfg.get("architecture", "topk")
-        activation = by_saved_name(architecture)
-        if activation is None:
-            raise ValueError(f"{cfg_path}: architecture {architecture!r} is not one of "
-                             f"{tuple(ACTIVATIONS)}")
-        if "k" not in cfg and "k" in (cfg.get("activation_fn_kwargs") or {}):
-            cfg["k"] = cfg["activation_fn_kwargs"]["k"]  # SAELens keeps k only there
-        activation_cls = ACTIVATIONS[activation]
-        for key in ("d_in", "d_sae", *(("k",) if activation_cls.uses_k else ())):
-            if key not in cfg:
-                raise ValueError(f"{cfg_path}: missing key {key!r}")
-        for key in ("d_in", "d_sae"):
-            if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
-                raise CorruptFile(f"{cfg_path}: {key} must be a whole number >= 1, got "
-                                  f"{cfg[key]!r}")
-        weights = read_safetensors(path / WEIGHTS_FILE, device=str(device))
+        """The SAE saved in folder `path`: ours, SAELens' (inference or training), sparsify's
+        or dictionary_learning's (harness.core.sae_formats), read exactly or refused with the
+        file and field at fault. Never runs code."""
+        from harness.core.sae_formats import read_sae
+
+        return read_sae(path, device=device)
+
+    @classmethod
+    def from_weights(cls, activation: str, weights: dict[str, torch.Tensor],
+                     k: int | None = None, options: dict[str, Any] | None = None,
+                     k_aux: int | None = None, where: str = "",
+                     device: torch.device | str = "cpu") -> TopKSae:
+        """An SAE of `activation` with these weights (SAELens' names and layouts: W_enc
+        [d_in, d_sae], b_enc, W_dec [d_sae, d_in], b_dec, and the activation's own tensors);
+        CorruptFile (naming `where`) when a tensor is missing or of the wrong shape."""
         missing = {"W_enc", "b_enc", "W_dec", "b_dec"} - weights.keys()
         if missing:
-            raise CorruptFile(f"{path / WEIGHTS_FILE}: missing tensors {sorted(missing)}")
-        d_in, d_sae = cfg["d_in"], cfg["d_sae"]
-        check_shapes(path / WEIGHTS_FILE, weights, {"W_enc": (d_in, d_sae), "b_enc": (d_sae,),
-                                                    "W_dec": (d_sae, d_in), "b_dec": (d_in,)})
-        dtype = weights["W_dec"].dtype
-        options = {key: cfg[key] for key in activation_cls.options if key in cfg}
-        sae = cls(cfg["d_sae"], cfg["d_in"], cfg.get("k"), device=device, dtype=dtype,
-                  k_aux=cfg.get("k_aux"), activation=activation, activation_options=options)
+            raise CorruptFile(f"{where}: missing tensors {sorted(missing)}")
+        d_sae, d_in = weights["W_dec"].shape
+        check_shapes(where, weights, {"W_enc": (d_in, d_sae), "b_enc": (d_sae,),
+                                      "W_dec": (d_sae, d_in), "b_dec": (d_in,)})
+        sae = cls(d_sae, d_in, k, device=device, dtype=weights["W_dec"].dtype, k_aux=k_aux,
+                  activation=activation, activation_options=options)
         own = sae.activation_fn.tensors(sae)
         missing = set(own) - weights.keys()
         if missing:
-            raise CorruptFile(f"{path / WEIGHTS_FILE}: missing tensors {sorted(missing)}")
-        check_shapes(path / WEIGHTS_FILE, weights,
-                     {key: tuple(value.shape) for key, value in own.items()})
+            raise CorruptFile(f"{where}: missing tensors {sorted(missing)}")
         with torch.no_grad():
             sae.enc_weight.copy_(weights["W_enc"].T)
             for key in ("b_enc", "W_dec", "b_dec"):
                 getattr(sae, key).copy_(weights[key])
-        sae.activation_fn.restore(sae, {key: weights[key] for key in own})
+        try:
+            sae.activation_fn.restore(sae, {key: weights[key].to(sae.W_dec) for key in own})
+        except (RuntimeError, ValueError) as e:
+            raise CorruptFile(f"{where}: {e}") from e
         return sae
 
 

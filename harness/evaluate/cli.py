@@ -1,7 +1,8 @@
 """python -m harness.evaluate: splice saved SAEs into their language model and print, per SAE,
 one JSON object with ce_orig, ce_sae, ce_zero, delta_ce, ce_loss_score, kl, kl_score, fvu, l0
 and tokens (docs/metrics.md). Every SAE is scored on the same windows (harness.evaluate.windows),
-so SAEs trained elsewhere (a SAELens folder too) compare with ours.
+so SAEs trained elsewhere (SAELens', sparsify's, dictionary_learning's folders:
+harness.core.sae_formats) compare with ours.
 
     python -m harness.evaluate results/smollm2_l6/trials/0003 --model smollm2 \\
         --layer model.layers.6 --windows 64 --seq-len 128
@@ -28,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m harness.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sae_dirs", nargs="+", metavar="SAE_DIR",
-                   help="folders with cfg.json and sae_weights.safetensors")
+                   help="SAE folders: ours or SAELens' (cfg.json + sae_weights.safetensors), "
+                        "sparsify's (cfg.json + sae.safetensors), dictionary_learning's (ae.pt)")
     p.add_argument("--model", required=True,
                    help="a named model (smollm2), a local folder or a hub id of a causal LM")
     p.add_argument("--layer", required=True, help="module path of the hook point, as captured")

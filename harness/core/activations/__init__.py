@@ -41,13 +41,4 @@ def check_penalty(activation: str, l0_lambda: float) -> None:
         raise ValueError(f"l0_lambda needs activation jumprelu, not {activation!r}")
 
 
-def by_saved_name(architecture: str) -> str | None:
-    """The registry name of cfg.json's `architecture` (ours or SAELens'), or None."""
-    for name, cls in ACTIVATIONS.items():
-        if architecture in (name, cls.saelens_name):
-            return name
-    return None
-
-
-__all__ = ["ACTIVATIONS", "OPTIONS", "Activation", "activation_class", "by_saved_name",
-           "check_penalty"]
+__all__ = ["ACTIVATIONS", "OPTIONS", "Activation", "activation_class", "check_penalty"]

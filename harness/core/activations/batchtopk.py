@@ -1,9 +1,11 @@
 """BatchTopK (Bussmann et al. 2024): the top k*B pre-activations of a whole batch.
 
-L0 is k on average but varies per token. Each token's candidates are its top 4k pre-activations
-(CANDIDATES), which bounds a token's L0 and keeps the sparse backward. Training (a forward with
-gradients) updates `threshold`, an exponential average of each batch's cut value; inference (no
-gradients) keeps the candidates above it, as the paper does.
+L0 is k on average but varies per token. While training, each token's candidates are its top 4k
+pre-activations (CANDIDATES), which bounds a token's L0 and keeps the sparse backward, and each
+batch updates `threshold`, an exponential average of the batch's cut value. Inference (no
+gradients) keeps every latent above the threshold, with no cap, as the paper, SAELens and
+dictionary_learning do: the SAE is then a JumpReLU with one threshold for every latent, which is
+how it is saved (SAELens' inference form: `jumprelu`, a [d_sae] threshold).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from harness.core.activations.base import ActivationBase
+from harness.core.activations.base import ActivationBase, width_above
 
 if TYPE_CHECKING:
     from harness.core.sae import TopKSae
@@ -25,6 +27,7 @@ class BatchTopK(ActivationBase):
     """k*B winners per batch among each token's top 4k; a learned threshold at inference."""
 
     name: ClassVar[str] = "batchtopk"
+    saelens_name: ClassVar[str] = "jumprelu"
 
     def attach(self, sae: TopKSae) -> None:
         # a buffer, so .to() and state_dict carry it
@@ -34,6 +37,11 @@ class BatchTopK(ActivationBase):
 
     def candidates(self, k: int | None, n_latents: int) -> int:
         return min(n_latents, CANDIDATES * int(k or n_latents))
+
+    def width(self, sae: TopKSae, pre: torch.Tensor) -> int | None:
+        if torch.is_grad_enabled():
+            return self.candidates(sae.k, sae.n_latents)
+        return width_above(pre, sae.threshold)  # inference: every latent above the threshold
 
     def select(self, sae: TopKSae, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():
@@ -47,7 +55,16 @@ class BatchTopK(ActivationBase):
         return values * (values >= cut)
 
     def tensors(self, sae: TopKSae) -> dict[str, torch.Tensor]:
-        return {"threshold": sae.threshold}
+        # a threshold per latent (all equal): SAELens' JumpReLU reads exactly this
+        return {"threshold": sae.threshold.detach().expand(sae.n_latents).contiguous()}
+
+    def restore(self, sae: TopKSae, saved: dict[str, torch.Tensor]) -> None:
+        threshold = saved["threshold"].flatten()
+        if threshold.numel() and not bool((threshold == threshold[0]).all()):
+            raise ValueError("a BatchTopK threshold is one value for every latent; these "
+                             "differ: read the folder as a JumpReLU SAE")
+        with torch.no_grad():
+            sae.threshold.copy_(threshold[0] if threshold.numel() else threshold.new_zeros(()))
 
     def config(self, sae: TopKSae) -> dict[str, Any]:
         return {**super().config(sae), "threshold": float(sae.threshold)}

@@ -1,0 +1,8 @@
+"""The one error of a folder that is read but cannot be run exactly."""
+
+from __future__ import annotations
+
+
+class UnsupportedSae(ValueError):
+    """An SAE folder whose forward pass this harness cannot reproduce exactly; the message names
+    the file, the field and its value."""

@@ -1,0 +1,68 @@
+"""EleutherAI sparsify's folders (`SparseCoder.save_to_disk`): cfg.json + sae.safetensors.
+
+Its forward pass: acts = top-k of relu((x - b_dec) @ encoder.weight.T + encoder.bias), x_hat =
+acts @ W_dec + b_dec; ours is the same (the top k of relu(pre) are relu of the top k of pre).
+`activation: groupmax`, a skip connection and transcoders are refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+from harness.core.readback import CorruptFile, check_shapes, read_json, read_safetensors
+from harness.core.sae_formats.errors import UnsupportedSae
+
+if TYPE_CHECKING:
+    from harness.core.sae import TopKSae
+
+CONFIG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae.safetensors"
+
+
+class SparsifyFormat:
+    """cfg.json + sae.safetensors."""
+
+    name: ClassVar[str] = "sparsify"
+    files: ClassVar[str] = "cfg.json + sae.safetensors"
+
+    @staticmethod
+    def claims(folder: Path) -> bool:
+        return (folder / WEIGHTS_FILE).is_file()
+
+    @staticmethod
+    def read(folder: Path, device: torch.device | str = "cpu") -> TopKSae:
+        from harness.core.sae import TopKSae
+
+        cfg_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+        cfg = read_json(cfg_path)
+        activation = cfg.get("activation", "topk")
+        if activation != "topk":
+            raise UnsupportedSae(f"{cfg_path}: activation {activation!r}: only topk is read "
+                                 "(groupmax keeps one latent per group, a forward pass this "
+                                 "harness does not run)")
+        for key, what in (("transcode", "a transcoder (it maps a module's input to its "
+                                        "output)"),
+                          ("skip_connection", "a linear skip connection beside the latents")):
+            if cfg.get(key):
+                raise UnsupportedSae(f"{cfg_path}: {key} true: {what} is not read")
+        d_in, k = cfg.get("d_in"), cfg.get("k")
+        for key, value in (("d_in", d_in), ("k", k)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise CorruptFile(f"{cfg_path}: {key} must be a whole number >= 1, got "
+                                  f"{value!r}")
+        w = read_safetensors(weights_path)
+        if "W_skip" in w:
+            raise UnsupportedSae(f"{weights_path}: W_skip: a skip connection is not read")
+        missing = {"encoder.weight", "encoder.bias", "W_dec", "b_dec"} - w.keys()
+        if missing:
+            raise CorruptFile(f"{weights_path}: missing tensors {sorted(missing)}")
+        n = cfg.get("num_latents") or d_in * int(cfg.get("expansion_factor", 0))
+        check_shapes(weights_path, w, {"encoder.weight": (n, d_in), "encoder.bias": (n,),
+                                       "W_dec": (n, d_in), "b_dec": (d_in,)})
+        weights = {"W_enc": w["encoder.weight"].T.contiguous(), "b_enc": w["encoder.bias"],
+                   "W_dec": w["W_dec"], "b_dec": w["b_dec"]}
+        return TopKSae.from_weights("topk", weights, k=k, where=str(weights_path),
+                                    device=device)

@@ -1,0 +1,5 @@
+import sys
+
+from harness.export.cli import main
+
+sys.exit(main())
