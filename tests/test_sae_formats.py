@@ -10,30 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from random_saes import D, K, N, random_sae
 from safetensors.torch import save_file
 
 from harness import TopKSae
 from harness.core.readback import CorruptFile
 from harness.core.sae_formats import UnsupportedSae, read_sae
 
-D, N, K = 16, 48, 4
 ACTIVATIONS = [("topk", K), ("batchtopk", K), ("jumprelu", None),
                ("matryoshka_batchtopk", K), ("relu", None)]
-
-
-def _random_sae(activation: str, k: int | None, seed: int = 0) -> TopKSae:
-    """An SAE with every tensor non-trivial: biases, decoder rows of unequal norms, thresholds."""
-    sae = TopKSae(N, D, k, activation=activation, seed=seed)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        sae.b_enc.copy_(torch.randn(N, generator=gen) * 0.5)
-        sae.b_dec.copy_(torch.randn(D, generator=gen))
-        sae.W_dec.mul_(torch.rand(N, 1, generator=gen) + 0.5)
-        if hasattr(sae, "threshold"):
-            sae.threshold.fill_(0.4)
-        if hasattr(sae, "log_threshold"):
-            sae.log_threshold.copy_((torch.rand(N, generator=gen) * 0.8 + 0.05).log())
-    return sae
 
 
 def _inputs(scale: float = 1.0) -> torch.Tensor:
@@ -47,7 +32,7 @@ def _codes_and_out(sae: TopKSae, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 @pytest.mark.parametrize(("activation", "k"), ACTIVATIONS)
 def test_every_activation_reads_back_exactly_at_any_input_scale(tmp_path, activation, k):
-    sae = _random_sae(activation, k)
+    sae = random_sae(activation, k)
     back = read_sae(sae.save(tmp_path / "sae"))
     assert back.activation == activation and back.k == sae.k
     for scale in (1.0, 3.0):  # 3x: far more latents pass a threshold than in training
@@ -59,7 +44,7 @@ def test_every_activation_reads_back_exactly_at_any_input_scale(tmp_path, activa
 def test_batchtopk_inference_keeps_every_latent_above_its_threshold(tmp_path):
     """No candidate cap at inference: at 3x scale tokens have more than 4k latents above the
     threshold, and all of them are kept (SAELens' and dictionary_learning's rule)."""
-    sae = _random_sae("batchtopk", K)
+    sae = random_sae("batchtopk", K)
     x = _inputs(3.0)
     with torch.no_grad():
         pre = sae.pre_activations(x)
@@ -72,7 +57,7 @@ def test_batchtopk_inference_keeps_every_latent_above_its_threshold(tmp_path):
 def test_an_older_folder_of_ours_is_still_read(tmp_path):
     """Folders saved before the SAELens 6.x form: architecture = our name, a scalar threshold,
     activation_fn beside k_aux, no metadata."""
-    sae = _random_sae("batchtopk", K)
+    sae = random_sae("batchtopk", K)
     folder = tmp_path / "old"
     folder.mkdir()
     save_file({"W_enc": sae.W_enc.detach().contiguous(), "b_enc": sae.b_enc.detach(),
@@ -188,7 +173,7 @@ PLANTED = [
 
 @pytest.mark.parametrize(("field", "value"), PLANTED, ids=[p[0] for p in PLANTED])
 def test_a_changed_forward_field_changes_the_output_or_is_refused(tmp_path, field, value):
-    sae = _random_sae("topk", K)
+    sae = random_sae("topk", K)
     folder = sae.save(tmp_path / "sae")
     cfg = json.loads((folder / "cfg.json").read_text())
     cfg[field] = value
