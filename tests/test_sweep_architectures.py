@@ -42,7 +42,10 @@ def test_a_sweep_samples_every_activation_and_reports_each_front(synthetic_store
         activation = t.params["activation"]
         assert t.state == TrialState.COMPLETE, t.user_attrs.get("fail_reason")
         cfg = json.loads((Path(t.user_attrs["trial_dir"]) / "cfg.json").read_text())
-        assert cfg["architecture"] == {"relu": "standard"}.get(activation, activation)
+        assert cfg["saesweep_activation"] == activation
+        assert cfg["architecture"] == {"relu": "standard", "batchtopk": "jumprelu",
+                                       "matryoshka_batchtopk": "jumprelu"}.get(activation,
+                                                                              activation)
         assert ("k" in cfg) == (activation not in ("relu", "jumprelu"))
         assert set(t.params) == ({"activation", "l1_lambda"} if activation == "relu"
                                  else {"activation"})
