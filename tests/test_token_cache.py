@@ -18,16 +18,20 @@ def keep():
 
 
 def _counting_source(store: LocalStore, run: str = "idx"):
-    """The run's source, counting shard reads."""
+    """The run's source, counting shard reads (whole, or a piece at a time)."""
     source = store.open(run, "L")
     reads = []
-    read = source.read_shard
+    read, read_rows = source.read_shard, source.read_rows
 
     def counted(i: int) -> torch.Tensor:
         reads.append(i)
         return read(i)
 
-    source.read_shard = counted
+    def counted_rows(i: int, rows: int):
+        reads.append(i)
+        return read_rows(i, rows)
+
+    source.read_shard, source.read_rows = counted, counted_rows
     return source, reads
 
 

@@ -47,7 +47,7 @@ def test_the_harness_lists_are_derived_from_the_groups():
     assert data <= set(LOCKSTEP_FIELDS)
     assert set(LOCKSTEP_FIELDS) - data == {"device", "dtype", "encoder_refit_max_tokens"}
     assert logging <= NOT_SAMPLED
-    assert NOT_SAMPLED - logging == {"device", "progress", "max_tokens"}
+    assert NOT_SAMPLED - logging == {"device", "progress", "max_tokens", "memory_budget"}
     assert "lr" not in NOT_SAMPLED and "lr" not in LOCKSTEP_FIELDS
 
 

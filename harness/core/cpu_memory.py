@@ -23,20 +23,33 @@ log = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD = -1  # mallopt parameter numbers, from glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
 REUSE_LIMIT_BYTES = 1 << 30
-"""Blocks up to this size are kept for reuse; larger ones (a whole in-memory store) are still
-mapped and returned on their own."""
+"""The most a freed block may be and still be kept for reuse (glibc's own cap on its mmap
+threshold is lower on 32-bit systems; larger blocks are always mapped and returned)."""
 
-_applied = False
+_applied = 0  # the limit in force (bytes); 0 = glibc's defaults
+
+
+GLIBC_MMAP_MAX = 32 << 20
+"""glibc's own mmap threshold grows up to this; a limit below it would map more, not less."""
+
+
+def step_block_bytes(batch_size: int, n_latents: int) -> int:
+    """The blocks worth keeping for a run: its step's largest temporary, a [B, n] float32
+    tensor, with 1 MiB of margin and at least glibc's own cap. Larger blocks, such as a shuffle
+    buffer, are mapped and handed back, so they never stay in the heap as free memory its
+    budget would have to count."""
+    return max(GLIBC_MMAP_MAX, min(REUSE_LIMIT_BYTES, batch_size * n_latents * 4 + (1 << 20)))
 
 
 def reuse_freed_blocks(limit_bytes: int = REUSE_LIMIT_BYTES) -> bool:
-    """Keep freed blocks up to `limit_bytes` in this process's heap (glibc only, process-wide).
+    """Keep freed blocks up to `limit_bytes` in this process's heap (glibc only, process-wide;
+    a later call may raise the limit, never lower it).
 
     Returns True once applied (now or by an earlier call), False where the C library is not
     glibc or refuses the setting (nothing is changed then).
     """
     global _applied
-    if _applied:
+    if _applied >= limit_bytes:
         return True
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
@@ -52,5 +65,5 @@ def reuse_freed_blocks(limit_bytes: int = REUSE_LIMIT_BYTES) -> bool:
         log.debug("glibc refused M_MMAP_THRESHOLD=%d; keeping its defaults", limit_bytes)
         return False
     mallopt(_M_TRIM_THRESHOLD, limit_bytes)
-    _applied = True
+    _applied = limit_bytes
     return True

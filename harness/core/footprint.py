@@ -62,9 +62,33 @@ def training_bytes(shape: TrainingShape, members: int = 1) -> int:
     """Estimated peak device memory of training `shape` (bytes); `members` > 1: a lockstep pack
     of that many runs of it, which share the batches and the held-out tokens and step one after
     another (so one step's temporaries), but each keeps its parameters and its refit sums."""
+    d, b = shape.d, shape.batch_size
+    data = (shape.prefetch_batches + 2) * b * d * F32 + shape.eval_tokens * d * F32
+    if shape.refit:
+        data += STASH_BYTES
+    return model_bytes([shape] * members) + data
+
+
+def model_bytes(shapes: list[TrainingShape]) -> int:
+    """The SAEs' part of the peak (no batches, no held-out tokens): every member's parameters,
+    gradients, Adam state and average, and the largest member's step, evaluation or refit
+    (members step one after another). On a CPU this is host memory
+    (harness.core.memory_plan)."""
+    members = len(shapes)
+    return (sum(_params(s) for s in shapes)
+            + max(_largest_phase(s, members) for s in shapes))
+
+
+def _params(shape: TrainingShape) -> int:
+    n, d = shape.n_latents, shape.d
+    return 5 * (2 * n * d + n + d) * F32
+
+
+def _largest_phase(shape: TrainingShape, members: int) -> int:
+    """The largest of a step, an evaluation batch and the refits."""
     d, n, k, b = shape.d, shape.n_latents, shape.k, shape.batch_size
     act = 2 if shape.autocast_bf16 else F32
-    params = 5 * (2 * n * d + n + d) * F32
+    params = _params(shape)
     step = 3 * b * n * act + (0 if shape.sparse_backward else 2 * b * n * F32)
     evaluation = b * n * F32
     codes = (b * (k + 1) ** 2 * (8 + F32) if k + 1 <= MAX_PAIRED_CODES
@@ -77,7 +101,4 @@ def training_bytes(shape: TrainingShape, members: int = 1) -> int:
         refit = decoder_refit
         if shape.encoder_refit_tokens:
             refit = max(decoder_refit, encoder_refit) + members * params // 5
-    data = (shape.prefetch_batches + 2) * b * d * F32 + shape.eval_tokens * d * F32
-    if shape.refit:
-        data += STASH_BYTES
-    return members * params + data + max(step, evaluation, refit)
+    return max(step, evaluation, refit)

@@ -7,9 +7,10 @@ ever trained on. Whole blocks rather than single tokens are held out so that nei
 of one text do not sit on both sides of the split.
 
 Training order: when the training tokens fit in `in_memory_bytes`, they are read once and each
-epoch is a full permutation (the fast path). Otherwise shards are read one at a time through
-safetensors' memory map, in a shuffled order, into a shuffle buffer of `shuffle_buffer_tokens`
-tokens that is permuted before batches are cut. Both are reproducible from the seed.
+epoch is a full permutation (the fast path). Otherwise shards are read one at a time, in a
+shuffled order, into a shuffle buffer of `shuffle_buffer_tokens` tokens that is permuted before
+batches are cut. Both are reproducible from the seed, and both hold tokens in the store's dtype
+(a batch is converted when it is cut). harness.core.memory_plan sizes them from a byte budget.
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ from dataclasses import dataclass
 import torch
 
 from harness.core import token_cache
+from harness.core.memory_plan import MemoryPlan
 from harness.core.store import ActivationSource, StoreError
 
+READ_ROWS = 256
+"""A streamed store is read this many rows at a time (32 MiB at d = 2,048 in fp16), not a shard
+at a time."""
 MIN_EVAL_TOKENS = 64
 """Fewer held-out tokens make FVU and L0 noise, not a measurement: training refuses them."""
 
@@ -101,6 +106,9 @@ class ActivationLoader:
         self._eval_keep = self._eval_block_subset()  # held-out blocks evaluated on
         self._cache: torch.Tensor | None = None
         self._eval: torch.Tensor | None = None
+        self.memory_plan: MemoryPlan | None = None
+        """The byte plan its sizes came from (harness.core.memory_plan), when a trainer made
+        one."""
 
     # ---------------------------------------------------------------------------- split
     def _held_blocks(self, blocks: torch.Tensor) -> torch.Tensor:
@@ -125,10 +133,6 @@ class ActivationLoader:
         in_eval = held & torch.isin(blocks, self._eval_keep)
         return ~held, in_eval
 
-    def _read(self, entry: tuple[int, int, int]) -> torch.Tensor:
-        i, _, length = entry
-        return self.source.read_shard(i)[:length]
-
     # ---------------------------------------------------------------------------- data
     @property
     def batches_per_epoch(self) -> int:
@@ -140,13 +144,21 @@ class ActivationLoader:
         return self.n_train_tokens * self.source.d * itemsize <= self.config.in_memory_bytes
 
     def eval_tokens(self) -> torch.Tensor:
-        """The held-out evaluation set [n, d], on the loader's device (built once)."""
+        """The held-out evaluation set [n, d] (built once): on a GPU, there in the training
+        dtype; on the CPU, in the store's dtype (fp16 stays fp16: `eval_batches` converts a
+        batch at a time)."""
         if self._eval is None:
             host = token_cache.cached(
                 lambda: ("eval", self.config.max_eval_tokens, *self._split_key()),
                 self._read_eval)
-            self._eval = self._to_device(host)
+            self._eval = host if self.device.type == "cpu" else self._to_device(host)
         return self._eval
+
+    def eval_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """The held-out set in batches, on the device in the training dtype."""
+        tokens = self.eval_tokens()
+        for start in range(0, tokens.shape[0], batch_size):
+            yield tokens[start:start + batch_size].to(self.device, dtype=self.dtype)
 
     def heldout_problem(self) -> str | None:
         """Why the held-out split cannot give a meaningful FVU (too few tokens, or no variance:
@@ -156,24 +168,47 @@ class ActivationLoader:
             return (f"only {n_eval} held-out token(s) of {self.n_tokens} (holdout_fraction "
                     f"{self.config.holdout_fraction:g}); the held-out metrics need at least "
                     f"{MIN_EVAL_TOKENS}: use a larger store or holdout_fraction")
-        x = self.eval_tokens().to(torch.float64)
-        if not float(x.var(dim=0, unbiased=False).sum()) > 0:
+        total = torch.zeros(self.source.d, dtype=torch.float64)
+        squares = torch.zeros_like(total)
+        n = 0
+        for x in self.eval_batches(self.config.batch_size):  # no float64 copy of the whole set
+            x = x.to(torch.float64)
+            total += x.sum(0)
+            squares += x.pow(2).sum(0)
+            n += x.shape[0]
+        variance = squares / n - (total / n).pow(2)
+        if not float(variance.sum()) > 1e-12 * max(1.0, float((squares / n).sum())):
             return ("the held-out activations have zero variance (every token is the same "
                     "vector), so FVU is undefined; check the capture")
         return None
 
     def _read_eval(self) -> torch.Tensor:
-        parts = []
-        for entry in self._offsets:
-            _, in_eval = self._shard_masks(entry)
-            if bool(in_eval.any()):
-                parts.append(self._read(entry)[in_eval])
-        held = torch.cat(parts)
-        return held.pin_memory() if self._pin else held
+        return self._read_split(1)
 
     def _read_train(self) -> torch.Tensor:
-        train = torch.cat([self._read(e)[self._shard_masks(e)[0]] for e in self._offsets])
-        return train.pin_memory() if self._pin else train
+        return self._read_split(0)
+
+    def _read_split(self, side: int) -> torch.Tensor:
+        """The training (`side` 0) or held-out (1) rows, read a piece at a time into one
+        tensor filled in place: concatenating whole shards would hold the split twice, and
+        many small copies between pieces' buffers would fragment the heap."""
+        masks = [self._shard_masks(entry)[side] for entry in self._offsets]
+        held = torch.empty(sum(int(m.sum()) for m in masks), self.source.d,
+                           dtype=self.source.dtype, pin_memory=self._pin)
+        at = 0
+        for (i, _, length), keep in zip(self._offsets, masks, strict=True):
+            if not bool(keep.any()):
+                continue
+            start = 0
+            for piece in self.source.read_rows(i, READ_ROWS):
+                piece = piece[:max(0, length - start)]
+                ids = torch.nonzero(keep[start:start + piece.shape[0]]).flatten()
+                torch.index_select(piece, 0, ids, out=held[at:at + ids.numel()])
+                at += ids.numel()
+                start += piece.shape[0]
+                if start >= length:
+                    break
+        return held
 
     def _split_key(self) -> tuple:
         """What decides which tokens a split holds (token_cache's key): the files, the cap, the
@@ -204,36 +239,51 @@ class ActivationLoader:
             yield self._gather(self._cache, perm[start:start + bs])
 
     def _streamed_batches(self, gen: torch.Generator) -> Iterator[torch.Tensor]:
-        """Shards in a shuffled order; their training rows are copied straight into one shuffle
-        buffer, and each batch is gathered from it through a permutation (three copies of a
-        token in all: file read, buffer fill, batch gather)."""
+        """Pieces of READ_ROWS consecutive tokens, from every shard, in a shuffled order, read
+        one at a time; their training rows are copied into one shuffle buffer of
+        `shuffle_buffer_tokens` rows (in the store's dtype), which is permuted and cut into
+        batches whenever it is full; what does not fill a last batch is carried into the next
+        fill. A buffer holds pieces of many shards, not a few whole ones (a buffer of one
+        shard's consecutive tokens trains worse: docs/data.md). Held at once: the buffer and
+        one piece (a padded shard is one piece)."""
         bs = self.config.batch_size
-        order = torch.randperm(len(self._offsets), generator=gen).tolist()
-        pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (shard rows, train row ids)
-        n_pending = 0
-        carry: torch.Tensor | None = None  # rows left over from the previous buffer (< bs)
+        size = max(bs, min(self.config.shuffle_buffer_tokens, self.n_train_tokens))
+        buf = torch.empty(size, self.source.d, dtype=self.source.dtype)
+        at = 0
+        pieces = [(entry, start) for entry in self._offsets
+                  for start in (range(0, entry[2], READ_ROWS) if self.source.sliceable(entry[0])
+                                else (0,))]
+        order = torch.randperm(len(pieces), generator=gen).tolist()
         for j, pos in enumerate(order):
-            entry = self._offsets[pos]
-            train_rows = torch.nonzero(self._shard_masks(entry)[0]).flatten()
-            pending.append((self._read(entry), train_rows))
-            n_pending += train_rows.numel()
+            entry, start = pieces[pos]
+            i, _, length = entry
+            stop = min(length, start + READ_ROWS) if self.source.sliceable(i) else length
+            piece = self.source.read_piece(i, start, stop)
+            ids = torch.nonzero(self._shard_masks(entry)[0][start:stop]).flatten()
             last = j == len(order) - 1
-            if n_pending < self.config.shuffle_buffer_tokens and not last:
-                continue
-            n_carry = 0 if carry is None else carry.shape[0]
-            buf = torch.empty(n_carry + n_pending, self.source.d, dtype=self.source.dtype)
-            if carry is not None:
-                buf[:n_carry] = carry
-            at = n_carry
-            for rows, ids in pending:
-                torch.index_select(rows, 0, ids, out=buf[at:at + ids.numel()])
-                at += ids.numel()
-            perm = torch.randperm(buf.shape[0], generator=gen)
-            n_full = buf.shape[0] if last else (buf.shape[0] // bs) * bs
-            for start in range(0, n_full, bs):
-                yield self._gather(buf, perm[start:min(start + bs, n_full)])
-            carry = buf[perm[n_full:]] if n_full < buf.shape[0] else None
-            pending, n_pending = [], 0
+            while ids.numel():
+                take = min(size - at, ids.numel())
+                torch.index_select(piece, 0, ids[:take], out=buf[at:at + take])
+                at, ids = at + take, ids[take:]
+                if at < size and not (last and not ids.numel()):
+                    continue
+                yield from self._drain(buf, at, last and not ids.numel(), gen)
+                at = self._carried
+            if last and at:  # the last piece held no training row, or left some in the buffer
+                yield from self._drain(buf, at, True, gen)
+
+    def _drain(self, buf: torch.Tensor, at: int, final: bool,
+               gen: torch.Generator) -> Iterator[torch.Tensor]:
+        """Batches of the buffer's first `at` rows in a random order; what does not fill a
+        batch (unless `final`) moves to the buffer's start (`_carried` rows) for the next fill."""
+        bs = self.config.batch_size
+        perm = torch.randperm(at, generator=gen)
+        n_full = at if final else (at // bs) * bs
+        for start in range(0, n_full, bs):
+            yield self._gather(buf, perm[start:min(start + bs, n_full)])
+        leftover = buf[perm[n_full:at]].clone()  # < bs rows
+        buf[:leftover.shape[0]] = leftover
+        self._carried = leftover.shape[0]
 
     def _gather(self, tokens: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """tokens[rows] on the device. For a GPU the rows are gathered straight into pinned

@@ -36,7 +36,7 @@ from harness.sweep.devices import (
 from harness.sweep.downstream import check_downstream, save_reference
 from harness.sweep.fidelity import plan_line, trial_total
 from harness.sweep.monitor import monitor, start_workers
-from harness.sweep.packing import check_packing, cuda_memory
+from harness.sweep.packing import check_host_memory, check_packing, cuda_memory, worker_budget
 from harness.sweep.space import LoadedSpace, SpaceError, load_space, synthetic_spec
 from harness.sweep.space.fidelity import check_budget, check_fidelity, rung_plan
 from harness.sweep.storage import prepare_storage
@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                               "workers over the GPUs, --trials-per-device puts M on each)")
         slots = _slots(args.devices, loaded.space.workers, args.trials_per_device)
         check_packing(slots, loaded, cuda_memory)
+        memory = worker_budget(loaded, slots)
+        check_host_memory(slots, loaded, memory)
         space = loaded.space
         check_writable(Path(space.results_dir), "--results / results_dir")
         for sub in ("trials", "logs", "checkpoints"):  # a trial's SAE goes under trials/
@@ -173,11 +175,12 @@ def main(argv: list[str] | None = None) -> int:
         print_summary(study, loaded, url, out)
         return 0
     print(f"study {space.study.name!r}: storage {masked(url)}, {plan_line(loaded)}, "
-          f"{len(slots)} worker(s) on {', '.join(s.label for s in slots)}; results in {out}/")
+          f"{len(slots)} worker(s) on {', '.join(s.label for s in slots)} with "
+          f"{memory / 2**30:.1f} GiB of host memory each; results in {out}/")
     if space.fidelity is not None and (note := rung_plan(loaded).note):
         print(note)
     deadline = time.time() + space.budget.timeout if space.budget.timeout else 0.0
-    workers = start_workers(slots, resolved, url, out, deadline)
+    workers = start_workers(slots, resolved, url, out, deadline, memory)
     status = monitor(study, workers, loaded)
     print_summary(study, loaded, url, out)
     budget = budget_state(study)

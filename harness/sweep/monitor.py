@@ -45,7 +45,7 @@ class Workers:
 
 
 def start_workers(slots: list[WorkerSlot], space_file: Path, storage: str,
-                  out: Path, deadline: float) -> Workers:
+                  out: Path, deadline: float, memory_budget: int) -> Workers:
     """One `harness.sweep.worker` process per slot, each logging to its own file."""
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -59,7 +59,7 @@ def start_workers(slots: list[WorkerSlot], space_file: Path, storage: str,
         cmd = [sys.executable, "-m", "harness.sweep.worker", "--space", str(space_file),
                "--index", str(i), "--device", slot.device,
                "--device-label", slot.label, "--threads", str(slot.threads),
-               "--deadline", str(deadline)]
+               "--deadline", str(deadline), "--memory-budget", str(memory_budget)]
         paths.append(logs / f"{run}_worker_{i}.log")
         with open(paths[-1], "a", encoding="utf-8") as log:  # the worker holds its own copy
             procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))

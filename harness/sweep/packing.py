@@ -13,7 +13,14 @@ from collections.abc import Callable
 from typing import Any
 
 from harness.core.activations import activation_class
-from harness.core.footprint import CUDA_CONTEXT_BYTES, TrainingShape, training_bytes
+from harness.core.footprint import (
+    CUDA_CONTEXT_BYTES,
+    TrainingShape,
+    model_bytes,
+    training_bytes,
+)
+from harness.core.loader import READ_ROWS
+from harness.core.memory_plan import default_budget
 from harness.core.training.config import SaeTrainingConfig
 from harness.sweep.devices import DeviceError, WorkerSlot
 from harness.sweep.space import LoadedSpace, ParamSpec, bounding_values
@@ -93,6 +100,40 @@ def check_packing(slots: list[WorkerSlot], loaded: LoadedSpace,
             f"{need / GiB:.1f} GiB, more than {HEADROOM:.0%} of its memory; "
             + (f"use --trials-per-device {fits} or fewer" if fits else
                "not even one fits: lower the expansion, batch_size or lockstep"))
+
+
+WORKER_BASELINE = 512 << 20
+"""What a worker process holds before its first trial (interpreter, torch, harness), counted
+against its memory budget."""
+
+
+def worker_budget(loaded: LoadedSpace, slots: list[WorkerSlot]) -> int:
+    """Each worker's host memory budget: the space's training.memory_budget, else the machine's
+    default divided among the workers on this node."""
+    fixed = loaded.space.training.get("memory_budget")
+    return int(fixed) if fixed else default_budget(len(slots))
+
+
+def check_host_memory(slots: list[WorkerSlot], loaded: LoadedSpace, budget: int) -> None:
+    """DeviceError unless each worker's budget holds the space's largest trial on the CPU (its
+    SAEs, their step, the batches in flight and one batch of tokens: harness.core.memory_plan's
+    least). GPU workers keep the SAEs on the GPU; their host part is the batches."""
+    if not any(slot.device == "cpu" for slot in slots):
+        return
+    shape, _ = largest_trial(loaded)
+    lockstep = loaded.space.lockstep
+    row = loaded.d * 4  # at most float32 tokens
+    least = (WORKER_BASELINE + model_bytes([shape] * lockstep) + 3 * shape.batch_size * row
+             + READ_ROWS * row)
+    if least <= budget:
+        return
+    raise DeviceError(
+        f"memory: each of the {len(slots)} worker(s) gets {budget / GiB:.2f} GiB (training."
+        "memory_budget, or 80% of the machine's available memory divided among the workers), "
+        f"but the largest trial the space can sample (n_latents {shape.n_latents}, d "
+        f"{shape.d}, batch {shape.batch_size}{f', lockstep {lockstep}' if lockstep > 1 else ''}"
+        f") needs at least {least / GiB:.2f} GiB; use fewer --workers, or a smaller expansion "
+        "or batch_size")
 
 
 def cuda_memory(label: str) -> tuple[str, int]:

@@ -53,6 +53,8 @@ class WorkerContext:
     """results/<study>/"""
     artifacts: str | None = None
     """Artifact store location every trial's files are uploaded to; None = none."""
+    memory_budget: int | None = None
+    """Host memory of each trial (bytes) unless its space sets training.memory_budget."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,7 @@ def _prepare(trial: optuna.Trial, record: TrialRecord, loaded: LoadedSpace, ctx:
     name = f"{space.study.name}-trial-{trial.number:04d}"
     cfg = setup.config.replace(
         device=ctx.device, progress=False, use_wandb=ctx.wandb_mode != "off",
+        memory_budget=setup.config.memory_budget or ctx.memory_budget,
         checkpoint_every=space.faults.checkpoint_every,
         wandb_mode=None if ctx.wandb_mode == "off" else ctx.wandb_mode,
         wandb_project=space.wandb.project, wandb_group=space.study.name, wandb_job_type="trial",

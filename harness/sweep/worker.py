@@ -23,6 +23,7 @@ from types import FrameType
 import optuna
 from optuna.trial import TrialState
 
+from harness.core.memory_plan import default_budget
 from harness.core.token_cache import keep_tokens
 from harness.core.training.config import SaeTrainingConfig
 from harness.core.training.results import TrainingInterrupted
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device-label", help="as the machine names it (recorded per trial)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--deadline", type=float, default=0.0, help="unix time; 0 = none")
+    p.add_argument("--memory-budget", type=int, default=0,
+                   help="host memory of each trial in bytes; 0 = harness.core.memory_plan's "
+                        "default")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {args.index} %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -99,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     space = loaded.space
     # all of this worker's trials train from one copy of the store's tokens, read (and pinned)
     # once: a split that fits in memory plus its held-out tokens
-    keep_tokens(int(1.5 * SaeTrainingConfig(**space.training).in_memory_bytes))
+    # a split kept across trials is the buffer a trial's plan sizes: it counts in the budget
+    budget = args.memory_budget or default_budget()
+    keep_tokens(min(int(1.5 * SaeTrainingConfig(**space.training).in_memory_bytes),
+                    budget // 2))
     # the downstream model and reference are loaded once, here, not inside the first trial
     preload_downstream(loaded, args.device, Path(space.results_dir) / space.study.name)
     url = args.storage or os.environ.get(STORAGE_ENV)
@@ -115,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                         worker_index=args.index,
                         wandb_mode=space.wandb.mode,
                         results_dir=Path(space.results_dir) / space.study.name,
-                        artifacts=space.artifacts)
+                        artifacts=space.artifacts, memory_budget=budget)
     faults = space.faults
     per_trial = loaded.planned_tokens() if space.budget.tokens is not None else 0
     rungs = RungScheduler(loaded) if space.fidelity is not None else None

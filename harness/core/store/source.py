@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,41 @@ class ActivationSource:
                                      "or inf activations")
             self._checked.add(i)
         return t
+
+    def sliceable(self, i: int) -> bool:
+        """Whether shard `i` can be read a piece at a time ([tokens, d], no padding mask)."""
+        ref = self.shards[i]
+        return ref.mask_path is None and len(ref.shape) == 2
+
+    def read_piece(self, i: int, start: int, stop: int) -> torch.Tensor:
+        """Tokens [start, stop) of shard `i` (the rows read_shard gives there). A [tokens, d]
+        shard is read through safetensors' slices, so only the piece is held; a padded
+        [batch, seq, d] shard (mi_crow's) is read whole, then cut."""
+        if not self.sliceable(i):
+            return self.read_shard(i)[start:stop]
+        ref = self.shards[i]
+        with open_safetensors(ref.path) as f:
+            try:
+                piece = f.get_slice(ref.key)[start:min(stop, ref.n_tokens)]
+            except (SafetensorError, OSError) as e:
+                raise StoreError(f"{ref.path}: cannot read tensor {ref.key!r} ({e})") from e
+        if not math.isfinite(float(piece.sum(dtype=torch.float32))):
+            bad = int((~torch.isfinite(piece)).any(dim=1).sum())
+            if bad:
+                raise StoreError(f"{ref.path} (key {ref.key!r}): {bad} token(s) hold NaN or "
+                                 "inf activations")
+        return piece
+
+    def read_rows(self, i: int, rows: int) -> Iterator[torch.Tensor]:
+        """Shard `i`'s tokens in consecutive pieces of at most `rows` (a padded shard: read
+        once, then cut)."""
+        if not self.sliceable(i):
+            shard = self.read_shard(i)
+            for start in range(0, shard.shape[0], rows):
+                yield shard[start:start + rows]
+            return
+        for start in range(0, self.shards[i].n_tokens, rows):
+            yield self.read_piece(i, start, start + rows)
 
 
 def same_layer(stored: str, requested: str) -> bool:

@@ -52,11 +52,14 @@ class DataOptions:
     holdout_fraction: float = 0.05
     """Fraction of the store held out for evaluation (never trained on)."""
     max_eval_tokens: int = 65536
-    """Evaluate on at most this many held-out tokens."""
+    """Evaluate on at most this many held-out tokens (fewer where the memory plan caps them)."""
     shuffle_buffer_tokens: int = 1 << 20
-    """Shuffle buffer when the store is streamed from disk."""
+    """Most tokens in the shuffle buffer of a streamed store (the memory plan may hold fewer)."""
     in_memory_bytes: int = 4 << 30
-    """Hold the training split in memory when it fits in this many bytes."""
+    """Hold the training split in memory when it fits in this many bytes and in the budget."""
+    memory_budget: int | None = field(default=None, metadata=_HARNESS)
+    """Host memory of the run in bytes, which sizes its buffers (harness.core.memory_plan);
+    None = 80% of the available memory, divided among a sweep's workers on the node."""
     seed: int = 0
     """Seed of the data order (shard order and shuffles); the SAE's own init takes its seed."""
     prefetch_batches: int = 2
@@ -71,7 +74,7 @@ class DataOptions:
         check_types(self)
         positive(self, "epochs", "batch_size", "max_eval_tokens", "shuffle_buffer_tokens",
                   "b_dec_init_tokens")
-        positive(self, "max_tokens", "max_train_tokens", optional=True)
+        positive(self, "max_tokens", "max_train_tokens", "memory_budget", optional=True)
         check(0 < self.holdout_fraction < 1, "holdout_fraction", "in (0, 1)",
                self.holdout_fraction)
         check(self.b_dec_init in ("geometric_median", "mean", "zeros"), "b_dec_init",
@@ -102,9 +105,8 @@ class OptimiserOptions:
     adam_eps: float = 6.25e-10
     """Adam's epsilon (the paper's value)."""
     weight_average_fraction: float = 0.08
-    """The SAE ends with an exponential moving average of its weights over about this share of
-    the planned steps (beta = 1 - 1 / (share x steps); Polyak averaging: Adam's last iterate is
-    noisy, docs/training.md); 0, or a window under 2 steps, keeps the last step's weights."""
+    """The SAE ends as an exponential moving average of its weights over about this share of the
+    planned steps (beta = 1 - 1 / (share x steps): docs/training.md); 0 = the last step's."""
 
     def __post_init__(self) -> None:
         self.adam_betas = tuple(self.adam_betas)  # type: ignore[assignment]  # YAML gives lists
@@ -169,17 +171,15 @@ class FinishOptions:
     """Adam's decoder counts as this many tokens of evidence in the refit: a ridge towards each
     trained row, weighted by the latent's activations; 0 = the plain least-squares fit."""
     encoder_refit: bool = False
-    """After the decoder refit, one least-squares (Gauss-Newton) step for the encoder rows towards
-    the codes that decoder wants, then the decoder refit again (harness.core.encoder_refit: 6
-    more passes over at most `encoder_refit_max_tokens` of the finish's tokens, so the budget
-    then buys fewer tokens; for activations that support it, and only with the decoder
-    refit)."""
+    """After the decoder refit, a Gauss-Newton step for the encoder rows, then the decoder refit
+    again (harness.core.encoder_refit: 6 more passes over at most `encoder_refit_max_tokens`;
+    for activations that support it, only with the decoder refit)."""
     encoder_refit_max_tokens: int = field(default=1 << 20, metadata=_SHARED)
     """Tokens the encoder refit fits on (the first of the decoder refit's); each keeps its k
     latent indices on the device (int32) between the passes."""
     decoder_refit_max_latents: int = 16384
-    """Skip the refit above this many latents: its [n+1, n+1] system takes 4(n+1)^2 bytes on
-    the device (1 GiB at 16384) and twice that in float64 for the solve."""
+    """Skip the refit above this many latents: its [n+1, n+1] system takes 4(n+1)^2 bytes (1 GiB
+    at 16384) on the device, and twice that in float64 for the solve."""
 
     def __post_init__(self) -> None:
         check_types(self)

@@ -61,9 +61,9 @@ JumpReLU, whose width training decides) cost more per token. So a budget-sized f
 reading once its passes took this share of `finish_budget` x the loop's seconds (the rest is for
 the solve); `finish_tokens` is never cut."""
 
-STASH_BYTES = 256 << 20
-"""The finish's batches are kept from the first epoch when they take at most this much: a
-streamed store would otherwise fill its shuffle buffer (2^20 tokens by default) again for them."""
+STASH_BYTES = 128 << 20
+"""The finish's batches are kept from the first epoch (in the store's dtype) when they take at
+most this much: a streamed store would otherwise fill its shuffle buffer again for them."""
 
 
 def finish_limits(loader: ActivationLoader, runs: list[MemberRun], total: int) -> dict[int, int]:
@@ -77,8 +77,10 @@ def finish_limits(loader: ActivationLoader, runs: list[MemberRun], total: int) -
 def stash_size(loader: ActivationLoader, runs: list[MemberRun], total: int) -> int:
     """How many of epoch 0's first batches the loop keeps for the finish (0: it re-reads)."""
     batches = max(finish_limits(loader, runs, total).values(), default=0)
-    size = batches * loader.config.batch_size * runs[0].sae.n_inputs * 4 if runs else 0
-    return batches if size <= STASH_BYTES else 0
+    itemsize = torch.empty(0, dtype=loader.source.dtype).element_size()
+    size = batches * loader.config.batch_size * loader.source.d * itemsize if runs else 0
+    plan = loader.memory_plan
+    return batches if size <= (plan.stash_bytes if plan is not None else STASH_BYTES) else 0
 
 
 def refit(loader: ActivationLoader, runs: list[MemberRun], total: int,
@@ -99,7 +101,7 @@ def refit(loader: ActivationLoader, runs: list[MemberRun], total: int,
 
     def batches(limit: int) -> Iterator[torch.Tensor]:
         for index, x in enumerate(kept if kept is not None else loader.train_batches(0)):
-            yield x
+            yield x.to(loader.dtype)  # kept in the store's dtype
             reason = stop() if stop is not None else None
             if reason:
                 for run in runs:

@@ -35,7 +35,7 @@ def drive(loader: ActivationLoader, runs: list[MemberRun], cfg: SaeTrainingConfi
         for epoch in range(first_epoch, cfg.epochs):
             for index, x in enumerate(loader.train_batches(epoch)):
                 if epoch == 0 and index < keep:
-                    stash.append(x.clone())  # the loader may reuse its buffers
+                    stash.append(x.to(loader.source.dtype, copy=True))  # in the store's dtype
                 for run in list(active):
                     if (epoch, index) < run.position:
                         continue

@@ -39,12 +39,12 @@ class MemberRun:
     """One lockstep member while it trains."""
 
     def __init__(self, member: LockstepMember, store: LocalStore, source: ActivationSource,
-                 loader: ActivationLoader, eval_x: torch.Tensor, b_dec_center: torch.Tensor | None,
+                 loader: ActivationLoader, b_dec_center: torch.Tensor | None,
                  scale: float, device: torch.device, total_steps: int) -> None:
         self.member, self.sae = member, member.sae
         self.cfg = member.config.resolved_for(device, member.sae.n_latents,
                                               member.sae.n_inputs, total_steps)
-        self.store, self.source, self.eval_x = store, source, eval_x
+        self.store, self.source, self.loader = store, source, loader
         cfg, sae = self.cfg, self.sae
         sae.to(device)
         sae.sparse_backward = cfg.sparse_backward
@@ -56,7 +56,7 @@ class MemberRun:
         window = cfg.dead_window_tokens or min(DEFAULT_DEAD_WINDOW, loader.n_train_tokens)
         self.history = TrainingHistory(dead_window_tokens=window,
                                        n_train_tokens=loader.n_train_tokens,
-                                       n_eval_tokens=int(eval_x.shape[0]))
+                                       n_eval_tokens=int(loader.eval_tokens().shape[0]))
         self.dead = DeadFeatureTracker(sae.n_latents, window, device)
         if b_dec_center is not None:
             with torch.no_grad():
@@ -188,8 +188,7 @@ class MemberRun:
         self.losses.check()  # a diverged run is never evaluated
         sae = self.sae
         acc = ReconstructionAccumulator()
-        for start in range(0, self.eval_x.shape[0], self.cfg.batch_size):
-            x = self.eval_x[start:start + self.cfg.batch_size]
+        for x in self.loader.eval_batches(self.cfg.batch_size):
             out = sae(x)
             acc.update(x, out.reconstruction, (out.top_values > 0).sum())
         m = acc.result()

@@ -27,6 +27,7 @@ from harness.core.sae import TopKSae, data_center
 from harness.core.store import LocalStore, StoreError, open_store
 from harness.core.training.config import LOCKSTEP_FIELDS, SaeTrainingConfig
 from harness.core.training.loop import drive
+from harness.core.training.memory import planned_loader
 from harness.core.training.results import (
     Callback,
     FinalEvaluator,
@@ -124,22 +125,22 @@ class SaeTrainer:
                 raise ValueError(f"activation run {run_id!r} layer {source.layer_signature!r} "
                                  f"has d={source.d}, but the SAE has n_inputs={m.sae.n_inputs}")
         device = _resolve_device(first.device, members[0].sae)
-        if device.type == "cpu" and any(m.config.cpu_reuse_freed_memory for m in members):
-            reuse_freed_blocks()
         dtype = getattr(torch, first.dtype) if first.dtype else members[0].sae.W_dec.dtype
         loader = ActivationLoader(source, first.loader_config(), device=device, dtype=dtype)
+        loader = planned_loader(loader, list(members), device)  # sized by the byte budget
+        if loader.memory_plan is not None and loader.memory_plan.reuse_bytes:
+            reuse_freed_blocks(loader.memory_plan.reuse_bytes)
         problem = loader.heldout_problem()  # e.g. 10 tokens: R² would be -inf, not a result
         if problem:
             raise StoreError(f"activation run {run_id!r} layer {source.layer_signature!r}: "
                              f"{problem}")
-        eval_x = loader.eval_tokens()
         # the same sample and method for every member: compute b_dec's starting centre once
         sample = _first_tokens(loader, first.b_dec_init_tokens)
         center = data_center(sample, first.b_dec_init) if first.b_dec_init != "zeros" else None
         # the per-element standard deviation: the unit of the sparsity penalties
         scale = float(sample.var(dim=0, unbiased=False).mean().sqrt())  # no [N, d] temporaries
         total_steps = first.planned_steps(loader.batches_per_epoch)
-        runs = [MemberRun(m, store, source, loader, eval_x, center, scale, device, total_steps)
+        runs = [MemberRun(m, store, source, loader, center, scale, device, total_steps)
                 for m in members]
         try:
             drive(loader, runs, first, stop)

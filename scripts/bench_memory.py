@@ -1,0 +1,179 @@
+"""Host memory of training runs against their byte budget (`memory_budget`,
+harness.core.memory_plan): peak anonymous and file-backed resident memory, wall time and the
+time to the first training step, for one run, two concurrent runs (two sweep workers) and a
+lockstep pair.
+
+Each run trains in a process of its own, sampled from /proc/<pid>/status every 20 ms (RssAnon,
+RssFile; VmHWM at its end). The baseline is the budget itself: each line prints peak / budget.
+
+    python scripts/bench_memory.py --store /data/d2048 --run-id random --layer wide \\
+        --n-latents 4096 --k 32 --tokens 200000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", help="the activation store (required)")
+    p.add_argument("--run-id", help="its activation run (required)")
+    p.add_argument("--layer", help="its layer signature (required)")
+    p.add_argument("--n-latents", type=int, default=4096)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--tokens", type=int, default=200_000, help="max_train_tokens of each run")
+    p.add_argument("--batch", type=int, default=4096)
+    p.add_argument("--budget-gib", type=float, default=None,
+                   help="memory_budget of each run in GiB (default: the harness's default, "
+                        "divided among the concurrent runs)")
+    p.add_argument("--modes", default="single,workers,lockstep",
+                   help="comma-separated: single, workers (two concurrent runs), lockstep")
+    p.add_argument("--shuffle-check", metavar="TOKENS",
+                   help="instead: the held-out FVU of one epoch at each comma-separated shuffle "
+                        "buffer size (tokens; 0 = the whole split in memory), same seed")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    return p
+
+
+def child(spec: dict) -> None:
+    """One training run (or a lockstep pair); prints its plan and the time of its first step."""
+    import torch
+
+    from harness.core.loader import ActivationLoader
+    from harness.core.sae import TopKSae
+    from harness.core.training import LockstepMember, SaeTrainer
+    from harness.core.training.config import SaeTrainingConfig
+
+    torch.set_num_threads(int(spec["threads"]))
+    start = time.perf_counter()
+    first: list[float] = []
+    real = ActivationLoader.train_batches
+
+    def timed(self, epoch):  # the time the first batch reaches the step
+        for batch in real(self, epoch):
+            if not first:
+                first.append(time.perf_counter() - start)
+                print(json.dumps({"plan": self.memory_plan.describe()}), flush=True)
+            yield batch
+
+    ActivationLoader.train_batches = timed
+    cfg = SaeTrainingConfig(batch_size=spec["batch"], max_train_tokens=spec["tokens"],
+                            progress=False, memory_budget=spec["budget"], epochs=1)
+    members = [LockstepMember(TopKSae(spec["n"], spec["d"], spec["k"], seed=i), cfg, save=False)
+               for i in range(spec["members"])]
+    SaeTrainer.train_lockstep(spec["store"], spec["run_id"], spec["layer"], members)
+    print(json.dumps({"first_step_s": first[0] if first else None,
+                      "wall_s": time.perf_counter() - start}), flush=True)
+
+
+def shuffle_check(args: argparse.Namespace) -> None:
+    """Held-out FVU after one epoch at each shuffle buffer size (0: in memory), one seed."""
+    from harness import SaeTrainer, SaeTrainingConfig, TopKSae
+    from harness.core.store import open_store
+
+    d = open_store(args.store).open(args.run_id, args.layer).d
+    print(f"{'buffer tokens':>13} {'held-out FVU':>12} {'vs in memory':>12}")
+    base = None
+    for size in (int(v) for v in args.shuffle_check.split(",")):
+        cfg = SaeTrainingConfig(batch_size=args.batch, progress=False, epochs=1,
+                                shuffle_buffer_tokens=size or 1 << 30,
+                                in_memory_bytes=(1 << 40) if size == 0 else 0,
+                                memory_budget=1 << 40)
+        sae = TopKSae(args.n_latents, d, args.k, seed=0)
+        history = SaeTrainer(sae).train(store=args.store, run_id=args.run_id,
+                                        layer_signature=args.layer, config=cfg, save=False)
+        fvu = history["fvu"][-1]
+        base = fvu if base is None else base
+        print(f"{size or 'in memory':>13} {fvu:12.4f} {fvu / base:12.3f}", flush=True)
+
+
+def _status(pid: int) -> dict[str, int]:
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("RssAnon", "RssFile", "VmHWM"):
+                    out[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def run_children(specs: list[dict]) -> list[dict]:
+    procs = [subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)],
+                              stdout=subprocess.PIPE, text=True, cwd=ROOT) for spec in specs]
+    peaks = [{"RssAnon": 0, "RssFile": 0, "VmHWM": 0} for _ in procs]
+
+    def sample() -> None:
+        while any(p.poll() is None for p in procs):
+            for p, peak in zip(procs, peaks, strict=True):
+                for key, value in _status(p.pid).items():
+                    peak[key] = max(peak[key], value)
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    results = []
+    for p, peak in zip(procs, peaks, strict=True):
+        out, _ = p.communicate()
+        if p.returncode != 0:
+            raise SystemExit(f"a run failed (exit {p.returncode}):\n{out}")
+        info: dict = {}
+        for line in out.splitlines():
+            if line.startswith("{"):
+                info.update(json.loads(line))
+        results.append({**info, **peak})
+    sampler.join()
+    return results
+
+
+def main() -> int:
+    args = build_parser().parse_args()
+    if args.child:
+        child(json.loads(args.child))
+        return 0
+    if not (args.store and args.run_id and args.layer):
+        raise SystemExit("--store, --run-id and --layer are required")
+    if args.shuffle_check:
+        shuffle_check(args)
+        return 0
+    from harness.core.memory_plan import default_budget
+    from harness.core.store import open_store
+
+    d = open_store(args.store).open(args.run_id, args.layer).d
+    cores = os.cpu_count() or 1
+    base = {"store": args.store, "run_id": args.run_id, "layer": args.layer, "d": d,
+            "n": args.n_latents, "k": args.k, "tokens": args.tokens, "batch": args.batch}
+    print(f"d={d} n_latents={args.n_latents} k={args.k} tokens={args.tokens} "
+          f"batch={args.batch}")
+    print(f"{'mode':<10} {'budget GiB':>10} {'anon GiB':>9} {'file GiB':>9} {'anon/budget':>11} "
+          f"{'first step s':>12} {'wall s':>7}")
+    for mode in args.modes.split(","):
+        runs, members = {"single": (1, 1), "workers": (2, 1), "lockstep": (1, 2)}[mode]
+        budget = (int(args.budget_gib * 2**30) if args.budget_gib is not None
+                  else default_budget(runs))
+        specs = [{**base, "budget": budget, "members": members,
+                  "threads": max(1, cores // runs)} for _ in range(runs)]
+        for i, r in enumerate(run_children(specs)):
+            name = mode if runs == 1 else f"{mode}[{i}]"
+            print(f"{name:<10} {budget / 2**30:10.2f} {r['RssAnon'] / 2**30:9.2f} "
+                  f"{r['RssFile'] / 2**30:9.2f} {r['RssAnon'] / budget:11.2f} "
+                  f"{r['first_step_s']:12.1f} {r['wall_s']:7.1f}", flush=True)
+            print(f"  {r.get('plan', '')}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
