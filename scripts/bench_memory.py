@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", help="its layer signature (required)")
     p.add_argument("--n-latents", type=int, default=4096)
     p.add_argument("--k", type=int, default=32)
-    p.add_argument("--tokens", type=int, default=200_000, help="max_train_tokens of each run")
+    p.add_argument("--tokens", type=int, default=200_000,
+                   help="max_train_tokens of each run; 0 = one whole epoch of the store")
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--budget-gib", type=float, default=None,
                    help="memory_budget of each run in GiB (default: the harness's default, "
@@ -68,7 +69,7 @@ def child(spec: dict) -> None:
             yield batch
 
     ActivationLoader.train_batches = timed
-    cfg = SaeTrainingConfig(batch_size=spec["batch"], max_train_tokens=spec["tokens"],
+    cfg = SaeTrainingConfig(batch_size=spec["batch"], max_train_tokens=spec["tokens"] or None,
                             progress=False, memory_budget=spec["budget"], epochs=1)
     members = [LockstepMember(TopKSae(spec["n"], spec["d"], spec["k"], seed=i), cfg, save=False)
                for i in range(spec["members"])]
@@ -115,12 +116,17 @@ def run_children(specs: list[dict]) -> list[dict]:
     procs = [subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)],
                               stdout=subprocess.PIPE, text=True, cwd=ROOT) for spec in specs]
     peaks = [{"RssAnon": 0, "RssFile": 0, "VmHWM": 0} for _ in procs]
+    series: list[list[tuple[float, int]]] = [[] for _ in procs]  # (time, RssAnon)
+    start = time.perf_counter()
 
     def sample() -> None:
         while any(p.poll() is None for p in procs):
-            for p, peak in zip(procs, peaks, strict=True):
-                for key, value in _status(p.pid).items():
+            for p, peak, seen in zip(procs, peaks, series, strict=True):
+                status = _status(p.pid)
+                for key, value in status.items():
                     peak[key] = max(peak[key], value)
+                if "RssAnon" in status:
+                    seen.append((time.perf_counter() - start, status["RssAnon"]))
             time.sleep(0.02)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -136,6 +142,10 @@ def run_children(specs: list[dict]) -> list[dict]:
                 info.update(json.loads(line))
         results.append({**info, **peak})
     sampler.join()
+    for r, seen in zip(results, series, strict=True):  # flat memory: the halves' peaks agree
+        half = seen[-1][0] / 2 if seen else 0.0
+        r["first_half"] = max((a for t, a in seen if t <= half), default=0)
+        r["second_half"] = max((a for t, a in seen if t > half), default=0)
     return results
 
 
@@ -159,7 +169,7 @@ def main() -> int:
     print(f"d={d} n_latents={args.n_latents} k={args.k} tokens={args.tokens} "
           f"batch={args.batch}")
     print(f"{'mode':<10} {'budget GiB':>10} {'anon GiB':>9} {'file GiB':>9} {'anon/budget':>11} "
-          f"{'first step s':>12} {'wall s':>7}")
+          f"{'first step s':>12} {'wall s':>7}  anon peak GiB, 1st / 2nd half of the run")
     for mode in args.modes.split(","):
         runs, members = {"single": (1, 1), "workers": (2, 1), "lockstep": (1, 2)}[mode]
         budget = (int(args.budget_gib * 2**30) if args.budget_gib is not None
@@ -170,7 +180,8 @@ def main() -> int:
             name = mode if runs == 1 else f"{mode}[{i}]"
             print(f"{name:<10} {budget / 2**30:10.2f} {r['RssAnon'] / 2**30:9.2f} "
                   f"{r['RssFile'] / 2**30:9.2f} {r['RssAnon'] / budget:11.2f} "
-                  f"{r['first_step_s']:12.1f} {r['wall_s']:7.1f}", flush=True)
+                  f"{r['first_step_s']:12.1f} {r['wall_s']:7.1f}  "
+                  f"{r['first_half'] / 2**30:.2f} / {r['second_half'] / 2**30:.2f}", flush=True)
             print(f"  {r.get('plan', '')}", flush=True)
     return 0
 
