@@ -21,17 +21,17 @@ def _counting_source(store: LocalStore, run: str = "idx"):
     """The run's source, counting shard reads (whole, or a piece at a time)."""
     source = store.open(run, "L")
     reads = []
-    read, read_rows = source.read_shard, source.read_rows
+    read, read_piece = source.read_shard, source.read_piece
 
     def counted(i: int) -> torch.Tensor:
         reads.append(i)
         return read(i)
 
-    def counted_rows(i: int, rows: int):
+    def counted_piece(i: int, start: int, stop: int) -> torch.Tensor:
         reads.append(i)
-        return read_rows(i, rows)
+        return read_piece(i, start, stop)
 
-    source.read_shard, source.read_rows = counted, counted_rows
+    source.read_shard, source.read_piece = counted, counted_piece
     return source, reads
 
 

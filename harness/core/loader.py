@@ -125,6 +125,12 @@ class ActivationLoader:
             held = held[torch.linspace(0, len(held) - 1, want).round().long()]
         return held
 
+    def _pieces(self, i: int, length: int) -> list[tuple[int, int]]:
+        """The [start, stop) pieces shard `i`'s first `length` tokens are read in: READ_ROWS
+        each, or the whole shard where it cannot be sliced (a padded one)."""
+        rows = READ_ROWS if self.source.sliceable(i) else length
+        return [(start, min(length, start + rows)) for start in range(0, length, rows)]
+
     def _shard_masks(self, entry: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(train mask, eval-subset mask) over the first `length` tokens of a shard."""
         _, start, length = entry
@@ -197,17 +203,13 @@ class ActivationLoader:
                            dtype=self.source.dtype, pin_memory=self._pin)
         at = 0
         for (i, _, length), keep in zip(self._offsets, masks, strict=True):
-            if not bool(keep.any()):
-                continue
-            start = 0
-            for piece in self.source.read_rows(i, READ_ROWS):
-                piece = piece[:max(0, length - start)]
-                ids = torch.nonzero(keep[start:start + piece.shape[0]]).flatten()
+            for start, stop in self._pieces(i, length):
+                ids = torch.nonzero(keep[start:stop]).flatten()
+                if not ids.numel():  # a piece with none of the split's rows is never read
+                    continue
+                piece = self.source.read_piece(i, start, stop)
                 torch.index_select(piece, 0, ids, out=held[at:at + ids.numel()])
                 at += ids.numel()
-                start += piece.shape[0]
-                if start >= length:
-                    break
         return held
 
     def _split_key(self) -> tuple:
@@ -250,16 +252,14 @@ class ActivationLoader:
         size = max(bs, min(self.config.shuffle_buffer_tokens, self.n_train_tokens))
         buf = torch.empty(size, self.source.d, dtype=self.source.dtype)
         at = 0
-        pieces = [(entry, start) for entry in self._offsets
-                  for start in (range(0, entry[2], READ_ROWS) if self.source.sliceable(entry[0])
-                                else (0,))]
+        train = [self._shard_masks(entry)[0] for entry in self._offsets]
+        pieces = [(j, start, stop) for j, (i, _, length) in enumerate(self._offsets)
+                  for start, stop in self._pieces(i, length)]
         order = torch.randperm(len(pieces), generator=gen).tolist()
         for j, pos in enumerate(order):
-            entry, start = pieces[pos]
-            i, _, length = entry
-            stop = min(length, start + READ_ROWS) if self.source.sliceable(i) else length
-            piece = self.source.read_piece(i, start, stop)
-            ids = torch.nonzero(self._shard_masks(entry)[0][start:stop]).flatten()
+            shard, start, stop = pieces[pos]
+            piece = self.source.read_piece(self._offsets[shard][0], start, stop)
+            ids = torch.nonzero(train[shard][start:stop]).flatten()
             last = j == len(order) - 1
             while ids.numel():
                 take = min(size - at, ids.numel())

@@ -33,9 +33,9 @@ EVAL_SHARE = 0.1
 """The held-out tokens' share of what the fixed part leaves."""
 STASH_SHARE = 0.1
 """The finish's kept batches' share of it."""
-EVAL_BYTES = 256 << 20
-"""The held-out tokens take at most this much at any width: `max_eval_tokens` binds up to
-d = 2,048 in fp16 (1,024 in float32), this above."""
+EVAL_BYTES = 128 << 20
+"""The held-out tokens take at most this much at any width: `max_eval_tokens` (65,536) binds
+up to d = 1,024 in fp16 (512 in float32), this above (32,768 tokens at d = 2,048 in fp16)."""
 BUFFER_BYTES = 512 << 20
 """A shuffle buffer takes at most this much (131,072 tokens at d = 2,048 in fp16): the held-out
 FVU it gives is that of a full shuffle (docs/data.md)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,17 +113,6 @@ class ActivationSource:
                 raise StoreError(f"{ref.path} (key {ref.key!r}): {bad} token(s) hold NaN or "
                                  "inf activations")
         return piece
-
-    def read_rows(self, i: int, rows: int) -> Iterator[torch.Tensor]:
-        """Shard `i`'s tokens in consecutive pieces of at most `rows` (a padded shard: read
-        once, then cut)."""
-        if not self.sliceable(i):
-            shard = self.read_shard(i)
-            for start in range(0, shard.shape[0], rows):
-                yield shard[start:start + rows]
-            return
-        for start in range(0, self.shards[i].n_tokens, rows):
-            yield self.read_piece(i, start, start + rows)
 
 
 def same_layer(stored: str, requested: str) -> bool:

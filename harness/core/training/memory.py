@@ -5,6 +5,7 @@ cannot hold the run."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import TYPE_CHECKING
 
 import torch
@@ -17,6 +18,8 @@ from harness.core.training import finish
 
 if TYPE_CHECKING:
     from harness.core.training.trainer import LockstepMember
+
+log = logging.getLogger(__name__)
 
 
 def member_shape(member: LockstepMember, device: torch.device) -> TrainingShape:
@@ -61,6 +64,7 @@ def planned_loader(loader: ActivationLoader, members: list[LockstepMember],
         max_eval_tokens=plan.eval_tokens)
     sized = ActivationLoader(source, config, device=loader.device, dtype=loader.dtype)
     sized.memory_plan = plan
+    log.info("%s", plan.describe())
     return sized
 
 
