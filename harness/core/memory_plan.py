@@ -4,8 +4,8 @@ What a run holds on the host, and how the budget sizes it:
 
 - fixed: what the process holds already (the interpreter, torch, a sweep worker's language
   model), the SAEs, their gradients, optimiser state and one step's working set when they train
-  on the CPU (harness.core.footprint; on a GPU they live there), the batches in flight in
-  float32, and one shard while it is read (the store is read a shard at a time);
+  on the CPU (harness.core.footprint, and STEP_ROWS [B, d] temporaries; on a GPU they live
+  there), the batches in flight in float32, and one piece of the store while it is read;
 - the held-out tokens, in the store's dtype (converted a batch at a time when evaluated): at most
   `max_eval_tokens`, EVAL_BYTES and EVAL_SHARE of what the fixed part leaves;
 - the finish's kept batches (float32): at most their cap and STASH_SHARE of it;
@@ -43,6 +43,10 @@ REUSE_FACTOR = 4
 """Freed blocks kept for reuse (harness.core.cpu_memory) stay resident: with a limit of L bytes
 a run's peak was up to about 3.5 L above its live tensors (d = 2,048, n = 4,096: docs/data.md), so
 the plan sets REUSE_FACTOR x L aside for it, or turns it off when the budget cannot."""
+STEP_ROWS = 8
+"""[B, d] float32 temporaries of a CPU step beside the SAE's own terms (reconstruction, error,
+their gradients): the count that keeps the plan above the peaks measured at d = 2,048 and 4,096
+(docs/data.md)."""
 F32 = 4
 
 
@@ -130,6 +134,17 @@ def process_memory() -> int:
     return pending
 
 
+def fixed_bytes(*, d: int, itemsize: int, batch_size: int, read_rows: int, model_bytes: int,
+                host_device: bool, prefetch_batches: int = 0, baseline: int = 0) -> int:
+    """The plan's fixed part (the module docstring); with one batch of tokens beside it, the
+    least a budget must hold."""
+    in_flight = (2 + (0 if host_device else prefetch_batches)) * batch_size * d * F32
+    if host_device:
+        in_flight += STEP_ROWS * batch_size * d * F32
+    return (baseline + (model_bytes if host_device else 0) + in_flight
+            + read_rows * d * itemsize)
+
+
 def plan_memory(*, budget: int, d: int, itemsize: int, n_train: int, n_heldout: int,
                 planned_tokens: int, batch_size: int, shard_tokens: int, max_eval_tokens: int,
                 shuffle_buffer_tokens: int, in_memory_bytes: int, stash_wanted: int,
@@ -152,15 +167,17 @@ def plan_memory(*, budget: int, d: int, itemsize: int, n_train: int, n_heldout: 
             return dataclasses.replace(plain, reuse_bytes=reuse_bytes)
         return plain
     row = d * itemsize
-    in_flight = (2 + (0 if host_device else prefetch_batches)) * batch_size * d * F32
-    fixed = baseline + (model_bytes if host_device else 0) + in_flight + shard_tokens * row
+    fixed = fixed_bytes(d=d, itemsize=itemsize, batch_size=batch_size, read_rows=shard_tokens,
+                        model_bytes=model_bytes, host_device=host_device,
+                        prefetch_batches=prefetch_batches, baseline=baseline)
     least = fixed + batch_size * row
     if budget < least:
         raise MemoryBudgetError(
             f"memory_budget {gib(budget)} cannot hold this run: it needs at least {gib(least)} "
             f"({gib(baseline)} this process holds already, {gib(fixed - baseline)} for the "
-            f"SAE, its step, the batches in flight and a shard being read, and one batch of "
-            f"{batch_size} tokens); raise memory_budget or lower batch_size or the SAE's size")
+            f"SAE, its step, the batches in flight and a piece of the store being read, and "
+            f"one batch of {batch_size} tokens); raise memory_budget or lower batch_size or the "
+            "SAE's size")
     rest = budget - fixed
     eval_tokens = min(max_eval_tokens, n_heldout)
     if host_device:

@@ -20,7 +20,7 @@ from harness.core.footprint import (
     training_bytes,
 )
 from harness.core.loader import READ_ROWS
-from harness.core.memory_plan import default_budget
+from harness.core.memory_plan import default_budget, fixed_bytes
 from harness.core.training.config import SaeTrainingConfig
 from harness.sweep.devices import DeviceError, WorkerSlot
 from harness.sweep.space import LoadedSpace, ParamSpec, bounding_values
@@ -122,9 +122,10 @@ def check_host_memory(slots: list[WorkerSlot], loaded: LoadedSpace, budget: int)
         return
     shape, _ = largest_trial(loaded)
     lockstep = loaded.space.lockstep
-    row = loaded.d * 4  # at most float32 tokens
-    least = (WORKER_BASELINE + model_bytes([shape] * lockstep) + 3 * shape.batch_size * row
-             + READ_ROWS * row)
+    row = loaded.d * 4  # float32 tokens at most
+    least = row * shape.batch_size + fixed_bytes(
+        d=loaded.d, itemsize=4, batch_size=shape.batch_size, read_rows=READ_ROWS,
+        model_bytes=model_bytes([shape] * lockstep), host_device=True, baseline=WORKER_BASELINE)
     if least <= budget:
         return
     raise DeviceError(
