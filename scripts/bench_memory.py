@@ -4,7 +4,9 @@ time to the first training step, for one run, two concurrent runs (two sweep wor
 lockstep pair.
 
 Each run trains in a process of its own, sampled from /proc/<pid>/status every 20 ms (RssAnon,
-RssFile; VmHWM at its end). The baseline is the budget itself: each line prints peak / budget.
+RssFile; VmHWM at its end; read_bytes from /proc/<pid>/io: what it made the disk read, 0 for
+pages already in the page cache). The baseline is the budget itself: each line prints peak /
+budget.
 
     python scripts/bench_memory.py --store /data/d2048 --run-id random --layer wide \\
         --n-latents 4096 --k 32 --tokens 200000
@@ -107,6 +109,11 @@ def _status(pid: int) -> dict[str, int]:
                 key, _, value = line.partition(":")
                 if key in ("RssAnon", "RssFile", "VmHWM"):
                     out[key] = int(value.split()[0]) * 1024
+        with open(f"/proc/{pid}/io", encoding="ascii") as f:  # bytes it made the disk read
+            for line in f:
+                key, _, value = line.partition(":")
+                if key == "read_bytes":
+                    out[key] = int(value)
     except OSError:
         pass
     return out
@@ -115,7 +122,7 @@ def _status(pid: int) -> dict[str, int]:
 def run_children(specs: list[dict]) -> list[dict]:
     procs = [subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)],
                               stdout=subprocess.PIPE, text=True, cwd=ROOT) for spec in specs]
-    peaks = [{"RssAnon": 0, "RssFile": 0, "VmHWM": 0} for _ in procs]
+    peaks = [{"RssAnon": 0, "RssFile": 0, "VmHWM": 0, "read_bytes": 0} for _ in procs]
     series: list[list[tuple[float, int]]] = [[] for _ in procs]  # (time, RssAnon)
     start = time.perf_counter()
 
@@ -169,7 +176,7 @@ def main() -> int:
     print(f"d={d} n_latents={args.n_latents} k={args.k} tokens={args.tokens} "
           f"batch={args.batch}")
     print(f"{'mode':<10} {'budget GiB':>10} {'anon GiB':>9} {'file GiB':>9} {'anon/budget':>11} "
-          f"{'first step s':>12} {'wall s':>7}  anon peak GiB, 1st / 2nd half of the run")
+          f"{'first step s':>12} {'wall s':>7} {'read GiB':>8}  anon peak GiB, 1st / 2nd half")
     for mode in args.modes.split(","):
         runs, members = {"single": (1, 1), "workers": (2, 1), "lockstep": (1, 2)}[mode]
         budget = (int(args.budget_gib * 2**30) if args.budget_gib is not None
@@ -180,7 +187,7 @@ def main() -> int:
             name = mode if runs == 1 else f"{mode}[{i}]"
             print(f"{name:<10} {budget / 2**30:10.2f} {r['RssAnon'] / 2**30:9.2f} "
                   f"{r['RssFile'] / 2**30:9.2f} {r['RssAnon'] / budget:11.2f} "
-                  f"{r['first_step_s']:12.1f} {r['wall_s']:7.1f}  "
+                  f"{r['first_step_s']:12.1f} {r['wall_s']:7.1f} {r['read_bytes'] / 2**30:8.2f}  "
                   f"{r['first_half'] / 2**30:.2f} / {r['second_half'] / 2**30:.2f}", flush=True)
             print(f"  {r.get('plan', '')}", flush=True)
     return 0

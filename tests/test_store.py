@@ -98,6 +98,33 @@ def test_truncated_shard_is_named(tmp_path: Path):
         store.open("r", "L")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_a_piece_is_read_as_the_shards_rows_in_every_dtype(tmp_path: Path, dtype):
+    store = LocalStore(tmp_path)
+    store.put_activations("r", "L", torch.randn(1000, 24), dtype=dtype, shard_tokens=400)
+    src = store.open("r", "L")
+    for i, start, stop in ((0, 0, 7), (1, 5, 300), (2, 150, 999), (0, 390, 400)):
+        piece = src.read_piece(i, start, stop)
+        assert piece.dtype == dtype
+        assert torch.equal(piece, src.read_shard(i)[start:stop]), (i, start, stop)
+
+
+def test_a_shard_cut_short_after_opening_is_named_when_a_piece_is_read(tmp_path: Path):
+    store = LocalStore(tmp_path)
+    store.put_activations("r", "L", torch.randn(100, 8))
+    src = store.open("r", "L")
+    shard = tmp_path / "activations" / "r" / "shard_00000.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-64])
+    with pytest.raises(StoreError, match=r"shard_00000.safetensors: truncated"):
+        src.read_piece(0, 90, 100)
+    bad = torch.randn(100, 8)
+    bad[95, 1] = float("nan")
+    save_file({"activations": bad}, str(shard))
+    src = store.open("r", "L")
+    with pytest.raises(StoreError, match=r"1 token\(s\) hold NaN or inf"):
+        src.read_piece(0, 90, 100)
+
+
 def test_shard_with_other_d_than_meta_is_named(tmp_path: Path):
     store = LocalStore(tmp_path)
     store.put_activations("r", "L", torch.randn(10, 8))

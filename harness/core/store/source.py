@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +59,7 @@ class ActivationSource:
     """The layout's registry name ("saesweep", "mi_crow")."""
     meta: dict[str, Any] = field(default_factory=dict)
     _checked: set[int] = field(default_factory=set, repr=False)
+    _data_at: dict[int, int | None] = field(default_factory=dict, repr=False)
 
     @property
     def n_tokens(self) -> int:
@@ -97,16 +100,37 @@ class ActivationSource:
 
     def read_piece(self, i: int, start: int, stop: int) -> torch.Tensor:
         """Tokens [start, stop) of shard `i` (the rows read_shard gives there). A [tokens, d]
-        shard is read through safetensors' slices, so only the piece is held; a padded
+        shard is read with one positioned read of just those rows and no read-ahead (through a
+        memory map, each piece would read the device's whole read-ahead window); a padded
         [batch, seq, d] shard (mi_crow's) is read whole, then cut."""
         if not self.sliceable(i):
             return self.read_shard(i)[start:stop]
         ref = self.shards[i]
-        with open_safetensors(ref.path) as f:
+        stop = min(stop, ref.n_tokens)
+        at = self._tensor_start(i)
+        if at is None:  # a header this reader does not expect: safetensors' own slice
+            with open_safetensors(ref.path) as f:
+                try:
+                    piece = f.get_slice(ref.key)[start:stop]
+                except (SafetensorError, OSError) as e:
+                    raise StoreError(f"{ref.path}: cannot read tensor {ref.key!r} ({e})") from e
+        else:
+            piece = torch.empty(max(0, stop - start), self.d, dtype=self.dtype)
+            raw = memoryview(piece.view(torch.uint8).numpy()).cast("B")
+            row = self.d * piece.element_size()
             try:
-                piece = f.get_slice(ref.key)[start:min(stop, ref.n_tokens)]
-            except (SafetensorError, OSError) as e:
+                with open(ref.path, "rb", buffering=0) as f:
+                    if hasattr(os, "posix_fadvise"):  # no read-ahead past the piece
+                        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+                    f.seek(at + start * row)
+                    got = 0
+                    while got < len(raw) and (n := f.readinto(raw[got:])):
+                        got += n
+            except OSError as e:
                 raise StoreError(f"{ref.path}: cannot read tensor {ref.key!r} ({e})") from e
+            if got != len(raw):
+                raise StoreError(f"{ref.path}: truncated: tensor {ref.key!r} ends before token "
+                                 f"{stop}")
         if not math.isfinite(float(piece.sum(dtype=torch.float32))):
             bad = int((~torch.isfinite(piece)).any(dim=1).sum())
             if bad:
@@ -114,6 +138,27 @@ class ActivationSource:
                                  "inf activations")
         return piece
 
+    def _tensor_start(self, i: int) -> int | None:
+        """The file offset of shard `i`'s first value, from its safetensors header (8 bytes of
+        header length, the JSON header, then the data), or None where the header is not the
+        plain [tokens, d] tensor in this source's dtype that a positioned read assumes."""
+        if i not in self._data_at:
+            ref = self.shards[i]
+            at = None
+            try:
+                with open(ref.path, "rb") as f:
+                    size = int.from_bytes(f.read(8), "little")
+                    entry = json.loads(f.read(size)).get(ref.key, {})
+                begin, end = entry.get("data_offsets", (0, -1))
+                itemsize = torch.empty(0, dtype=self.dtype).element_size()
+                if (sys.byteorder == "little" and FLOAT_DTYPES.get(entry.get("dtype")) == self.dtype
+                        and tuple(entry.get("shape", ())) == ref.shape
+                        and end - begin == math.prod(ref.shape) * itemsize):
+                    at = 8 + size + begin
+            except (OSError, ValueError):
+                pass  # safetensors' own reader says what is wrong
+            self._data_at[i] = at
+        return self._data_at[i]
 
 def same_layer(stored: str, requested: str) -> bool:
     """Either spelling: dotted module path or mi_crow's flattened `<modelclass>_<path>` name.
