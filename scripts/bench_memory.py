@@ -1,5 +1,5 @@
 """Host memory of training runs against their byte budget (`memory_budget`,
-harness.core.memory_plan): peak anonymous and file-backed resident memory, wall time and the
+harness.core.runtime.memory_plan): peak anonymous and file-backed resident memory, wall time and the
 time to the first training step, for one run, two concurrent runs (two sweep workers) and a
 lockstep pair.
 
@@ -166,7 +166,7 @@ def main() -> int:
     if args.shuffle_check:
         shuffle_check(args)
         return 0
-    from harness.core.memory_plan import default_budget
+    from harness.core.runtime.memory_plan import default_budget
     from harness.core.store import open_store
 
     d = open_store(args.store).open(args.run_id, args.layer).d

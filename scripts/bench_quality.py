@@ -58,7 +58,6 @@ from heldout_split import add_run_arguments, split_run
 from sparsify_step import sparsify_trainer
 
 from harness.core.loader import MIN_EVAL_TOKENS, ActivationLoader
-from harness.core.recipes import LEGACY_SAE, LEGACY_TRAINING
 from harness.core.sae import TopKSae
 from harness.core.store import LocalStore
 from harness.core.training import SaeTrainer, SaeTrainingConfig
@@ -66,6 +65,16 @@ from harness.evaluate.downstream import DownstreamConfig, DownstreamEvaluator, s
 
 SAE_ARGS = set(inspect.signature(TopKSae.__init__).parameters) - {"self", "n_latents",
                                                                    "n_inputs", "device"}
+
+# the recipe before the quality work (--recipe legacy): the settings that work changed, at
+# their old values
+LEGACY_SAE: dict[str, float] = {"encoder_init_scale": 1.0}
+"""SparseAutoencoder arguments: unit-norm encoder rows (now 1/sqrt(3))."""
+LEGACY_TRAINING: dict[str, float | bool] = {"lr": 2e-4, "decoder_refit": False,
+                                            "decoder_lr_scale": 1.0, "lr_warmup_steps": 0}
+"""SaeTrainingConfig fields: a fixed learning rate (now default_lr of the size and steps), the
+decoder as Adam left it (now refit by least squares, harness.core.training.refit), one learning rate
+for all parameters (now 4x for the decoder rows) and no warm-up (now a tenth of the steps)."""
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ are what to read; absolute tokens/s depend on the machine.
     python scripts/bench_trainer.py --n-latents 3072 --steps 6 --device cuda
     python scripts/bench_trainer.py --device cuda --compare sparsify --d 4096 --n-latents 131072 \
         --k 64 --rounds 0
-    python scripts/bench_trainer.py --glibc-default   # without harness.core.cpu_memory
+    python scripts/bench_trainer.py --glibc-default   # without harness.core.runtime.cpu_memory
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from sparsify_step import sparsify_trainer
 
 from harness import LocalStore, SaeTrainer, SaeTrainingConfig, TopKSae
-from harness.core.cpu_memory import reuse_freed_blocks
 from harness.core.loader import MIN_EVAL_TOKENS
+from harness.core.runtime.cpu_memory import reuse_freed_blocks
 from harness.core.training import LockstepMember
 
 

@@ -1,6 +1,6 @@
 """What a sweep trial costs outside its training loop, with the store read again for every trial
 (a script training once) and with the tokens kept across trials (what a sweep worker does,
-harness.core.token_cache), in one process on one store.
+harness.core.runtime.token_cache), in one process on one store.
 
 For each mode, `--trials` trainings one after another through `SaeTrainer.train` (d=512,
 n_latents=4096, k=32, batch 4096, `--steps` steps, no decoder refit: setup is what is timed):
@@ -22,7 +22,7 @@ import time
 import torch
 
 from harness import LocalStore, SaeTrainer, SaeTrainingConfig, TopKSae
-from harness.core import token_cache
+from harness.core.runtime import token_cache
 
 
 def main() -> None:

@@ -18,9 +18,9 @@ from collections.abc import Callable
 
 import torch
 
-from harness.core import refit
 from harness.core.activations import base
 from harness.core.sae import TopKSae
+from harness.core.training import refit
 
 
 def median_s(fn: Callable[[], None], repeats: int) -> float:

@@ -1,2 +1,2 @@
-"""The core: activation stores and batches, the TopK SAE and its sparse backward, the one shared
-trainer, and the metric definitions (docs/metrics.md) everything else reports."""
+"""The core: activation stores and batches, the sparse autoencoder and its sparse backward, the
+one shared trainer, and the metric definitions (docs/metrics.md) everything else reports."""

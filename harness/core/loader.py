@@ -10,8 +10,8 @@ Training order: when the training tokens fit in `in_memory_bytes`, they are read
 epoch is a full permutation (the fast path). Otherwise shards are read one at a time, in a
 shuffled order, into a shuffle buffer of `shuffle_buffer_tokens` tokens that is permuted before
 batches are cut. Both are reproducible from the seed, and both hold tokens in the store's dtype
-(a batch is converted when it is cut). harness.core.memory_plan sizes them from a byte budget.
-"""
+(a batch is converted when it is cut). harness.core.runtime.memory_plan sizes them from a byte
+budget. """
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.core import token_cache
-from harness.core.memory_plan import MemoryPlan
+from harness.core.runtime import token_cache
+from harness.core.runtime.memory_plan import MemoryPlan
 from harness.core.store import ActivationSource, StoreError
 
 READ_ROWS = 256
@@ -107,7 +107,7 @@ class ActivationLoader:
         self._cache: torch.Tensor | None = None
         self._eval: torch.Tensor | None = None
         self.memory_plan: MemoryPlan | None = None
-        """The byte plan its sizes came from (harness.core.memory_plan), when a trainer made
+        """The byte plan its sizes came from (harness.core.runtime.memory_plan), when a trainer made
         one."""
 
     # ---------------------------------------------------------------------------- split

@@ -97,7 +97,6 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
 )}
 OBJECTIVE_METRICS = tuple(name for name, m in METRICS.items() if m.objective)
 EVAL_METRICS = tuple(name for name, m in METRICS.items() if m.source == "eval")
-DOWNSTREAM_METRICS = tuple(name for name, m in METRICS.items() if m.source == "downstream")
 
 
 def metric(name: str) -> Metric:

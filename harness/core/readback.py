@@ -13,8 +13,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from harness.errors import SaesweepError
 
-class CorruptFile(ValueError):
+
+class CorruptFile(SaesweepError, ValueError):
     """A file that cannot be read back as what it should be; the message names it and why."""
 
 

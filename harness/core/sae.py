@@ -1,4 +1,5 @@
-"""TopK sparse autoencoder after Gao et al. 2024, "Scaling and evaluating sparse autoencoders".
+"""The sparse autoencoder: TopK after Gao et al. 2024, "Scaling and evaluating sparse
+autoencoders", and every other activation of the registry on the same weights.
 
 - the input is centred by the pre-encoder bias `b_dec` (initialised from the data);
 - latents are ReLU of the top-k encoder pre-activations, all others are zero;
@@ -7,7 +8,7 @@
   docs/experiments.md);
 - decoder rows are kept at unit norm after every step, and the gradient component parallel to
   each row is removed before the step (the trainer's final least-squares refit,
-  harness.core.refit, then sets them at the data's scale);
+  harness.core.training.refit, then sets them at the data's scale);
 - an auxiliary loss (AuxK) lets dead latents model the residual error.
 
 `activation` names how a token's active latents are chosen (harness.core.activations: "topk",
@@ -32,11 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.core.activations import activation_class
+from harness.core.activations import DEFAULT_ACTIVATION, activation_class
 from harness.core.atomic import write_json, write_safetensors
 from harness.core.metrics import DeadLatents
 from harness.core.readback import CorruptFile, check_shapes
 from harness.core.seeding import stream_seed
+from harness.core.shape import k_problem
 from harness.core.sparse_ops import gather_preacts
 
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -72,8 +74,9 @@ def default_k_aux(n_inputs: int, n_latents: int) -> int:
     return min(n_latents, 2 ** round(math.log2(max(n_inputs / 2, 1))))
 
 
-class TopKSae(nn.Module):
-    """A TopK SAE with `n_latents` latents over `n_inputs`-dimensional activations."""
+class SparseAutoencoder(nn.Module):
+    """A sparse autoencoder with `n_latents` latents over `n_inputs`-dimensional activations and
+    one of the registry's activations (`activation`, TopK by default)."""
 
     def __init__(
         self,
@@ -85,15 +88,15 @@ class TopKSae(nn.Module):
         k_aux: int | None = None,
         seed: int | None = None,
         encoder_init_scale: float = DEFAULT_ENCODER_INIT_SCALE,
-        activation: str = "topk",
+        activation: str = DEFAULT_ACTIVATION,
         activation_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         cls = activation_class(activation)
         if not cls.uses_k:
             k = None  # L0 comes out of training (ReLU, JumpReLU)
-        elif k is None or not 0 < k <= n_latents:
-            raise ValueError(f"k must be in [1, n_latents={n_latents}], got k={k}")
+        elif k is None or (problem := k_problem(k, n_latents)):
+            raise ValueError(problem if k is not None else "k is needed for this activation")
         if n_inputs <= 0:
             raise ValueError(f"n_inputs must be positive, got {n_inputs}")
         if not encoder_init_scale > 0:
@@ -233,11 +236,6 @@ class TopKSae(nn.Module):
         w, g = self.W_dec, self.W_dec.grad
         g.sub_((g * w).sum(dim=1, keepdim=True) * w)
 
-    @torch.no_grad()
-    def init_b_dec_(self, sample: torch.Tensor, method: str = "geometric_median") -> None:
-        """Set `b_dec` from a data sample: "geometric_median" (the paper), "mean" or "zeros"."""
-        self.b_dec.copy_(data_center(sample, method).to(self.b_dec))
-
     # ------------------------------------------------------------------------- save / load
     def config_dict(self) -> dict[str, Any]:
         """cfg.json in SAELens 6.x's inference form (what `SAE.load_from_disk` reads, with no
@@ -260,7 +258,7 @@ class TopKSae(nn.Module):
             "saesweep_activation": self.activation,
             "k_aux": self.k_aux,
             **fn.config(self),
-            # False after a decoder refit (harness.core.refit): rows at the data's scale
+            # False after a decoder refit (harness.core.training.refit): rows at the data's scale
             "decoder_rows_unit_norm": bool(torch.allclose(
                 self.W_dec.detach().norm(dim=1), self.W_dec.new_ones(()), atol=1e-4)),
             "metadata": {"sae_lens_version": SAELENS_FORMAT},
@@ -280,7 +278,7 @@ class TopKSae(nn.Module):
         return path
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> TopKSae:
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> SparseAutoencoder:
         """The SAE saved in folder `path`: ours, SAELens' (inference or training), sparsify's
         or dictionary_learning's (harness.core.sae_formats), read exactly or refused with the
         file and field at fault. Never runs code."""
@@ -292,7 +290,7 @@ class TopKSae(nn.Module):
     def from_weights(cls, activation: str, weights: dict[str, torch.Tensor],
                      k: int | None = None, options: dict[str, Any] | None = None,
                      k_aux: int | None = None, where: str = "",
-                     device: torch.device | str = "cpu") -> TopKSae:
+                     device: torch.device | str = "cpu") -> SparseAutoencoder:
         """An SAE of `activation` with these weights (SAELens' names and layouts: W_enc
         [d_in, d_sae], b_enc, W_dec [d_sae, d_in], b_dec, and the activation's own tensors);
         CorruptFile (naming `where`) when a tensor is missing or of the wrong shape."""
@@ -344,3 +342,7 @@ def geometric_median(points: torch.Tensor, iters: int = 50, eps: float = 1e-6) -
             return new
         median = new
     return median
+
+
+TopKSae = SparseAutoencoder
+"""The seed API's name for it (it trains every activation in the registry, TopK first)."""

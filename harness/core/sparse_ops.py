@@ -10,7 +10,8 @@ with a backward that touches only them:
 - dL/db_enc[j]     = sum of g over the slots choosing j (an index_add over B*k values);
 - dL/dx[b]         = sum_s g[b, s] * W_enc[:, idx[b, s]]  (an embedding_bag over encoder rows).
 
-The dense path (autograd through topk) stays in TopKSae as the reference (sparse_backward=False).
+The dense path (autograd through topk) stays in SparseAutoencoder as the reference
+(sparse_backward=False).
 """
 
 from __future__ import annotations

@@ -12,8 +12,6 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from harness.core.atomic import write_json
-from harness.core.store import StoreError
 from harness.data.cache import cache_dir
 
 PYDOC_CORPUS = "pydoc"
@@ -22,6 +20,9 @@ DOCSTRINGS_CORPUS = "docstrings"
 PACKAGE_DOCS_CORPUS = "package-docs"
 CORPORA = (PYDOC_CORPUS, PYTHON_DOCS_CORPUS, DOCSTRINGS_CORPUS, PACKAGE_DOCS_CORPUS)
 
+# harness.core.atomic and harness.core.store (torch) are imported where they are used: the
+# corpus names above are read by the commands' --help
+
 MIN_DOCSTRING = 200
 """Characters a docstring needs to be kept (short ones are mostly signatures)."""
 
@@ -29,6 +30,8 @@ MIN_DOCSTRING = 200
 def corpus_texts(source: str) -> tuple[list[str], str]:
     """(texts, description) from a .txt file, a folder of .txt files, or a corpus name
     (CORPORA)."""
+    from harness.core.store import StoreError
+
     if source in CORPORA:
         from pydoc_data.topics import topics
 
@@ -75,6 +78,8 @@ def package_docstrings() -> list[str]:
 
 
 def _cached_docstrings(kind: str, root: Path) -> list[str]:
+    from harness.core.atomic import write_json
+
     key = hashlib.sha256(f"{sys.version}|{root}".encode()).hexdigest()[:16]
     name = "stdlib-docstrings" if kind == "stdlib" else f"{kind}-docstrings"
     cached = cache_dir("corpora") / f"{name}-{key}.json"

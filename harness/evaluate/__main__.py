@@ -1,5 +1,12 @@
+"""`python -m harness.evaluate`: see harness.evaluate.cli. The arguments are parsed before the
+command is imported, so `--help` and a mistyped option answer at once."""
+
 import sys
 
-from harness.evaluate.cli import main
+from harness.evaluate.arguments import build_parser
+
+build_parser().parse_args()
+
+from harness.evaluate.cli import main  # noqa: E402 - after the arguments, on purpose
 
 sys.exit(main())

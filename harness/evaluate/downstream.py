@@ -21,8 +21,6 @@ each SAE costs one spliced forward pass.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -36,12 +34,12 @@ from safetensors.torch import load_file
 
 from harness.core.atomic import write_safetensors
 from harness.core.metrics import ReconstructionAccumulator
-from harness.core.sae import TopKSae
+from harness.core.sae import SparseAutoencoder
 from harness.core.store import StoreError
 from harness.data.models import LoadedModel, find_module, load_model
+from harness.evaluate.config import DownstreamConfig
 from harness.evaluate.windows import Windows, make_windows
 
-REFERENCE_FORMAT = 1
 HEAD_RTOL = 1e-3  # the output embedding of the kept inputs must give the model's own logits
 
 log = logging.getLogger("saesweep.downstream")
@@ -59,7 +57,7 @@ class Reconstructor(Protocol):
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]: ...
 
 
-def sae_reconstructor(sae: TopKSae) -> Reconstructor:
+def sae_reconstructor(sae: SparseAutoencoder) -> Reconstructor:
     """An SAE of ours (TopK or BatchTopK, at inference) as a Reconstructor."""
 
     @torch.no_grad()
@@ -68,33 +66,6 @@ def sae_reconstructor(sae: TopKSae) -> Reconstructor:
         return out.reconstruction.to(x), (out.top_values > 0).sum()
 
     return run
-
-
-@dataclass(frozen=True)
-class DownstreamConfig:
-    """Which model, hook point and windows an SAE is evaluated on."""
-
-    model: str
-    """A named model (harness.data.models), a local folder or a hub id of a causal LM."""
-    layer: str
-    """Module path of the hook point, as capture names it (e.g. model.layers.6)."""
-    text: str = "docstrings"
-    """A corpus name, a folder of .txt files, or a file of blank-line separated documents."""
-    windows: int = 64
-    """How many windows (the first ones, in document order)."""
-    seq_len: int = 128
-    """Text tokens per window (the BOS comes in front)."""
-    batch_windows: int = 8
-    """Windows per forward pass (memory: batch_windows x seq_len x vocabulary logits)."""
-    device: str = "cpu"
-    """Where the model runs."""
-
-    def key(self, model_path: str) -> str:
-        """What identifies a reference: model, hook point and windows (not batching, device)."""
-        what = {"format": REFERENCE_FORMAT, "model": self.model, "path": model_path,
-                "layer": self.layer, "text": self.text, "windows": self.windows,
-                "seq_len": self.seq_len}
-        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -288,9 +259,9 @@ class DownstreamEvaluator:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def evaluate(self, reconstruct: Reconstructor | TopKSae) -> DownstreamMetrics:
+    def evaluate(self, reconstruct: Reconstructor | SparseAutoencoder) -> DownstreamMetrics:
         """Splice `reconstruct` in at every kept position; see the module docstring."""
-        if isinstance(reconstruct, TopKSae):
+        if isinstance(reconstruct, SparseAutoencoder):
             if reconstruct.n_inputs != self.width:
                 raise ValueError(f"the SAE has d_in={reconstruct.n_inputs}, but "
                                  f"{self.cfg.layer} of {self.cfg.model} has width {self.width}")

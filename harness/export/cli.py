@@ -1,10 +1,7 @@
-"""python -m harness.export SAE_DIR OUT_DIR [--unit-norm-decoder]: write the SAE in SAE_DIR (any
-folder harness reads) as a folder SAELens 6.x loads (cfg.json + sae_weights.safetensors), check
-that it reconstructs as the original does, and say by how much they differ."""
+"""`python -m harness.export`: the command (its arguments and --help: harness.export.arguments)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -12,23 +9,11 @@ import torch
 
 from harness.core.paths import unwritable
 from harness.core.sae_formats import read_sae
-from harness.export import unit_norm_decoder
+from harness.errors import SaesweepError
+from harness.export.arguments import EXIT_BAD_INPUT, build_parser
+from harness.export.unit_norm import unit_norm_decoder
 
-EXIT_BAD_INPUT = 2
 CHECK_TOKENS = 1024
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m harness.export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("sae_dir", metavar="SAE_DIR", help="an SAE folder: ours, SAELens', "
-                   "sparsify's (cfg.json + sae.safetensors) or dictionary_learning's (ae.pt)")
-    p.add_argument("out_dir", metavar="OUT_DIR", help="where the SAELens-loadable folder is "
-                   "written (must not exist yet, or be empty)")
-    p.add_argument("--unit-norm-decoder", action="store_true",
-                   help="decoder rows of unit norm, the encoder scaled to match (exact for "
-                        "ReLU, JumpReLU, BatchTopK and Matryoshka; refused for TopK)")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(problem)
         sae = read_sae(args.sae_dir)
         exported = unit_norm_decoder(sae) if args.unit_norm_decoder else sae
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, SaesweepError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     exported.save(out, metadata={"exported_from": str(Path(args.sae_dir).resolve()),

@@ -1,7 +1,12 @@
-"""`python -m harness.report`: see harness.report.cli."""
+"""`python -m harness.report`: see harness.report.cli. The arguments are parsed before the
+command is imported, so `--help` and a mistyped option answer at once."""
 
 import sys
 
-from harness.report.cli import main
+from harness.report.arguments import build_parser
+
+build_parser().parse_args()
+
+from harness.report.cli import main  # noqa: E402 - after the arguments, on purpose
 
 sys.exit(main())

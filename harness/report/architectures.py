@@ -5,6 +5,7 @@ its front by interpolation in log-log (SAEBench's comparison; never extrapolated
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,26 +13,28 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from harness.report.data import complete, pareto_mask
+from harness.core.activations import DEFAULT_ACTIVATION
+from harness.core.pareto import pareto_mask
+from harness.report.data import complete
 from harness.report.plots import COLUMN, STYLE, _save, l0_axes, palette
 
-MATCHED_L0 = (16, 32, 64, 128)
-"""The L0 values the architecture table reads each front at."""
+MATCHED_POINTS = 4
+"""How many L0 values the architecture table reads each front at."""
 
 
 def activations(df: pd.DataFrame) -> list[str]:
     """The activations of the complete trials (TopK for records that predate the column)."""
     if "activation" not in df:
-        return ["topk"] if not complete(df).empty else []
-    return sorted(complete(df)["activation"].fillna("topk").unique())
+        return [DEFAULT_ACTIVATION] if not complete(df).empty else []
+    return sorted(complete(df)["activation"].fillna(DEFAULT_ACTIVATION).unique())
 
 
 def fronts(df: pd.DataFrame, y: str = "final_fvu") -> dict[str, pd.DataFrame]:
     """Each activation's complete trials on its front of minimal L0 and minimal `y`, by L0."""
     done = complete(df).dropna(subset=["final_l0", y])
     done = done[(done["final_l0"] > 0) & (done[y] > 0)]
-    names = (done["activation"].fillna("topk") if "activation" in done
-             else pd.Series("topk", index=done.index))
+    names = (done["activation"].fillna(DEFAULT_ACTIVATION) if "activation" in done
+             else pd.Series(DEFAULT_ACTIVATION, index=done.index))
     out = {}
     for name in sorted(names.unique()):
         group = done[names == name]
@@ -39,17 +42,37 @@ def fronts(df: pd.DataFrame, y: str = "final_fvu") -> dict[str, pd.DataFrame]:
     return out
 
 
+def matched_l0s(df: pd.DataFrame, y: str = "final_fvu") -> list[float]:
+    """The L0 values to compare the fronts at, from the data: the powers of two inside the L0
+    range every front covers (else the range of all of them), or MATCHED_POINTS log-spaced
+    values there when it holds fewer than two."""
+    ranges = [(f["final_l0"].min(), f["final_l0"].max()) for f in fronts(df, y).values()
+              if len(f)]
+    if not ranges:
+        return []
+    lo, hi = max(r[0] for r in ranges), min(r[1] for r in ranges)
+    if lo > hi:  # no L0 that every front reaches: each is read where it can be
+        lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+    powers = [2.0**e for e in range(math.ceil(math.log2(lo)), math.floor(math.log2(hi)) + 1)]
+    if len(powers) >= 2:
+        step = max(1, math.ceil(len(powers) / MATCHED_POINTS))
+        return powers[::step][:MATCHED_POINTS]
+    spaced = np.geomspace(lo, hi, MATCHED_POINTS) if hi > lo else np.array([lo])
+    return sorted({float(f"{v:.2g}") for v in spaced})
+
+
 def at_matched_l0(df: pd.DataFrame, y: str = "final_fvu",
-                  l0s: Sequence[float] = MATCHED_L0) -> pd.DataFrame:
-    """One row per activation: `y` on its front at each L0 in `l0s` (log-log interpolation
-    between the two front points around it; NaN outside the front's L0 range), and how many
-    complete trials it had."""
+                  l0s: Sequence[float] | None = None) -> pd.DataFrame:
+    """One row per activation: `y` on its front at each L0 in `l0s` (default: matched_l0s, from
+    the data; log-log interpolation between the two front points around it; NaN outside the
+    front's L0 range), and how many complete trials it had."""
+    l0s = matched_l0s(df, y) if l0s is None else l0s
     rows = []
     for name, front in fronts(df, y).items():
         x, v = np.log(front["final_l0"].to_numpy(float)), np.log(front[y].to_numpy(float))
         row: dict[str, object] = {"activation": name, "trials": int(
-            (complete(df).get("activation", pd.Series("topk", index=complete(df).index))
-             .fillna("topk") == name).sum()), "front": len(front)}
+            (complete(df).get("activation", pd.Series(DEFAULT_ACTIVATION, index=complete(df).index))
+             .fillna(DEFAULT_ACTIVATION) == name).sum()), "front": len(front)}
         for l0 in l0s:
             inside = len(x) > 0 and x[0] <= np.log(l0) <= x[-1]
             row[f"{y.removeprefix('final_')}@L0={l0:g}"] = (
@@ -64,8 +87,8 @@ def plot_architectures(df: pd.DataFrame, out: Path, y: str = "final_fvu",
     one colour per activation, the matched L0 values marked."""
     done = complete(df).dropna(subset=["final_l0", y])
     done = done[(done["final_l0"] > 0) & (done[y] > 0)]
-    names = (done["activation"].fillna("topk") if "activation" in done
-             else pd.Series("topk", index=done.index))
+    names = (done["activation"].fillna(DEFAULT_ACTIVATION) if "activation" in done
+             else pd.Series(DEFAULT_ACTIVATION, index=done.index))
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=COLUMN, layout="constrained")
         colors = palette(names)
@@ -75,7 +98,7 @@ def plot_architectures(df: pd.DataFrame, out: Path, y: str = "final_fvu",
                        linewidths=0)
             ax.plot(front["final_l0"], front[y], color=colors[activation], lw=1.0,
                     marker="o", ms=2.5, label=activation)
-        for l0 in MATCHED_L0:
+        for l0 in matched_l0s(df, y):
             ax.axvline(l0, color="grey", lw=0.4, ls=":", zorder=0)
         l0_axes(ax, y, "activation")
         return _save(fig, out, name)

@@ -10,18 +10,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.core.metrics import METRICS
+from harness.core.pareto import pareto_mask
 from harness.core.readback import CorruptFile, read_json, safetensors_problem
 from harness.core.sae import WEIGHTS_FILE
 from harness.core.training.config import SaeTrainingConfig
+from harness.errors import SaesweepError
 from harness.sweep.artifacts import fetch_trial
 from harness.sweep.budget import superseded_numbers
 from harness.sweep.optuna_private import study_storage as storage_of
+from harness.sweep.space.rungs import full_budget as on_full_budget
+from harness.sweep.space.rungs import study_rungs
 from harness.sweep.storage import close_storage, open_storage, storage_damage
 from harness.sweep.study import STORAGE_ENV, journal_path
 from harness.sweep.trial_record import TrialRecord
@@ -32,7 +35,7 @@ STATE_NAMES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned",
                TrialState.WAITING: "waiting"}
 
 
-class ReportError(Exception):
+class ReportError(SaesweepError):
     """A study that cannot be reported on (missing, empty); the message says which and why."""
 
 
@@ -103,17 +106,9 @@ def load_trials(studies: str | Sequence[str], storage: str | None = None,
     return df.sort_values(["study", "number"]).reset_index(drop=True)
 
 
-def last_rung(study: optuna.Study) -> int | None:
-    """The index of a rung study's last token rung (its full budget); None without rungs."""
-    fidelity = (study.user_attrs.get("space", {}) or {}).get("fidelity") or {}
-    tokens = fidelity.get("tokens") or []
-    return len(tokens) - 1 if tokens else None
-
-
 def full_budget(t: FrozenTrial, study: optuna.Study) -> bool:
     """Whether a trial trained at its study's full budget (False for a rung below the last)."""
-    last, rung = last_rung(study), t.user_attrs.get("rung")
-    return last is None or rung is None or rung >= last
+    return on_full_budget(t, study_rungs(study))
 
 
 def trial_files_problem(trial_dir: Path) -> str | None:
@@ -225,23 +220,6 @@ def seed_summary(df: pd.DataFrame, metric: str = "r2") -> pd.DataFrame:
     out = grouped.agg(n_seeds=("seed", "nunique"), mean=(col, "mean"), std=(col, "std"),
                       l0_mean=("final_l0", "mean"), l0_std=("final_l0", "std"))
     return out[out["n_seeds"] > 1].reset_index()
-
-
-def pareto_mask(x: Sequence[float], y: Sequence[float]) -> np.ndarray:
-    """Points not dominated when minimising both x and y (ties on both are kept)."""
-    xs, ys = np.asarray(x, float), np.asarray(y, float)
-    order = np.lexsort((ys, xs))
-    mask = np.zeros(len(xs), dtype=bool)
-    best_y = np.inf
-    last_x, last_y = None, None
-    for i in order:
-        if ys[i] < best_y:
-            mask[i] = True
-            best_y = ys[i]
-            last_x, last_y = xs[i], ys[i]
-        elif xs[i] == last_x and ys[i] == last_y:
-            mask[i] = True  # an exact duplicate of a front point
-    return mask
 
 
 def pareto_front(df: pd.DataFrame, x: str = "final_l0", y: str = "final_fvu") -> pd.DataFrame:

@@ -22,7 +22,8 @@ from matplotlib.lines import Line2D  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from harness.core.metrics import METRICS  # noqa: E402
-from harness.report.data import complete, full_budget, load_history, pareto_mask  # noqa: E402
+from harness.core.pareto import pareto_mask  # noqa: E402
+from harness.report.data import complete, full_budget, load_history  # noqa: E402
 from harness.report.scaling import PowerLawFit  # noqa: E402
 
 # Okabe-Ito without its yellow, which is too faint on white
@@ -55,17 +56,48 @@ def _label(value: float) -> str:
     return f"{value:g}"
 
 
+def _labelled(decades: float) -> set[int]:
+    """The mantissas labelled on a log axis spanning `decades` (1 = the powers of ten)."""
+    if decades < 0.5:
+        return set(range(1, 10))
+    return {1, 2, 3, 5, 7} if decades <= 1.3 else ({1, 2, 5} if decades <= 2 else {1})
+
+
+def _labelled_limits(lo: float, hi: float) -> tuple[float, float]:
+    """The data range [lo, hi] widened to labelled values at both ends, so every point lies
+    inside labelled ticks (widening can thin the labels: repeated until it holds)."""
+    a, b = lo, hi
+    for _ in range(4):
+        keep = sorted(_labelled(math.log10(b / a)))
+        below = [m * 10.0**e for e in range(math.floor(math.log10(lo)) - 1,
+                                              math.floor(math.log10(lo)) + 1) for m in keep]
+        above = [m * 10.0**e for e in range(math.floor(math.log10(hi)),
+                                              math.floor(math.log10(hi)) + 2) for m in keep]
+        new = (max(v for v in below if v <= lo * (1 + 1e-9)),
+               min(v for v in above if v >= hi * (1 - 1e-9)))
+        if new == (a, b):
+            break
+        a, b = new
+    return a, b
+
+
 def _plain_log(ax: plt.Axes, which: str = "xy") -> None:
-    """Log axes labelled 0.05, 0.1, 0.2 ... instead of 5x10^-2. Minor ticks are all labelled
-    on an axis shorter than half a decade, at 2, 3, 5, 7 up to 1.3 decades, at 2 and 5 up to
-    two decades, not at all beyond (so labels never crowd)."""
+    """Log axes labelled 0.05, 0.1, 0.2 ... instead of 5x10^-2, ending at labelled values on
+    both sides of the data. Minor ticks are all labelled on an axis shorter than half a decade,
+    at 2, 3, 5, 7 up to 1.3 decades, at 2 and 5 up to two decades, not at all beyond (so labels
+    never crowd)."""
     for name in which:
         axis = ax.xaxis if name == "x" else ax.yaxis
         if axis.get_scale() != "log":
             continue
-        lo, hi = sorted(axis.get_view_interval())
+        lo, hi = sorted(axis.get_data_interval())
+        if lo > 0 and math.isfinite(hi) and hi > lo:
+            lo, hi = _labelled_limits(lo, hi)
+            (ax.set_xlim if name == "x" else ax.set_ylim)(lo, hi)
+        else:
+            lo, hi = sorted(axis.get_view_interval())
         decades = math.log10(hi / lo) if lo > 0 else math.inf
-        keep = {2, 3, 5, 7} if decades <= 1.3 else ({2, 5} if decades <= 2 else set())
+        keep = _labelled(decades) - {1}
 
         def minor(v: float, _: int, keep: set = keep, short: bool = decades < 0.5) -> str:
             mantissa = round(v / 10 ** math.floor(math.log10(v)), 6) if v > 0 else 0
@@ -79,21 +111,26 @@ def plot_pareto(df: pd.DataFrame, out: Path, y: str = "final_fvu",
                 name: str = "pareto") -> list[Path]:
     """`y` (held-out FVU, or a downstream metric such as delta_ce) vs L0 of complete trials (log
     axes), coloured by expansion, the front highlighted."""
+    with plt.rc_context(STYLE):
+        return _save(pareto_figure(df, y), out, name)
+
+
+def pareto_figure(df: pd.DataFrame, y: str = "final_fvu") -> plt.Figure:
+    """The Pareto plot (see plot_pareto)."""
     done = complete(df).dropna(subset=["final_l0", y])
     done = done[(done["final_l0"] > 0) & (done[y] > 0)]
-    with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=COLUMN, layout="constrained")
-        colors = palette(done["expansion"])
-        for expansion, group in done.groupby("expansion"):
-            ax.scatter(group["final_l0"], group[y], s=14, color=colors[expansion],
-                       alpha=0.8, linewidths=0, label=f"{_label(expansion)}x")
-        front = done[pareto_mask(done["final_l0"], done[y])].sort_values("final_l0")
-        ax.step(front["final_l0"], front[y], where="post", color="black", lw=0.9,
-                zorder=3, label="Pareto front")
-        ax.scatter(front["final_l0"], front[y], s=22, facecolors="none",
-                   edgecolors="black", linewidths=0.8, zorder=4)
-        l0_axes(ax, y, "expansion")
-        return _save(fig, out, name)
+    fig, ax = plt.subplots(figsize=COLUMN, layout="constrained")
+    colors = palette(done["expansion"])
+    for expansion, group in done.groupby("expansion"):
+        ax.scatter(group["final_l0"], group[y], s=14, color=colors[expansion],
+                   alpha=0.8, linewidths=0, label=f"{_label(expansion)}x")
+    front = done[pareto_mask(done["final_l0"], done[y])].sort_values("final_l0")
+    ax.step(front["final_l0"], front[y], where="post", color="black", lw=0.9,
+            zorder=3, label="Pareto front")
+    ax.scatter(front["final_l0"], front[y], s=22, facecolors="none",
+               edgecolors="black", linewidths=0.8, zorder=4)
+    l0_axes(ax, y, "expansion")
+    return fig
 
 
 def l0_axes(ax: plt.Axes, y: str, legend: str) -> None:
@@ -125,6 +162,7 @@ def learning_curves_figure(df: pd.DataFrame, metric: str = "r2") -> plt.Figure:
     kinds = {"complete": OKABE_ITO[0], "pruned": OKABE_ITO[1]}
     lowest: list[float] = []
     cuts: list[tuple[float, float]] = []
+    drawn: set[str] = set()
     fig, ax = plt.subplots(figsize=COLUMN, layout="constrained")
     for _, row in df[df["state"].isin(list(kinds))].iterrows():
         folder = row.get("sae_path")  # its folder, or fetched from artifacts; else NaN
@@ -139,6 +177,7 @@ def learning_curves_figure(df: pd.DataFrame, metric: str = "r2") -> plt.Figure:
             continue
         color = kinds[row["state"]]
         ax.plot(x, y, color=color, lw=0.7, alpha=0.7)
+        drawn.add(row["state"])
         if row["state"] == "pruned":
             cuts.append((x[-1], y[-1]))
         lowest.append(float(np.nanmin(y)))
@@ -162,13 +201,17 @@ def learning_curves_figure(df: pd.DataFrame, metric: str = "r2") -> plt.Figure:
     ax.set_xlabel("training tokens")
     ax.set_ylabel(METRICS[metric].label)
     ax.xaxis.set_major_formatter(ticker.EngFormatter(sep=""))
-    handles = [Line2D([], [], color=kinds["complete"], lw=1, label="complete"),
-               Line2D([], [], color=kinds["pruned"], lw=1, label="pruned"),
-               Line2D([], [], color=kinds["pruned"], marker="x", lw=0, label="pruned here")]
+    # only what the figure shows: one line per trial, its held-out metric at each evaluation
+    handles = [Line2D([], [], color=kinds[state], lw=1, label=f"a {state} trial")
+               for state in kinds if state in drawn]
+    if any(cy >= ax.get_ylim()[0] for _, cy in cuts) or (cuts and metric != "r2"):
+        handles.append(Line2D([], [], color=kinds["pruned"], marker="x", lw=0,
+                              label="where it was pruned"))
     if below:
         handles.append(Line2D([], [], color=kinds["pruned"], marker="v", lw=0,
                               label="pruned below the axis"))
-    ax.legend(handles=handles, loc="lower right")
+    if handles:
+        ax.legend(handles=handles, loc="lower right")
     ax.grid(True, lw=0.3, alpha=0.5)
     return fig
 
@@ -204,20 +247,24 @@ def plot_importance(importances: dict[str, float], out: Path, metric: str = "r2"
 
 
 def plot_lr_sensitivity(df: pd.DataFrame, out: Path) -> list[Path]:
-    """Final FVU against learning rate, one colour per k."""
-    done = complete(df).dropna(subset=["lr", "final_fvu"])
+    """Final FVU against what the space sampled: `lr_scale` (a multiple of the default rule's
+    learning rate, which depends on width and steps) where it sampled that, else the learning
+    rate; one colour per k."""
+    x = "param_lr_scale" if "param_lr_scale" in df and df["param_lr_scale"].notna().any() else "lr"
+    done = complete(df).dropna(subset=[x, "final_fvu"])
     done = done[done["final_fvu"] > 0]
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=COLUMN, layout="constrained")
         colors = palette(done["k"])
         many = len(colors) > len(OKABE_ITO)
         for k, group in done.groupby("k"):  # points only: other parameters vary between them
-            ax.scatter(group["lr"], group["final_fvu"], s=12, color=colors[k], linewidths=0,
+            ax.scatter(group[x], group["final_fvu"], s=12, color=colors[k], linewidths=0,
                        label=None if many else f"k={int(k)}")
         ax.set_xscale("log")
         ax.set_yscale("log")
         _plain_log(ax)
-        ax.set_xlabel("learning rate")
+        ax.set_xlabel("lr_scale (x the default learning rate)" if x == "param_lr_scale"
+                      else "learning rate")
         ax.set_ylabel("FVU (held-out, fraction)")
         if many:
             sm = plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(done["k"].min(),

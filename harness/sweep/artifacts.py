@@ -13,6 +13,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness.errors import SaesweepError
+
 if TYPE_CHECKING:  # optuna.artifacts imports boto3 where it is installed: loaded when used
     import optuna
     from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
@@ -24,7 +26,7 @@ TRIAL_FILES = ("sae_weights.safetensors", "cfg.json", "history.json", "training_
                "meta.json")
 
 
-class ArtifactError(ValueError):
+class ArtifactError(SaesweepError, ValueError):
     """An artifact location that cannot be used (the message says why)."""
 
 
@@ -55,7 +57,7 @@ def s3_problem(location: str) -> str | None:
     return None
 
 
-def open_store(location: str) -> FileSystemArtifactStore | Boto3ArtifactStore:
+def open_artifact_store(location: str) -> FileSystemArtifactStore | Boto3ArtifactStore:
     """The artifact store at `location`: s3://bucket (boto3 needed) or a folder (created)."""
     from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
 
@@ -82,7 +84,7 @@ def upload_trial(trial: optuna.Trial, trial_dir: Path, location: str) -> dict[st
 
     ids: dict[str, str] = {}
     try:
-        store = open_store(location)
+        store = open_artifact_store(location)
         for name in TRIAL_FILES:
             path = trial_dir / name
             if path.exists():
@@ -105,7 +107,7 @@ def fetch_trial(ids: dict[str, str], location: str, into: Path) -> Path | None:
     from optuna.artifacts.exceptions import ArtifactNotFound
 
     try:
-        store = open_store(location)
+        store = open_artifact_store(location)
         into.mkdir(parents=True, exist_ok=True)
         for name, artifact_id in ids.items():
             target = into / name

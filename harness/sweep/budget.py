@@ -73,7 +73,7 @@ def si(value: float) -> str:
 def budget_state(study: optuna.Study) -> BudgetState:
     """What the study's own trials have spent (warm-started copies of other studies' trials cost
     this study nothing)."""
-    trials = [t for t in study.get_trials(deepcopy=False) if not warm_started(t)]
+    trials = own_trials(study)
     superseded = superseded_numbers(trials)
     used = sum(1 for t in trials if t.state != TrialState.WAITING and t.number not in superseded)
     waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
@@ -93,3 +93,9 @@ def superseded_numbers(trials: list[FrozenTrial]) -> set[int]:
 def warm_started(trial: FrozenTrial) -> bool:
     """Whether `trial` is a copy of another study's trial (harness.sweep.warm_start)."""
     return "warm_start" in trial.user_attrs
+
+
+def own_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The study's own trials: not the copies a warm start brought, which cost it nothing and
+    are never re-run, promoted or counted."""
+    return [t for t in study.get_trials(deepcopy=False) if not warm_started(t)]

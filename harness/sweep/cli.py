@@ -10,7 +10,6 @@ Re-running the same command continues the study.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,8 @@ from harness.core.paths import unwritable
 from harness.core.store import open_store
 from harness.core.wandb_log import has_api_key
 from harness.data.synthetic import write_synthetic_store
+from harness.errors import SaesweepError
+from harness.sweep.arguments import EXIT_BAD_SPACE, build_parser
 from harness.sweep.artifacts import default_location, s3_problem
 from harness.sweep.budget import BudgetState, budget_state
 from harness.sweep.console import print_summary
@@ -34,22 +35,16 @@ from harness.sweep.devices import (
     worker_slots,
 )
 from harness.sweep.downstream import check_downstream, save_reference
-from harness.sweep.fidelity import plan_line, trial_total
+from harness.sweep.leases import reap_locked
 from harness.sweep.monitor import monitor, start_workers
 from harness.sweep.packing import check_host_memory, check_packing, cuda_memory, worker_budget
+from harness.sweep.rungs import plan_line, trial_total
 from harness.sweep.space import LoadedSpace, SpaceError, load_space, synthetic_spec
-from harness.sweep.space.fidelity import check_budget, check_fidelity, rung_plan
+from harness.sweep.space.rungs import check_budget, check_fidelity, rung_plan
 from harness.sweep.storage import prepare_storage
-from harness.sweep.study import (
-    create_study,
-    default_storage,
-    reap_locked,
-    storage_url,
-    warm_start_plan,
-)
+from harness.sweep.study import create_study, default_storage, storage_url, warm_start_plan
 from harness.sweep.urls import masked
 
-EXIT_BAD_SPACE = 2
 QUICKSTART = "quickstart.yaml"
 
 
@@ -61,43 +56,6 @@ def find_quickstart() -> Path:
             return candidate
     raise SpaceError(f"search_spaces/{QUICKSTART} not found next to the harness package or in "
                      f"{Path.cwd()}; pass a space file")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m harness.sweep",
-        description="Run or resume a sweep of TopK SAEs declared in a search-space YAML file. "
-                    "Re-running the same command continues the study where it stopped.")
-    p.add_argument("space", nargs="?", help="search-space YAML (default: "
-                   "search_spaces/quickstart.yaml: synthetic data, 2 workers)")
-    p.add_argument("--n-trials", type=_positive_int,
-                   help="trial budget for the whole study (overrides budget.n_trials)")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--workers", type=_positive_int,
-                       help="worker processes on one machine (default: the space's workers, "
-                            "else 1); on CPU the cores are divided among them, on GPUs they are "
-                            "spread over the visible ones")
-    group.add_argument("--devices", help="comma-separated devices, one worker each, e.g. "
-                       "cuda:0,cuda:1 (each worker sees only its GPU via CUDA_VISIBLE_DEVICES)")
-    p.add_argument("--trials-per-device", type=_positive_int, metavar="M",
-                   help="workers (so trials at a time) on each device of --devices, or on each "
-                        "visible GPU; refused before anything starts when the space's largest "
-                        "trial, M times over, would not fit in a GPU's memory")
-    p.add_argument("--storage", help="Optuna storage (else $SAESWEEP_STORAGE, else the space's "
-                   "study.storage): a journal file path (default results/<study>/study.journal) "
-                   "or an RDB URL such as postgresql://user:password@host/db")
-    p.add_argument("--study", help="study name (overrides study.name)")
-    p.add_argument("--wandb", choices=("online", "offline", "off"),
-                   help="W&B mode for the trial runs (overrides wandb.mode)")
-    p.add_argument("--timeout", type=_positive_float, help="stop starting new trials after "
-                   "this many seconds (overrides budget.timeout)")
-    p.add_argument("--results", help="results folder (overrides results_dir, default results/)")
-    p.add_argument("--artifacts", help="where every trial's files are also stored (Optuna "
-                   "artifact store): a folder, shared by all nodes, or s3://bucket (needs "
-                   "boto3); default results/<study>/artifacts")
-    p.add_argument("--lockstep", type=_positive_int, help="trials each worker trains together "
-                   "on the same batches (overrides lockstep, default 1)")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         sources = warm_start_plan(loaded, url)
         # loads the model: the slowest check goes last
         downstream = check_downstream(loaded, Path(space.results_dir) / space.study.name)
-    except (SpaceError, DeviceError) as e:
+    except SaesweepError as e:  # a space, device, storage or memory that cannot be used
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_SPACE
     if repaired:
@@ -141,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         check_fidelity(loaded.path, loaded, check_data=True)  # synthetic data: now it exists
         check_budget(loaded.path, loaded, check_data=True)
         study = create_study(loaded, url, sources)
-    except SpaceError as e:
+    except SaesweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_SPACE
     warm = study.user_attrs.get("warm_started")
@@ -266,25 +224,3 @@ def _ensure_data(loaded: LoadedSpace) -> None:
     print(f"generating synthetic activations ({spec.n_tokens} tokens, d={spec.d}) into "
           f"{store.activation_dir(data.run_id)}")
     write_synthetic_store(data.store, data.run_id, spec, layer_signature=data.layer_signature)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got "
-                                         f"{text!r}") from None
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
-    return value
-

@@ -10,10 +10,12 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from harness.core.activations import DEFAULT_ACTIVATION
 from harness.core.metrics import METRICS
+from harness.core.pareto import pareto_mask
 from harness.sweep.budget import si
 from harness.sweep.space import LoadedSpace, SweepSpace
-from harness.sweep.space.fidelity import rung_of
+from harness.sweep.space.rungs import full_budget
 from harness.sweep.storage import storage_kind
 from harness.sweep.trial_record import TrialRecord
 from harness.sweep.urls import masked
@@ -37,14 +39,14 @@ def _duration(seconds: float) -> str:
 
 
 def _k(r: TrialRecord) -> str:
-    """k, or the activation that has none (L0 set by training)."""
-    return str(r.k) if r.k is not None else (r.activation or "-")[:4]
+    """k, or "-" for an activation that has none (its L0, set by training, is beside it)."""
+    return str(r.k) if r.k is not None else "-"
 
 
 def trial_line(t: FrozenTrial, loaded: LoadedSpace) -> str:
     r = TrialRecord.from_frozen(t)
     shape = f"k={r.k}" if r.k is not None else f"{r.activation}"
-    if r.k is not None and r.activation not in (None, "topk"):
+    if r.k is not None and r.activation not in (None, DEFAULT_ACTIVATION):
         shape = f"{r.activation} {shape}"
     cfg = f"n_latents={r.n_latents} {shape} lr={r.lr or 0:.2e}"
     tokens = r.get("tokens_seen")
@@ -89,17 +91,16 @@ def best_value(study: optuna.Study, loaded: LoadedSpace) -> str | None:
 
 def _comparable(trials: list[FrozenTrial], space: SweepSpace) -> list[FrozenTrial]:
     """The complete trials on the full budget (a lower rung trained on fewer tokens)."""
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
-    if space.fidelity is None:
-        return done
-    last = len(space.fidelity.tokens) - 1
-    return [t for t in done if (r := rung_of(t)) is None or r.rung == last]
+    n_rungs = len(space.fidelity.tokens) if space.fidelity is not None else None
+    return [t for t in trials
+            if t.state == TrialState.COMPLETE and t.values and full_budget(t, n_rungs)]
 
 
 def _front(trials: list[FrozenTrial], space: SweepSpace) -> list[FrozenTrial]:
     """The trials no other one Pareto-dominates on the space's objectives."""
-    signs = [1 if o.direction == "minimize" else -1 for o in space.objectives]
-    return [t for t in trials if not any(_dominates(o.values, t.values, signs) for o in trials)]
+    mask = pareto_mask(*zip(*(t.values for t in trials), strict=True),
+                       maximize=[o.direction == "maximize" for o in space.objectives])
+    return [t for t, keep in zip(trials, mask, strict=True) if keep]
 
 
 def print_summary(study: optuna.Study, loaded: LoadedSpace, storage: str, out: Path) -> None:
@@ -141,11 +142,14 @@ def print_summary(study: optuna.Study, loaded: LoadedSpace, storage: str, out: P
     if space.wandb.mode == "offline":
         runs = out / "wandb"
         print(f"W&B offline runs: {runs}/ (upload: wandb sync {runs}/offline-run-*)")
-    print(next_steps(space.study.name, storage, space.results_dir))
+    print(next_steps(space.study.name, storage, space.results_dir,
+                     None if space.data.synthetic is not None else loaded.path))
 
 
-def next_steps(study: str, storage: str, results_dir: str) -> str:
-    """The three commands a user runs after a sweep (the README's first screen shows them)."""
+def next_steps(study: str, storage: str, results_dir: str, own_space: Path | None = None) -> str:
+    """The three commands a user runs after a sweep (the README's first screen shows them):
+    after a space on synthetic data, how to point one at their own store; after their own
+    space (`own_space`), how to add trials to the same study."""
     report = f"python -m harness.report {study}"
     if results_dir != "results":
         report += f" --results {results_dir}"
@@ -158,11 +162,8 @@ def next_steps(study: str, storage: str, results_dir: str) -> str:
             ("python -m harness.sweep my_space.yaml",
              "your store: copy search_spaces/minilm.yaml (or mi_crow_store.yaml), set "
              "data.store, run_id, layer_signature")]
+    if own_space is not None:
+        rows[-1] = (f"python -m harness.sweep {own_space} --n-trials N",
+                    "more trials in the same study (it continues where it stopped)")
     width = max(len(cmd) for cmd, _ in rows)
     return "next:\n" + "\n".join(f"  {cmd:<{width}}  # {why}" for cmd, why in rows)
-
-
-def _dominates(a: list[float], b: list[float], signs: list[int]) -> bool:
-    """Whether objective values `a` Pareto-dominate `b` (signs: +1 minimise, -1 maximise)."""
-    pairs = [(s * x, s * y) for s, x, y in zip(signs, a, b, strict=True)]
-    return all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)

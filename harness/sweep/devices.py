@@ -12,10 +12,12 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from harness.errors import SaesweepError
+
 _DEVICE = re.compile(r"^(cpu|cuda)(?::(\d+))?$")
 
 
-class DeviceError(ValueError):
+class DeviceError(SaesweepError, ValueError):
     """A --devices value that names no usable device."""
 
 

@@ -7,7 +7,7 @@ import functools
 from collections.abc import Mapping
 from pathlib import Path
 
-from harness.core.sae import TopKSae
+from harness.core.sae import SparseAutoencoder
 from harness.core.store import StoreError
 from harness.core.training.results import EvalResult, FinalEvaluator
 from harness.evaluate.downstream import DownstreamConfig, DownstreamEvaluator
@@ -62,7 +62,7 @@ def final_evaluator(loaded: LoadedSpace, device: str, study_dir: Path) -> FinalE
         return None
     cfg = section.config(device)
 
-    def downstream(sae: TopKSae) -> Mapping[str, float]:
+    def downstream(sae: SparseAutoencoder) -> Mapping[str, float]:
         m = _evaluator(cfg, str(reference_dir(study_dir))).evaluate(sae)
         return {"ce_orig": m.ce_orig, "ce_sae": m.ce_sae, "ce_zero": m.ce_zero,
                 "delta_ce": m.delta_ce, "ce_loss_score": m.ce_loss_score, "kl": m.kl,
@@ -84,7 +84,7 @@ class DownstreamProbe:
     being trained, at the first evaluation at or past every `every` steps; a pruning rule reads
     them at the evaluation they were measured at."""
 
-    def __init__(self, evaluate: FinalEvaluator, sae: TopKSae, every: int) -> None:
+    def __init__(self, evaluate: FinalEvaluator, sae: SparseAutoencoder, every: int) -> None:
         self.evaluate, self.sae, self.every = evaluate, sae, every
         self.next_step = every
         self.step: int | None = None
@@ -102,7 +102,7 @@ class DownstreamProbe:
 
 
 def probe_for(loaded: LoadedSpace, evaluate: FinalEvaluator | None,
-              sae: TopKSae) -> DownstreamProbe | None:
+              sae: SparseAutoencoder) -> DownstreamProbe | None:
     section = loaded.space.evaluation.downstream
     if evaluate is None or section is None or section.every is None:
         return None

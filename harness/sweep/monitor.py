@@ -21,12 +21,13 @@ from types import FrameType
 import optuna
 from tqdm.auto import tqdm
 
-from harness.sweep.budget import BudgetState, superseded_numbers, warm_started
+from harness.sweep.budget import BudgetState, own_trials, superseded_numbers
 from harness.sweep.console import best_value, time_left, trial_line
 from harness.sweep.devices import WorkerSlot
-from harness.sweep.fidelity import trial_total
+from harness.sweep.leases import reap_locked
+from harness.sweep.rungs import trial_total
 from harness.sweep.space import LoadedSpace
-from harness.sweep.study import STORAGE_ENV, reap_locked
+from harness.sweep.study import STORAGE_ENV
 from harness.sweep.worker import EXIT_BAD_DATA, EXIT_NO_DEVICE, EXIT_UNWRITABLE
 
 _ERROR_LINE = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Exit)\b.*?: .+")
@@ -90,7 +91,7 @@ def monitor(study: optuna.Study, workers: Workers, loaded: LoadedSpace) -> int:
     try:
         while True:
             alive = [p for p in procs if p.poll() is None]
-            trials = [t for t in study.get_trials(deepcopy=False) if not warm_started(t)]
+            trials = own_trials(study)
             superseded = superseded_numbers(trials)
             done = sum(1 for t in trials if t.state.is_finished() and t.number not in superseded)
             if done_before is None:  # finished by earlier runs: said once, not line by line

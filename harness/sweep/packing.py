@@ -1,9 +1,9 @@
 """Several trials on one GPU: the largest trial a space can sample, and the check that the workers
 put on each GPU fit in its memory, made before any worker starts.
 
-The estimate is harness.core.footprint's, for the space's largest shape (the largest expansion,
-k, batch and held-out set it can sample, with or without the decoder refit, whichever needs more)
-times the trials each worker trains together (lockstep), plus a CUDA context per worker.
+The estimate is harness.core.runtime.footprint's, for the space's largest shape (the largest
+expansion, k, batch and held-out set it can sample, with or without the decoder refit, whichever
+needs more) times the trials each worker trains together (lockstep), plus a CUDA context per worker.
 """
 
 from __future__ import annotations
@@ -12,15 +12,16 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from harness.core.activations import activation_class
-from harness.core.footprint import (
+from harness.core.activations import DEFAULT_ACTIVATION, activation_class
+from harness.core.loader import READ_ROWS
+from harness.core.runtime.footprint import (
     CUDA_CONTEXT_BYTES,
     TrainingShape,
     model_bytes,
     training_bytes,
 )
-from harness.core.loader import READ_ROWS
-from harness.core.memory_plan import default_budget, fixed_bytes
+from harness.core.runtime.memory_plan import default_budget, fixed_bytes
+from harness.core.shape import k_for, n_latents_for
 from harness.core.training.config import SaeTrainingConfig
 from harness.sweep.devices import DeviceError, WorkerSlot
 from harness.sweep.space import LoadedSpace, ParamSpec, bounding_values
@@ -46,14 +47,14 @@ def largest_trial(loaded: LoadedSpace) -> tuple[TrainingShape, int]:
     d = loaded.d
     params = loaded.space.params
     expansions = [float(v) for v in bounding_values(params["expansion"])]
-    n_max = max(1, round(max(expansions) * d))
+    n_max = n_latents_for(max(expansions), d)
     k: int | None = None
     if "k" in params:
-        k = int(max(bounding_values(params["k"])))
+        k = k_for(n_max, k=max(bounding_values(params["k"])))
     elif "k_fraction" in params:
-        k = round(max(float(v) for v in bounding_values(params["k_fraction"])) * n_max)
+        k = k_for(n_max, k_fraction=max(float(v) for v in bounding_values(params["k_fraction"])))
     activations = [activation_class(str(name)) for name in
-                   bounding_values(params.get("activation", "topk"))]
+                   bounding_values(params.get("activation", DEFAULT_ACTIVATION))]
     k = max(cls().candidates(k, n_max) for cls in activations)
     # ReLU and JumpReLU step densely while most latents fire: the dense backward's memory
     dense = any(not cls.uses_k for cls in activations)
@@ -116,8 +117,9 @@ def worker_budget(loaded: LoadedSpace, slots: list[WorkerSlot]) -> int:
 
 def check_host_memory(slots: list[WorkerSlot], loaded: LoadedSpace, budget: int) -> None:
     """DeviceError unless each worker's budget holds the space's largest trial on the CPU (its
-    SAEs, their step, the batches in flight and one batch of tokens: harness.core.memory_plan's
-    least). GPU workers keep the SAEs on the GPU; their host part is the batches."""
+    SAEs, their step, the batches in flight and one batch of tokens:
+    harness.core.runtime.memory_plan's least). GPU workers keep the SAEs on the GPU; their host
+    part is the batches."""
     if not any(slot.device == "cpu" for slot in slots):
         return
     shape, _ = largest_trial(loaded)

@@ -23,7 +23,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from harness.core.metrics import EVAL_METRICS, feature_recovery
-from harness.core.sae import TopKSae
+from harness.core.sae import SparseAutoencoder
 from harness.core.seeding import stream_seed
 from harness.core.store import StoreError
 from harness.core.training import LockstepMember, SaeTrainer
@@ -160,10 +160,11 @@ def _prepare(trial: optuna.Trial, record: TrialRecord, loaded: LoadedSpace, ctx:
              "params": setup.sampled, "n_latents": setup.n_latents, "k": setup.k,
              "expansion": setup.expansion, "lr": setup.lr, "activation": setup.activation,
              "device": ctx.device_label, "host": record.host}
-    sae = TopKSae(setup.n_latents, loaded.d, setup.k, device=ctx.device,
-                  seed=stream_seed(cfg.seed, "trial", trial.number if setup.seed_trial is None
-                                  else setup.seed_trial), activation=setup.activation,
-                  activation_options=setup.activation_options)
+    seed_trial = trial.number if setup.seed_trial is None else setup.seed_trial
+    sae = SparseAutoencoder(setup.n_latents, loaded.d, setup.k, device=ctx.device,
+                            seed=stream_seed(cfg.seed, "trial", seed_trial),
+                            activation=setup.activation,
+                            activation_options=setup.activation_options)
     # keyed by the first trial of a retry chain: a retry resumes where its predecessor stopped
     first = trial.storage.get_trial_system_attrs(trial_id(trial)).get("failed_trial",
                                                                        trial.number)

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness.sweep.optuna_private import holds
 from harness.sweep.space import LoadedSpace, ParamSpec, SpaceError
-from harness.sweep.space.fidelity import FIDELITY_ATTR
+from harness.sweep.space.rungs import FIDELITY_ATTR, full_budget, study_rungs
 from harness.sweep.storage import open_storage, storage_holds_anything
 from harness.sweep.urls import masked
 
@@ -59,10 +59,9 @@ def warm_start(study: optuna.Study, loaded: LoadedSpace,
         return WarmStart(0, 0)
     copied = lower = 0
     for name, source in sources:
-        last = _last_rung(source)
+        n_rungs = study_rungs(source)
         for trial in source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            rung = trial.user_attrs.get("rung")
-            if last is not None and rung is not None and rung < last:
+            if not full_budget(trial, n_rungs):
                 lower += 1
                 continue
             copy = _copy(trial, loaded, name)
@@ -70,13 +69,6 @@ def warm_start(study: optuna.Study, loaded: LoadedSpace,
                 study.add_trial(copy)
                 copied += 1
     return WarmStart(copied, lower)
-
-
-def _last_rung(source: optuna.Study) -> int | None:
-    """The index of the source's last token rung (its full budget), None without rungs."""
-    fidelity = (source.user_attrs.get("space") or {}).get("fidelity") or {}
-    tokens = fidelity.get("tokens") or []
-    return len(tokens) - 1 if tokens else None
 
 
 def _source(name: str, loaded: LoadedSpace, storage_url: str) -> optuna.Study:

@@ -23,25 +23,18 @@ from types import FrameType
 import optuna
 from optuna.trial import TrialState
 
-from harness.core.memory_plan import default_budget
-from harness.core.token_cache import keep_tokens
+from harness.core.runtime.memory_plan import default_budget
+from harness.core.runtime.token_cache import keep_tokens
 from harness.core.training.config import SaeTrainingConfig
 from harness.core.training.results import TrainingInterrupted
 from harness.sweep.budget import budget_state
 from harness.sweep.downstream import preload_downstream
-from harness.sweep.fidelity import RungScheduler
+from harness.sweep.leases import Heartbeat, reap_locked, requeue
 from harness.sweep.optuna_private import study_storage, trial_id
+from harness.sweep.rungs import RungScheduler
 from harness.sweep.space import load_space
 from harness.sweep.storage import budget_lock, open_storage
-from harness.sweep.study import (
-    STORAGE_ENV,
-    Heartbeat,
-    make_pruner,
-    make_sampler,
-    reap_locked,
-    requeue,
-    worker_seed,
-)
+from harness.sweep.study import STORAGE_ENV, make_pruner, make_sampler, worker_seed
 from harness.sweep.trial import WorkerContext, run_trials
 
 log = logging.getLogger("saesweep.worker")
@@ -82,12 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--deadline", type=float, default=0.0, help="unix time; 0 = none")
     p.add_argument("--memory-budget", type=int, default=0,
-                   help="host memory of each trial in bytes; 0 = harness.core.memory_plan's "
-                        "default")
+                   help="host memory of each trial in bytes; 0 = the default of "
+                        "harness.core.runtime.memory_plan")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {args.index} %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # we drive Optuna's RDB heartbeat ourselves with ask/tell (harness.sweep.study.Heartbeat)
+    # we drive Optuna's RDB heartbeat ourselves with ask/tell (harness.sweep.leases.Heartbeat)
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     signals = _Signals()
 

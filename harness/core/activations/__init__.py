@@ -23,6 +23,9 @@ ACTIVATIONS: dict[str, type[Activation]] = {
 }
 """Activation name -> its class."""
 
+DEFAULT_ACTIVATION = TopK.name
+"""What an SAE, a space and a trial record without `activation` mean."""
+
 OPTIONS: dict[str, str] = {key: name for name, cls in ACTIVATIONS.items() for key in cls.options}
 """Each activation option's name -> the activation it belongs to (options are named uniquely)."""
 

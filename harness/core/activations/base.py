@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 import torch
 
 if TYPE_CHECKING:
-    from harness.core.sae import SaeOutput, TopKSae
+    from harness.core.sae import SaeOutput, SparseAutoencoder
 
 
 class Activation(Protocol):
@@ -37,53 +37,55 @@ class Activation(Protocol):
     """Its construction options and their defaults (keyword arguments of the class, saved in
     cfg.json, and parameters of a space under the same names)."""
     uses_k: ClassVar[bool]
-    """Whether k sets its L0 (False: L0 comes out of training, and the SAE has no k)."""
+    """Whether k sets its L0 ("k" in params; False: L0 comes out of training, and the SAE has
+    no k)."""
     supports_decoder_refit: ClassVar[bool]
     """Whether the least-squares decoder refit fits its objective."""
     supports_encoder_refit: ClassVar[bool]
     """Whether the encoder refit's model (each token's fixed top-k set) describes it."""
 
-    def attach(self, sae: TopKSae) -> None:
+    def attach(self, sae: SparseAutoencoder) -> None:
         """Register its parameters or buffers on `sae` (before the SAE moves or loads)."""
 
-    def begin_training(self, sae: TopKSae, scale: float) -> None:
+    def begin_training(self, sae: SparseAutoencoder, scale: float) -> None:
         """Called once before training (and again on resume, before the checkpoint loads);
         `scale` is the data's standard deviation per element, sqrt(mean((x - mean)^2))."""
 
     def candidates(self, k: int | None, n_latents: int) -> int:
         """The most latents per token a forward gathers: what memory estimates count."""
 
-    def lr_scales(self, sae: TopKSae) -> list[tuple[torch.nn.Parameter, float]]:
+    def lr_scales(self, sae: SparseAutoencoder) -> list[tuple[torch.nn.Parameter, float]]:
         """Its parameters that train at a multiple of the learning rate, with the multiple."""
 
-    def width(self, sae: TopKSae, pre: torch.Tensor) -> int | None:
+    def width(self, sae: SparseAutoencoder, pre: torch.Tensor) -> int | None:
         """Candidates per token for this batch's pre-activations [B, n] (no graph); None = every
         latent (a dense forward and backward)."""
 
-    def ranking(self, sae: TopKSae, pre: torch.Tensor) -> torch.Tensor | None:
+    def ranking(self, sae: SparseAutoencoder, pre: torch.Tensor) -> torch.Tensor | None:
         """What a token's candidates are the top `width` of: None = the pre-activations
         themselves; JumpReLU ranks by the margin over each latent's own threshold."""
 
-    def select(self, sae: TopKSae, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    def select(self, sae: SparseAutoencoder, values: torch.Tensor,
+               indices: torch.Tensor) -> torch.Tensor:
         """The activations to keep among a batch's candidates [B, m] (after ReLU) at latents
         `indices` [B, m]; zero the rest. Called with gradients while training, without at
         inference."""
 
-    def reconstruction_loss(self, sae: TopKSae, x: torch.Tensor, out: SaeOutput,
+    def reconstruction_loss(self, sae: SparseAutoencoder, x: torch.Tensor, out: SaeOutput,
                             mse: torch.Tensor) -> torch.Tensor:
         """The reconstruction term of the training loss, given the plain MSE of `out`."""
 
-    def l0_penalty(self, sae: TopKSae, out: SaeOutput) -> torch.Tensor:
+    def l0_penalty(self, sae: SparseAutoencoder, out: SaeOutput) -> torch.Tensor:
         """Mean over tokens of a differentiable count of active latents (JumpReLU); others
         raise: `l0_lambda` needs an activation that has one."""
 
-    def tensors(self, sae: TopKSae) -> dict[str, torch.Tensor]:
+    def tensors(self, sae: SparseAutoencoder) -> dict[str, torch.Tensor]:
         """Its saved tensors, by their name in sae_weights.safetensors."""
 
-    def restore(self, sae: TopKSae, saved: dict[str, torch.Tensor]) -> None:
+    def restore(self, sae: SparseAutoencoder, saved: dict[str, torch.Tensor]) -> None:
         """Set its state on `sae` from the tensors `tensors` saved."""
 
-    def config(self, sae: TopKSae) -> dict[str, Any]:
+    def config(self, sae: SparseAutoencoder) -> dict[str, Any]:
         """Its fields in cfg.json (its options included)."""
 
 
@@ -94,9 +96,13 @@ class ActivationBase:
     saelens_name: ClassVar[str] = ""  # empty: the registry name
     params: ClassVar[frozenset[str]] = frozenset({"k"})
     options: ClassVar[dict[str, Any]] = {}
-    uses_k: ClassVar[bool] = True
+    uses_k: ClassVar[bool] = True  # set from params for every subclass
     supports_decoder_refit: ClassVar[bool] = True
     supports_encoder_refit: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.uses_k = "k" in cls.params  # one fact: k is among the parameters it needs
 
     def __init__(self, **options: Any) -> None:
         unknown = set(options) - set(self.options)
@@ -106,44 +112,45 @@ class ActivationBase:
         for key, default in self.options.items():
             setattr(self, key, options.get(key, default))
 
-    def attach(self, sae: TopKSae) -> None:
+    def attach(self, sae: SparseAutoencoder) -> None:
         pass
 
-    def begin_training(self, sae: TopKSae, scale: float) -> None:
+    def begin_training(self, sae: SparseAutoencoder, scale: float) -> None:
         pass
 
     def candidates(self, k: int | None, n_latents: int) -> int:
         return min(int(k or n_latents), n_latents)
 
-    def lr_scales(self, sae: TopKSae) -> list[tuple[torch.nn.Parameter, float]]:
+    def lr_scales(self, sae: SparseAutoencoder) -> list[tuple[torch.nn.Parameter, float]]:
         return []
 
-    def width(self, sae: TopKSae, pre: torch.Tensor) -> int | None:
+    def width(self, sae: SparseAutoencoder, pre: torch.Tensor) -> int | None:
         return self.candidates(sae.k, sae.n_latents)
 
-    def ranking(self, sae: TopKSae, pre: torch.Tensor) -> torch.Tensor | None:
+    def ranking(self, sae: SparseAutoencoder, pre: torch.Tensor) -> torch.Tensor | None:
         return None
 
-    def select(self, sae: TopKSae, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    def select(self, sae: SparseAutoencoder, values: torch.Tensor,
+               indices: torch.Tensor) -> torch.Tensor:
         return values
 
-    def reconstruction_loss(self, sae: TopKSae, x: torch.Tensor, out: SaeOutput,
+    def reconstruction_loss(self, sae: SparseAutoencoder, x: torch.Tensor, out: SaeOutput,
                             mse: torch.Tensor) -> torch.Tensor:
         return mse
 
-    def l0_penalty(self, sae: TopKSae, out: SaeOutput) -> torch.Tensor:
+    def l0_penalty(self, sae: SparseAutoencoder, out: SaeOutput) -> torch.Tensor:
         raise ValueError(f"activation {self.name!r} has no L0 penalty: l0_lambda needs "
                          "activation jumprelu")
 
-    def tensors(self, sae: TopKSae) -> dict[str, torch.Tensor]:
+    def tensors(self, sae: SparseAutoencoder) -> dict[str, torch.Tensor]:
         return {}
 
-    def restore(self, sae: TopKSae, saved: dict[str, torch.Tensor]) -> None:
+    def restore(self, sae: SparseAutoencoder, saved: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for key, value in saved.items():
                 getattr(sae, key).copy_(value)
 
-    def config(self, sae: TopKSae) -> dict[str, Any]:
+    def config(self, sae: SparseAutoencoder) -> dict[str, Any]:
         return {key: getattr(self, key) for key in self.options}
 
 

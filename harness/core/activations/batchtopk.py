@@ -17,7 +17,7 @@ import torch
 from harness.core.activations.base import ActivationBase, width_above
 
 if TYPE_CHECKING:
-    from harness.core.sae import TopKSae
+    from harness.core.sae import SparseAutoencoder
 
 CANDIDATES = 4  # a BatchTopK token keeps at most this many times k latents
 THRESHOLD_EMA = 0.1  # weight of the newest batch's cut in the inference threshold
@@ -29,7 +29,7 @@ class BatchTopK(ActivationBase):
     name: ClassVar[str] = "batchtopk"
     saelens_name: ClassVar[str] = "jumprelu"
 
-    def attach(self, sae: TopKSae) -> None:
+    def attach(self, sae: SparseAutoencoder) -> None:
         # a buffer, so .to() and state_dict carry it
         sae.register_buffer("threshold", torch.zeros((), device=sae.W_dec.device,
                                                      dtype=sae.W_dec.dtype))
@@ -38,12 +38,13 @@ class BatchTopK(ActivationBase):
     def candidates(self, k: int | None, n_latents: int) -> int:
         return min(n_latents, CANDIDATES * int(k or n_latents))
 
-    def width(self, sae: TopKSae, pre: torch.Tensor) -> int | None:
+    def width(self, sae: SparseAutoencoder, pre: torch.Tensor) -> int | None:
         if torch.is_grad_enabled():
             return self.candidates(sae.k, sae.n_latents)
         return width_above(pre, sae.threshold)  # inference: every latent above the threshold
 
-    def select(self, sae: TopKSae, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    def select(self, sae: SparseAutoencoder, values: torch.Tensor,
+               indices: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():
             return values * (values > sae.threshold)
         with torch.no_grad():
@@ -54,11 +55,11 @@ class BatchTopK(ActivationBase):
                 sae.threshold.lerp_(cut.to(sae.threshold), max(THRESHOLD_EMA, 1 / self.updates))
         return values * (values >= cut)
 
-    def tensors(self, sae: TopKSae) -> dict[str, torch.Tensor]:
+    def tensors(self, sae: SparseAutoencoder) -> dict[str, torch.Tensor]:
         # a threshold per latent (all equal): SAELens' JumpReLU reads exactly this
         return {"threshold": sae.threshold.detach().expand(sae.n_latents).contiguous()}
 
-    def restore(self, sae: TopKSae, saved: dict[str, torch.Tensor]) -> None:
+    def restore(self, sae: SparseAutoencoder, saved: dict[str, torch.Tensor]) -> None:
         threshold = saved["threshold"].flatten()
         if threshold.numel() and not bool((threshold == threshold[0]).all()):
             raise ValueError("a BatchTopK threshold is one value for every latent; these "
@@ -66,5 +67,5 @@ class BatchTopK(ActivationBase):
         with torch.no_grad():
             sae.threshold.copy_(threshold[0] if threshold.numel() else threshold.new_zeros(()))
 
-    def config(self, sae: TopKSae) -> dict[str, Any]:
+    def config(self, sae: SparseAutoencoder) -> dict[str, Any]:
         return {**super().config(sae), "threshold": float(sae.threshold)}

@@ -28,7 +28,7 @@ from torch import nn
 from harness.core.activations.base import ActivationBase, width_above
 
 if TYPE_CHECKING:
-    from harness.core.sae import SaeOutput, TopKSae
+    from harness.core.sae import SaeOutput, SparseAutoencoder
 
 
 def _window(z: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
@@ -79,7 +79,6 @@ class JumpRelu(ActivationBase):
     options: ClassVar[dict[str, Any]] = {"jumprelu_bandwidth": 0.05,
                                          "jumprelu_init_threshold": 1.5,
                                          "jumprelu_threshold_lr_scale": 10.0}
-    uses_k: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -94,44 +93,45 @@ class JumpRelu(ActivationBase):
         """epsilon in the data's units."""
         return float(self.jumprelu_bandwidth) * self.scale
 
-    def attach(self, sae: TopKSae) -> None:
+    def attach(self, sae: SparseAutoencoder) -> None:
         sae.log_threshold = nn.Parameter(torch.zeros(sae.n_latents, device=sae.W_dec.device,
                                                      dtype=sae.W_dec.dtype))
 
-    def begin_training(self, sae: TopKSae, scale: float) -> None:
+    def begin_training(self, sae: SparseAutoencoder, scale: float) -> None:
         self.scale = float(scale) if scale > 0 else 1.0
         with torch.no_grad():
             sae.log_threshold.fill_(math.log(float(self.jumprelu_init_threshold) * self.scale))
 
-    def lr_scales(self, sae: TopKSae) -> list[tuple[torch.nn.Parameter, float]]:
+    def lr_scales(self, sae: SparseAutoencoder) -> list[tuple[torch.nn.Parameter, float]]:
         return [(sae.log_threshold, float(self.jumprelu_threshold_lr_scale))]
 
     def candidates(self, k: int | None, n_latents: int) -> int:
         return n_latents
 
-    def ranking(self, sae: TopKSae, pre: torch.Tensor) -> torch.Tensor:
+    def ranking(self, sae: SparseAutoencoder, pre: torch.Tensor) -> torch.Tensor:
         theta = sae.log_threshold.detach().exp()
         # training also gathers the latents just below theta: their thresholds have a gradient
         cut = theta - self.bandwidth / 2 if torch.is_grad_enabled() else theta
         return pre - cut.to(pre.dtype)
 
-    def width(self, sae: TopKSae, pre: torch.Tensor) -> int | None:
+    def width(self, sae: SparseAutoencoder, pre: torch.Tensor) -> int | None:
         return width_above(self.ranking(sae, pre), 0.0)
 
-    def select(self, sae: TopKSae, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    def select(self, sae: SparseAutoencoder, values: torch.Tensor,
+               indices: torch.Tensor) -> torch.Tensor:
         theta = sae.log_threshold.exp()[indices].to(values.dtype)
         if not torch.is_grad_enabled():
             return values * (values > theta)
         return JumpReluFunction.apply(values, theta, self.bandwidth)
 
-    def l0_penalty(self, sae: TopKSae, out: SaeOutput) -> torch.Tensor:
+    def l0_penalty(self, sae: SparseAutoencoder, out: SaeOutput) -> torch.Tensor:
         theta = sae.log_threshold.exp()[out.top_indices]
         z = out.candidate_values.float()
         return StepFunction.apply(z, theta, self.bandwidth).sum(-1).mean()
 
-    def tensors(self, sae: TopKSae) -> dict[str, torch.Tensor]:
+    def tensors(self, sae: SparseAutoencoder) -> dict[str, torch.Tensor]:
         return {"threshold": sae.log_threshold.detach().exp()}
 
-    def restore(self, sae: TopKSae, saved: dict[str, torch.Tensor]) -> None:
+    def restore(self, sae: SparseAutoencoder, saved: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             sae.log_threshold.copy_(saved["threshold"].log())

@@ -18,7 +18,7 @@ import torch
 from harness.core.activations.batchtopk import BatchTopK
 
 if TYPE_CHECKING:
-    from harness.core.sae import SaeOutput, TopKSae
+    from harness.core.sae import SaeOutput, SparseAutoencoder
 
 
 def parse_prefixes(text: str) -> tuple[float, ...]:
@@ -49,7 +49,7 @@ class MatryoshkaBatchTopK(BatchTopK):
         """Latents in each proper prefix (at least 1, fewer than n_latents)."""
         return sorted({min(n_latents - 1, max(1, round(f * n_latents))) for f in self.fractions})
 
-    def reconstruction_loss(self, sae: TopKSae, x: torch.Tensor, out: SaeOutput,
+    def reconstruction_loss(self, sae: SparseAutoencoder, x: torch.Tensor, out: SaeOutput,
                             mse: torch.Tensor) -> torch.Tensor:
         losses = [mse]
         for size in self.prefix_sizes(sae.n_latents):

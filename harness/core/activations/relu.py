@@ -16,7 +16,7 @@ import torch
 from harness.core.activations.base import ActivationBase, width_above
 
 if TYPE_CHECKING:
-    from harness.core.sae import TopKSae
+    from harness.core.sae import SparseAutoencoder
 
 
 class Relu(ActivationBase):
@@ -25,10 +25,9 @@ class Relu(ActivationBase):
     name: ClassVar[str] = "relu"
     saelens_name: ClassVar[str] = "standard"
     params: ClassVar[frozenset[str]] = frozenset({"l1_lambda"})
-    uses_k: ClassVar[bool] = False
 
     def candidates(self, k: int | None, n_latents: int) -> int:
         return n_latents
 
-    def width(self, sae: TopKSae, pre: torch.Tensor) -> int | None:
+    def width(self, sae: SparseAutoencoder, pre: torch.Tensor) -> int | None:
         return width_above(pre, 0.0)

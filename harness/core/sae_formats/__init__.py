@@ -1,5 +1,5 @@
-"""Reading SAE folders of every tool into our TopKSae: one protocol (SaeFormat), one registry
-(FORMATS), one entry point (`read_sae`), used by `TopKSae.load` (the seed API),
+"""Reading SAE folders of every tool into our SparseAutoencoder: one protocol (SaeFormat), one
+registry (FORMATS), one entry point (`read_sae`), used by `SparseAutoencoder.load` (the seed API),
 `harness.evaluate` and `harness.export`.
 
 A format converts a folder into an SAE whose forward pass is the other tool's, exactly: settings
@@ -27,7 +27,7 @@ from harness.core.sae_formats.saelens import SaeLensFormat
 from harness.core.sae_formats.sparsify import SparsifyFormat
 
 if TYPE_CHECKING:
-    from harness.core.sae import TopKSae
+    from harness.core.sae import SparseAutoencoder
 
 
 class SaeFormat(Protocol):
@@ -43,7 +43,7 @@ class SaeFormat(Protocol):
         """Whether `folder` holds an SAE of this format."""
 
     @staticmethod
-    def read(folder: Path, device: torch.device | str) -> TopKSae:
+    def read(folder: Path, device: torch.device | str) -> SparseAutoencoder:
         """The SAE, its forward pass exactly the tool's; UnsupportedSae or CorruptFile naming the
         file and field otherwise."""
 
@@ -56,7 +56,7 @@ FORMATS: dict[str, type[SaeFormat]] = {
 """Format name -> its class, in the order they are asked to claim a folder."""
 
 
-def read_sae(folder: str | Path, device: torch.device | str = "cpu") -> TopKSae:
+def read_sae(folder: str | Path, device: torch.device | str = "cpu") -> SparseAutoencoder:
     """The SAE saved in `folder` by any tool of FORMATS (the first that claims it)."""
     folder = Path(folder)
     for fmt in FORMATS.values():

@@ -28,7 +28,7 @@ from harness.core.sae_formats.errors import UnsupportedSae
 from harness.core.sae_formats.weights import Weights, fold_input_bias
 
 if TYPE_CHECKING:
-    from harness.core.sae import TopKSae
+    from harness.core.sae import SparseAutoencoder
 
 WEIGHTS_FILE = "ae.pt"
 CONFIG_FILE = "config.json"
@@ -47,8 +47,8 @@ class DictionaryLearningFormat:
         return (folder / WEIGHTS_FILE).is_file()
 
     @staticmethod
-    def read(folder: Path, device: torch.device | str = "cpu") -> TopKSae:
-        from harness.core.sae import TopKSae
+    def read(folder: Path, device: torch.device | str = "cpu") -> SparseAutoencoder:
+        from harness.core.sae import SparseAutoencoder
 
         path = folder / WEIGHTS_FILE
         state = _state_dict(path)
@@ -66,8 +66,8 @@ class DictionaryLearningFormat:
             if not trainer.get("apply_b_dec_to_input", False):  # its class's default
                 weights = fold_input_bias(weights)
             threshold = _take(state, path, {"threshold": "threshold"})["threshold"]
-            return TopKSae.from_weights("jumprelu", {**weights,
-                                                     "threshold": threshold.clamp_min(0)},
+            return SparseAutoencoder.from_weights("jumprelu", {**weights,
+                                                               "threshold": threshold.clamp_min(0)},
                                         where=where, device=device)
         if dict_class == "MatryoshkaBatchTopKSAE":
             weights = _take(state, path, {"W_enc": "W_enc", "b_enc": "b_enc", "W_dec": "W_dec",
@@ -77,10 +77,10 @@ class DictionaryLearningFormat:
         else:
             weights = _linear(state, path, bias="b_dec")
         if dict_class == "AutoEncoder":
-            return TopKSae.from_weights("relu", weights, where=where, device=device)
+            return SparseAutoencoder.from_weights("relu", weights, where=where, device=device)
         k = int(_take(state, path, {"k": "k"})["k"])
         if dict_class == "AutoEncoderTopK":
-            return TopKSae.from_weights("topk", weights, k=k, where=where, device=device)
+            return SparseAutoencoder.from_weights("topk", weights, k=k, where=where, device=device)
         threshold = _take(state, path, {"threshold": "threshold"})["threshold"]
         options: dict[str, Any] = {}
         name = "batchtopk"
@@ -91,8 +91,8 @@ class DictionaryLearningFormat:
             if ends:
                 name, options = "matryoshka_batchtopk", {
                     "matryoshka_prefixes": ",".join(str(e / n) for e in ends)}
-        return TopKSae.from_weights(name, {**weights, "threshold": threshold}, k=k,
-                                    options=options, where=where, device=device)
+        return SparseAutoencoder.from_weights(name, {**weights, "threshold": threshold}, k=k,
+                                              options=options, where=where, device=device)
 
 
 def _state_dict(path: Path) -> dict[str, torch.Tensor]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from harness.errors import SaesweepError
 
-class UnsupportedSae(ValueError):
+
+class UnsupportedSae(SaesweepError, ValueError):
     """An SAE folder whose forward pass this harness cannot reproduce exactly; the message names
     the file, the field and its value."""

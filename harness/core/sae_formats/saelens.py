@@ -36,7 +36,7 @@ from harness.core.sae_formats.weights import (
 )
 
 if TYPE_CHECKING:
-    from harness.core.sae import TopKSae
+    from harness.core.sae import SparseAutoencoder
 
 CONFIG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -65,8 +65,8 @@ class SaeLensFormat:
         return (folder / CONFIG_FILE).is_file()
 
     @staticmethod
-    def read(folder: Path, device: torch.device | str = "cpu") -> TopKSae:
-        from harness.core.sae import TopKSae
+    def read(folder: Path, device: torch.device | str = "cpu") -> SparseAutoencoder:
+        from harness.core.sae import SparseAutoencoder
 
         cfg_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
         cfg = read_json(cfg_path)
@@ -102,9 +102,9 @@ class SaeLensFormat:
         if cfg.get("rescale_acts_by_decoder_norm"):
             core = scale_latents(core, decoder_norms(core))
         activation, k, options, own = _activation(architecture, ours, cfg, weights, cfg_path)
-        return TopKSae.from_weights(activation, {**core, **own}, k=k, options=options,
-                                    k_aux=cfg.get("k_aux"), where=str(weights_path),
-                                    device=device)
+        return SparseAutoencoder.from_weights(activation, {**core, **own}, k=k, options=options,
+                                              k_aux=cfg.get("k_aux"), where=str(weights_path),
+                                              device=device)
 
 
 def _major(cfg: dict[str, Any]) -> int:

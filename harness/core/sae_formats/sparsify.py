@@ -16,7 +16,7 @@ from harness.core.readback import CorruptFile, check_shapes, read_json, read_saf
 from harness.core.sae_formats.errors import UnsupportedSae
 
 if TYPE_CHECKING:
-    from harness.core.sae import TopKSae
+    from harness.core.sae import SparseAutoencoder
 
 CONFIG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"
@@ -33,8 +33,8 @@ class SparsifyFormat:
         return (folder / WEIGHTS_FILE).is_file()
 
     @staticmethod
-    def read(folder: Path, device: torch.device | str = "cpu") -> TopKSae:
-        from harness.core.sae import TopKSae
+    def read(folder: Path, device: torch.device | str = "cpu") -> SparseAutoencoder:
+        from harness.core.sae import SparseAutoencoder
 
         cfg_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
         cfg = read_json(cfg_path)
@@ -64,5 +64,5 @@ class SparsifyFormat:
                                        "W_dec": (n, d_in), "b_dec": (d_in,)})
         weights = {"W_enc": w["encoder.weight"].T.contiguous(), "b_enc": w["encoder.bias"],
                    "W_dec": w["W_dec"], "b_dec": w["b_dec"]}
-        return TopKSae.from_weights("topk", weights, k=k, where=str(weights_path),
-                                    device=device)
+        return SparseAutoencoder.from_weights("topk", weights, k=k, where=str(weights_path),
+                                              device=device)

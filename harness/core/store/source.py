@@ -15,11 +15,13 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
+from harness.errors import SaesweepError
+
 FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                 "F64": torch.float64}
 
 
-class StoreError(Exception):
+class StoreError(SaesweepError):
     """Bad or missing activation data; the message names the file or key at fault."""
 
 

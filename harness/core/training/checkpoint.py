@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from harness.core.atomic import write_torch
-from harness.core.loss_monitor import LossMonitor
+from harness.core.training.loss_monitor import LossMonitor
 from harness.core.training.results import HISTORY_FIELDS
 
 if TYPE_CHECKING:

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from harness.core.cpu_bf16 import cpu_has_bf16
 from harness.core.loader import ActivationLoader, LoaderConfig
 from harness.core.recipes import default_lr
+from harness.core.runtime.cpu_bf16 import cpu_has_bf16
 from harness.core.store import FLOAT_DTYPES as STORE_DTYPES
 from harness.core.store import ActivationSource
 from harness.core.training.checks import check, check_types, positive
@@ -58,7 +58,7 @@ class DataOptions:
     in_memory_bytes: int = 4 << 30
     """Hold the training split in memory when it fits in this many bytes and in the budget."""
     memory_budget: int | None = field(default=None, metadata=_HARNESS)
-    """Host memory of the run in bytes, which sizes its buffers (harness.core.memory_plan);
+    """Host memory of the run in bytes, which sizes its buffers (harness.core.runtime.memory_plan);
     None = 80% of the available memory, divided among a sweep's workers on the node."""
     seed: int = 0
     """Seed of the data order (shard order and shuffles); the SAE's own init takes its seed."""
@@ -158,7 +158,7 @@ class FinishOptions:
     decoder_refit: bool = True
     """After the last step, replace the decoder rows and output bias by their least-squares fit
     to the codes of a sample of the tokens trained on, pulled towards Adam's rows
-    (`decoder_prior_tokens`; harness.core.refit); False = the decoder as Adam left it."""
+    (`decoder_prior_tokens`; harness.core.training.refit); False = the decoder as Adam left it."""
     finish_budget: float = 0.12
     """The finish's cost as a share of the training loop's, by the cost model of
     harness.core.training.finish (a pass over a batch and the solve, counted in training steps):
@@ -172,8 +172,8 @@ class FinishOptions:
     trained row, weighted by the latent's activations; 0 = the plain least-squares fit."""
     encoder_refit: bool = False
     """After the decoder refit, a Gauss-Newton step for the encoder rows, then the decoder refit
-    again (harness.core.encoder_refit: 6 more passes over at most `encoder_refit_max_tokens`;
-    for activations that support it, only with the decoder refit)."""
+    again (harness.core.training.encoder_refit: 6 more passes over at most
+    `encoder_refit_max_tokens`; for activations that support it, only with the decoder refit)."""
     encoder_refit_max_tokens: int = field(default=1 << 20, metadata=_SHARED)
     """Tokens the encoder refit fits on (the first of the decoder refit's); each keeps its k
     latent indices on the device (int32) between the passes."""
@@ -206,9 +206,9 @@ class RuntimeOptions:
     """Backward through the chosen latents only (B*k*d work, not B*n*d); False = the dense
     autograd reference."""
     autocast_bf16: bool | None = None
-    """Run the forward pass (and the finish's encoder products) under bf16 autocast with fp32
-    master weights; None = on CUDA (as sparsify and SAELens train) and on a CPU with native bf16
-    products (harness.core.cpu_bf16), off on other CPUs, where bf16 is emulated and slower."""
+    """The forward pass (and the finish's encoder products) under bf16 autocast, fp32 master
+    weights; None = on CUDA (as sparsify and SAELens train) and on a CPU with native bf16
+    products (harness.core.runtime.cpu_bf16), not where bf16 is emulated and slower."""
     host_sync_every: int | None = None
     """Steps between the trainer's reads of device state: the divergence check and the dead
     latents AuxK trains (a divergence is caught at most this many steps late, a latent joins
@@ -216,7 +216,7 @@ class RuntimeOptions:
     CUDA."""
     cpu_reuse_freed_memory: bool = True
     """On CPU with glibc, keep freed blocks up to 1 GiB for the next step instead of unmapping
-    them (harness.core.cpu_memory; docs/benchmarks.md). Process-wide and kept once set."""
+    them (harness.core.runtime.cpu_memory; docs/benchmarks.md). Process-wide and kept once set."""
     progress: bool | None = field(default=None, metadata=_HARNESS)
     """Show a tqdm bar; None = only when stderr is a terminal."""
 

@@ -1,7 +1,7 @@
 """The least-squares finish after the last step, at a bounded cost: the decoder refit
-(harness.core.refit) on a sample of the tokens trained on, sized by `finish_budget`; then, where
-asked for and the activation allows it, one encoder step (harness.core.encoder_refit) and the
-decoder refit again. Lockstep runs share each pass over the tokens.
+(harness.core.training.refit) on a sample of the tokens trained on, sized by `finish_budget`; then,
+where asked for and the activation allows it, one encoder step (harness.core.training.encoder_refit)
+and the decoder refit again. Lockstep runs share each pass over the tokens.
 
 The budget is counted in training steps of the run, with a cost model measured on CPU
 (scripts/bench_finish.py, docs/training.md): a pass over one batch costs DECODER_PASS_STEPS steps
@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from harness.core.encoder_refit import ITERATIONS, EncoderRefit, solve_encoder_refits
 from harness.core.loader import ActivationLoader
-from harness.core.refit import DecoderRefit
+from harness.core.training.encoder_refit import ITERATIONS, EncoderRefit, solve_encoder_refits
+from harness.core.training.refit import DecoderRefit
 from harness.core.training.results import TrainingInterrupted, short_error
 
 if TYPE_CHECKING:
@@ -28,17 +28,16 @@ if TYPE_CHECKING:
     from harness.core.training.run import MemberRun
 
 DECODER_PASS_STEPS = 1.2
-"""A decoder-refit pass over one batch, in training steps of that batch (1.13-1.15 measured on
-MiniLM, n = 3072, with and without bf16: docs/training.md)."""
+"""A decoder-refit pass over one batch, in training steps of that batch (the measurement:
+docs/training.md)."""
 ENCODER_PASS_STEPS = 2.0 + 0.55 * ITERATIONS + DECODER_PASS_STEPS
 """The encoder refit's passes over one batch (targets, each CG product, the decoder again)."""
 
 
 def solve_steps(n_latents: int, d: int, batch_size: int, bf16: bool) -> float:
     """The decoder solve in training steps: a Cholesky factor and a solve for d columns
-    (n^3/3 + 2 n^2 d multiply-adds) over a step's dense product (B n d). The float32 solve
-    takes half a float32 step's time per multiply-add on CPU and 0.85 of a bf16 step's (0.155 s
-    against 0.09 s and 0.054 s a step at n = 3072, d = 384, B = 4096: docs/training.md)."""
+    (n^3/3 + 2 n^2 d multiply-adds) over a step's dense product (B n d), at the measured cost of
+    a float32 solve's multiply-add in float32 and in bf16 steps (docs/training.md)."""
     return (n_latents**2 / 3 + 2 * n_latents * d) / (batch_size * d) * (0.85 if bf16 else 0.5)
 
 

@@ -1,5 +1,5 @@
-"""A run's loader sized by its byte budget (harness.core.memory_plan): the plan is made from the
-split's arithmetic and the members' shapes before a token is read, and refused when the budget
+"""A run's loader sized by its byte budget (harness.core.runtime.memory_plan): the plan is made from
+the split's arithmetic and the members' shapes before a token is read, and refused when the budget
 cannot hold the run."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from harness.core.cpu_memory import step_block_bytes
-from harness.core.footprint import TrainingShape, model_bytes
 from harness.core.loader import READ_ROWS, ActivationLoader
-from harness.core.memory_plan import default_budget, plan_memory, process_memory
+from harness.core.runtime.cpu_memory import step_block_bytes
+from harness.core.runtime.footprint import TrainingShape, model_bytes
+from harness.core.runtime.memory_plan import default_budget, plan_memory, process_memory
 from harness.core.training import finish
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def member_shape(member: LockstepMember, device: torch.device) -> TrainingShape:
-    """What decides a member's memory (harness.core.footprint)."""
+    """What decides a member's memory (harness.core.runtime.footprint)."""
     sae, cfg = member.sae, member.config
     cfg = cfg.resolved_for(device, sae.n_latents, sae.n_inputs, 1)
     refit = cfg.decoder_refit and sae.n_latents <= cfg.decoder_refit_max_latents

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.core.sae import TopKSae
+from harness.core.sae import SparseAutoencoder
 from harness.core.training.config import SaeTrainingConfig
 
 
@@ -18,7 +18,7 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, decay_fraction: fl
     return max(factor, 0.0)
 
 
-def adam(sae: TopKSae, cfg: SaeTrainingConfig) -> torch.optim.Optimizer:
+def adam(sae: SparseAutoencoder, cfg: SaeTrainingConfig) -> torch.optim.Optimizer:
     """Adam, fused into one kernel where this torch build supports it for these parameters; the
     decoder rows in their own group at `decoder_lr_scale` times the rate (group 0 is at `lr`), and
     an activation's own parameters at the multiples it asks for (JumpReLU's thresholds)."""

@@ -14,7 +14,7 @@ import safetensors
 import torch
 
 from harness.core.atomic import write_json
-from harness.core.sae import TopKSae
+from harness.core.sae import SparseAutoencoder
 from harness.core.store import ActivationSource, LocalStore, flatten_layer_name
 from harness.core.training.config import SaeTrainingConfig
 from harness.core.training.results import TrainingHistory
@@ -27,9 +27,9 @@ def new_run_id(run_id: str, layer: str) -> str:
     return f"sae_{run_id}_{flatten_layer_name(layer)}_{stamp}_{uuid.uuid4().hex[:6]}"
 
 
-def save_run(out_dir: Path, sae: TopKSae, cfg: SaeTrainingConfig, history: TrainingHistory,
-             source: ActivationSource, store: LocalStore, training_run_id: str,
-             extra_meta: dict[str, Any]) -> None:
+def save_run(out_dir: Path, sae: SparseAutoencoder, cfg: SaeTrainingConfig,
+             history: TrainingHistory, source: ActivationSource, store: LocalStore,
+             training_run_id: str, extra_meta: dict[str, Any]) -> None:
     """Write the SAE and its records into `out_dir` (each file atomically)."""
     final = history.final
     sae.save(out_dir, metadata={"activation_run": source.run_id,

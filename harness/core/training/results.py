@@ -1,6 +1,6 @@
 """What training produces and the signals that end it: EvalResult, TrainingHistory,
 MemberOutcome, and the exceptions (StopTraining, TrainingInterrupted, SaveFailed;
-TrainingDiverged comes from harness.core.loss_monitor)."""
+TrainingDiverged comes from harness.core.training.loss_monitor)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.core.loss_monitor import TrainingDiverged
+from harness.core.training.loss_monitor import TrainingDiverged
 
 if TYPE_CHECKING:
-    from harness.core.sae import TopKSae
+    from harness.core.sae import SparseAutoencoder
 
 __all__ = ["HISTORY_FIELDS", "Callback", "EvalResult", "FinalEvaluator", "MemberOutcome",
            "SaveFailed", "StopTraining", "TrainingDiverged", "TrainingHistory",
@@ -183,5 +183,5 @@ class MemberOutcome:
 
 Callback = Callable[[EvalResult], None]
 """Sees every evaluation; may raise StopTraining."""
-FinalEvaluator = Callable[["TopKSae"], Mapping[str, float]]
+FinalEvaluator = Callable[["SparseAutoencoder"], Mapping[str, float]]
 """Measures a finished SAE (after the refits and the last evaluation); named by its __name__."""

@@ -13,10 +13,10 @@ import torch
 
 from harness.core.activations import check_penalty
 from harness.core.loader import ActivationLoader
-from harness.core.loss_monitor import LossMonitor
 from harness.core.metrics import DeadFeatureTracker, DeadLatents, ReconstructionAccumulator
 from harness.core.store import ActivationSource, LocalStore
 from harness.core.training.checkpoint import read_checkpoint, write_checkpoint
+from harness.core.training.loss_monitor import LossMonitor
 from harness.core.training.optim import adam, schedule
 from harness.core.training.outputs import new_run_id, save_run
 from harness.core.training.results import (

@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from harness.core.cpu_memory import reuse_freed_blocks
 from harness.core.loader import ActivationLoader
-from harness.core.sae import TopKSae, data_center
+from harness.core.runtime.cpu_memory import reuse_freed_blocks
+from harness.core.sae import SparseAutoencoder, data_center
 from harness.core.store import LocalStore, StoreError, open_store
 from harness.core.training.config import LOCKSTEP_FIELDS, SaeTrainingConfig
 from harness.core.training.loop import drive
@@ -41,7 +41,7 @@ from harness.core.training.run import MemberRun
 class LockstepMember:
     """One SAE of a pack trained on the same batches (see SaeTrainer.train_lockstep)."""
 
-    sae: TopKSae
+    sae: SparseAutoencoder
     """The SAE to train (moved to the config's device)."""
     config: SaeTrainingConfig
     """Its training config; the lockstep fields must match the pack's."""
@@ -63,9 +63,9 @@ class LockstepMember:
 
 
 class SaeTrainer:
-    """Trains one TopKSae on one (activation run, layer) of a store."""
+    """Trains one SparseAutoencoder on one (activation run, layer) of a store."""
 
-    def __init__(self, sae: TopKSae) -> None:
+    def __init__(self, sae: SparseAutoencoder) -> None:
         self.sae = sae
 
     def train(
@@ -151,7 +151,7 @@ class SaeTrainer:
         return [run.finish() for run in runs]
 
 
-def _resolve_device(name: str | None, sae: TopKSae) -> torch.device:
+def _resolve_device(name: str | None, sae: SparseAutoencoder) -> torch.device:
     if name is None:
         return sae.W_dec.device
     if name == "auto":

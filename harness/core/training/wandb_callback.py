@@ -8,8 +8,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from harness.core.loss_monitor import TrainingDiverged
 from harness.core.training.config import SaeTrainingConfig
+from harness.core.training.loss_monitor import TrainingDiverged
 from harness.core.training.results import EvalResult, TrainingHistory
 from harness.core.wandb_log import WandbRun
 

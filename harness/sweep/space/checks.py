@@ -9,8 +9,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-from harness.core.activations import ACTIVATIONS, OPTIONS, activation_class, check_penalty
+from harness.core.activations import (
+    ACTIVATIONS,
+    DEFAULT_ACTIVATION,
+    OPTIONS,
+    activation_class,
+    check_penalty,
+)
 from harness.core.loader import ActivationLoader
+from harness.core.shape import k_for, k_problem, n_latents_for
 from harness.core.store import ActivationSource, StoreError, open_store
 from harness.core.training.checks import type_error
 from harness.core.training.config import SaeTrainingConfig, option_types
@@ -176,7 +183,7 @@ def check_k(path: Path, space: SweepSpace, d: int) -> None:
     min_exp = expansion.min_value if isinstance(expansion, ParamSpec) else float(expansion)
     if min_exp <= 0:
         raise SpaceError(f"{path}: params.expansion: must be > 0, got {min_exp}")
-    min_latents = max(1, round(min_exp * d))
+    min_latents = n_latents_for(min_exp, d)
     if "k" not in params and "k_fraction" not in params:
         return  # no activation of the space keeps k latents (ReLU, JumpReLU)
     if "k" in params:
@@ -185,7 +192,7 @@ def check_k(path: Path, space: SweepSpace, d: int) -> None:
         min_k = k.min_value if isinstance(k, ParamSpec) else float(k)
         if min_k < 1:
             raise SpaceError(f"{path}: params.k: must be >= 1, got {min_k:g}")
-        if max_k >= min_latents:
+        if k_problem(int(max_k), min_latents):
             raise SpaceError(f"{path}: params.k: k can reach {max_k:g} but n_latents can be as "
                              f"small as {min_latents} (expansion {min_exp:g} x d={d}); need "
                              "k < n_latents")
@@ -196,15 +203,16 @@ def check_k(path: Path, space: SweepSpace, d: int) -> None:
         if not (lo > 0 and hi < 1):
             raise SpaceError(f"{path}: params.k_fraction: must lie in (0, 1), got "
                              f"[{lo:g}, {hi:g}]")
-        if round(hi * min_latents) >= min_latents:  # the trial rounds k = k_fraction x n
+        top = k_for(min_latents, k_fraction=hi)  # the trial rounds k = k_fraction x n
+        if k_problem(top, min_latents):
             raise SpaceError(f"{path}: params.k_fraction: {hi:g} x n_latents rounds to "
-                             f"{round(hi * min_latents)} = n_latents when n_latents is "
+                             f"{top} = n_latents when n_latents is "
                              f"{min_latents} (expansion {min_exp:g} x d={d}); need k < n_latents")
 
 
 def activation_choices(space: SweepSpace) -> list[str]:
     """The activations the space's trials can have."""
-    spec = space.params.get("activation", "topk")
+    spec = space.params.get("activation", DEFAULT_ACTIVATION)
     return list(spec.choices or []) if isinstance(spec, ParamSpec) else [str(spec)]
 
 

@@ -15,8 +15,10 @@ from typing import Any
 import optuna
 from pydantic import ValidationError
 
-from harness.core.activations import OPTIONS, activation_class, check_penalty
+from harness.core.activations import DEFAULT_ACTIVATION, OPTIONS, activation_class
 from harness.core.loader import ActivationLoader
+from harness.core.recipes import default_lr
+from harness.core.shape import k_for, k_problem, n_latents_for
 from harness.core.store import open_store
 from harness.core.training.config import LOCKSTEP_FIELDS, SaeTrainingConfig
 from harness.data.synthetic import SyntheticSpec
@@ -31,7 +33,7 @@ from harness.sweep.space.checks import (
     check_store,
     check_training,
 )
-from harness.sweep.space.fidelity import check_budget, check_fidelity, rung_of
+from harness.sweep.space.rungs import check_budget, check_fidelity, rung_of
 from harness.sweep.space.schema import (
     SPECIAL_PARAMS,
     ParamSpec,
@@ -54,14 +56,14 @@ class TrialSetup:
     lr: float
     config: SaeTrainingConfig
     sampled: dict[str, Any]
-    activation: str = "topk"
+    activation: str = DEFAULT_ACTIVATION
     """The activation's registry name (harness.core.activations)."""
     activation_options: dict[str, Any] = field(default_factory=dict)
     """Its options (Matryoshka's prefixes), as sampled or fixed."""
     planned_steps: int | None = None
     """The steps it trains in full (the prune-late rule's reference)."""
     rung: int | None = None
-    """Its token-budget rung (harness.sweep.fidelity); None outside the rungs."""
+    """Its token-budget rung (harness.sweep.rungs); None outside the rungs."""
     seed_trial: int | None = None
     """The trial number its SAE's initial weights are seeded by: a re-run at a higher rung
     starts from its configuration's first trial's weights; None = its own."""
@@ -84,7 +86,7 @@ class LoadedSpace:
         penalty or option, or one whose `when` leaves it out) is not sampled."""
         s = self.space
         values: dict[str, Any] = {}
-        spec = s.params.get("activation", "topk")
+        spec = s.params.get("activation", DEFAULT_ACTIVATION)
         activation = str(spec.suggest(trial, "activation") if isinstance(spec, ParamSpec)
                          else spec)
         values["activation"] = activation
@@ -95,37 +97,34 @@ class LoadedSpace:
         if "activation" not in s.params:
             del values["activation"]
         expansion = float(values["expansion"])
-        n_latents = max(1, round(expansion * self.d))
+        n_latents = n_latents_for(expansion, self.d)
         k: int | None = None
         if activation_class(activation).uses_k:
-            k = (int(values["k"]) if "k" in values
-                 else max(1, round(values["k_fraction"] * n_latents)))
-            if not 0 < k < n_latents:
-                raise ValueError(f"k={k} must be in [1, n_latents={n_latents})")
+            k = k_for(n_latents, values.get("k"), values.get("k_fraction"))
+            if problem := k_problem(k, n_latents):
+                raise ValueError(problem)
         fields = {**s.training}
         fields.update({n: v for n, v in values.items() if n not in SPECIAL_PARAMS})
-        check_penalty(activation, fields.get("l0_lambda", 0.0))
         fields["max_tokens"] = s.data.max_tokens
         rung = rung_of(trial) if s.fidelity is not None else None
         if rung is not None:
             fields["max_train_tokens"] = rung.tokens
+        # the store is opened once, for the steps; the lr is resolved here, once, and the trial
+        # records and trains with it (the trainer gets it as a number, not None)
+        data = open_store(s.data.store).open(s.data.run_id, s.data.layer_signature)
+        steps = SaeTrainingConfig(**{**fields, "lr": None}).steps_on(data)
         if "lr" in values:
             lr = float(values["lr"])
         elif "lr_scale" in values or fields.get("lr") is None:
-            # the trainer's default for this size and step count, resolved here to record it
-            config = SaeTrainingConfig(**{**fields, "lr": None})
-            data = open_store(s.data.store).open(s.data.run_id, s.data.layer_signature)
-            lr = float(values.get("lr_scale", 1.0)) * config.resolved_lr(
-                n_latents, self.d, config.steps_on(data))
+            lr = float(values.get("lr_scale", 1.0)) * default_lr(n_latents, self.d, steps)
         else:
             lr = float(fields["lr"])
         fields["lr"] = lr
         options = {n: v for n, v in values.items() if n in OPTIONS}
         config = SaeTrainingConfig(**fields)
-        data = open_store(s.data.store).open(s.data.run_id, s.data.layer_signature)
         return TrialSetup(expansion=expansion, n_latents=n_latents, k=k, lr=lr,
                           config=config, sampled=values, activation=activation,
-                          activation_options=options, planned_steps=config.steps_on(data),
+                          activation_options=options, planned_steps=steps,
                           rung=rung.rung if rung else None,
                           seed_trial=rung.root if rung else None)
 

@@ -12,13 +12,14 @@ from typing import Any, Literal
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from harness.core.activations import ACTIVATIONS, OPTIONS, activation_class
+from harness.core.activations import ACTIVATIONS, DEFAULT_ACTIVATION, OPTIONS, activation_class
 from harness.core.metrics import METRICS, OBJECTIVE_METRICS
 from harness.core.store import open_store
 from harness.core.training.config import NOT_SAMPLED, SaeTrainingConfig
-from harness.evaluate.downstream import DownstreamConfig
+from harness.errors import SaesweepError
+from harness.evaluate.config import DownstreamConfig
 
-# lr = 2e-4 / sqrt(n_latents / 2**14): the scaling rule of sparsify and dictionary_learning
+# parameters a trial's setup resolves itself (not SaeTrainingConfig fields)
 SPECIAL_PARAMS = {"expansion", "k", "k_fraction", "lr", "lr_scale", "activation", *OPTIONS}
 SAMPLERS: dict[str, type] = {
     "tpe": optuna.samplers.TPESampler,
@@ -40,7 +41,7 @@ PRUNERS: dict[str, type | None] = {
 
 
 
-class SpaceError(Exception):
+class SpaceError(SaesweepError):
     """An invalid search-space file; the message names the file and the key path."""
 
 
@@ -230,7 +231,7 @@ class BudgetSection(_Strict):
 
 
 class FidelitySection(_Strict):
-    """Successive halving over token budgets (harness.sweep.fidelity): configurations train at
+    """Successive halving over token budgets (harness.sweep.rungs): configurations train at
     the first budget, the best of each group are re-run at the next."""
 
     tokens: list[int] = Field(min_length=2)
@@ -353,7 +354,7 @@ class SweepSpace(_Strict):
                 raise ValueError(f"give either {a!r} or {b!r}, not both")
         if "expansion" not in params:
             raise ValueError("'expansion' (n_latents = expansion x d) must be sampled or fixed")
-        activation = params.get("activation", "topk")
+        activation = params.get("activation", DEFAULT_ACTIVATION)
         sampled = isinstance(activation, ParamSpec)
         choices = (activation.choices or []) if sampled else [activation]
         if sampled and activation.type != "categorical" or not set(choices) <= {*ACTIVATIONS}:
@@ -368,7 +369,7 @@ class SweepSpace(_Strict):
     @model_validator(mode="after")
     def _activation_needs(self) -> SweepSpace:
         """Every activation the space can choose gets the parameters it needs."""
-        activation = self.params.get("activation", "topk")
+        activation = self.params.get("activation", DEFAULT_ACTIVATION)
         choices = (activation.choices or []) if isinstance(activation, ParamSpec) else [activation]
         for choice in choices:
             for need in activation_class(choice).params - {"k"}:

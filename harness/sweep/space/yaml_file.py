@@ -10,11 +10,13 @@ from typing import Any
 
 import yaml
 
+from harness.errors import SaesweepError
+
 # YAML 1.1 needs a dot in a float; these are the exponent forms without one (1e-3, 5E+4, .5e2)
 _EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
 
 
-class SpaceYamlError(ValueError):
+class SpaceYamlError(SaesweepError, ValueError):
     """The file cannot be read as a space: the message says where and why."""
 
 

@@ -68,7 +68,7 @@ def close_storage(storage: BaseStorage) -> None:
 
 
 def prepare_storage(url: str) -> str | None:
-    """Check a storage before a sweep writes to it (SpaceError says why it cannot be used);
+    """Check a storage before a sweep writes to it (StorageError says why it cannot be used);
     returns a line to print about a repair (a journal's torn last record), else None."""
     return storage_kind(url).check(url)
 

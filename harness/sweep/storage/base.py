@@ -30,7 +30,7 @@ class StorageKind(Protocol):
 
     @staticmethod
     def check(url: str) -> str | None:
-        """Before a sweep writes: raise SpaceError when it cannot be used; return a line to
+        """Before a sweep writes: raise StorageError when it cannot be used; return a line to
         print about anything repaired, else None."""
 
     @staticmethod

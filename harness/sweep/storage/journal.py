@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, ClassVar
 from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
+from harness.errors import StorageError
 from harness.sweep.storage.locks import file_lock
 
 if TYPE_CHECKING:
@@ -57,9 +58,8 @@ def repair_torn_tail(path: Path) -> str | None:
     newline (or an undecodable last line). Readers skip it, but the next append would glue a
     record to it and make the whole study unreadable. The file is copied to a backup first and
     the repair runs under the journal's own lock. A damaged record followed by good ones cannot
-    be cut without losing them: that is a SpaceError.
+    be cut without losing them: that is a StorageError.
     """
-    from harness.sweep.space import SpaceError
 
     lock = JournalFileSymlinkLock(str(path))
     lock.acquire()
@@ -72,12 +72,12 @@ def repair_torn_tail(path: Path) -> str | None:
             keep -= len(lines.pop()) + 1
         problem = _damaged_line(path, lines)
         if problem:
-            raise SpaceError(problem)
+            raise StorageError(problem)
         if keep == len(data):
             return None
         if keep == 0 and not data.startswith(b'{"op_code"'):  # not a first record torn
-            raise SpaceError(f"{path}: not an Optuna journal (no record in its {len(data)} "
-                             "bytes); give another --storage, or move the file away")
+            raise StorageError(f"{path}: not an Optuna journal (no record in its {len(data)} "
+                               "bytes); give another --storage, or move the file away")
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         backup = path.with_name(f"{path.name}.torn-{stamp}.bak")
         shutil.copy2(path, backup)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import optuna
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 
+from harness.errors import StorageError
 from harness.sweep.storage.locks import file_lock, no_lock
 from harness.sweep.urls import masked
 
@@ -57,20 +58,18 @@ class RdbKind:
     def check(cls, url: str) -> str | None:
         """Opened once: a missing driver, an unreachable server or a folder that does not
         exist fails here."""
-        from harness.sweep.space import SpaceError
-
         if _in_memory_sqlite(url):
-            raise SpaceError(f"--storage {masked(url)}: an in-memory SQLite database lives in one "
-                             "process and the workers are other processes: give a file, e.g. "
-                             "sqlite:///results/study.db")
+            raise StorageError(f"--storage {masked(url)}: an in-memory SQLite database lives in "
+                               "one process and the workers are other processes: give a file, "
+                               "e.g. sqlite:///results/study.db")
         try:
             cls.open(url).engine.dispose()  # opened to check it, then its connections closed
         except Exception as e:  # noqa: BLE001 - SQLAlchemy and drivers raise many kinds
             detail = str(e).splitlines()[0] if str(e) else type(e).__name__
             hint = (" (PostgreSQL needs a driver: pip install -e '.[postgres]')"
                     if isinstance(e, ModuleNotFoundError) else "")
-            raise SpaceError(f"--storage {masked(url)}: cannot open the storage: "
-                             f"{type(e).__name__}: {detail}{hint}") from e
+            raise StorageError(f"--storage {masked(url)}: cannot open the storage: "
+                               f"{type(e).__name__}: {detail}{hint}") from e
         return None
 
     @staticmethod

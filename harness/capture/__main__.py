@@ -1,0 +1,12 @@
+"""`python -m harness.capture`: see harness.capture.cli. The arguments are parsed before the
+command is imported, so `--help` and a mistyped option answer at once."""
+
+import sys
+
+from harness.capture.arguments import build_parser
+
+build_parser().parse_args()
+
+from harness.capture.cli import main  # noqa: E402 - after the arguments, on purpose
+
+sys.exit(main())

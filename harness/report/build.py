@@ -1,0 +1,235 @@
+"""A report from one or more studies (`build_report`): the trials as a DataFrame, tables, plots,
+scaling fits and summary.md, and optionally a W&B report run. In a notebook:
+`harness.report.load_trials("quickstart")` gives the trials as a DataFrame."""
+
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness.core.activations import DEFAULT_ACTIVATION
+from harness.core.paths import unwritable
+from harness.report.architectures import activations, plot_architectures
+from harness.report.arguments import FORMATS
+from harness.report.data import (
+    ReportError,
+    best_per_group,
+    complete,
+    load_study,
+    load_trials,
+)
+from harness.report.plots import (
+    param_importances,
+    plot_importance,
+    plot_learning_curves,
+    plot_lr_sensitivity,
+    plot_pareto,
+    plot_scaling,
+)
+from harness.report.scaling import JointFit, PowerLawFit, fit_joint, fit_per_k
+from harness.report.summary import has_downstream, summary_md
+from harness.report.tables import (
+    best_table_tex,
+    scaling_table_tex,
+    write_table_tex,
+)
+
+
+@dataclass
+class Report:
+    """What a report run produced."""
+
+    out_dir: Path
+    trials: pd.DataFrame
+    files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """Things not produced, and why (e.g. too few points for a fit)."""
+    fits: list[PowerLawFit] = field(default_factory=list)
+    joint: JointFit | None = None
+
+
+def build_report(
+    studies: Sequence[str],
+    storage: str | None = None,
+    results_dir: str | Path = "results",
+    out: str | Path | None = None,
+    formats: Sequence[str] = FORMATS,
+    metric: str = "r2",
+    group_by: Sequence[str] = ("expansion", "k"),
+    wandb_mode: str | None = None,
+    artifacts: str | None = None,
+) -> Report:
+    """Build every table and plot; raises ReportError for an empty or all-failed study."""
+    studies = list(studies)
+    unknown = set(formats) - set(FORMATS)
+    if unknown:
+        raise ReportError(f"unknown format(s) {sorted(unknown)}; choose from {list(FORMATS)}")
+    df = load_trials(studies, storage, results_dir, artifacts)
+    label = "+".join(studies)
+    if df.empty:
+        raise ReportError(f"study {label!r} has no trials yet: nothing to report (run the sweep "
+                          "first)")
+    out_dir = Path(out) if out else (Path(results_dir) / studies[0] / "report" if len(studies) == 1
+                                     else Path(results_dir) / "reports" / "__".join(studies))
+    problem = unwritable(out_dir)
+    if problem:
+        raise ReportError(f"--out: {problem}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = Report(out_dir=out_dir, trials=df)
+    if "csv" in formats:
+        df.to_csv(out_dir / "trials.csv", index=False)
+        report.files.append(out_dir / "trials.csv")
+    if "parquet" in formats:
+        df.to_parquet(out_dir / "trials.parquet", index=False)
+        report.files.append(out_dir / "trials.parquet")
+
+    df = _without_corrupt(df, report)
+    df = _without_non_finite(df, report)
+    for _, row in df[df["state"].isin(["complete", "pruned"]) & df["sae_path"].isna()].iterrows():
+        report.notes.append(f"trial {row['number']} of {row['study']}: its SAE is neither in "
+                            f"{row['trial_dir']} nor in the artifact store; it is in the tables "
+                            "(its metrics are in the study), not in the learning curves")
+    done = complete(df)
+    lower = int((df["state"] == "complete").sum()) - len(done)
+    if lower:
+        report.notes.append(f"{lower} complete trial(s) of rungs below the last (fidelity) "
+                            "trained on fewer tokens: in trials.csv, not in fronts, tables or fits")
+    if done.empty:
+        counts = df["state"].value_counts().to_dict()
+        reasons = df["fail_reason"].dropna().value_counts().head(3).to_dict()
+        raise ReportError(f"study {label!r} has no complete trial ({counts}); nothing to plot. "
+                          f"Most common failure reasons: {reasons or 'none recorded'}. "
+                          + "".join(f"{note[0].upper()}{note[1:]}. " for note in report.notes)
+                          + f"trials.csv was written to {out_dir}")
+    missing = [c for c in group_by if c not in df.columns]
+    if missing:
+        raise ReportError(f"--group-by {missing}: not a column; columns: {list(df.columns)}")
+    keys = (["study"] if len(studies) > 1 else []) + list(group_by)
+    mixed = len(activations(df)) > 1
+    if mixed and "activation" not in keys:
+        keys.append("activation")  # a TopK and a BatchTopK at one (expansion, k) both count
+
+    best = best_per_group(df, keys, metric)
+    by_size = best_per_group(df, ["n_latents", "k"], "fvu")
+    if mixed:  # a scaling law is one architecture's
+        with_k = complete(df).dropna(subset=["k"])
+        if not with_k.empty:
+            main = with_k["activation"].fillna(DEFAULT_ACTIVATION).value_counts().index[0]
+            by_size = best_per_group(df[df["activation"].fillna(DEFAULT_ACTIVATION) == main],
+                                     ["n_latents", "k"], "fvu")
+            report.notes.append(f"the scaling fits use the {main} trials only")
+    report.fits = fit_per_k(by_size)
+    report.joint = fit_joint(by_size)
+    if not report.fits:
+        report.notes.append("no scaling-law fit: needs 3 or more distinct n_latents at one k")
+    if report.joint is None and by_size["k"].nunique() > 1:
+        report.notes.append("no joint L(n, k) fit: needs 2+ values of both n_latents and k, "
+                            "more than 6 sizes, and a converging fit")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a plot that warns is a plot to fix, not to ship
+        report.files += plot_pareto(df, out_dir)
+        if has_downstream(df):
+            report.files += plot_pareto(df, out_dir, y="delta_ce", name="pareto_delta_ce")
+        if mixed:
+            report.files += plot_architectures(df, out_dir)
+            if has_downstream(df):
+                report.files += plot_architectures(df, out_dir, y="delta_ce",
+                                                   name="architectures_delta_ce")
+        report.files += plot_learning_curves(df, out_dir, metric)
+        if done["lr"].nunique() > 1:
+            report.files += plot_lr_sensitivity(df, out_dir)
+        else:
+            report.notes.append("no lr-sensitivity plot: the learning rate does not vary among "
+                                "complete trials")
+        if report.fits:
+            report.files += plot_scaling(by_size, report.fits, out_dir)
+    importances = _importances(studies, storage, results_dir, metric, out_dir, report)
+
+    if "md" in formats:
+        path = out_dir / "summary.md"
+        path.write_text(summary_md(label, df, best, keys, metric, report, importances),
+                        encoding="utf-8")
+        report.files.append(path)
+    if "tex" in formats:
+        path = out_dir / "table.tex"
+        write_table_tex(path, [best_table_tex(best, metric, label),
+                               scaling_table_tex(report.fits, report.joint, label)])
+        report.files.append(path)
+    if wandb_mode and wandb_mode != "off":
+        _log_to_wandb(label, df, best, report, wandb_mode)
+    return report
+
+
+def _without_corrupt(df: pd.DataFrame, report: Report) -> pd.DataFrame:
+    """Trials whose files are damaged are left out of everything but trials.csv, each named
+    with what is wrong; the report is built from the rest."""
+    if "corrupt" not in df:
+        return df
+    bad = df["corrupt"].notna()
+    for _, row in df[bad].iterrows():
+        report.notes.append(f"trial {row['number']} of {row['study']} is left out: "
+                            f"{row['corrupt']}")
+    return df[~bad].reset_index(drop=True)
+
+
+def _without_non_finite(df: pd.DataFrame, report: Report) -> pd.DataFrame:
+    """Complete trials whose final metrics are not finite (degenerate data, e.g. zero held-out
+    variance) cannot be plotted or fitted: leave them out, with a note saying which."""
+    columns = [c for c in df.columns if c.startswith(("final_", "best_"))]
+    values = df[columns].apply(pd.to_numeric, errors="coerce")
+    bad = (df["state"] == "complete") & ~np.isfinite(values.fillna(0.0)).all(axis=1)
+    if not bad.any():
+        return df
+    shown = ", ".join(str(n) for n in df.loc[bad, "number"].head(10))
+    report.notes.append(f"{int(bad.sum())} complete trial(s) with non-finite metrics (trial(s) "
+                        f"{shown}) are left out of the tables, plots and fits; trials.csv keeps "
+                        "them")
+    return df[~bad].reset_index(drop=True)
+
+
+def _importances(studies: list[str], storage: str | None, results_dir: str | Path, metric: str,
+                 out_dir: Path, report: Report) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for name in studies:
+        study = load_study(name, storage, results_dir)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", category=UserWarning)  # Optuna's experimental
+                values = param_importances(study, metric, full_budget_only=True)
+        except (ValueError, RuntimeError) as e:
+            report.notes.append(f"no importance plot for {name!r}: {e}")
+            continue
+        if not values:
+            report.notes.append(f"no importance plot for {name!r}: no sampled parameter varies")
+            continue
+        out[name] = values
+        suffix = "" if len(studies) == 1 else f"_{name}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            report.files += plot_importance(values, out_dir, metric, f"importance{suffix}")
+    return out
+
+
+def _log_to_wandb(label: str, df: pd.DataFrame, best: pd.DataFrame, report: Report,
+                  mode: str) -> None:
+    from harness.core.wandb_log import WandbRun
+
+    run = WandbRun(project="saesweep", name=f"report-{label}", config={"studies": label},
+                   mode=mode, dir=report.out_dir, job_type="report", group=label)
+    if run.run is None:
+        return
+    import wandb
+
+    row: dict = {"best_per_group": wandb.Table(dataframe=best.drop(
+        columns=[c for c in best.columns if c.startswith("datetime")]).astype(str))}
+    row.update({p.stem: wandb.Image(str(p)) for p in report.files if p.suffix == ".png"})
+    run.log(row, step=0)
+    run.set_summary({"trials": len(df), "complete": int((df["state"] == "complete").sum())})
+    run.finish()

@@ -1,0 +1,135 @@
+"""The report's summary.md: the best trial per group, the front, pruning, seeds, importances
+and the scaling fits, as Markdown."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from harness.core.metrics import METRICS
+from harness.report.architectures import activations, at_matched_l0
+from harness.report.data import (
+    complete,
+    pareto_front,
+    pruning_summary,
+    seed_summary,
+)
+from harness.report.scaling import JointFit, PowerLawFit
+from harness.report.tables import (
+    markdown_table,
+)
+
+if TYPE_CHECKING:
+    from harness.report.build import Report
+
+TRIAL_COLUMNS = {
+    "study": "study", "number": "trial", "activation": "activation", "expansion": "expansion",
+    "k": "k",
+    "n_latents": "latents", "lr": "lr", "final_r2": "R²", "final_fvu": "FVU", "final_l0": "L0",
+    "final_dead_ratio": "dead ratio", "tokens_seen": "tokens", "tokens_saved": "tokens saved",
+    "wall_time_s": "wall s",
+    "finish_share": "finish share",
+}
+# shown when the study measured them (a space with evaluation.downstream)
+DOWNSTREAM_COLUMNS = {"delta_ce": "ΔCE", "ce_loss_score": "CE score", "kl": "KL",
+                      "downstream_s": "LM eval s"}
+
+
+
+def has_downstream(df: pd.DataFrame) -> bool:
+    return "delta_ce" in df.columns and bool(complete(df)["delta_ce"].notna().any())
+
+
+def summary_md(label: str, df: pd.DataFrame, best: pd.DataFrame, group_by: Sequence[str],
+                metric: str, report: Report, importances: dict[str, dict[str, float]]) -> str:
+    col = f"final_{metric}"
+    larger = METRICS[metric].larger_is_better
+    done = complete(df).sort_values(col, ascending=not larger)
+    columns = dict(TRIAL_COLUMNS)
+    if has_downstream(df):
+        columns.update(DOWNSTREAM_COLUMNS)
+    if df["study"].nunique() == 1:
+        del columns["study"]
+    counts = df["state"].value_counts()
+    retried = int(df["superseded"].sum()) if "superseded" in df else 0
+    lines = [f"# Sweep report: {label}", "",
+             f"{len(df)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+             + (f" ({retried} failed trials were retried as new trials)" if retried else "")
+             + ". Metrics are on the held-out split (R² = 1 − FVU, FVU = Σ(x−x̂)² / Σ(x−μ)²; "
+             "L0 = mean active latents per token).", ""]
+    lines += ["## Best trials", "", markdown_table(done.head(10), columns), ""]
+    lines += [f"## Best per ({', '.join(group_by)})", "", markdown_table(best, columns), ""]
+    lines += ["## Pareto front (FVU vs L0, both minimised)", "",
+              markdown_table(pareto_front(df), columns), ""]
+    if len(activations(df)) > 1:
+        lines += ["## Architectures at matched L0", "",
+                  "Held-out FVU on each activation's Pareto front, interpolated in log-log at "
+                  "each L0 (nan: outside the L0 range its trials reached).", "",
+                  at_matched_l0(df).to_markdown(index=False, floatfmt=".4f"), ""]
+        if has_downstream(df):
+            lines += [at_matched_l0(df, y="delta_ce").to_markdown(index=False, floatfmt=".4f"),
+                      ""]
+    if has_downstream(df):
+        lines += ["## Pareto front (ΔCE vs L0, both minimised)", "",
+                  "ΔCE = CE with the SAE spliced into the LM − clean CE, on the study's "
+                  "evaluation windows (docs/metrics.md).", "",
+                  markdown_table(pareto_front(df, y="delta_ce"), columns), ""]
+    seeds = seed_summary(df, metric)
+    if not seeds.empty:
+        lines += ["## Across seeds (mean ± std)", "", seeds.to_markdown(index=False,
+                                                                          floatfmt=".4g"), ""]
+    prune = pruning_summary(df)
+    spent = pd.to_numeric(df["tokens_seen"], errors="coerce").fillna(0).sum()
+    lines += ["## Pruning", "", f"The study's trials trained {int(spent):,} tokens in all; "
+              f"pruning saved {int(df['tokens_saved'].sum()):,}.", ""]
+    if prune.empty:
+        lines += ["No trial was pruned.", ""]
+    else:
+        lines += [prune.to_markdown(index=False, floatfmt=".3g"), "",
+                  "tokens_saved = tokens the pruned trials would have trained to finish "
+                  "(planned epochs) minus tokens they trained.", ""]
+    lines += ["## Scaling law", ""]
+    if not report.fits and report.joint is None:
+        lines += ["Not fitted (see *Not produced* below).", ""]
+    if report.fits:
+        lines += ["FVU = c · n^b at fixed k (best trial per size, 95% CI):", "",
+                  "| k | exponent b | 95% CI | c | points | R² (log-log) | reliable |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {f.k} | {f.exponent:.3f} | [{f.exponent_ci[0]:.3f}, {f.exponent_ci[1]:.3f}]"
+                  f" | {f.coefficient:.3g} | {f.n_points} | {f.r2_log:.3f} | "
+                  f"{'no' if f.unreliable else 'yes'} |" for f in report.fits]
+        lines.append("")
+        lines += _unreliable_notes([(f"k={f.k}", f) for f in report.fits])
+    if report.joint is not None:
+        lines += ["Joint fit (Gao et al. 2024): L(n, k) = exp(α + β_k log k + β_n log n + "
+                  "γ log k log n) + exp(ζ + η log k):", "", "| parameter | value | 95% CI |",
+                  "|---|---|---|"]
+        lines += [f"| {name} | {v:.3f} | [{lo:.3f}, {hi:.3f}] |"
+                  for name, (v, lo, hi) in report.joint.params.items()]
+        lines.append("")
+        lines += _unreliable_notes([("the joint fit", report.joint)])
+    if importances:
+        lines += ["## Hyperparameter importance (Optuna fANOVA, target: final held-out "
+                  f"{METRICS[metric].header})", ""]
+        for name, values in importances.items():
+            lines += [f"{name}: " + ", ".join(f"{k} {v:.2f}" for k, v in values.items()), ""]
+    failed = df[df["state"] == "failed"]
+    if not failed.empty:
+        lines += ["## Failed trials", "", markdown_table(
+            failed, {"study": "study", "number": "trial", "fail_reason": "reason"}), ""]
+    if report.notes:
+        lines += ["## Not produced", ""] + [f"- {n}" for n in report.notes] + [""]
+    lines += ["## Figures", ""]
+    lines += [f"![{p.stem}]({p.name})" for p in report.files if p.suffix == ".png"]
+    return "\n".join(lines) + "\n"
+
+
+def _unreliable_notes(fits: list[tuple[str, PowerLawFit | JointFit]]) -> list[str]:
+    """A warning per fit whose values mean little, with the sweep that would settle it."""
+    lines = [f"**Unreliable: {name}.** {fit.unreliable}. To settle it, {fit.advice}."
+             for name, fit in fits if fit.unreliable]
+    return [line for note in lines for line in (note, "")]
+
+

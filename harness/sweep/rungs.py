@@ -1,0 +1,120 @@
+"""Token-budget rungs: successive halving that re-runs configurations (a space's `fidelity:`).
+
+A fresh configuration trains at the first rung's token budget. Once every configuration of a
+rung in one group (`group_by`, e.g. each k) has finished, the best 1/`reduction` of them by the
+first objective are re-run from the start at the next rung's budget.
+
+Re-run, not continued: a run's learning rate warms up and decays over its planned steps, its
+last steps are weight-averaged and its decoder is refit by least squares at its end, so a run
+stopped at a lower budget is not a prefix of one planned for a higher budget. A rung's trial is
+therefore the same training as a standalone trial at that budget, with the seed of its
+configuration's first trial. Optuna's SuccessiveHalvingPruner and HyperbandPruner stop a trial
+part-way (continuation), so they do not fit here; the rungs are enqueued as Optuna trials
+(`enqueue_trial`) and sampled by the study's sampler.
+
+The plan is fixed by the budget: n0 configurations per group at rung 0 and
+n0 // reduction**r at rung r, with n0 the largest that fits `budget.n_trials` and
+`budget.tokens`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from harness.sweep.budget import own_trials, si, superseded_numbers
+from harness.sweep.optuna_private import params_with_fixed
+from harness.sweep.space import LoadedSpace
+from harness.sweep.space.rungs import FIDELITY_ATTR, Rung, rung_of, rung_plan
+
+
+class RungScheduler:
+    """Enqueues a fidelity study's next trials: due promotions first, then fresh ones."""
+
+    def __init__(self, loaded: LoadedSpace) -> None:
+        space = loaded.space
+        assert space.fidelity is not None
+        self.fidelity = space.fidelity
+        self.plan = rung_plan(loaded)
+        self.groups = self.plan.groups
+        self.maximize = space.objectives[0].direction == "maximize"
+
+    def planned_trials(self) -> int:
+        return self.plan.trials
+
+    def _group(self, t: FrozenTrial) -> int:
+        params = params_with_fixed(t)
+        for i, group in enumerate(self.groups):
+            if all(n in params and params[n] == v for n, v in group.items()):
+                return i
+        return -1
+
+    def enqueue(self, study: optuna.Study, want: int, fresh_allowed: bool = True) -> int:
+        """Enqueue up to `want` trials (promotions need no room: they are the plan's); returns
+        how many were enqueued. Call it under the study's budget lock."""
+        trials = own_trials(study)
+        superseded = superseded_numbers(trials)
+        by_cell: dict[tuple[int, int], list[FrozenTrial]] = {}
+        for t in trials:
+            rung = rung_of(t)
+            if rung is not None and t.number not in superseded:
+                by_cell.setdefault((rung.rung, self._group(t)), []).append(t)
+        added = self._promote(study, by_cell)
+        start = self.plan.start
+        started = sum(len(ts) for (r, _), ts in by_cell.items() if r == start)
+        while fresh_allowed and added < want and started < self.plan.fresh:
+            group = self.groups[started % len(self.groups)]
+            study.enqueue_trial(group, user_attrs={FIDELITY_ATTR: asdict(
+                Rung(rung=start, tokens=self.fidelity.tokens[start]))})
+            started += 1
+            added += 1
+        return added
+
+    def _promote(self, study: optuna.Study,
+                 by_cell: dict[tuple[int, int], list[FrozenTrial]]) -> int:
+        """Re-run the best of each group's finished rung at the next; a rung above never holds
+        more than the plan's size (a plan raised later tops it up with the best not yet
+        promoted, and never re-runs one twice)."""
+        added = 0
+        sizes = self.plan.sizes
+        for r in range(self.plan.start, len(sizes) - 1):
+            for g in range(len(self.groups)):
+                cell = by_cell.get((r, g), [])
+                if len(cell) < sizes[r] or not all(t.state.is_finished() for t in cell):
+                    continue
+                above = by_cell.get((r + 1, g), [])
+                room = sizes[r + 1] - len(above)
+                promoted = {rung.promoted_from for t in above
+                            if (rung := rung_of(t)) is not None}
+                done = [t for t in cell if t.state == TrialState.COMPLETE and t.values
+                        and t.number not in promoted]
+                done.sort(key=lambda t: t.values[0], reverse=self.maximize)
+                for t in done[:max(0, room)]:
+                    below = rung_of(t)
+                    assert below is not None
+                    rung = Rung(rung=r + 1, tokens=self.fidelity.tokens[r + 1],
+                                root=below.root if below.root is not None else t.number,
+                                promoted_from=t.number)
+                    study.enqueue_trial(t.params, user_attrs={FIDELITY_ATTR: asdict(rung)})
+                    added += 1
+        return added
+
+
+def trial_total(loaded: LoadedSpace) -> int:
+    """The trials a study runs in all: its rungs' plan, else budget.n_trials."""
+    if loaded.space.fidelity is None:
+        return loaded.space.budget.n_trials
+    return rung_plan(loaded).trials
+
+
+def plan_line(loaded: LoadedSpace) -> str:
+    """The study's trials for the start line: "24 trials (16 at 17.4k tokens, 8 at 137k)"."""
+    if loaded.space.fidelity is None:
+        return f"{loaded.space.budget.n_trials} trials"
+    plan = rung_plan(loaded)
+    counts = [plan.fresh if r == plan.start else len(plan.groups) * n
+              for r, n in enumerate(plan.sizes)]
+    parts = [f"{n} at {si(t)}" for n, t in zip(counts, plan.prices, strict=True) if n]
+    return f"{plan.trials} trials ({', '.join(parts)} tokens)"
