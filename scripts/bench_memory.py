@@ -81,15 +81,18 @@ def child(spec: dict) -> None:
 
 
 def shuffle_check(args: argparse.Namespace) -> None:
-    """Held-out FVU after one epoch at each shuffle buffer size (0: in memory), one seed."""
+    """Held-out FVU after one epoch at each shuffle buffer size (0: in memory), one seed; then
+    the split in memory with two other data-order seeds: the noise a change of order alone
+    makes, which a buffer's effect is measured against."""
     from harness import SaeTrainer, SaeTrainingConfig, TopKSae
     from harness.core.store import open_store
 
     d = open_store(args.store).open(args.run_id, args.layer).d
     print(f"{'buffer tokens':>13} {'held-out FVU':>12} {'vs in memory':>12}")
     base = None
-    for size in (int(v) for v in args.shuffle_check.split(",")):
-        cfg = SaeTrainingConfig(batch_size=args.batch, progress=False, epochs=1,
+    runs = [(int(v), 0) for v in args.shuffle_check.split(",")] + [(0, 1), (0, 2)]
+    for size, seed in runs:
+        cfg = SaeTrainingConfig(batch_size=args.batch, progress=False, epochs=1, seed=seed,
                                 shuffle_buffer_tokens=size or 1 << 30,
                                 in_memory_bytes=(1 << 40) if size == 0 else 0,
                                 memory_budget=1 << 40)
@@ -98,7 +101,8 @@ def shuffle_check(args: argparse.Namespace) -> None:
                                         layer_signature=args.layer, config=cfg, save=False)
         fvu = history["fvu"][-1]
         base = fvu if base is None else base
-        print(f"{size or 'in memory':>13} {fvu:12.4f} {fvu / base:12.3f}", flush=True)
+        name = f"in memory, order seed {seed}" if seed else (size or "in memory")
+        print(f"{name:>13} {fvu:12.4f} {fvu / base:12.3f}", flush=True)
 
 
 def _status(pid: int) -> dict[str, int]:

@@ -27,9 +27,10 @@ from harness.core.runtime import token_cache
 from harness.core.runtime.memory_plan import MemoryPlan
 from harness.core.store import ActivationSource, StoreError
 
-READ_ROWS = 256
-"""A streamed store is read this many rows at a time (32 MiB at d = 2,048 in fp16), not a shard
-at a time."""
+READ_ROWS = 64
+"""A streamed store is read this many consecutive rows at a time (256 KiB at d = 2,048 in
+fp16): a shuffle buffer then holds pieces of many places, and its batches train as a full
+shuffle's do (the measurement: docs/data.md)."""
 MIN_EVAL_TOKENS = 64
 """Fewer held-out tokens make FVU and L0 noise, not a measurement: training refuses them."""
 

@@ -38,9 +38,9 @@ STASH_SHARE = 0.1
 EVAL_BYTES = 128 << 20
 """The held-out tokens take at most this much at any width: `max_eval_tokens` (65,536) binds
 up to d = 1,024 in fp16 (512 in float32), this above (32,768 tokens at d = 2,048 in fp16)."""
-BUFFER_BYTES = 512 << 20
-"""A shuffle buffer takes at most this much (131,072 tokens at d = 2,048 in fp16): the held-out
-FVU it gives is that of a full shuffle (docs/data.md)."""
+BUFFER_BYTES = 384 << 20
+"""A shuffle buffer takes at most this much (98,304 tokens at d = 2,048 in fp16; the held-out
+FVU at each buffer size against a full shuffle's: docs/data.md)."""
 REUSE_FACTOR = 4
 """Freed blocks kept for reuse (harness.core.runtime.cpu_memory) stay resident: with a limit of L
 bytes a run's peak was up to about 3.5 L above its live tensors (d = 2,048, n = 4,096:
