@@ -12,8 +12,9 @@ command's `--help` start without importing torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from harness.lazy import lazy_exports
 
 _EXPORTS = {
     # the seed API
@@ -75,13 +76,7 @@ if TYPE_CHECKING:
     from harness.sweep.storage import KINDS as STORAGE_KINDS
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'harness' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), _RENAMED.get(name, name))
-    globals()[name] = value  # once: later lookups do not come here
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS, _RENAMED)
 
 
 def __dir__() -> list[str]:

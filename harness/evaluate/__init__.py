@@ -3,8 +3,9 @@ Names are imported when first used, so the command's --help starts at once."""
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from harness.lazy import lazy_exports
 
 _EXPORTS = {"DownstreamConfig": "harness.evaluate.config",
             "DownstreamEvaluator": "harness.evaluate.downstream",
@@ -24,9 +25,4 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'harness.evaluate' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

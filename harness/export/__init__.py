@@ -13,7 +13,9 @@ already share one norm.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from harness.lazy import lazy_exports
 
 __all__ = ["unit_norm_decoder"]
 
@@ -21,9 +23,4 @@ if TYPE_CHECKING:
     from harness.export.unit_norm import unit_norm_decoder
 
 
-def __getattr__(name: str) -> Any:  # imported when first used: --help starts without torch
-    if name != "unit_norm_decoder":
-        raise AttributeError(f"module 'harness.export' has no attribute {name!r}")
-    from harness.export.unit_norm import unit_norm_decoder
-
-    return unit_norm_decoder
+__getattr__ = lazy_exports(__name__, {"unit_norm_decoder": "harness.export.unit_norm"})

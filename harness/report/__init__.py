@@ -5,8 +5,9 @@ the command's --help starts at once."""
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from harness.lazy import lazy_exports
 
 _EXPORTS = {"Report": "harness.report.build", "build_report": "harness.report.build",
             "load_history": "harness.report.data", "load_trials": "harness.report.data",
@@ -19,9 +20,4 @@ if TYPE_CHECKING:
     from harness.report.data import load_history, load_trials
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'harness.report' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)

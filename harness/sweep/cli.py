@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 import yaml
@@ -58,89 +60,139 @@ def find_quickstart() -> Path:
                      f"{Path.cwd()}; pass a space file")
 
 
+@dataclass
+class _Checked:
+    """What the checks before anything is written found: the space, the worker slots and their
+    memory, the storage and what its preparation said, warm-start sources and the downstream
+    reference's evaluator."""
+
+    loaded: LoadedSpace
+    slots: list[WorkerSlot]
+    memory: int
+    url: str
+    repaired: str | None
+    sources: list
+    downstream: Any
+
+    @property
+    def out(self) -> Path:
+        space = self.loaded.space
+        return Path(space.results_dir) / space.study.name
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:  # every check that needs no writing comes first: a mistake leaves nothing behind
-        space_path = Path(args.space) if args.space else find_quickstart()
-        loaded = load_space(space_path, overrides=_overrides(args))
-        if args.workers and args.trials_per_device:
-            raise DeviceError("--workers and --trials-per-device: give one (--workers spreads N "
-                              "workers over the GPUs, --trials-per-device puts M on each)")
-        slots = _slots(args.devices, loaded.space.workers, args.trials_per_device)
-        check_packing(slots, loaded, cuda_memory)
-        memory = worker_budget(loaded, slots)
-        check_host_memory(slots, loaded, memory)
-        space = loaded.space
-        check_writable(Path(space.results_dir), "--results / results_dir")
-        for sub in ("trials", "logs", "checkpoints"):  # a trial's SAE goes under trials/
-            check_writable(Path(space.results_dir) / space.study.name / sub,
-                           "--results / results_dir")
-        _resolve_artifacts(loaded)
-        url = storage_url(args.storage, space.study.storage, default_storage(loaded))
-        repaired = prepare_storage(url)
-        sources = warm_start_plan(loaded, url)
-        # loads the model: the slowest check goes last
-        downstream = check_downstream(loaded, Path(space.results_dir) / space.study.name)
+        checked = _check(args)
     except SaesweepError as e:  # a space, device, storage or memory that cannot be used
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_SPACE
-    if repaired:
-        print(repaired)
+    try:
+        study = _prepare(checked)
+    except SaesweepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_SPACE
+    if _nothing_to_run(study, checked):
+        return 0
+    return _run(study, checked)
+
+
+def _check(args: argparse.Namespace) -> _Checked:
+    """Every check that writes nothing, the slowest (loading the downstream model) last."""
+    space_path = Path(args.space) if args.space else find_quickstart()
+    loaded = load_space(space_path, overrides=_overrides(args))
+    if args.workers and args.trials_per_device:
+        raise DeviceError("--workers and --trials-per-device: give one (--workers spreads N "
+                          "workers over the GPUs, --trials-per-device puts M on each)")
+    slots = _slots(args.devices, loaded.space.workers, args.trials_per_device)
+    check_packing(slots, loaded, cuda_memory)
+    memory = worker_budget(loaded, slots)
+    check_host_memory(slots, loaded, memory)
+    space = loaded.space
+    check_writable(Path(space.results_dir), "--results / results_dir")
+    for sub in ("trials", "logs", "checkpoints"):  # a trial's SAE goes under trials/
+        check_writable(Path(space.results_dir) / space.study.name / sub,
+                       "--results / results_dir")
+    _resolve_artifacts(loaded)
+    url = storage_url(args.storage, space.study.storage, default_storage(loaded))
+    repaired = prepare_storage(url)
+    sources = warm_start_plan(loaded, url)
+    downstream = check_downstream(loaded, Path(space.results_dir) / space.study.name)
+    return _Checked(loaded=loaded, slots=slots, memory=memory, url=url, repaired=repaired,
+                    sources=sources, downstream=downstream)
+
+
+def _prepare(checked: _Checked) -> optuna.Study:
+    """Synthetic data if the space asks for it, the study (warm-started), the downstream
+    reference and the resolved space the workers load; SaesweepError where the data, once it
+    exists, cannot pay for the plan."""
+    loaded, space = checked.loaded, checked.loaded.space
+    if checked.repaired:
+        print(checked.repaired)
     if space.wandb.mode == "online" and not has_api_key():
         space.wandb.mode = "offline"  # what the workers read from space.resolved.yaml
         loaded.raw.setdefault("wandb", {})["mode"] = "offline"
         print(f"W&B: no API key here, so the trial runs are written offline to "
-              f"{Path(space.results_dir) / space.study.name / 'wandb'}/ (upload them later with "
-              "wandb sync)")
-    out = Path(space.results_dir) / space.study.name
+              f"{checked.out / 'wandb'}/ (upload them later with wandb sync)")
     _ensure_data(loaded)
-    try:
-        check_fidelity(loaded.path, loaded, check_data=True)  # synthetic data: now it exists
-        check_budget(loaded.path, loaded, check_data=True)
-        study = create_study(loaded, url, sources)
-    except SaesweepError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_SPACE
+    check_fidelity(loaded.path, loaded, check_data=True)  # synthetic data: now it exists
+    check_budget(loaded.path, loaded, check_data=True)
+    study = create_study(loaded, checked.url, checked.sources)
     warm = study.user_attrs.get("warm_started")
     if warm:
         lower = warm.get("lower_rungs", 0)
         print(f"warm start: {warm['trials']} complete trial(s) of {', '.join(warm['from'])}"
               + (f" ({lower} of lower token rungs left out: not full results)" if lower else ""))
+    downstream = checked.downstream
     if downstream is not None:
         path = save_reference(downstream)
         w = downstream.reference.windows
         print(f"downstream: every finished SAE is spliced into {downstream.cfg.model} at "
               f"{downstream.cfg.layer}, scored on {w.n_kept} tokens of {w.ids.shape[0]} windows "
               f"({w.description}); reference passes in {path}")
-        del downstream  # the workers load the model themselves
+        checked.downstream = None  # the workers load the model themselves
     # what the workers load: the file with the command-line overrides applied
-    resolved = out / "space.resolved.yaml"
-    write_text(resolved, yaml.safe_dump(loaded.raw_masked(), sort_keys=False))
+    write_text(checked.out / "space.resolved.yaml",
+               yaml.safe_dump(loaded.raw_masked(), sort_keys=False))
+    return study
 
-    reaped = reap_locked(study, url, space.faults.lease_s, space.faults.max_retry)
+
+def _nothing_to_run(study: optuna.Study, checked: _Checked) -> bool:
+    """Re-enqueue trials an earlier run abandoned; True (after the summary) when the study's
+    budget is already spent."""
+    loaded, space = checked.loaded, checked.loaded.space
+    reaped = reap_locked(study, checked.url, space.faults.lease_s, space.faults.max_retry)
     if reaped:
         print(f"re-enqueued trials abandoned by an earlier run: {reaped}")
     budget, total = budget_state(study), trial_total(loaded)
     spent = _spent_budgets(budget, loaded)
-    if budget.waiting == 0 and budget.running == 0 and (budget.used >= total or spent):
-        left = budget.describe(space.budget.tokens, space.budget.hours)
-        held = (f"spent its {spent[0]} budget ({left})" if spent
-                else f"{budget.used} of its {total} trials")
-        raise_it = f"budget.{spent[0]}s" if spent else "--n-trials"
-        print(f"study {space.study.name!r} already has {held}: nothing to run (raise "
-              f"{raise_it} to run more)")
-        print_summary(study, loaded, url, out)
-        return 0
-    print(f"study {space.study.name!r}: storage {masked(url)}, {plan_line(loaded)}, "
+    if budget.waiting or budget.running or (budget.used < total and not spent):
+        return False
+    left = budget.describe(space.budget.tokens, space.budget.hours)
+    held = (f"spent its {spent[0]} budget ({left})" if spent
+            else f"{budget.used} of its {total} trials")
+    raise_it = f"budget.{spent[0]}s" if spent else "--n-trials"
+    print(f"study {space.study.name!r} already has {held}: nothing to run (raise "
+          f"{raise_it} to run more)")
+    print_summary(study, loaded, checked.url, checked.out)
+    return True
+
+
+def _run(study: optuna.Study, checked: _Checked) -> int:
+    """Start the workers, follow them to the end, and say why the sweep stopped."""
+    loaded, space, slots = checked.loaded, checked.loaded.space, checked.slots
+    total = trial_total(loaded)
+    print(f"study {space.study.name!r}: storage {masked(checked.url)}, {plan_line(loaded)}, "
           f"{len(slots)} worker(s) on {', '.join(s.label for s in slots)} with "
-          f"{memory / 2**30:.1f} GiB of host memory each; results in {out}/")
+          f"{checked.memory / 2**30:.1f} GiB of host memory each; results in {checked.out}/")
     if space.fidelity is not None and (note := rung_plan(loaded).note):
         print(note)
     deadline = time.time() + space.budget.timeout if space.budget.timeout else 0.0
-    workers = start_workers(slots, resolved, url, out, deadline, memory)
+    workers = start_workers(slots, checked.out / "space.resolved.yaml", checked.url,
+                            checked.out, deadline, checked.memory)
     status = monitor(study, workers, loaded)
-    print_summary(study, loaded, url, out)
+    print_summary(study, loaded, checked.url, checked.out)
     budget = budget_state(study)
     if status == 0 and deadline and time.time() >= deadline and budget.used < total:
         print(f"stopped: the timeout of {space.budget.timeout:g} s was reached with "

@@ -67,6 +67,52 @@ def start_workers(slots: list[WorkerSlot], space_file: Path, storage: str,
     return Workers(procs, paths, storage)
 
 
+class _Progress:
+    """The console's view of the study: a line per trial as it finishes, with what is spent
+    and the time left, and the progress bar."""
+
+    def __init__(self, study: optuna.Study, loaded: LoadedSpace) -> None:
+        self.study, self.loaded = study, loaded
+        self.n_trials = trial_total(loaded)
+        self.seen: set[int] = set()
+        self.earlier: set[int] = set()  # finished before this run
+        self.spent = BudgetState(used=0, waiting=0, running=0)  # what the printed trials spent
+        self.started = time.perf_counter()
+        self.done_before: int | None = None  # finished by earlier runs (not part of the rate)
+        self.bar = tqdm(total=self.n_trials, unit="trial", dynamic_ncols=True, file=sys.stderr,
+                        disable=not sys.stderr.isatty())
+
+    def poll(self) -> None:
+        trials = own_trials(self.study)
+        superseded = superseded_numbers(trials)
+        done = sum(1 for t in trials if t.state.is_finished() and t.number not in superseded)
+        if self.done_before is None:  # finished by earlier runs: said once, not line by line
+            self.done_before = done
+            for t in trials:
+                if t.state.is_finished():
+                    self.seen.add(t.number)
+                    self.earlier.add(t.number)
+                    self.spent = self.spent.after(t)
+            if done:
+                tqdm.write(f"resuming: {done} of {self.n_trials} trials finished in earlier runs")
+        budget = self.loaded.space.budget
+        new = [t for t in sorted(trials, key=lambda t: t.number)
+               if t.state.is_finished() and t.number not in self.seen]
+        for i, t in enumerate(new):
+            self.seen.add(t.number)
+            self.spent = self.spent.after(t)
+            done_then = done - (len(new) - 1 - i)  # several may finish between two polls
+            left = self.spent.describe(budget.tokens, budget.hours)
+            tqdm.write(trial_line(t, self.loaded)
+                       + time_left(done_then, self.done_before, self.n_trials, self.started)
+                       + (f" ({left})" if left else ""))
+        self.bar.n = min(done, self.n_trials)
+        best = best_value(self.study, self.loaded)
+        if best is not None:
+            self.bar.set_postfix_str(best)
+        self.bar.refresh()
+
+
 def monitor(study: optuna.Study, workers: Workers, loaded: LoadedSpace) -> int:
     """Print a line per finished trial and a progress bar until every worker has exited; then
     the sweep's exit status, with the reason for any stop on the console."""
@@ -80,52 +126,26 @@ def monitor(study: optuna.Study, workers: Workers, loaded: LoadedSpace) -> int:
                 p.send_signal(signum)  # the same signal: every worker names the same stop
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    n_trials = trial_total(loaded)
-    seen: set[int] = set()
-    earlier: set[int] = set()  # finished before this run
-    spent = BudgetState(used=0, waiting=0, running=0)  # what the trials printed so far spent
-    started = time.perf_counter()
-    done_before: int | None = None  # trials finished by earlier runs (not part of the rate)
-    bar = tqdm(total=n_trials, unit="trial", dynamic_ncols=True, file=sys.stderr,
-               disable=not sys.stderr.isatty())
+    progress = _Progress(study, loaded)
     try:
         while True:
             alive = [p for p in procs if p.poll() is None]
-            trials = own_trials(study)
-            superseded = superseded_numbers(trials)
-            done = sum(1 for t in trials if t.state.is_finished() and t.number not in superseded)
-            if done_before is None:  # finished by earlier runs: said once, not line by line
-                done_before = done
-                for t in trials:
-                    if t.state.is_finished():
-                        seen.add(t.number)
-                        earlier.add(t.number)
-                        spent = spent.after(t)
-                if done:
-                    tqdm.write(f"resuming: {done} of {n_trials} trials finished in earlier runs")
-            new = [t for t in sorted(trials, key=lambda t: t.number)
-                   if t.state.is_finished() and t.number not in seen]
-            for i, t in enumerate(new):
-                seen.add(t.number)
-                spent = spent.after(t)
-                done_then = done - (len(new) - 1 - i)  # several may finish between two polls
-                left = spent.describe(loaded.space.budget.tokens, loaded.space.budget.hours)
-                tqdm.write(trial_line(t, loaded)
-                           + time_left(done_then, done_before, n_trials, started)
-                           + (f" ({left})" if left else ""))
-            bar.n = min(done, n_trials)
-            best = best_value(study, loaded)
-            if best is not None:
-                bar.set_postfix_str(best)
-            bar.refresh()
+            progress.poll()
             if not alive:
                 break
             time.sleep(0.5)
     finally:
-        bar.close()
+        progress.bar.close()
         for s, handler in old.items():
             signal.signal(s, handler)
-    codes = [p.returncode for p in procs]
+    return _exit_status(study, workers, loaded, stop, progress.earlier)
+
+
+def _exit_status(study: optuna.Study, workers: Workers, loaded: LoadedSpace, stop: list[str],
+                 earlier: set[int]) -> int:
+    """The sweep's exit status from its workers' (and a forwarded signal), with the reason for
+    any stop on the console."""
+    codes = [p.returncode for p in workers.procs]
     if stop:
         print(f"stopped by {stop[0]}; the study is consistent: re-run the same command to "
               "continue")
