@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 from bench_quality import heldout_fvu, train_ours
-from heldout_split import add_run_arguments, split_run
-from sparsify_step import sparsify_trainer
+from benchmarks.heldout_split import add_run_arguments, split_run
+from benchmarks.sparsify_step import sparsify_trainer
 
 from harness.core.loader import ActivationLoader
 from harness.core.store import LocalStore

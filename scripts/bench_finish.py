@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 from bench_quality import Score, train_ours
-from heldout_split import add_run_arguments, split_run
+from benchmarks.heldout_split import add_run_arguments, split_run
 
 from harness.core.training import SaeTrainingConfig
 

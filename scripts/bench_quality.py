@@ -30,8 +30,9 @@ fields or TopKSae arguments (`k`, `encoder_init_scale`, `activation`, `k_aux`), 
 `"no finish:decoder_refit=False"`.
 
 With --activation (e.g. topk,batchtopk,jumprelu,matryoshka_batchtopk,relu), each activation trains
-at matched L0 instead (scripts/architecture_table.py): at k = each of --l0s, or at each value of
-its sparsity penalty, and the table gives its held-out FVU at each L0 and its ratio to TopK's.
+at matched L0 instead (scripts/benchmarks/architecture_table.py): at k = each of --l0s, or at each
+value of its sparsity penalty, and the table gives its held-out FVU at each L0 and its ratio to
+TopK's.
 
 A learning rate of `default` trains each with its own default:
 ours with `lr=None` (harness.core.recipes.default_lr), sparsify with 2e-4 / sqrt(n / 2^14).
@@ -52,10 +53,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
-from architecture_table import architecture_recipes, matched_l0_table, parse_penalties
-from equal_time import equal_time_table
-from heldout_split import add_run_arguments, split_run
-from sparsify_step import sparsify_trainer
+from benchmarks.architecture_table import architecture_recipes, matched_l0_table, parse_penalties
+from benchmarks.equal_time import equal_time_table
+from benchmarks.heldout_split import add_run_arguments, split_run
+from benchmarks.sparsify_step import sparsify_trainer
 
 from harness.core.loader import MIN_EVAL_TOKENS, ActivationLoader
 from harness.core.sae import TopKSae
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                    "(ours only, default lr): k = each --l0s value, or each --penalties value")
     p.add_argument("--l0s", default="16,32,64,128", help="L0 values of --activation")
     p.add_argument("--penalties", help="with --activation: 'relu=0.1,0.3;jumprelu=1e-3,...' "
-                   "(default scripts/architecture_table.DEFAULT_PENALTIES)")
+                   "(default scripts/benchmarks/architecture_table.DEFAULT_PENALTIES)")
     p.add_argument("--json", help="also write every score to this JSON file")
     defaults = DownstreamConfig(model="", layer="")
     p.add_argument("--model", help="the causal LM the store was captured from (e.g. smollm2): "

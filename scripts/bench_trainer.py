@@ -31,7 +31,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from sparsify_step import sparsify_trainer
+from benchmarks.sparsify_step import sparsify_trainer
 
 from harness import LocalStore, SaeTrainer, SaeTrainingConfig, TopKSae
 from harness.core.loader import MIN_EVAL_TOKENS
@@ -75,7 +75,7 @@ def dense_step_tokens_per_s(d: int, n: int, k: int, batches: list[torch.Tensor],
 
 def sparsify_step_tokens_per_s(d: int, n: int, k: int, batches: list[torch.Tensor],
                                device: str) -> float:
-    """EleutherAI sparsify's training step (scripts/sparsify_step.py), its default lr."""
+    """EleutherAI sparsify's training step (scripts/benchmarks/sparsify_step.py), its default lr."""
     from sparsify import SparseCoder, SparseCoderConfig
 
     sae = SparseCoder(d, SparseCoderConfig(num_latents=n, k=k), device=device,

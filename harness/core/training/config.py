@@ -215,8 +215,8 @@ class RuntimeOptions:
     or leaves AuxK as late); None = every step on CPU, where a read costs nothing, 16 on
     CUDA."""
     cpu_reuse_freed_memory: bool = True
-    """On CPU with glibc, keep freed blocks up to 1 GiB for the next step instead of unmapping
-    them (harness.core.runtime.cpu_memory; docs/benchmarks.md). Process-wide and kept once set."""
+    """On CPU with glibc, keep freed blocks up to the step's [B, n] size for the next step where
+    the memory budget holds them (harness.core.runtime.cpu_memory). Process-wide, kept once set."""
     progress: bool | None = field(default=None, metadata=_HARNESS)
     """Show a tqdm bar; None = only when stderr is a terminal."""
 
