@@ -116,18 +116,17 @@ def worker_budget(loaded: LoadedSpace, slots: list[WorkerSlot]) -> int:
 
 
 def check_host_memory(slots: list[WorkerSlot], loaded: LoadedSpace, budget: int) -> None:
-    """DeviceError unless each worker's budget holds the space's largest trial on the CPU (its
-    SAEs, their step, the batches in flight and one batch of tokens:
-    harness.core.runtime.memory_plan's least). GPU workers keep the SAEs on the GPU; their host
-    part is the batches."""
-    if not any(slot.device == "cpu" for slot in slots):
-        return
+    """DeviceError unless each worker's budget holds the space's largest trial
+    (harness.core.runtime.memory_plan's least: one batch of tokens beside its fixed part). A CPU
+    worker holds the SAEs, their step and the batches in flight; a GPU worker keeps the SAEs on
+    the GPU, and its host part is the batches in flight and prefetched."""
     shape, _ = largest_trial(loaded)
     lockstep = loaded.space.lockstep
     row = loaded.d * 4  # float32 tokens at most
-    least = row * shape.batch_size + fixed_bytes(
+    least = max(row * shape.batch_size + fixed_bytes(
         d=loaded.d, itemsize=4, batch_size=shape.batch_size, read_rows=READ_ROWS,
-        model_bytes=model_bytes([shape] * lockstep), host_device=True, baseline=WORKER_BASELINE)
+        model_bytes=model_bytes([shape] * lockstep), host_device=slot.device == "cpu",
+        prefetch_batches=shape.prefetch_batches, baseline=WORKER_BASELINE) for slot in slots)
     if least <= budget:
         return
     raise DeviceError(

@@ -72,3 +72,28 @@ def test_workers_and_trials_per_device_together_are_refused(synthetic_store, tmp
     assert proc.returncode == 2
     assert "--workers and --trials-per-device: give one" in proc.stderr
     assert not (tmp_path / "r").exists()  # refused before anything is written
+
+
+def test_host_memory_is_checked_for_cpu_and_gpu_workers_alike(synthetic_store, tmp_path):
+    """A GPU worker's host share holds its batches, not the SAE (which lives on the GPU): it
+    needs less than a CPU worker of the same trial, and is refused below that."""
+    from harness.sweep.devices import WorkerSlot
+    from harness.sweep.packing import WORKER_BASELINE, check_host_memory
+
+    loaded = _loaded(tmp_path, synthetic_store, params={"expansion": 64, "k": 8, "lr": 1e-3})
+
+    def least(device: str) -> int:
+        lo, hi = WORKER_BASELINE, 4 * GiB
+        while hi - lo > 1 << 16:  # the smallest share the check accepts
+            mid = (lo + hi) // 2
+            try:
+                check_host_memory([WorkerSlot(device, device)], loaded, mid)
+                hi = mid
+            except DeviceError:
+                lo = mid
+        return hi
+
+    cpu, gpu = least("cpu"), least("cuda:0")
+    assert WORKER_BASELINE < gpu < cpu
+    with pytest.raises(DeviceError, match="memory: each of the 1 worker"):
+        check_host_memory([WorkerSlot("cuda:0", "cuda:0")], loaded, gpu - (1 << 17))
