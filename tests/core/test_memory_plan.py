@@ -75,6 +75,10 @@ def test_buffers_keep_the_stores_dtype_and_a_short_run_reads_only_what_it_trains
     # the first batch needs one buffer: 5,000 training rows, so about 5,000 / 0.95 rows read
     assert sum(pieces) <= 5000 / 0.95 + READ_ROWS
     batches.close()
+    # a split held in memory is held as stored too, and converted a batch at a time
+    whole = ActivationLoader(source, LoaderConfig(batch_size=1000, in_memory_bytes=1 << 30))
+    assert next(iter(whole.train_batches(0))).dtype == torch.float32
+    assert whole._cache is not None and whole._cache.dtype == torch.float16
 
 
 def test_a_seed_api_run_whose_budget_cannot_hold_it_is_refused_before_anything(tmp_path,
