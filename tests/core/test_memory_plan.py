@@ -118,7 +118,8 @@ PEAK = textwrap.dedent("""
 
     budget = process_memory() + int(sys.argv[2])
     threading.Thread(target=sample, daemon=True).start()
-    cfg = SaeTrainingConfig(epochs=1, batch_size=1024, progress=False, memory_budget=budget)
+    cfg = SaeTrainingConfig(epochs=1, batch_size=1024, progress=False, memory_budget=budget,
+                            max_train_tokens=80_000)
     history = SaeTrainer(TopKSae(1024, 256, 16)).train(
         store=sys.argv[1], run_id="wide", layer_signature="L", config=cfg, save=False)
     done.append(1)
@@ -127,8 +128,8 @@ PEAK = textwrap.dedent("""
 
 
 def test_a_runs_measured_peak_stays_within_a_small_planted_budget(tmp_path):
-    """The process's own memory plus 96 MiB for a run that would hold its whole 100 MB split:
-    the plan streams it through a smaller buffer, and the sampled peak stays within."""
+    """The process's own memory plus 96 MiB for an 80k-token run over a 100 MB store: the plan
+    sizes its buffers to fit, and the sampled peak stays within."""
     store = LocalStore(tmp_path)
     store.put_activations("wide", "L", torch.randn(200_000, 256) * 0.5 + 0.1,
                           dtype=torch.float16, shard_tokens=50_000)
