@@ -10,6 +10,14 @@ budget.
 
     python scripts/bench_memory.py --store /data/d2048 --run-id random --layer wide \\
         --n-latents 4096 --k 32 --tokens 200000
+
+The stores of docs/data.md's table, written in 65,536-token fp16 shards (run "random" or "big",
+layer "wide"):
+
+    python scripts/bench_memory.py --write-store /data/d2048 --run-id random --d 2048 \\
+        --store-tokens 2000000 --kind codes
+    python scripts/bench_memory.py --write-store /data/d4096 --run-id big --d 4096 \\
+        --store-tokens 6488064 --kind noise
 """
 
 from __future__ import annotations
@@ -45,8 +53,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shuffle-check", metavar="TOKENS",
                    help="instead: the held-out FVU of one epoch at each comma-separated shuffle "
                         "buffer size (tokens; 0 = the whole split in memory), same seed")
+    p.add_argument("--write-store", metavar="DIR",
+                   help="instead: write a store of --store-tokens tokens of width --d into DIR")
+    p.add_argument("--d", type=int, default=2048, help="--write-store: the width")
+    p.add_argument("--store-tokens", type=int, default=2_000_000, help="--write-store: tokens")
+    p.add_argument("--kind", choices=("codes", "noise"), default="codes",
+                   help="--write-store: sparse non-negative codes over 256 random directions "
+                        "plus noise and a mean, or one 65,536-token block of Gaussian noise plus a "
+                        "mean, rolled by a different offset in each shard (fast to write)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p
+
+
+def write_store(base: str, run_id: str, d: int, n: int, kind: str) -> None:
+    """A store of `n` fp16 tokens of width `d` (layer "wide") in 65,536-token shards."""
+    import torch
+
+    from harness.core.store import LocalStore
+
+    gen = torch.Generator().manual_seed(0)
+    shard = 65536
+    if kind == "noise":
+        block = (torch.randn(shard, d, generator=gen)
+                 + torch.randn(d, generator=gen) * 0.5).to(torch.float16)
+    else:
+        block, basis = None, torch.randn(256, d, generator=gen) / 16
+
+    def chunks():
+        left, i = n, 0
+        while left:
+            m = min(shard, left)
+            if block is not None:
+                yield block[:m].roll(i * 977, dims=0)
+            else:
+                codes = torch.relu(torch.randn(m, 256, generator=gen) - 1.5) * 3
+                x = codes @ basis + 0.05 * torch.randn(m, d, generator=gen) + 0.5
+                yield x.to(torch.float16)
+            left, i = left - m, i + 1
+
+    start = time.perf_counter()
+    LocalStore(base).put_activations(run_id, "wide", chunks(), shard_tokens=shard)
+    print(f"wrote {n:,} tokens of d = {d} ({kind}) in {time.perf_counter() - start:.0f} s")
 
 
 def child(spec: dict) -> None:
@@ -164,6 +211,10 @@ def main() -> int:
     args = build_parser().parse_args()
     if args.child:
         child(json.loads(args.child))
+        return 0
+    if args.write_store:
+        write_store(args.write_store, args.run_id or "random", args.d, args.store_tokens,
+                    args.kind)
         return 0
     if not (args.store and args.run_id and args.layer):
         raise SystemExit("--store, --run-id and --layer are required")
