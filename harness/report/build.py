@@ -75,20 +75,44 @@ def build_report(
     if df.empty:
         raise ReportError(f"study {label!r} has no trials yet: nothing to report (run the sweep "
                           "first)")
+    report = Report(out_dir=_output_dir(studies, results_dir, out), trials=df)
+    _write_trials(df, formats, report)
+    df = _usable(df, label, report)
+    keys = _group_keys(df, studies, group_by)
+    best = best_per_group(df, keys, metric)
+    by_size = _fit_scaling(df, report)
+    _plot(df, by_size, metric, report)
+    importances = _importances(studies, storage, results_dir, metric, report.out_dir, report)
+    _write_tables(label, df, best, keys, metric, formats, report, importances)
+    if wandb_mode and wandb_mode != "off":
+        _log_to_wandb(label, df, best, report, wandb_mode)
+    return report
+
+
+def _output_dir(studies: list[str], results_dir: str | Path, out: str | Path | None) -> Path:
+    """--out, else results/<study>/report/ (results/reports/<a>__<b>/ for several); created."""
     out_dir = Path(out) if out else (Path(results_dir) / studies[0] / "report" if len(studies) == 1
                                      else Path(results_dir) / "reports" / "__".join(studies))
     problem = unwritable(out_dir)
     if problem:
         raise ReportError(f"--out: {problem}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = Report(out_dir=out_dir, trials=df)
-    if "csv" in formats:
-        df.to_csv(out_dir / "trials.csv", index=False)
-        report.files.append(out_dir / "trials.csv")
-    if "parquet" in formats:
-        df.to_parquet(out_dir / "trials.parquet", index=False)
-        report.files.append(out_dir / "trials.parquet")
+    return out_dir
 
+
+def _write_trials(df: pd.DataFrame, formats: Sequence[str], report: Report) -> None:
+    """Every trial as a row, before anything is left out (trials.csv / .parquet)."""
+    if "csv" in formats:
+        df.to_csv(report.out_dir / "trials.csv", index=False)
+        report.files.append(report.out_dir / "trials.csv")
+    if "parquet" in formats:
+        df.to_parquet(report.out_dir / "trials.parquet", index=False)
+        report.files.append(report.out_dir / "trials.parquet")
+
+
+def _usable(df: pd.DataFrame, label: str, report: Report) -> pd.DataFrame:
+    """The trials the fronts, tables and fits can use, with a note for each kind left out;
+    ReportError when no complete one is left."""
     df = _without_corrupt(df, report)
     df = _without_non_finite(df, report)
     for _, row in df[df["state"].isin(["complete", "pruned"]) & df["sae_path"].isna()].iterrows():
@@ -106,18 +130,27 @@ def build_report(
         raise ReportError(f"study {label!r} has no complete trial ({counts}); nothing to plot. "
                           f"Most common failure reasons: {reasons or 'none recorded'}. "
                           + "".join(f"{note[0].upper()}{note[1:]}. " for note in report.notes)
-                          + f"trials.csv was written to {out_dir}")
+                          + f"trials.csv was written to {report.out_dir}")
+    return df
+
+
+def _group_keys(df: pd.DataFrame, studies: list[str], group_by: Sequence[str]) -> list[str]:
+    """The best-per-group table's columns: --group-by, the study when there are several, the
+    activation when there are several."""
     missing = [c for c in group_by if c not in df.columns]
     if missing:
         raise ReportError(f"--group-by {missing}: not a column; columns: {list(df.columns)}")
     keys = (["study"] if len(studies) > 1 else []) + list(group_by)
-    mixed = len(activations(df)) > 1
-    if mixed and "activation" not in keys:
+    if len(activations(df)) > 1 and "activation" not in keys:
         keys.append("activation")  # a TopK and a BatchTopK at one (expansion, k) both count
+    return keys
 
-    best = best_per_group(df, keys, metric)
+
+def _fit_scaling(df: pd.DataFrame, report: Report) -> pd.DataFrame:
+    """The best trial per (n_latents, k), of one architecture, and the fits over them (in
+    `report`); returns those best trials."""
     by_size = best_per_group(df, ["n_latents", "k"], "fvu")
-    if mixed:  # a scaling law is one architecture's
+    if len(activations(df)) > 1:  # a scaling law is one architecture's
         with_k = complete(df).dropna(subset=["k"])
         if not with_k.empty:
             main = with_k["activation"].fillna(DEFAULT_ACTIVATION).value_counts().index[0]
@@ -131,40 +164,45 @@ def build_report(
     if report.joint is None and by_size["k"].nunique() > 1:
         report.notes.append("no joint L(n, k) fit: needs 2+ values of both n_latents and k, "
                             "more than 6 sizes, and a converging fit")
+    return by_size
 
+
+def _plot(df: pd.DataFrame, by_size: pd.DataFrame, metric: str, report: Report) -> None:
+    out_dir = report.out_dir
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a plot that warns is a plot to fix, not to ship
         report.files += plot_pareto(df, out_dir)
         if has_downstream(df):
             report.files += plot_pareto(df, out_dir, y="delta_ce", name="pareto_delta_ce")
-        if mixed:
+        if len(activations(df)) > 1:
             report.files += plot_architectures(df, out_dir)
             if has_downstream(df):
                 report.files += plot_architectures(df, out_dir, y="delta_ce",
                                                    name="architectures_delta_ce")
         report.files += plot_learning_curves(df, out_dir, metric)
-        if done["lr"].nunique() > 1:
+        if complete(df)["lr"].nunique() > 1:
             report.files += plot_lr_sensitivity(df, out_dir)
         else:
             report.notes.append("no lr-sensitivity plot: the learning rate does not vary among "
                                 "complete trials")
         if report.fits:
             report.files += plot_scaling(by_size, report.fits, out_dir)
-    importances = _importances(studies, storage, results_dir, metric, out_dir, report)
 
+
+def _write_tables(label: str, df: pd.DataFrame, best: pd.DataFrame, keys: list[str],
+                  metric: str, formats: Sequence[str], report: Report,
+                  importances: dict[str, dict[str, float]]) -> None:
+    """summary.md and table.tex, as `formats` asks."""
     if "md" in formats:
-        path = out_dir / "summary.md"
+        path = report.out_dir / "summary.md"
         path.write_text(summary_md(label, df, best, keys, metric, report, importances),
                         encoding="utf-8")
         report.files.append(path)
     if "tex" in formats:
-        path = out_dir / "table.tex"
+        path = report.out_dir / "table.tex"
         write_table_tex(path, [best_table_tex(best, metric, label),
                                scaling_table_tex(report.fits, report.joint, label)])
         report.files.append(path)
-    if wandb_mode and wandb_mode != "off":
-        _log_to_wandb(label, df, best, report, wandb_mode)
-    return report
 
 
 def _without_corrupt(df: pd.DataFrame, report: Report) -> pd.DataFrame:

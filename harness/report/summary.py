@@ -43,23 +43,35 @@ def has_downstream(df: pd.DataFrame) -> bool:
 
 
 def summary_md(label: str, df: pd.DataFrame, best: pd.DataFrame, group_by: Sequence[str],
-                metric: str, report: Report, importances: dict[str, dict[str, float]]) -> str:
-    col = f"final_{metric}"
-    larger = METRICS[metric].larger_is_better
-    done = complete(df).sort_values(col, ascending=not larger)
+               metric: str, report: Report, importances: dict[str, dict[str, float]]) -> str:
+    """summary.md: its sections in order."""
     columns = dict(TRIAL_COLUMNS)
     if has_downstream(df):
         columns.update(DOWNSTREAM_COLUMNS)
     if df["study"].nunique() == 1:
         del columns["study"]
+    lines = (_overview(label, df) + _fronts(df, best, group_by, metric, columns)
+             + _seeds_and_pruning(df, metric) + _scaling(report)
+             + _importance_and_failures(df, metric, importances) + _not_produced(report))
+    return "\n".join(lines) + "\n"
+
+
+def _overview(label: str, df: pd.DataFrame) -> list[str]:
     counts = df["state"].value_counts()
     retried = int(df["superseded"].sum()) if "superseded" in df else 0
-    lines = [f"# Sweep report: {label}", "",
-             f"{len(df)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items())
-             + (f" ({retried} failed trials were retried as new trials)" if retried else "")
-             + ". Metrics are on the held-out split (R² = 1 − FVU, FVU = Σ(x−x̂)² / Σ(x−μ)²; "
-             "L0 = mean active latents per token).", ""]
-    lines += ["## Best trials", "", markdown_table(done.head(10), columns), ""]
+    return [f"# Sweep report: {label}", "",
+            f"{len(df)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+            + (f" ({retried} failed trials were retried as new trials)" if retried else "")
+            + ". Metrics are on the held-out split (R² = 1 − FVU, FVU = Σ(x−x̂)² / Σ(x−μ)²; "
+            "L0 = mean active latents per token).", ""]
+
+
+def _fronts(df: pd.DataFrame, best: pd.DataFrame, group_by: Sequence[str], metric: str,
+            columns: dict[str, str]) -> list[str]:
+    """The best trials, the best per group, the fronts, and each architecture at matched L0."""
+    col = f"final_{metric}"
+    done = complete(df).sort_values(col, ascending=not METRICS[metric].larger_is_better)
+    lines = ["## Best trials", "", markdown_table(done.head(10), columns), ""]
     lines += [f"## Best per ({', '.join(group_by)})", "", markdown_table(best, columns), ""]
     lines += ["## Pareto front (FVU vs L0, both minimised)", "",
               markdown_table(pareto_front(df), columns), ""]
@@ -76,6 +88,11 @@ def summary_md(label: str, df: pd.DataFrame, best: pd.DataFrame, group_by: Seque
                   "ΔCE = CE with the SAE spliced into the LM − clean CE, on the study's "
                   "evaluation windows (docs/metrics.md).", "",
                   markdown_table(pareto_front(df, y="delta_ce"), columns), ""]
+    return lines
+
+
+def _seeds_and_pruning(df: pd.DataFrame, metric: str) -> list[str]:
+    lines: list[str] = []
     seeds = seed_summary(df, metric)
     if not seeds.empty:
         lines += ["## Across seeds (mean ± std)", "", seeds.to_markdown(index=False,
@@ -85,12 +102,15 @@ def summary_md(label: str, df: pd.DataFrame, best: pd.DataFrame, group_by: Seque
     lines += ["## Pruning", "", f"The study's trials trained {int(spent):,} tokens in all; "
               f"pruning saved {int(df['tokens_saved'].sum()):,}.", ""]
     if prune.empty:
-        lines += ["No trial was pruned.", ""]
-    else:
-        lines += [prune.to_markdown(index=False, floatfmt=".3g"), "",
-                  "tokens_saved = tokens the pruned trials would have trained to finish "
-                  "(planned epochs) minus tokens they trained.", ""]
-    lines += ["## Scaling law", ""]
+        return lines + ["No trial was pruned.", ""]
+    return lines + [prune.to_markdown(index=False, floatfmt=".3g"), "",
+                    "tokens_saved = tokens the pruned trials would have trained to finish "
+                    "(planned epochs) minus tokens they trained.", ""]
+
+
+def _scaling(report: Report) -> list[str]:
+    """The per-k power laws and the joint fit, each flagged where unreliable."""
+    lines = ["## Scaling law", ""]
     if not report.fits and report.joint is None:
         lines += ["Not fitted (see *Not produced* below).", ""]
     if report.fits:
@@ -110,6 +130,12 @@ def summary_md(label: str, df: pd.DataFrame, best: pd.DataFrame, group_by: Seque
                   for name, (v, lo, hi) in report.joint.params.items()]
         lines.append("")
         lines += _unreliable_notes([("the joint fit", report.joint)])
+    return lines
+
+
+def _importance_and_failures(df: pd.DataFrame, metric: str,
+                             importances: dict[str, dict[str, float]]) -> list[str]:
+    lines: list[str] = []
     if importances:
         lines += ["## Hyperparameter importance (Optuna fANOVA, target: final held-out "
                   f"{METRICS[metric].header})", ""]
@@ -119,11 +145,14 @@ def summary_md(label: str, df: pd.DataFrame, best: pd.DataFrame, group_by: Seque
     if not failed.empty:
         lines += ["## Failed trials", "", markdown_table(
             failed, {"study": "study", "number": "trial", "fail_reason": "reason"}), ""]
-    if report.notes:
-        lines += ["## Not produced", ""] + [f"- {n}" for n in report.notes] + [""]
-    lines += ["## Figures", ""]
-    lines += [f"![{p.stem}]({p.name})" for p in report.files if p.suffix == ".png"]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _not_produced(report: Report) -> list[str]:
+    lines = ["## Not produced", ""] + [f"- {n}" for n in report.notes] + [""] \
+        if report.notes else []
+    return lines + ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in report.files
+                                          if p.suffix == ".png"]
 
 
 def _unreliable_notes(fits: list[tuple[str, PowerLawFit | JointFit]]) -> list[str]:
