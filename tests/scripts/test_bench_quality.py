@@ -10,16 +10,23 @@ from harness.core.recipes import default_lr
 from harness.core.store import LocalStore
 
 
-def test_bench_quality_scores_every_recipe_on_the_held_out_tail(tmp_path: Path):
-    LocalStore(tmp_path / "store").put_activations("acts", "L", torch.randn(6000, 16) + 3.0)
+def _bench(tmp_path: Path, *args: str, layer: str = "L", tokens: torch.Tensor | None = None):
+    """bench_quality.py on a store of `tokens` (6,000 random 16-d ones around 3 by default),
+    writing its scores to scores.json; (the process, the scores' path)."""
+    tokens = torch.randn(6000, 16) + 3.0 if tokens is None else tokens
+    LocalStore(tmp_path / "store").put_activations("acts", layer, tokens)
     out = tmp_path / "scores.json"
-    proc = run_script(
-        "bench_quality.py", "--store",
-        str(tmp_path / "store"), "--run-id", "acts", "--layer", "L", "--tokens", "3000",
-        "--lrs", "1e-3,4e-3,default", "--n-latents", "64", "--k", "4", "--batch", "256",
-        "--heldout", "1000", "--no-sparsify", "--recipe", "default", "--recipe", "legacy",
-        "--recipe", "decay:lr_decay_fraction=0.5,adam_betas=(0.8,0.99)", "--json", str(out),
-        timeout=300)
+    proc = run_script("bench_quality.py", "--store", str(tmp_path / "store"), "--run-id", "acts",
+                      "--layer", layer, *args, "--json", str(out), timeout=300)
+    return proc, out
+
+
+def test_bench_quality_scores_every_recipe_on_the_held_out_tail(tmp_path: Path):
+    proc, out = _bench(
+        tmp_path, "--tokens", "3000", "--lrs", "1e-3,4e-3,default", "--n-latents", "64",
+        "--k", "4", "--batch", "256", "--heldout", "1000", "--no-sparsify", "--recipe",
+        "default", "--recipe", "legacy", "--recipe",
+        "decay:lr_decay_fraction=0.5,adam_betas=(0.8,0.99)")
     assert proc.returncode == 0, proc.stderr
     assert "3,000 training tokens" in proc.stdout and "last 1,000 tokens" in proc.stdout
     scores = json.loads(out.read_text())
@@ -34,14 +41,9 @@ def test_bench_quality_scores_every_recipe_on_the_held_out_tail(tmp_path: Path):
 
 
 def test_bench_quality_compares_activations_at_matched_l0(tmp_path: Path):
-    LocalStore(tmp_path / "store").put_activations("acts", "L", torch.randn(6000, 16) + 3.0)
-    out = tmp_path / "scores.json"
-    proc = run_script(
-        "bench_quality.py", "--store",
-        str(tmp_path / "store"), "--run-id", "acts", "--layer", "L", "--tokens", "3000",
-        "--n-latents", "64", "--batch", "256", "--heldout", "1000", "--activation",
-        "topk,relu", "--l0s", "2,4", "--penalties", "relu=0.01,0.3", "--json", str(out),
-        timeout=300)
+    proc, out = _bench(
+        tmp_path, "--tokens", "3000", "--n-latents", "64", "--batch", "256", "--heldout",
+        "1000", "--activation", "topk,relu", "--l0s", "2,4", "--penalties", "relu=0.01,0.3")
     assert proc.returncode == 0, proc.stderr
     scores = json.loads(out.read_text())
     assert [s["trainer"] for s in scores] == ["topk k=2", "topk k=4", "topk k=5",
@@ -67,16 +69,11 @@ def test_bench_quality_splices_each_sae_into_the_model_with_model(tmp_path: Path
 
     model, text = tiny_folder
     g = torch.Generator().manual_seed(0)
-    LocalStore(tmp_path / "store").put_activations("acts", LAYER,
-                                     torch.randn(4000, HIDDEN, generator=g))
-    out = tmp_path / "scores.json"
-    proc = run_script(
-        "bench_quality.py", "--store",
-        str(tmp_path / "store"), "--run-id", "acts", "--layer", LAYER, "--tokens", "2000",
-        "--lrs", "default", "--n-latents", "64", "--k", "4", "--batch", "256",
-        "--heldout", "1000", "--no-sparsify", "--recipe", "default", "--model", str(model),
-        "--text", str(text), "--windows", "4", "--seq-len", "8", "--json", str(out),
-        timeout=300)
+    proc, out = _bench(
+        tmp_path, "--tokens", "2000", "--lrs", "default", "--n-latents", "64", "--k", "4",
+        "--batch", "256", "--heldout", "1000", "--no-sparsify", "--recipe", "default",
+        "--model", str(model), "--text", str(text), "--windows", "4", "--seq-len", "8",
+        layer=LAYER, tokens=torch.randn(4000, HIDDEN, generator=g))
     assert proc.returncode == 0, proc.stderr
     [score] = json.loads(out.read_text())
     # a random LM on random activations: the splice changes its predictions (KL > 0); ΔCE can
