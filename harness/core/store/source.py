@@ -61,6 +61,7 @@ class ActivationSource:
     """The layout's registry name ("saesweep", "mi_crow")."""
     meta: dict[str, Any] = field(default_factory=dict)
     _checked: set[int] = field(default_factory=set, repr=False)
+    _checked_pieces: set[tuple[int, int]] = field(default_factory=set, repr=False)
     _data_at: dict[int, int | None] = field(default_factory=dict, repr=False)
 
     @property
@@ -85,13 +86,7 @@ class ActivationSource:
         if t.shape[0] != ref.n_tokens:
             raise StoreError(f"{ref.path}: expected {ref.n_tokens} tokens, read {t.shape[0]}")
         if i not in self._checked:
-            # fast path: a NaN or inf makes the sum non-finite; a float32 sum that merely
-            # overflows on huge values is cleared by the exact per-value check
-            if not math.isfinite(float(t.sum(dtype=torch.float32))):
-                bad = int((~torch.isfinite(t)).any(dim=1).sum())
-                if bad:
-                    raise StoreError(f"{ref.path} (key {ref.key!r}): {bad} token(s) hold NaN "
-                                     "or inf activations")
+            _check_finite(ref, t)
             self._checked.add(i)
         return t
 
@@ -133,11 +128,9 @@ class ActivationSource:
             if got != len(raw):
                 raise StoreError(f"{ref.path}: truncated: tensor {ref.key!r} ends before token "
                                  f"{stop}")
-        if not math.isfinite(float(piece.sum(dtype=torch.float32))):
-            bad = int((~torch.isfinite(piece)).any(dim=1).sum())
-            if bad:
-                raise StoreError(f"{ref.path} (key {ref.key!r}): {bad} token(s) hold NaN or "
-                                 "inf activations")
+        if i not in self._checked and (i, start) not in self._checked_pieces:
+            _check_finite(ref, piece)  # once a run: later epochs read the same pieces again
+            self._checked_pieces.add((i, start))
         return piece
 
     def _tensor_start(self, i: int) -> int | None:
@@ -161,6 +154,17 @@ class ActivationSource:
                 pass  # safetensors' own reader says what is wrong
             self._data_at[i] = at
         return self._data_at[i]
+
+def _check_finite(ref: ShardRef, t: torch.Tensor) -> None:
+    """StoreError naming the file when `t` (read from `ref`) holds NaN or inf."""
+    # fast path: a NaN or inf makes the sum non-finite; a float32 sum that merely overflows on
+    # huge values is cleared by the exact per-value check
+    if not math.isfinite(float(t.sum(dtype=torch.float32))):
+        bad = int((~torch.isfinite(t)).any(dim=1).sum())
+        if bad:
+            raise StoreError(f"{ref.path} (key {ref.key!r}): {bad} token(s) hold NaN or inf "
+                             "activations")
+
 
 def same_layer(stored: str, requested: str) -> bool:
     """Either spelling: dotted module path or mi_crow's flattened `<modelclass>_<path>` name.
