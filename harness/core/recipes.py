@@ -1,8 +1,11 @@
 """The default learning rate.
 
-`default_lr(n_latents, d, steps)` is a power law fitted on measured learning-rate grids
-(scripts/bench_quality.py, held-out FVU; the data and the fit are in docs/benchmarks.md): the best
-Adam learning rate falls with the number of steps and, more slowly, with the number of latents.
+`default_lr(n_latents, d, steps, batch_size, spread)` is a power law fitted on measured
+learning-rate grids (held-out FVU; the data and the fit are in docs/benchmarks.md): the best Adam
+learning rate falls with the number of steps and, more slowly, with the number of latents, and
+rises with the batch size and with the data's participation ratio (`spread`,
+harness.core.store.statistics: a stream whose variance sits in a few massive dimensions wants a
+lower rate).
 """
 
 from __future__ import annotations
@@ -10,13 +13,23 @@ from __future__ import annotations
 import math
 
 # log lr = LOG_LR + STEPS_EXP log steps + LATENTS_EXP log n_latents + INPUTS_EXP log d
-LOG_LR = -4.381
-STEPS_EXP = -0.3295
+#          + BATCH_EXP log(batch_size / REFERENCE_BATCH) + SPREAD_EXP log(spread / REFERENCE_SPREAD)
+LOG_LR = -4.95
+STEPS_EXP = -0.10
 LATENTS_EXP = -0.1382
 INPUTS_EXP = 0.3294
+BATCH_EXP = 0.50
+REFERENCE_BATCH = 4096
+SPREAD_EXP = 0.30
+REFERENCE_SPREAD = 32.0
 
-def default_lr(n_latents: int, d: int, steps: int) -> float:
+def default_lr(n_latents: int, d: int, steps: int, batch_size: int = REFERENCE_BATCH,
+               spread: float | None = None) -> float:
     """The learning rate an SAE of `n_latents` over `d` inputs trains best with in `steps` Adam
-    steps (fitted on n_latents 256-6144, d 64 and 384, 49-244 steps)."""
+    steps of `batch_size` tokens, on data of participation ratio `spread` (None: the
+    reference)."""
+    spread = REFERENCE_SPREAD if spread is None else spread
     return math.exp(LOG_LR + STEPS_EXP * math.log(max(1, steps))
-                    + LATENTS_EXP * math.log(n_latents) + INPUTS_EXP * math.log(d))
+                    + LATENTS_EXP * math.log(n_latents) + INPUTS_EXP * math.log(d)
+                    + BATCH_EXP * math.log(batch_size / REFERENCE_BATCH)
+                    + SPREAD_EXP * math.log(spread / REFERENCE_SPREAD))

@@ -8,6 +8,7 @@ from scripts_run import run_script
 
 from harness.core.recipes import default_lr
 from harness.core.store import LocalStore
+from harness.core.store.statistics import participation_ratio
 
 
 def _bench(tmp_path: Path, *args: str, layer: str = "L", tokens: torch.Tensor | None = None):
@@ -22,18 +23,22 @@ def _bench(tmp_path: Path, *args: str, layer: str = "L", tokens: torch.Tensor | 
 
 
 def test_bench_quality_scores_every_recipe_on_the_held_out_tail(tmp_path: Path):
+    tokens = torch.randn(6000, 16, generator=torch.Generator().manual_seed(0)) + 3.0
     proc, out = _bench(
         tmp_path, "--tokens", "3000", "--lrs", "1e-3,4e-3,default", "--n-latents", "64",
         "--k", "4", "--batch", "256", "--heldout", "1000", "--no-sparsify", "--recipe",
         "default", "--recipe", "legacy", "--recipe",
-        "decay:lr_decay_fraction=0.5,adam_betas=(0.8,0.99)")
+        "decay:lr_decay_fraction=0.5,adam_betas=(0.8,0.99)", tokens=tokens)
     assert proc.returncode == 0, proc.stderr
+    # the rule reads the training run's participation ratio: its 5,000 tokens
+    LocalStore(tmp_path / "check").put_activations("acts", "L", tokens[:5000])
+    spread = participation_ratio(LocalStore(tmp_path / "check").open("acts", "L"))
     assert "3,000 training tokens" in proc.stdout and "last 1,000 tokens" in proc.stdout
     scores = json.loads(out.read_text())
     assert {(s["trainer"], s["column"]) for s in scores} == {
         (r, lr) for r in ("default", "legacy", "decay") for lr in ("1e-3", "4e-3", "default")}
     for s in scores:  # the learning rate each trained with: each recipe's default resolved
-        default = 2e-4 if s["trainer"] == "legacy" else default_lr(64, 16, 12)
+        default = 2e-4 if s["trainer"] == "legacy" else default_lr(64, 16, 12, 256, spread)
         assert s["lr"] == (default if s["column"] == "default" else float(s["column"]))
     for s in scores:  # random data: a real FVU, near but below 1, at L0 <= k
         assert 0.3 < s["fvu"] < 1.0 and 0 < s["l0"] <= 4

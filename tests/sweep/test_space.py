@@ -5,6 +5,8 @@ import pytest
 from spaces import tiny_space, write_space
 
 from harness.core.recipes import default_lr
+from harness.core.store import open_store
+from harness.core.store.statistics import participation_ratio
 from harness.sweep.space import SpaceError, load_space
 
 
@@ -102,8 +104,10 @@ def test_setup_resolves_k_fraction_and_lr_scale_of_the_default_lr(space_dict, tm
                             "auxk_alpha": {"type": "categorical", "choices": [0.0]}}
     setup = _sample(_load(tmp_path, space_dict))
     assert setup.n_latents == 64 and setup.k == 8
-    # the synthetic store: 6000 tokens, 5% held out, batches of 256, 2 epochs = 2 x 23 steps
-    assert setup.lr == pytest.approx(2.0 * default_lr(64, 16, 46))
+    # the synthetic store: 6000 tokens, 5% held out, batches of 256, 2 epochs = 2 x 23 steps;
+    # the store's participation ratio, as the trainer measures it
+    spread = participation_ratio(open_store(space_dict["data"]["store"]).open("syn", "synthetic"))
+    assert setup.lr == pytest.approx(2.0 * default_lr(64, 16, 46, 256, spread))
     assert setup.config.auxk_alpha == 0.0 and setup.config.epochs == 2  # sampled + fixed
 
 

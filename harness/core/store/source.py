@@ -63,6 +63,8 @@ class ActivationSource:
     _checked: set[int] = field(default_factory=set, repr=False)
     _checked_pieces: set[tuple[int, int]] = field(default_factory=set, repr=False)
     _data_at: dict[int, int | None] = field(default_factory=dict, repr=False)
+    participation: float | None = field(default=None, repr=False)
+    """harness.core.store.statistics.participation_ratio, once measured."""
 
     @property
     def n_tokens(self) -> int:

@@ -382,17 +382,20 @@ class SaeTrainingConfig:
         """The planned steps on an activation source (its split is arithmetic: nothing read)."""
         return self.planned_steps(ActivationLoader(source, self.loader_config()).batches_per_epoch)
 
-    def resolved_lr(self, n_latents: int, d: int, steps: int) -> float:
-        """`lr`, or the default learning rate for this SAE size and number of steps."""
-        return self.lr if self.lr is not None else default_lr(n_latents, d, steps)
+    def resolved_lr(self, n_latents: int, d: int, steps: int,
+                    spread: float | None = None) -> float:
+        """`lr`, or the default learning rate for this SAE size, number of steps, batch size and
+        the data's participation ratio `spread`."""
+        return (self.lr if self.lr is not None
+                else default_lr(n_latents, d, steps, self.batch_size, spread))
 
     def resolved_for(self, device: torch.device, n_latents: int, d: int,
-                     steps: int) -> SaeTrainingConfig:
+                     steps: int, spread: float | None = None) -> SaeTrainingConfig:
         """This config with every None that depends on the run filled in: what it trains with
         (and what is saved with the SAE)."""
         cuda = device.type == "cuda"
         return self.replace(
-            lr=self.resolved_lr(n_latents, d, steps),
+            lr=self.resolved_lr(n_latents, d, steps, spread),
             lr_warmup_steps=(self.lr_warmup_steps if self.lr_warmup_steps is not None
                              else round(DEFAULT_WARMUP_FRACTION * steps)),
             autocast_bf16=((cuda or (device.type == "cpu" and cpu_has_bf16()))

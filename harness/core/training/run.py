@@ -15,6 +15,7 @@ from harness.core.activations import check_penalty
 from harness.core.loader import ActivationLoader
 from harness.core.metrics import DeadFeatureTracker, DeadLatents, ReconstructionAccumulator
 from harness.core.store import ActivationSource, LocalStore
+from harness.core.store.statistics import participation_ratio
 from harness.core.training.checkpoint import read_checkpoint, write_checkpoint
 from harness.core.training.loss_monitor import LossMonitor
 from harness.core.training.optim import adam, schedule
@@ -43,7 +44,8 @@ class MemberRun:
                  scale: float, device: torch.device, total_steps: int) -> None:
         self.member, self.sae = member, member.sae
         self.cfg = member.config.resolved_for(device, member.sae.n_latents,
-                                              member.sae.n_inputs, total_steps)
+                                              member.sae.n_inputs, total_steps,
+                                              participation_ratio(source))
         self.store, self.source, self.loader = store, source, loader
         cfg, sae = self.cfg, self.sae
         sae.to(device)

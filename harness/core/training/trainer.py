@@ -25,6 +25,7 @@ from harness.core.loader import ActivationLoader
 from harness.core.runtime.cpu_memory import reuse_freed_blocks
 from harness.core.sae import SparseAutoencoder, data_center
 from harness.core.store import LocalStore, StoreError, open_store
+from harness.core.store.statistics import participation_ratio
 from harness.core.training.config import LOCKSTEP_FIELDS, SaeTrainingConfig
 from harness.core.training.loop import drive
 from harness.core.training.memory import planned_loader
@@ -124,6 +125,7 @@ class SaeTrainer:
             if source.d != m.sae.n_inputs:
                 raise ValueError(f"activation run {run_id!r} layer {source.layer_signature!r} "
                                  f"has d={source.d}, but the SAE has n_inputs={m.sae.n_inputs}")
+        participation_ratio(source)  # the default lr's input, read before the memory plan
         device = _resolve_device(first.device, members[0].sae)
         dtype = getattr(torch, first.dtype) if first.dtype else members[0].sae.W_dec.dtype
         loader = ActivationLoader(source, first.loader_config(), device=device, dtype=dtype)

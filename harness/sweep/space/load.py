@@ -20,6 +20,7 @@ from harness.core.loader import ActivationLoader
 from harness.core.recipes import default_lr
 from harness.core.shape import k_for, k_problem, n_latents_for
 from harness.core.store import open_store
+from harness.core.store.statistics import participation_ratio
 from harness.core.training.config import LOCKSTEP_FIELDS, SaeTrainingConfig
 from harness.data.synthetic import SyntheticSpec
 from harness.sweep.space.checks import (
@@ -112,11 +113,13 @@ class LoadedSpace:
         # the store is opened once, for the steps; the lr is resolved here, once, and the trial
         # records and trains with it (the trainer gets it as a number, not None)
         data = open_store(s.data.store).open(s.data.run_id, s.data.layer_signature)
-        steps = SaeTrainingConfig(**{**fields, "lr": None}).steps_on(data)
+        planned = SaeTrainingConfig(**{**fields, "lr": None})
+        steps = planned.steps_on(data)
         if "lr" in values:
             lr = float(values["lr"])
         elif "lr_scale" in values or fields.get("lr") is None:
-            lr = float(values.get("lr_scale", 1.0)) * default_lr(n_latents, self.d, steps)
+            lr = float(values.get("lr_scale", 1.0)) * default_lr(
+                n_latents, self.d, steps, planned.batch_size, participation_ratio(data))
         else:
             lr = float(fields["lr"])
         fields["lr"] = lr
