@@ -42,7 +42,7 @@ from harness.sweep.monitor import monitor, start_workers
 from harness.sweep.packing import check_host_memory, check_packing, cuda_memory, worker_budget
 from harness.sweep.rungs import plan_line, trial_total
 from harness.sweep.space import LoadedSpace, SpaceError, load_space, synthetic_spec
-from harness.sweep.space.rungs import check_budget, check_fidelity, rung_plan
+from harness.sweep.space.rungs import check_budget, check_fidelity, rung_plan, trial_compute
 from harness.sweep.storage import prepare_storage
 from harness.sweep.study import create_study, default_storage, storage_url, warm_start_plan
 from harness.sweep.urls import masked
@@ -169,10 +169,10 @@ def _nothing_to_run(study: optuna.Study, checked: _Checked) -> bool:
     spent = _spent_budgets(budget, loaded)
     if budget.waiting or budget.running or (budget.used < total and not spent):
         return False
-    left = budget.describe(space.budget.tokens, space.budget.hours)
+    left = budget.describe(space.budget)
     held = (f"spent its {spent[0]} budget ({left})" if spent
             else f"{budget.used} of its {total} trials")
-    raise_it = f"budget.{spent[0]}s" if spent else "--n-trials"
+    raise_it = f"budget.{BUDGET_KEYS[spent[0]]}" if spent else "--n-trials"
     print(f"study {space.study.name!r} already has {held}: nothing to run (raise "
           f"{raise_it} to run more)")
     print_summary(study, loaded, checked.url, checked.out)
@@ -200,19 +200,26 @@ def _run(study: optuna.Study, checked: _Checked) -> int:
               "to continue")
     elif status == 0 and budget.used < total and (spent := _spent_budgets(budget, loaded)):
         print(f"stopped: the {spent[0]} budget is spent "
-              f"({budget.describe(space.budget.tokens, space.budget.hours)}) with {budget.used} "
-              f"of {total} trials run; raise budget.{spent[0]}s to run more")
+              f"({budget.describe(space.budget)}) with {budget.used} "
+              f"of {total} trials run; raise budget.{BUDGET_KEYS[spent[0]]} to run more")
     return status
 
 
 def _spent_budgets(budget: BudgetState, loaded: LoadedSpace) -> list[str]:
-    """The budgets ("token", "hour") with no room for another trial. A rung study's plan is
-    sized by its token budget, so only its hours can run out."""
+    """The budgets ("token", "compute", "hour") with no room for another trial. A rung study's
+    plan is sized by its token and compute budgets, so only its hours can run out."""
     space = loaded.space
-    tokens = space.fidelity is not None or budget.tokens_fit(
-        space.budget.tokens, loaded.planned_tokens() if space.budget.tokens else 0)
-    return [name for name, fits in (("token", tokens),
+    rungs = space.fidelity is not None
+    tokens = rungs or budget.tokens_fit(space.budget.tokens, loaded.planned_tokens()
+                                        if space.budget.tokens else 0)
+    compute = rungs or budget.compute_fit(space.budget.compute, trial_compute(loaded)
+                                          if space.budget.compute else 0)
+    return [name for name, fits in (("token", tokens), ("compute", compute),
                                     ("hour", budget.hours_fit(space.budget.hours))) if not fits]
+
+
+BUDGET_KEYS = {"token": "tokens", "compute": "compute", "hour": "hours"}
+"""The budget: key of each budget by the name the console gives it."""
 
 
 def _resolve_artifacts(loaded: LoadedSpace) -> None:

@@ -102,7 +102,7 @@ class _Progress:
             self.seen.add(t.number)
             self.spent = self.spent.after(t)
             done_then = done - (len(new) - 1 - i)  # several may finish between two polls
-            left = self.spent.describe(budget.tokens, budget.hours)
+            left = self.spent.describe(budget)
             tqdm.write(trial_line(t, self.loaded)
                        + time_left(done_then, self.done_before, self.n_trials, self.started)
                        + (f" ({left})" if left else ""))

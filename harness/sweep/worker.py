@@ -35,6 +35,7 @@ from harness.sweep.leases import Heartbeat, reap_locked, requeue
 from harness.sweep.optuna_private import study_storage, trial_id
 from harness.sweep.rungs import RungScheduler
 from harness.sweep.space import LoadedSpace, load_space
+from harness.sweep.space.rungs import trial_compute
 from harness.sweep.storage import budget_lock, open_storage
 from harness.sweep.study import STORAGE_ENV, make_pruner, make_sampler, worker_seed
 from harness.sweep.trial import TrialOutcome, WorkerContext, run_trials
@@ -80,6 +81,9 @@ class _Worker:
     rungs: RungScheduler | None
     per_trial: int
     """The tokens one trial plans (what the token budget charges); 0 without a token budget."""
+    per_trial_compute: float = 0.0
+    """Tokens x latents of the space's widest trial (what the compute budget holds back for a
+    trial not yet finished); 0 without a compute budget."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,7 +152,9 @@ def _open(args: argparse.Namespace) -> _Worker | None:
                         artifacts=space.artifacts, memory_budget=budget)
     return _Worker(loaded=loaded, study=study, storage=storage, url=url, ctx=ctx,
                    rungs=RungScheduler(loaded) if space.fidelity is not None else None,
-                   per_trial=loaded.planned_tokens() if space.budget.tokens is not None else 0)
+                   per_trial=loaded.planned_tokens() if space.budget.tokens is not None else 0,
+                   per_trial_compute=(trial_compute(loaded) if space.budget.compute is not None
+                                      else 0.0))
 
 
 def _loop(w: _Worker, deadline: float, signals: _Signals) -> int:
@@ -192,8 +198,10 @@ def _ask(w: _Worker) -> tuple[list[optuna.Trial], int]:
         else:
             fresh = min(space.lockstep, max(0, space.budget.n_trials - budget.used))
         while fresh and not (budget.tokens_fit(space.budget.tokens, w.per_trial, fresh)
+                             and budget.compute_fit(space.budget.compute, w.per_trial_compute,
+                                                    fresh)
                              and budget.hours_fit(space.budget.hours, fresh)):
-            fresh -= 1  # the token or hour budget has no room for another trial
+            fresh -= 1  # the token, compute or hour budget has no room for another trial
         trials = [w.study.ask() for _ in range(min(space.lockstep, budget.waiting + fresh))]
     return trials, budget.running
 
