@@ -32,6 +32,7 @@ from harness.report.plots import (
     plot_pareto,
     plot_scaling,
 )
+from harness.report.predictions import cell_predictions, plot_predictions, promoted
 from harness.report.scaling import JointFit, PowerLawFit, fit_joint, fit_per_k
 from harness.report.summary import has_downstream, summary_md
 from harness.report.tables import (
@@ -52,6 +53,10 @@ class Report:
     """Things not produced, and why (e.g. too few points for a fit)."""
     fits: list[PowerLawFit] = field(default_factory=list)
     joint: JointFit | None = None
+    cells: pd.DataFrame | None = None
+    """Predicted full-budget FVU per (n_latents, k) with its 90% interval (predictions.py)."""
+    promoted: pd.DataFrame | None = None
+    """Trials promoted on a prediction, with it and whether its interval held."""
 
 
 def build_report(
@@ -81,6 +86,7 @@ def build_report(
     keys = _group_keys(df, studies, group_by)
     best = best_per_group(df, keys, metric)
     by_size = _fit_scaling(df, report)
+    report.cells, report.promoted = cell_predictions(df), promoted(df)
     _plot(df, by_size, metric, report)
     importances = _importances(studies, storage, results_dir, metric, report.out_dir, report)
     _write_tables(label, df, best, keys, metric, formats, report, importances)
@@ -187,6 +193,8 @@ def _plot(df: pd.DataFrame, by_size: pd.DataFrame, metric: str, report: Report) 
                                 "complete trials")
         if report.fits:
             report.files += plot_scaling(by_size, report.fits, out_dir)
+        if report.promoted is not None and not report.promoted.empty:
+            report.files += plot_predictions(report.promoted, out_dir)
 
 
 def _write_tables(label: str, df: pd.DataFrame, best: pd.DataFrame, keys: list[str],

@@ -23,6 +23,7 @@ from harness.errors import SaesweepError
 from harness.sweep.artifacts import fetch_trial
 from harness.sweep.budget import superseded_numbers
 from harness.sweep.optuna_private import study_storage as storage_of
+from harness.sweep.rungs import PREDICTED_ATTR
 from harness.sweep.space.rungs import full_budget as on_full_budget
 from harness.sweep.space.rungs import study_rungs
 from harness.sweep.storage import close_storage, open_storage, storage_damage
@@ -153,6 +154,9 @@ def _row(study: str, t: FrozenTrial, superseded: bool, training_seed: int, fetch
         row["sae_path"] = str(got) if got else None
     for i, v in enumerate(t.values or []):
         row[f"value_{i}"] = v
+    predicted = t.user_attrs.get(PREDICTED_ATTR) or {}
+    row["predicted_fvu"] = predicted.get("fvu")  # the prediction it was promoted on
+    row["predicted_low"], row["predicted_high"] = predicted.get("low"), predicted.get("high")
     row["datetime_start"] = t.datetime_start
     row["datetime_complete"] = t.datetime_complete
     if row["planned_tokens"] is None and trial_dir and row["corrupt"] is None:

@@ -16,6 +16,7 @@ from harness.report.data import (
     pruning_summary,
     seed_summary,
 )
+from harness.report.predictions import coverage
 from harness.report.scaling import JointFit, PowerLawFit
 from harness.report.tables import (
     markdown_table,
@@ -32,6 +33,9 @@ TRIAL_COLUMNS = {
     "wall_time_s": "wall s",
     "finish_share": "finish share",
 }
+CELL_COLUMNS = {"n_latents": "latents", "k": "k", "lr_scale": "lr_scale",
+                "predicted_fvu": "predicted FVU", "low": "90% low", "high": "90% high",
+                "trained": "trained", "measured_fvu": "measured FVU", "covered": "in interval"}
 # shown when the study measured them (a space with evaluation.downstream)
 DOWNSTREAM_COLUMNS = {"delta_ce": "ΔCE", "ce_loss_score": "CE score", "kl": "KL",
                       "downstream_s": "LM eval s"}
@@ -51,7 +55,7 @@ def summary_md(label: str, df: pd.DataFrame, best: pd.DataFrame, group_by: Seque
     if df["study"].nunique() == 1:
         del columns["study"]
     lines = (_overview(label, df) + _fronts(df, best, group_by, metric, columns)
-             + _seeds_and_pruning(df, metric) + _scaling(report)
+             + _seeds_and_pruning(df, metric) + _scaling(report) + _predictions(report)
              + _importance_and_failures(df, metric, importances) + _not_produced(report))
     return "\n".join(lines) + "\n"
 
@@ -130,6 +134,26 @@ def _scaling(report: Report) -> list[str]:
                   for name, (v, lo, hi) in report.joint.params.items()]
         lines.append("")
         lines += _unreliable_notes([("the joint fit", report.joint)])
+    return lines
+
+
+def _predictions(report: Report) -> list[str]:
+    """Every cell's predicted full-budget FVU, and how often the intervals held."""
+    cells, rows = report.cells, report.promoted
+    if cells is None or cells.empty:
+        return []
+    lines = ["## Predicted full-budget FVU", "",
+             "A scaling law in tokens, latents, k and lr_scale (harness.sweep.prediction), "
+             "fitted on every complete trial, all rungs; 90% intervals. *trained*: a full-budget "
+             "trial trained the cell, *measured*: the best of those.", "",
+             markdown_table(cells, CELL_COLUMNS), ""]
+    held = coverage(cells)
+    if held is not None:
+        lines += [f"Interval coverage of the trained cells: {held:.0%} of "
+                  f"{int(cells['covered'].notna().sum())}.", ""]
+    if rows is not None and not rows.empty:
+        lines += [f"Interval coverage of the promoted trials' predictions (made before they "
+                  f"trained; predictions.png): {coverage(rows):.0%} of {len(rows)}.", ""]
     return lines
 
 

@@ -15,6 +15,13 @@ part-way (continuation), so they do not fit here; the rungs are enqueued as Optu
 The plan is fixed by the budget: n0 configurations per group at rung 0 and
 n0 // reduction**r at rung r, with n0 the largest that fits `budget.n_trials` and
 `budget.tokens`.
+
+Promotion ranks a rung's configurations by the FVU a scaling law fitted to every finished trial
+of the study predicts for them on the last rung (`fidelity.promote: predicted`, the default,
+harness.sweep.prediction): an eighth of the tokens ranks widths in reverse of the full budget,
+so the raw first-rung value promotes narrow SAEs (docs/search-efficiency.md). Each promoted
+trial records the prediction it was promoted on (PREDICTED_ATTR), for the report's plot of
+predicted against measured.
 """
 
 from __future__ import annotations
@@ -26,6 +33,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from harness.sweep.budget import own_trials, si, superseded_numbers
 from harness.sweep.optuna_private import params_with_fixed
+from harness.sweep.prediction import (
+    PREDICTABLE,
+    Prediction,
+    ScalingModel,
+    observations,
+    trial_shape,
+)
 from harness.sweep.space import LoadedSpace
 from harness.sweep.space.rungs import FIDELITY_ATTR, Rung, rung_of, rung_plan
 
@@ -40,6 +54,7 @@ class RungScheduler:
         self.plan = rung_plan(loaded)
         self.groups = self.plan.groups
         self.maximize = space.objectives[0].direction == "maximize"
+        self.predicted = promotes_by_prediction(loaded)
 
     def planned_trials(self) -> int:
         return self.plan.trials
@@ -90,16 +105,53 @@ class RungScheduler:
                             if (rung := rung_of(t)) is not None}
                 done = [t for t in cell if t.state == TrialState.COMPLETE and t.values
                         and t.number not in promoted]
-                done.sort(key=lambda t: t.values[0], reverse=self.maximize)
-                for t in done[:max(0, room)]:
+                if not done or room <= 0:
+                    continue
+                predictions = self._predictions(study, done)
+                if predictions:
+                    done.sort(key=lambda t: predictions[t.number].fvu)
+                else:
+                    done.sort(key=lambda t: t.values[0], reverse=self.maximize)
+                for t in done[:room]:
                     below = rung_of(t)
                     assert below is not None
                     rung = Rung(rung=r + 1, tokens=self.fidelity.tokens[r + 1],
                                 root=below.root if below.root is not None else t.number,
                                 promoted_from=t.number)
-                    study.enqueue_trial(t.params, user_attrs={FIDELITY_ATTR: asdict(rung)})
+                    attrs: dict = {FIDELITY_ATTR: asdict(rung)}
+                    if predictions:
+                        attrs[PREDICTED_ATTR] = asdict(predictions[t.number])
+                    study.enqueue_trial(t.params, user_attrs=attrs)
                     added += 1
         return added
+
+    def _predictions(self, study: optuna.Study,
+                     trials: list[FrozenTrial]) -> dict[int, Prediction]:
+        """Each trial's predicted FVU on the last rung (empty when promotion is by measured
+        value, or a trial lacks its shape)."""
+        if not self.predicted:
+            return {}
+        model = ScalingModel(observations(own_trials(study)))
+        last = self.plan.prices[-1]
+        out = {}
+        for t in trials:
+            shape = trial_shape(t)
+            if shape is None:
+                return {}
+            out[t.number] = model.predict(last, *shape)
+        return out
+
+
+PREDICTED_ATTR = "predicted_fvu"
+"""The user attribute of a promoted trial: the Prediction (fvu, low, high) it was promoted on."""
+
+
+def promotes_by_prediction(loaded: LoadedSpace) -> bool:
+    """Whether the rungs rank by predicted FVU: `fidelity.promote` is "predicted" and the first
+    objective is fvu or r2 (checked by the space: only a default falls back to measured)."""
+    fidelity = loaded.space.fidelity
+    return (fidelity is not None and fidelity.promote == "predicted"
+            and loaded.space.objectives[0].metric in PREDICTABLE)
 
 
 def trial_total(loaded: LoadedSpace) -> int:

@@ -20,7 +20,7 @@ from harness.sweep.space import SpaceError, load_space
 from harness.sweep.space.rungs import plan_size, rung_of, rung_sizes
 from harness.sweep.space.schema import FidelitySection
 
-RUNGS = {"tokens": [2560, 11_400], "reduction": 2, "group_by": ["k"]}
+RUNGS = {"tokens": [2560, 11_400], "reduction": 2, "group_by": ["k"], "promote": "measured"}
 
 
 def _space(store: Path, results: Path, **sections):
@@ -154,3 +154,34 @@ def test_a_budget_too_small_for_the_rungs_runs_its_trials_at_the_full_budget_and
     assert all(rung_of(t).rung == 1 and t.user_attrs["tokens_seen"] == 11_332 for t in trials)
     df = load_trials("t", results_dir=results)
     assert len(complete(df)) == 3  # every one is a full-budget result
+
+
+def test_promotion_by_prediction_records_each_prediction_and_the_report_shows_its_coverage(
+        synthetic_store, tmp_path, capsys):
+    """The default promotion: each promoted trial carries the prediction it was promoted on, and
+    the report plots it against what it measured and states the intervals' coverage."""
+    results = tmp_path / "results"
+    space = _space(synthetic_store, results)
+    space["fidelity"] = {k: v for k, v in RUNGS.items() if k != "promote"}
+    space["params"]["expansion"] = {"type": "categorical", "choices": [2, 4]}
+    proc = sweep_here(capsys, str(write_space(tmp_path / "s.yaml", space)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    df = load_trials("t", results_dir=results)
+    top = df[df["rung"] == 1]
+    assert len(top) == 2 and top["predicted_fvu"].notna().all()
+    assert ((top["predicted_low"] < top["predicted_fvu"])
+            & (top["predicted_fvu"] < top["predicted_high"])).all()
+    assert df[df["rung"] == 0]["predicted_fvu"].isna().all()
+    proc = report_here(capsys, "t", "--results", str(results), "--out", str(tmp_path / "rep"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = (tmp_path / "rep" / "summary.md").read_text()
+    assert "## Predicted full-budget FVU" in summary
+    covered = sum(lo <= f <= hi for f, lo, hi in zip(
+        top["final_fvu"], top["predicted_low"], top["predicted_high"], strict=True))
+    assert (f"Interval coverage of the promoted trials' predictions (made before they trained; "
+            f"predictions.png): {covered / 2:.0%} of 2.") in summary
+    # every (latents, k) cell of the space is predicted, trained at the full budget or not
+    table = summary.split("## Predicted full-budget FVU")[1].split("Interval coverage")[0]
+    cells = re.findall(r"^\|\s*(\d+)\s*\|\s*(\d+)\s*\|", table, flags=re.M)
+    assert sorted(cells) == [("32", "2"), ("32", "4"), ("64", "2"), ("64", "4")]
+    assert (tmp_path / "rep" / "predictions.png").exists()

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.sweep.space.checks import activation_choices, applies
+from harness.core.shape import n_latents_for
+from harness.sweep.prediction import PREDICTABLE
+from harness.sweep.space.checks import activation_choices, applies, bounding_values
 from harness.sweep.space.schema import FidelitySection, ParamSpec, SpaceError
 
 if TYPE_CHECKING:
@@ -63,19 +65,38 @@ def rung_sizes(n0: int, fidelity: FidelitySection) -> list[int]:
 
 
 def plan_size(fidelity: FidelitySection, n_groups: int, n_trials: int,
-              tokens: float | None, prices: list[int] | None = None) -> int:
-    """The most fresh configurations per group whose rungs fit `n_trials` trials and `tokens`
-    training tokens (0 when not even one fits); `prices`: the tokens a trial at each rung
-    trains (else the rungs' budgets)."""
+              tokens: float | None, prices: list[int] | None = None,
+              compute: float | None = None, latents: tuple[float, float] = (1.0, 1.0)) -> int:
+    """The most fresh configurations per group whose rungs fit `n_trials` trials, `tokens`
+    training tokens and `compute` tokens x latents (0 when not even one fits); `prices`: the
+    tokens a trial at each rung trains (else the rungs' budgets); `latents`: the latents a fresh
+    and a promoted trial are priced at (latent_counts)."""
     prices = prices or fidelity.tokens
     n0 = 0
     while True:
         sizes = rung_sizes(n0 + 1, fidelity)
         trials = n_groups * sum(sizes)
         spent = n_groups * sum(n * t for n, t in zip(sizes, prices, strict=True))
-        if trials > n_trials or (tokens is not None and spent > tokens):
+        work = n_groups * sum(n * t * latents[r > 0]
+                              for r, (n, t) in enumerate(zip(sizes, prices, strict=True)))
+        if trials > n_trials or (tokens is not None and spent > tokens) \
+                or (compute is not None and work > compute):
             return n0
         n0 += 1
+
+
+def latent_counts(loaded: LoadedSpace) -> tuple[float, int]:
+    """(the mean, the largest) latents over the expansion's bounding values: what a compute
+    budget prices a fresh and a promoted trial at (promotion goes to the wide ones)."""
+    d = loaded.d or 1
+    values = [n_latents_for(float(e), d)
+              for e in bounding_values(loaded.space.params["expansion"])]
+    return sum(values) / len(values), max(values)
+
+
+def trial_compute(loaded: LoadedSpace) -> float:
+    """Tokens x latents of the space's widest trial trained in full."""
+    return float(loaded.planned_tokens()) * latent_counts(loaded)[1]
 
 
 @dataclass(frozen=True)
@@ -124,7 +145,9 @@ def rung_plan(loaded: LoadedSpace, path: Path | None = None) -> RungPlan:
     groups = group_choices(loaded)
     prices = rung_prices(loaded)
     budget = space.budget
-    n0 = plan_size(fidelity, len(groups), budget.n_trials, budget.tokens, prices)
+    latents = latent_counts(loaded)
+    n0 = plan_size(fidelity, len(groups), budget.n_trials, budget.tokens, prices,
+                   budget.compute, latents)
     sizes = rung_sizes(n0, fidelity)
     if sizes[-1] > 0:
         return RungPlan(groups=groups, sizes=sizes, prices=prices, fresh=n0 * len(groups))
@@ -132,6 +155,12 @@ def rung_plan(loaded: LoadedSpace, path: Path | None = None) -> RungPlan:
     fit = budget.n_trials
     if budget.tokens is not None:
         fit = min(fit, int(budget.tokens // prices[-1]))
+    if budget.compute is not None:
+        fit = min(fit, int(budget.compute // (prices[-1] * latents[1])))
+        if fit == 0:
+            raise SpaceError(f"{path}: budget.compute: {budget.compute:g} tokens x latents is "
+                             f"less than one trial at the last rung of the widest SAE costs "
+                             f"({prices[-1] * latents[1]:g}); raise budget.compute")
     if fit == 0:
         raise SpaceError(f"{path}: budget.tokens: {budget.tokens:g} tokens is less than one "
                          f"trial at the last rung trains ({prices[-1]} tokens); raise "
@@ -139,12 +168,13 @@ def rung_plan(loaded: LoadedSpace, path: Path | None = None) -> RungPlan:
     least = rung_sizes(fidelity.reduction ** last, fidelity)
     need_trials = len(groups) * sum(least)
     need_tokens = len(groups) * sum(n * p for n, p in zip(least, prices, strict=True))
+    compute = f", compute {budget.compute:g}" if budget.compute is not None else ""
     names = ", ".join(fidelity.group_by) or "the study"
     left = (f"; the groups left without a trial: {groups[fit:]}" if fit < len(groups) else "")
     note = (f"rungs: one configuration per {names} reaching the last rung needs n_trials >= "
             f"{need_trials} and tokens >= {need_tokens} (the budget: n_trials "
-            f"{budget.n_trials}, tokens {budget.tokens}), so {fit} trial(s) run at the full "
-            f"budget only ({prices[-1]} tokens each), cycling through the groups{left}")
+            f"{budget.n_trials}, tokens {budget.tokens}{compute}), so {fit} trial(s) run at the "
+            f"full budget only ({prices[-1]} tokens each), cycling through the groups{left}")
     sizes = [0] * last + [-(-fit // len(groups))]
     return RungPlan(groups=groups, sizes=sizes, prices=prices, fresh=fit, start=last, note=note)
 
@@ -186,6 +216,12 @@ def check_fidelity(path: Path, loaded: LoadedSpace, check_data: bool) -> None:
             raise SpaceError(f"{path}: fidelity.group_by: params.{name} must be categorical "
                              "(fresh configurations cycle through its choices) and apply to "
                              "every activation (no 'when')")
+    metric = space.objectives[0].metric
+    if "promote" in fidelity.model_fields_set and fidelity.promote == "predicted" \
+            and metric not in PREDICTABLE:
+        raise SpaceError(f"{path}: fidelity.promote: 'predicted' ranks by predicted FVU, so the "
+                         f"first objective must be one of {list(PREDICTABLE)} (it is {metric!r});"
+                         " use promote: measured")
     if space.sampler.type == "grid":
         raise SpaceError(f"{path}: fidelity: the grid sampler trains every point once; use "
                          "another sampler with rungs")
@@ -215,9 +251,14 @@ def check_budget(path: Path, loaded: LoadedSpace, check_data: bool) -> None:
     """A token budget smaller than one trial of a space without rungs is refused (one with
     rungs: by its plan); nothing is written. Needs the data: checked once synthetic data is."""
     space = loaded.space
-    tokens = space.budget.tokens
-    if tokens is None or space.fidelity is not None or not check_data \
-            or space.data.synthetic_pending():
+    tokens, compute = space.budget.tokens, space.budget.compute
+    if space.fidelity is not None or not check_data or space.data.synthetic_pending():
+        return
+    if compute is not None and compute < trial_compute(loaded):
+        raise SpaceError(f"{path}: budget.compute: {compute:g} tokens x latents is less than the "
+                         f"widest trial costs ({trial_compute(loaded):g}: its tokens x "
+                         f"{latent_counts(loaded)[1]} latents); raise budget.compute")
+    if tokens is None:
         return
     price = loaded.planned_tokens()
     if tokens < price:

@@ -225,6 +225,11 @@ class BudgetSection(_Strict):
     tokens: float | None = Field(None, gt=0)
     """Training tokens for the whole study (pruned and failed trials count what they trained):
     no trial starts that would take the total past it."""
+    compute: float | None = Field(None, gt=0)
+    """Training compute for the whole study, in tokens x latents (an 8x SAE costs about four
+    times a 2x SAE per token): no trial starts that would take the total past it; a rung
+    study's plan prices fresh configurations at the space's mean width and promoted ones at its
+    widest."""
     hours: float | None = Field(None, gt=0)
     """Trial hours for the whole study (the sum of the trials' wall times, on every node): no
     trial starts once the finished trials' mean would take the total past it."""
@@ -241,6 +246,10 @@ class FidelitySection(_Strict):
     group_by: list[str] = Field(default_factory=list)
     """Parameters ranked apart (k: the best configuration of every k reaches the last rung);
     fresh configurations cycle through their values."""
+    promote: Literal["predicted", "measured"] = "predicted"
+    """How a rung's configurations are ranked for the next: by the FVU a scaling law fitted to
+    the study's trials predicts on the last rung (harness.sweep.prediction; the first objective
+    must be fvu or r2), or by the first objective as measured on this rung."""
 
     @field_validator("tokens")
     @classmethod
