@@ -1,5 +1,6 @@
-"""scripts/bench_search.py runs a grid and the default strategy through the real CLI and ends
-with the line anyone can check the target by."""
+"""scripts/bench_search.py runs a grid, the default strategy and its anchors through the real CLI
+and ends with the line anyone can check the target by; a store too small for --tokens is refused
+before the grid runs."""
 
 from __future__ import annotations
 
@@ -9,21 +10,40 @@ import re
 from scripts_run import run_script
 
 
-def test_bench_search_scores_the_default_strategy_against_the_grid(synthetic_store, tmp_path):
+def test_bench_search_scores_each_strategy_against_the_grid_at_equal_compute(synthetic_store,
+                                                                            tmp_path):
     out = tmp_path / "json"
     proc = run_script("bench_search.py", "--store", str(synthetic_store), "--run-id", "syn",
-                      "--layer", "synthetic", "--ks", "2,4", "--expansions", "2",
+                      "--layer", "synthetic", "--ks", "2,4", "--expansions", "2,4",
                       "--lr-scales", "1", "--tokens", "5000", "--batch-size", "256",
-                      "--eval-every", "5", "--seeds", "1", "--strategies", "default",
-                      "--share", "1.5", "--workers", "1", "--out", str(tmp_path / "studies"),
-                      "--json", str(out))
+                      "--eval-every", "5", "--seeds", "1",
+                      "--strategies", "default,fixed,random,hyperband",
+                      "--share", "1.5", "--compute-share", "1.5", "--workers", "1",
+                      "--out", str(tmp_path / "studies"), "--json", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.strip().splitlines()
-    assert lines[0].startswith("grid: 2 trials, 9,728 tokens")  # 2 x 19 batches of 256
-    last = re.fullmatch(r"worst best-per-k ratio: ([\d.]+); tokens vs grid: ([\d.]+)", lines[-1])
+    assert lines[0] == "a full trial: 4864 tokens (19 steps of 256)"
+    # 4 trials of 19 batches of 256; 2 of them at 32 latents, 2 at 64
+    assert lines[1].startswith("grid: 4 trials, 19,456 tokens, 9.34e+05 token-latents")
+    last = re.fullmatch(r"worst best-per-k ratio: ([\d.]+); tokens vs grid: ([\d.]+); "
+                        r"compute vs grid: ([\d.]+); coverage: ([\d.]+)", lines[-1])
     assert last, lines[-1]
-    (score,) = json.loads(out.read_text())["scores"]
-    # 8 configurations at 512 tokens, then each k's best at 4,864
-    assert score["trials"] == 10 and score["tokens"] == 8 * 512 + 2 * 4864
-    assert set(score["per_k"]) == {"2", "4"} and float(last[1]) == round(score["worst_k"], 4)
-    assert float(last[2]) == round(score["tokens"] / 9_728, 3) <= 1.5
+    scores = {s["strategy"]: s for s in json.loads(out.read_text())["scores"]}
+    default = scores["default"]
+    assert set(default["per_k"]) == {"2", "4"} and float(last[1]) == round(default["worst_k"], 4)
+    assert float(last[2]) == round(default["tokens"] / 19_456, 3) <= 1.5
+    assert float(last[3]) == round(default["compute_vs_grid"], 3) <= 1.5
+    assert 0 <= default["coverage"] <= 1
+    # the rule: one trial per k at the widest expansion; the others at most the default's compute
+    assert scores["fixed"]["trials"] == 2 and scores["fixed"]["compute"] == 2 * 4864 * 64
+    for anchor in ("random", "hyperband"):
+        assert 0 < scores[anchor]["compute"] <= default["compute"]
+
+
+def test_a_store_too_small_for_the_trial_is_refused_before_the_grid(synthetic_store, tmp_path):
+    proc = run_script("bench_search.py", "--store", str(synthetic_store), "--run-id", "syn",
+                      "--layer", "synthetic", "--tokens", "270336",
+                      "--out", str(tmp_path / "studies"))
+    assert proc.returncode == 1
+    assert "--tokens 270336: 1 epoch(s) of" in proc.stderr and "pass --tokens" in proc.stderr
+    assert not (tmp_path / "studies").exists()
