@@ -135,14 +135,14 @@ def check_table(results: list[dict]) -> str:
 
 
 def curves(paths: list[str]) -> dict[tuple, list[tuple[float, float]]]:
-    """Each (store, batch, steps, n_latents, d, spread)'s grid as sorted (log lr, log FVU)
+    """Each (store, batch, steps, n_latents, d, spread, k)'s grid as sorted (log lr, log FVU)
     points; one store's grids may come in several files."""
     out: dict[tuple, list[tuple[float, float]]] = {}
     for path in paths:
         data = json.loads(Path(path).read_text())
         for r in data["results"]:
             key = (f"{data['store']}:{data['run_id']}", r["batch"], r["steps"], r["n_latents"],
-                   r["d"], r["spread"])
+                   r["d"], r["spread"], r["k"])
             out.setdefault(key, []).append((math.log(r["lr"]), math.log(r["fvu"])))
     return {k: sorted(v) for k, v in out.items()}
 
@@ -161,40 +161,47 @@ def excess(points: list[tuple[float, float]], log_lr: float) -> float:
     return math.exp(at - y.min())
 
 
+CONSTANTS = ("LOG_LR", "STEPS_EXP", "BATCH_EXP", "SPREAD_EXP", "LATENTS_EXP")
+"""The rule's constants the fit moves (INPUTS_EXP is kept: the stores' d cannot be told from their
+spread)."""
+
+
 def fit(args: argparse.Namespace) -> int:
-    """The rule's steps, batch and spread exponents and its constant that minimise the worst
-    (then the mean) FVU excess over every shape's grid, on a 0.05 lattice; the width and input
-    exponents are kept (harness.core.recipes LATENTS_EXP, INPUTS_EXP: every shape here is 4x,
-    and two stores cannot tell d from the spread)."""
+    """The rule's constants that minimise the worst (then the mean) FVU excess over every grid:
+    a walk on a 0.05 lattice from harness.core.recipes' values to the best neighbour until none
+    is better."""
     from harness.core import recipes
 
     grids = curves(args.grids)
 
     def rule(c: tuple[float, ...], key: tuple) -> float:
-        _, batch, steps, n, d, spread = key
+        _, batch, steps, n, d, spread, _k = key
         return (c[0] + c[1] * math.log(steps) + c[2] * math.log(batch / recipes.REFERENCE_BATCH)
-                + c[3] * math.log(spread / recipes.REFERENCE_SPREAD)
-                + recipes.LATENTS_EXP * math.log(n) + recipes.INPUTS_EXP * math.log(d))
+                + c[3] * math.log(spread / recipes.REFERENCE_SPREAD) + c[4] * math.log(n)
+                + recipes.INPUTS_EXP * math.log(d))
 
-    best: tuple[tuple[float, float], tuple[float, ...]] | None = None
-    lattice = itertools.product(np.arange(-0.5, 0.01, 0.05), np.arange(0, 0.61, 0.05),
-                                np.arange(0, 0.61, 0.05), np.arange(-7, -3, 0.05))
-    for steps_exp, batch_exp, spread_exp, log_lr in lattice:
-        c = (log_lr, steps_exp, batch_exp, spread_exp)
+    def score(c: tuple[float, ...]) -> tuple[float, float]:
         ex = [excess(points, rule(c, key)) for key, points in grids.items()]
-        score = (max(ex), sum(ex) / len(ex))
-        if best is None or score < best[0]:
-            best = (score, c)
-    assert best is not None
-    c = best[1]
-    print("| store | batch | steps | rule lr | FVU / grid's best |\n|---|---|---|---|---|")
-    for key, points in grids.items():
-        print(f"| {key[0]} | {key[1]} | {key[2]} | {math.exp(rule(c, key)):.3g} | "
-              f"{excess(points, rule(c, key)):.4f} |")
-    print(f"\nLOG_LR = {c[0]:.2f}\nSTEPS_EXP = {c[1]:.2f}\nBATCH_EXP = {c[2]:.2f}\n"
-          f"SPREAD_EXP = {c[3]:.2f}\n(LATENTS_EXP = {recipes.LATENTS_EXP}, INPUTS_EXP = "
-          f"{recipes.INPUTS_EXP} kept)\nworst FVU / grid's best {best[0][0]:.4f}, mean "
-          f"{best[0][1]:.4f}")
+        return max(ex), sum(ex) / len(ex)
+
+    c = tuple(round(getattr(recipes, name), 2) for name in CONSTANTS)
+    here = score(c)
+    while True:
+        steps = itertools.product((-0.05, 0.0, 0.05), repeat=len(c))
+        moves = [tuple(round(a + b, 2) for a, b in zip(c, step, strict=True)) for step in steps]
+        best = min(moves, key=score)
+        if score(best) >= here:
+            break
+        c, here = best, score(best)
+    print("| store | k | latents | batch | steps | rule lr | FVU / grid's best |\n"
+          "|---|---|---|---|---|---|---|")
+    for key, points in sorted(grids.items()):
+        print(f"| {key[0]} | {key[6]} | {key[3]} | {key[1]} | {key[2]} | "
+              f"{math.exp(rule(c, key)):.3g} | {excess(points, rule(c, key)):.4f} |")
+    print("\n" + "\n".join(f"{name} = {value:.2f}" for name, value in zip(CONSTANTS, c,
+                                                                         strict=True))
+          + f"\n(INPUTS_EXP = {recipes.INPUTS_EXP} kept)\nworst FVU / grid's best "
+          f"{here[0]:.4f}, mean {here[1]:.4f}")
     return 0
 
 

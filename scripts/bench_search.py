@@ -51,6 +51,7 @@ import yaml
 from benchmarks.search_spaces import STRATEGIES, grid_low_space, grid_space, strategy_space
 
 from harness.core.store import open_store
+from harness.core.store.statistics import participation_ratio
 from harness.core.training import SaeTrainingConfig
 from harness.report.data import complete, load_trials
 from harness.report.predictions import cell_predictions, observations_of
@@ -197,8 +198,9 @@ def run_strategies(args: argparse.Namespace, strategies: list[str], grid: pd.Dat
     for seed in range(args.seeds):
         tokens, compute = args.share * grid_tokens, args.compute_share * grid_compute
         for strategy in sorted(strategies, key=lambda s: s != "default"):
-            if strategy == "fixed" and seed:
-                continue  # no randomness to vary: one run
+            if (strategy == "fixed" and seed) or (strategy != "default"
+                                                  and seed >= args.anchor_seeds):
+                continue  # the rule has no randomness to vary: one run
             space = strategy_space(args, strategy, seed, tokens, compute)
             wall = sweep(space, args.out)
             df = load_trials(space["study"]["name"], results_dir=args.out)
@@ -221,6 +223,15 @@ def store_law(args: argparse.Namespace) -> dict[str, float]:
     return law
 
 
+def grid_runs(args: argparse.Namespace, grid: pd.DataFrame) -> list[dict[str, Any]]:
+    source = open_store(args.store).open(args.run_id, args.layer)
+    spread = participation_ratio(source)
+    return [{"expansion": float(r.expansion), "k": int(r.k), "batch": args.batch_size,
+             "steps": int(r.tokens_seen) // args.batch_size, "factor": float(r.param_lr_scale),
+             "d": source.d, "n_latents": int(r.n_latents), "spread": spread, "lr": float(r.lr),
+             "fvu": float(r.final_fvu)} for r in complete(grid).itertuples()]
+
+
 def write_json(args: argparse.Namespace, **parts: Any) -> None:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -240,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior", default="0.5,2",
                    help="LOW,HIGH: the default strategy's lr_scale range (log-uniform)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per strategy (medians over them)")
+    p.add_argument("--anchor-seeds", type=int, default=None,
+                   help="seeds of hyperband, random and tpe (default --seeds)")
     p.add_argument("--tokens", type=int, default=None,
                    help=f"training tokens of one trial at the full budget (default: the smaller "
                         f"of {DEFAULT_TOKENS} and the store's training split)")
@@ -270,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(strategies) - set(STRATEGIES))
     if unknown:
         p.error(f"--strategies: unknown {unknown}; expected among {list(STRATEGIES)}")
+    args.anchor_seeds = args.seeds if args.anchor_seeds is None else args.anchor_seeds
     args.tokens = trial_tokens(args)
     args.out = Path(args.out or ROOT / "results" / "bench_search" / args.run_id)
     if args.fresh and args.out.exists():
@@ -282,8 +296,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{compute_of(grid):.3g} token-latents, {wall:.0f} s; best held-out FVU per k: "
           + ", ".join(f"{int(k)}: {v:.4f}" for k, v in best(grid, ["k"]).items()), flush=True)
     law = store_law(args)
-    if args.grids_only:
-        write_json(args, law=law)
+    if args.grids_only:  # the grid's runs in scripts/bench_lr.py's format, for its fit
+        write_json(args, law=law, store=args.store, run_id=args.run_id, layer=args.layer,
+                   results=grid_runs(args, grid))
         return 0
     scores = run_strategies(args, strategies, grid)
     summary = medians(scores, strategies)
