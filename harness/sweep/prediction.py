@@ -10,8 +10,9 @@ depends on the width and k (Gao et al. 2024: loss is a power law in latents and 
 u terms are a parabola around the default rule's rate.
 
 Trials at one token budget cannot tell how the widths' ranking changes with tokens, so the
-coefficients start from a prior (PRIOR_MEAN, PRIOR_SD: measured on the grids of
-docs/search-efficiency.md) and every trial of the study moves them; full-budget trials pin the
+coefficients start from a prior (PRIOR_MEAN, PRIOR_SD: the mean and the spread of the laws that
+`scripts/bench_search.py --grids-only` fits, under a flat prior, to the grids of MiniLM layer 3
+and SmolLM2 layer 6: docs/search-efficiency.md) and every trial of the study moves them; full-budget trials pin the
 terms in T. The intercept's prior is wide: each store has its own level. Predictions come with a
 90% interval from the posterior and the residual noise.
 """
@@ -30,8 +31,8 @@ from harness.sweep.optuna_private import params_with_fixed
 FEATURES = ("1", "log T", "log n", "log k", "log n log T", "log k log T", "u", "u^2")
 # reference points: the features are logs of ratios to these, so the intercept is log FVU there
 REF_TOKENS, REF_LATENTS, REF_K = 262_144, 4096, 32
-PRIOR_MEAN = np.array([math.log(0.1), -0.25, -0.08, -0.3, -0.055, 0.0, 0.0, 0.15])
-PRIOR_SD = np.array([3.0, 0.15, 0.1, 0.1, 0.04, 0.04, 0.2, 0.1])
+PRIOR_MEAN = np.array([math.log(0.1), -0.291, -0.111, -0.283, -0.041, -0.029, 0.018, 0.089])
+PRIOR_SD = np.array([3.0, 0.053, 0.050, 0.142, 0.020, 0.020, 0.076, 0.030])
 NOISE_SD = 0.03
 """The prior's residual sd of log FVU (seeds and data order); replaced by the fit's own once
 it has more trials than coefficients."""
