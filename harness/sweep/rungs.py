@@ -16,6 +16,10 @@ The plan is fixed by the budget: n0 configurations per group at rung 0 and
 n0 // reduction**r at rung r, with n0 the largest that fits `budget.n_trials` and
 `budget.tokens`.
 
+Under a compute budget the plan prices fresh configurations at the space's mean width, so a
+fresh configuration whose widest choice would no longer leave room for the plan's promotions is
+enqueued at the widest expansion that does.
+
 Promotion ranks a rung's configurations by the FVU a scaling law fitted to every finished trial
 of the study predicts for them on the last rung (`fidelity.promote: predicted`, the default,
 harness.sweep.prediction): an eighth of the tokens ranks widths in reverse of the full budget,
@@ -42,6 +46,7 @@ from harness.sweep.prediction import (
 )
 from harness.sweep.space import LoadedSpace
 from harness.sweep.space.rungs import FIDELITY_ATTR, Rung, rung_of, rung_plan
+from harness.sweep.space.schema import ParamSpec
 
 
 class RungScheduler:
@@ -55,6 +60,12 @@ class RungScheduler:
         self.groups = self.plan.groups
         self.maximize = space.objectives[0].direction == "maximize"
         self.predicted = promotes_by_prediction(loaded)
+        self.compute = space.budget.compute
+        self.d = loaded.d or 1
+        spec = space.params.get("expansion")
+        self.widths = (list(spec.choices or [])
+                       if isinstance(spec, ParamSpec) and spec.type == "categorical" else [])
+        """The expansions a compute budget may cap a fresh configuration to (categorical)."""
 
     def planned_trials(self) -> int:
         return self.plan.trials
@@ -80,12 +91,51 @@ class RungScheduler:
         start = self.plan.start
         started = sum(len(ts) for (r, _), ts in by_cell.items() if r == start)
         while fresh_allowed and added < want and started < self.plan.fresh:
-            group = self.groups[started % len(self.groups)]
+            group = {**self.groups[started % len(self.groups)],
+                     **self._affordable(by_cell, self.plan.fresh - started - 1)}
             study.enqueue_trial(group, user_attrs={FIDELITY_ATTR: asdict(
                 Rung(rung=start, tokens=self.fidelity.tokens[start]))})
             started += 1
             added += 1
         return added
+
+    def _affordable(self, by_cell: dict[tuple[int, int], list[FrozenTrial]],
+                    after: int) -> dict:
+        """Under a compute budget, the widest expansion a fresh configuration may take: what
+        is left once the trials finished (what they trained), running or waiting (their rung,
+        at their width or else the widest), the plan's promotions not yet enqueued (at the
+        widest) and the `after` fresh ones still to come (at the narrowest) are counted. Empty
+        (the sampler chooses) while the widest fits, or without a compute budget or a
+        categorical expansion."""
+        limit, widths = self.compute, self.widths
+        if limit is None or not widths:
+            return {}
+        prices, start, d = self.plan.prices, self.plan.start, self.d
+        widest, narrowest = max(widths), min(widths)
+        held = 0.0
+        for ts in by_cell.values():
+            for t in ts:
+                rung = rung_of(t)
+                assert rung is not None
+                if t.state.is_finished():
+                    held += float(t.user_attrs.get("tokens_seen") or 0) * self._latents(t)
+                else:
+                    held += prices[rung.rung] * (self._latents(t) or widest * d)
+        promoted = sum(len(ts) for (r, _), ts in by_cell.items() if r > start)
+        due = len(self.groups) * sum(self.plan.sizes[start + 1:]) - promoted
+        left = (limit - held - due * prices[-1] * d * widest
+                - after * prices[start] * d * narrowest)
+        fits = [w for w in widths if prices[start] * d * w <= left]
+        if fits and max(fits) == widest:
+            return {}
+        return {"expansion": max(fits) if fits else narrowest}
+
+    def _latents(self, t: FrozenTrial) -> float:
+        """A trial's latents as recorded, else from its (fixed) expansion; 0 when unknown."""
+        n = t.user_attrs.get("n_latents")
+        if n:
+            return float(n)
+        return float(params_with_fixed(t).get("expansion", 0)) * self.d
 
     def _promote(self, study: optuna.Study,
                  by_cell: dict[tuple[int, int], list[FrozenTrial]]) -> int:

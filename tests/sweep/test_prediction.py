@@ -91,3 +91,32 @@ def test_promotion_by_prediction_picks_the_width_that_wins_on_the_full_budget(
         assert recorded["fvu"] == pytest.approx(0.15 * 0.8, rel=0.25)
     else:
         assert recorded is None
+
+
+def test_a_compute_budget_caps_the_width_of_the_last_fresh_configurations(synthetic_store,
+                                                                         tmp_path):
+    """Plan: 2 k x (2 at 2,560 tokens + 1 at 11,332); priced at the mean width (16 x 5 latents)
+    fresh and the widest (128) promoted. Once three wide fresh trials have run, the fourth must
+    be narrow for both promotions to fit."""
+    params = {"expansion": {"type": "categorical", "choices": [2, 8]},
+              "k": {"type": "categorical", "choices": [2, 4]}}
+    plan = 2 * (2 * 2560 * 80 + 11_332 * 128)
+    space = tiny_space(synthetic_store, tmp_path / "results", params=params, fidelity=RUNGS,
+                       wandb={"mode": "off"}, budget={"n_trials": 6, "compute": plan})
+    loaded = load_space(write_space(tmp_path / "s.yaml", space))
+    scheduler = RungScheduler(loaded)
+    study = optuna.create_study(directions=["maximize"])
+    assert scheduler.enqueue(study, want=3) == 3
+    for i in range(3):  # each of the first three samples the wide SAE (the sampler's choice);
+        trial = study.ask({"expansion": optuna.distributions.CategoricalDistribution([2, 8])})
+        trial.set_user_attr("n_latents", 128)
+        if i < 2:  # the third still running: no group has finished its rung, none is promoted
+            trial.set_user_attr("tokens_seen", 2560)
+            study.tell(trial, [0.5])
+    assert scheduler.enqueue(study, want=1) == 1
+    (last,) = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert last.system_attrs["fixed_params"]["expansion"] == 2
+    # without the budget the sampler keeps the choice
+    space["budget"] = {"n_trials": 6}
+    free = RungScheduler(load_space(write_space(tmp_path / "f.yaml", space)))
+    assert free._affordable({}, 3) == {}
