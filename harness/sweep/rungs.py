@@ -16,9 +16,10 @@ The plan is fixed by the budget: n0 configurations per group at rung 0 and
 n0 // reduction**r at rung r, with n0 the largest that fits `budget.n_trials` and
 `budget.tokens`.
 
-Under a compute budget the plan prices fresh configurations at the space's mean width, so a
-fresh configuration whose widest choice would no longer leave room for the plan's promotions is
-enqueued at the widest expansion that does.
+Each group's first fresh configuration is the default recipe at the widest expansion
+(`rule_point`); the sampler chooses the others. Under a compute budget the plan prices fresh
+configurations at the space's mean width, so a fresh configuration whose widest choice would no
+longer leave room for the plan's promotions is enqueued at the widest expansion that does.
 
 Promotion ranks a rung's configurations by the FVU a scaling law fitted to every finished trial
 of the study predicts for them on the last rung (`fidelity.promote: predicted`, the default,
@@ -66,6 +67,7 @@ class RungScheduler:
         self.widths = (list(spec.choices or [])
                        if isinstance(spec, ParamSpec) and spec.type == "categorical" else [])
         """The expansions a compute budget may cap a fresh configuration to (categorical)."""
+        self.rule_point = rule_point(loaded)
 
     def planned_trials(self) -> int:
         return self.plan.trials
@@ -92,6 +94,7 @@ class RungScheduler:
         started = sum(len(ts) for (r, _), ts in by_cell.items() if r == start)
         while fresh_allowed and added < want and started < self.plan.fresh:
             group = {**self.groups[started % len(self.groups)],
+                     **(self.rule_point if started < len(self.groups) else {}),
                      **self._affordable(by_cell, self.plan.fresh - started - 1)}
             study.enqueue_trial(group, user_attrs={FIDELITY_ATTR: asdict(
                 Rung(rung=start, tokens=self.fidelity.tokens[start]))})
@@ -194,6 +197,25 @@ class RungScheduler:
 
 PREDICTED_ATTR = "predicted_fvu"
 """The user attribute of a promoted trial: the Prediction (fvu, low, high) it was promoted on."""
+
+
+def rule_point(loaded: LoadedSpace) -> dict:
+    """The parameters of the default recipe at the space's widest expansion: `lr_scale` 1 (when
+    the space samples it and 1 is in its range) and the largest expansion (when categorical).
+    Each group's first fresh configuration starts there: the scaling laws put a k's best at the
+    widest SAE, and the rule is fitted to be within a few percent of a grid's best rate
+    (docs/search-efficiency.md), so the search starts from what a researcher would try first."""
+    params = loaded.space.params
+    point: dict = {}
+    expansion = params.get("expansion")
+    if isinstance(expansion, ParamSpec) and expansion.type == "categorical" \
+            and expansion.choices:
+        point["expansion"] = max(expansion.choices)
+    scale = params.get("lr_scale")
+    if isinstance(scale, ParamSpec) and scale.type == "float" and scale.low is not None \
+            and scale.high is not None and scale.low <= 1.0 <= scale.high:
+        point["lr_scale"] = 1.0
+    return point
 
 
 def promotes_by_prediction(loaded: LoadedSpace) -> bool:
