@@ -32,7 +32,12 @@ from harness.report.plots import (
     plot_pareto,
     plot_scaling,
 )
-from harness.report.predictions import cell_predictions, plot_predictions, promoted
+from harness.report.predictions import (
+    cell_predictions,
+    plot_predictions,
+    promoted,
+    space_cells,
+)
 from harness.report.scaling import JointFit, PowerLawFit, fit_joint, fit_per_k
 from harness.report.summary import has_downstream, summary_md
 from harness.report.tables import (
@@ -86,13 +91,22 @@ def build_report(
     keys = _group_keys(df, studies, group_by)
     best = best_per_group(df, keys, metric)
     by_size = _fit_scaling(df, report)
-    report.cells, report.promoted = cell_predictions(df), promoted(df)
+    report.cells = cell_predictions(df, _space_cells(studies, storage, results_dir))
+    report.promoted = promoted(df)
     _plot(df, by_size, metric, report)
     importances = _importances(studies, storage, results_dir, metric, report.out_dir, report)
     _write_tables(label, df, best, keys, metric, formats, report, importances)
     if wandb_mode and wandb_mode != "off":
         _log_to_wandb(label, df, best, report, wandb_mode)
     return report
+
+
+def _space_cells(studies: list[str], storage: str | None, results_dir: str | Path
+                 ) -> tuple[list[float], list[int]] | None:
+    """The (expansion, k) choices of the first study's recorded space (one study's cells)."""
+    if len(studies) != 1:
+        return None
+    return space_cells(load_study(studies[0], storage, results_dir).user_attrs.get("space"))
 
 
 def _output_dir(studies: list[str], results_dir: str | Path, out: str | Path | None) -> Path:

@@ -28,11 +28,26 @@ def observations_of(df: pd.DataFrame) -> list[Observation]:
             for r, s in zip(done.itertuples(), scale, strict=True) if r.final_fvu > 0]
 
 
-def cell_predictions(df: pd.DataFrame) -> pd.DataFrame | None:
-    """One row per (n_latents, k) of the study's trials: the predicted full-budget FVU at the
-    model's best lr_scale and its 90% interval, the best measured on the full budget (NaN where
-    no full-budget trial trained the cell) and whether the interval holds it. None without
-    complete trials of a TopK-like shape."""
+def space_cells(space: dict | None) -> tuple[list[float], list[int]] | None:
+    """The expansions and k values a study's recorded space (its `space` attribute) can choose:
+    categorical or fixed; None otherwise."""
+    params = (space or {}).get("params") or {}
+
+    def values(spec: object) -> list | None:
+        if isinstance(spec, dict):
+            return list(spec.get("choices") or []) or None
+        return [spec] if isinstance(spec, int | float) else None
+
+    expansions, ks = values(params.get("expansion")), values(params.get("k"))
+    return (expansions, ks) if expansions and ks else None
+
+
+def cell_predictions(df: pd.DataFrame, cells: tuple[list[float], list[int]] | None = None
+                     ) -> pd.DataFrame | None:
+    """One row per (n_latents, k) of `cells` (the space's: space_cells) and of the trials:
+    the predicted full-budget FVU at the model's best lr_scale and its 90% interval, the best
+    measured on the full budget (NaN where no full-budget trial trained the cell) and whether
+    the interval holds it. None without complete trials of a TopK-like shape."""
     obs = observations_of(df)
     full = complete(df).dropna(subset=["final_fvu", "n_latents", "k", "tokens_seen"])
     if not obs or full.empty:
@@ -41,8 +56,14 @@ def cell_predictions(df: pd.DataFrame) -> pd.DataFrame | None:
     tokens = float(full["tokens_seen"].median())
     scale = model.best_lr_scale(*_sampled_scales(df))
     rows = []
-    for n in sorted(df["n_latents"].dropna().unique()):
-        for k in sorted(df["k"].dropna().unique()):
+    latents = sorted(df["n_latents"].dropna().unique())
+    ks = sorted(df["k"].dropna().unique())
+    if cells is not None:  # the space's cells, trained or not
+        d = float((full["n_latents"] / full["expansion"]).median())
+        latents = sorted({round(float(e) * d) for e in cells[0]} | set(latents))
+        ks = sorted({int(k) for k in cells[1]} | set(ks))
+    for n in latents:
+        for k in ks:
             if k >= n:
                 continue
             p = model.predict(tokens, n, k, scale)

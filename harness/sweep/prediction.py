@@ -12,9 +12,9 @@ u terms are a parabola around the default rule's rate.
 Trials at one token budget cannot tell how the widths' ranking changes with tokens, so the
 coefficients start from a prior (PRIOR_MEAN, PRIOR_SD: the mean and the spread of the laws that
 `scripts/bench_search.py --grids-only` fits, under a flat prior, to the grids of MiniLM layer 3
-and SmolLM2 layer 6: docs/search-efficiency.md) and every trial of the study moves them; full-budget trials pin the
-terms in T. The intercept's prior is wide: each store has its own level. Predictions come with a
-90% interval from the posterior and the residual noise.
+and SmolLM2 layer 6: docs/search-efficiency.md) and every trial of the study moves them;
+full-budget trials pin the terms in T. The intercept's prior is wide: each store has its own
+level. Predictions come with a 90% interval from the posterior and the residual noise.
 """
 
 from __future__ import annotations
