@@ -112,8 +112,9 @@ def compute_of(df: pd.DataFrame) -> float:
 
 def coverage_of(df: pd.DataFrame, grid: pd.DataFrame) -> float | None:
     """The share of the grid's (n_latents, k) cells whose best FVU lies in the interval the
-    strategy's trials predict."""
-    cells = cell_predictions(df)
+    strategy's trials predict for it, trained there or not."""
+    space = (sorted(grid["expansion"].dropna().unique()), sorted(grid["k"].dropna().unique()))
+    cells = cell_predictions(df, space)
     if cells is None:
         return None
     truth = best(grid, ["n_latents", "k"])
