@@ -86,8 +86,7 @@ class OptimiserOptions:
     """Adam and its learning-rate schedule."""
 
     lr: float | None = None
-    """Adam learning rate (after warm-up); None = harness.core.recipes.default_lr of the SAE's
-    size and the planned steps (fitted on measured lr grids)."""
+    """Adam learning rate (after warm-up); None = harness.core.recipes.default_lr (fitted)."""
     decoder_lr_scale: float = 4.0
     """The decoder rows' learning rate as a multiple of `lr` (a faster decoder gives the encoder
     better gradients: docs/experiments.md); 1 = one rate for all."""
@@ -382,12 +381,10 @@ class SaeTrainingConfig:
         """The planned steps on an activation source (its split is arithmetic: nothing read)."""
         return self.planned_steps(ActivationLoader(source, self.loader_config()).batches_per_epoch)
 
-    def resolved_lr(self, n_latents: int, d: int, steps: int,
-                    spread: float | None = None) -> float:
-        """`lr`, or the default learning rate for this SAE size, number of steps, batch size and
-        the data's participation ratio `spread`."""
-        return (self.lr if self.lr is not None
-                else default_lr(n_latents, d, steps, self.batch_size, spread))
+    def resolved_lr(self, n_latents: int, d: int, steps: int, spread: float | None = None) -> float:
+        """`lr`, or the default rate of this size, steps, batch and participation ratio."""
+        lr = self.lr
+        return lr if lr is not None else default_lr(n_latents, d, steps, self.batch_size, spread)
 
     def resolved_for(self, device: torch.device, n_latents: int, d: int,
                      steps: int, spread: float | None = None) -> SaeTrainingConfig:
