@@ -216,9 +216,7 @@ class ActivationLoader:
     def _split_key(self) -> tuple:
         """What decides which tokens a split holds (token_cache's key): the files, the cap, the
         held-out fraction, and whether they are pinned."""
-        refs = self.source.shards[:len(self._offsets)]
-        files = [ref.path for ref in refs] + [ref.mask_path for ref in refs if ref.mask_path]
-        keys = tuple((ref.key, ref.mask_key) for ref in refs)
+        files, keys = self.source.identity(len(self._offsets))
         return (token_cache.shard_files_key(files), keys, self.n_tokens,
                 self.config.holdout_fraction, self._pin)
 

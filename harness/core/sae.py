@@ -4,22 +4,24 @@ autoencoders", and every other activation of the registry on the same weights.
 - the input is centred by the pre-encoder bias `b_dec` (initialised from the data);
 - latents are ReLU of the top-k encoder pre-activations, all others are zero;
 - the encoder starts as the transpose of a random unit-norm decoder, scaled to row norm 1/sqrt(3)
-  (PyTorch's default Linear scale, which sparsify starts from; what it bought over unit rows:
-  docs/experiments.md);
-- decoder rows are kept at unit norm after every step, and the gradient component parallel to
-  each row is removed before the step (the trainer's final least-squares refit,
-  harness.core.training.refit, then sets them at the data's scale);
+  (nn.Linear's default scale, as sparsify; why: docs/experiments.md);
+- decoder rows are kept at unit norm after every step, minus their gradients' parallel part
+  (the least-squares finish, harness.core.training.refit, sets them at the data's scale);
 - an auxiliary loss (AuxK) lets dead latents model the residual error.
 
-`activation` names how a token's active latents are chosen (harness.core.activations: "topk",
-"batchtopk", "jumprelu", "matryoshka_batchtopk", "relu"; docs/architectures.md); the SAE gathers
-each token's candidates, as many as the activation asks for, and the activation keeps some of
-them. For "jumprelu" and "relu" training sets L0 and k is None.
+A transcoder (`transcoder=True`, or `n_outputs` other than `n_inputs`, or `skip=True`) reads one
+activation and reconstructs another through the same sparse code: its decoder is [d_sae, d_out]
+and `b_dec` lives in the output space, so the input is not centred by it (SAELens' transcoders
+do the same; the trainer starts `b_enc` at the centring instead). `skip=True` adds a linear map
+`W_skip` [d_out, d_in] from input to output, started at zero (SAELens' SkipTranscoder).
 
-Weights are stored with SAELens' names and shapes, `W_enc` [d_in, d_sae], `b_enc` [d_sae],
-`W_dec` [d_sae, d_in], `b_dec` [d_in], in `sae_weights.safetensors` beside a `cfg.json` in SAELens
-6.x's inference form (`architecture`, `d_in`, `d_sae`, `k`, ...). No pickles anywhere. Folders of
-other tools are read by harness.core.sae_formats.
+`activation` names how a token's active latents are chosen (harness.core.activations,
+docs/architectures.md); the SAE gathers each token's candidates, as many as the activation asks
+for, and the activation keeps some. For "jumprelu" and "relu" training sets L0 and k is None.
+
+Weights are stored with SAELens' names and shapes (`W_enc` [d_in, d_sae], `b_enc`, `W_dec`
+[d_sae, d_out], `b_dec`, `W_skip`) in `sae_weights.safetensors` beside a `cfg.json` in SAELens
+6.x's inference form. No pickles anywhere. Other tools' folders: harness.core.sae_formats.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from torch import nn
 
 from harness.core.activations import DEFAULT_ACTIVATION, activation_class
 from harness.core.atomic import write_json, write_safetensors
+from harness.core.centering import data_center, geometric_median
 from harness.core.metrics import DeadLatents
 from harness.core.readback import CorruptFile, check_shapes
 from harness.core.seeding import stream_seed
@@ -67,6 +70,8 @@ class SaeOutput(NamedTuple):
     candidate_values: torch.Tensor | None = None
     """[B, m] the candidates after ReLU, before the activation's selection (JumpReLU's L0
     penalty counts from these)."""
+    skip_out: torch.Tensor | None = None
+    """[B, d_out] a skip-transcoder's linear path (in `reconstruction` already); else None."""
 
 
 def default_k_aux(n_inputs: int, n_latents: int) -> int:
@@ -90,6 +95,9 @@ class SparseAutoencoder(nn.Module):
         encoder_init_scale: float = DEFAULT_ENCODER_INIT_SCALE,
         activation: str = DEFAULT_ACTIVATION,
         activation_options: dict[str, Any] | None = None,
+        n_outputs: int | None = None,
+        skip: bool = False,
+        transcoder: bool = False,
     ) -> None:
         super().__init__()
         cls = activation_class(activation)
@@ -99,13 +107,20 @@ class SparseAutoencoder(nn.Module):
             raise ValueError(problem if k is not None else "k is needed for this activation")
         if n_inputs <= 0:
             raise ValueError(f"n_inputs must be positive, got {n_inputs}")
+        if n_outputs is not None and n_outputs <= 0:
+            raise ValueError(f"n_outputs must be positive, got {n_outputs}")
         if not encoder_init_scale > 0:
             raise ValueError(f"encoder_init_scale must be positive, got {encoder_init_scale}")
         self.activation = activation
-        self.activation_fn = cls(**(activation_options or {}))
-        """What chooses the active latents (harness.core.activations)."""
+        self.activation_fn = cls(**(activation_options or {}))  # chooses the active latents
         self.n_latents = int(n_latents)
         self.n_inputs = int(n_inputs)
+        self.n_outputs = int(n_outputs) if n_outputs is not None else self.n_inputs
+        """Width of what it reconstructs: the input's (an SAE) or a target's (a transcoder)."""
+        self.skip = bool(skip)
+        """A skip-transcoder: a learned linear map from input to output is added."""
+        self.transcoder = bool(transcoder or skip or self.n_outputs != self.n_inputs)
+        """Reconstructs another activation than it reads (b_dec is not subtracted from x)."""
         self.k = int(k) if k is not None else None
         """Active latents per token (BatchTopK: on average); None where training sets L0."""
         self.k_aux = int(k_aux) if k_aux is not None else default_k_aux(n_inputs, n_latents)
@@ -113,19 +128,30 @@ class SparseAutoencoder(nn.Module):
         # a stream of its own: synthetic data made with the same seed draws other numbers
         gen = (torch.Generator().manual_seed(stream_seed(seed, "sae.init"))
                if seed is not None else None)
-        w_dec = torch.randn(n_latents, n_inputs, generator=gen, dtype=torch.float32)
-        w_dec = F.normalize(w_dec, dim=1)
+        w_enc = F.normalize(torch.randn(n_latents, n_inputs, generator=gen,
+                                        dtype=torch.float32), dim=1)
+        # an SAE's decoder starts as its encoder's transpose; a transcoder's maps elsewhere
+        w_dec = (F.normalize(torch.randn(n_latents, self.n_outputs, generator=gen,
+                                         dtype=torch.float32), dim=1)
+                 if self.transcoder else w_enc)
         factory = {"device": device, "dtype": dtype}
         self.W_dec = nn.Parameter(w_dec.to(**factory))
         # the encoder as rows [d_sae, d_in] (like nn.Linear.weight): the sparse backward reads
         # and writes whole latent rows; `W_enc` gives SAELens' [d_in, d_sae] view of it
-        self.enc_weight = nn.Parameter((w_dec * encoder_init_scale).to(**factory))
+        self.enc_weight = nn.Parameter((w_enc * encoder_init_scale).to(**factory))
         self.b_enc = nn.Parameter(torch.zeros(n_latents, **factory))
-        self.b_dec = nn.Parameter(torch.zeros(n_inputs, **factory))
+        self.b_dec = nn.Parameter(torch.zeros(self.n_outputs, **factory))
+        self.W_skip = (nn.Parameter(torch.zeros(self.n_outputs, self.n_inputs, **factory))
+                       if self.skip else None)
         self.activation_fn.attach(self)
         self.sparse_backward = True
         """Gradients through the chosen latents only (harness.core.sparse_ops); False = autograd
         through the dense pre-activations (the reference)."""
+
+    @property
+    def kind(self) -> str:
+        """"sae", "transcoder" or "skip_transcoder" (the trial record and the report say it)."""
+        return "skip_transcoder" if self.skip else "transcoder" if self.transcoder else "sae"
 
     @property
     def W_enc(self) -> torch.Tensor:  # noqa: N802 - SAELens' name
@@ -134,7 +160,28 @@ class SparseAutoencoder(nn.Module):
 
     # ------------------------------------------------------------------------- model
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        return self._dense_pre(x - self.b_dec)
+        return self._dense_pre(self.encoder_input(x))
+
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the encoder reads: x - b_dec for an SAE, x itself for a transcoder."""
+        return x if self.transcoder else x - self.b_dec
+
+    def split_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input, target) of a training batch: an SAE's target is its input; a transcoder's
+        batch holds both side by side ([B, d_in + d_out], harness.core.store.pairs)."""
+        if not self.transcoder:
+            return batch, batch
+        if batch.shape[1] != self.n_inputs + self.n_outputs:
+            raise ValueError(f"a transcoder with d_in {self.n_inputs} and d_out "
+                             f"{self.n_outputs} needs [B, {self.n_inputs + self.n_outputs}] "
+                             f"batches of (input, target), got {list(batch.shape)}")
+        return batch[:, :self.n_inputs], batch[:, self.n_inputs:]
+
+    def skip_path(self, x: torch.Tensor) -> torch.Tensor | None:
+        """A skip-transcoder's x @ W_skip.T, else None."""
+        if self.W_skip is None:
+            return None
+        return x.to(self.W_skip.dtype) @ self.W_skip.T
 
     def _dense_pre(self, centered: torch.Tensor) -> torch.Tensor:
         """b_enc + centered @ W_enc: the one dense product of a step."""
@@ -154,7 +201,14 @@ class SparseAutoencoder(nn.Module):
                                mode="sum") + self.b_dec
 
     def forward(self, x: torch.Tensor) -> SaeOutput:
-        centered = x - self.b_dec
+        out = self._forward(x)
+        skip = self.skip_path(x)
+        if skip is None:
+            return out
+        return out._replace(reconstruction=out.reconstruction + skip, skip_out=skip)
+
+    def _forward(self, x: torch.Tensor) -> SaeOutput:
+        centered = self.encoder_input(x)
         fn = self.activation_fn
         sparse = self.sparse_backward and torch.is_grad_enabled()
         # an activation that may go dense (ReLU, JumpReLU) keeps the graph of the dense product
@@ -197,7 +251,8 @@ class SparseAutoencoder(nn.Module):
 
     def auxk_loss(self, x: torch.Tensor, out: SaeOutput,
                   dead: torch.Tensor | DeadLatents) -> torch.Tensor:
-        """MSE of the residual x - x_hat reconstructed by the top-k_aux dead latents.
+        """MSE of the residual x - x_hat reconstructed by the top-k_aux dead latents (`x` is
+        what it reconstructs: a transcoder's target).
 
         `dead` is a [n] bool mask, or the DeadLatents the trainer read (then nothing here waits
         for the device). Zero (with a graph) when no latent is dead, so the caller can always
@@ -244,14 +299,17 @@ class SparseAutoencoder(nn.Module):
         JumpReLU, one threshold for every latent)."""
         fn = self.activation_fn
         architecture = fn.saelens_name or self.activation
+        if self.transcoder:
+            architecture = transcoder_architecture(architecture, self.skip)
         return {
             "architecture": architecture,
             "d_in": self.n_inputs,
             "d_sae": self.n_latents,
+            **({"d_out": self.n_outputs, "saesweep_skip": self.skip} if self.transcoder else {}),
             **({"k": self.k} if self.k is not None else {}),
             "dtype": str(self.W_dec.dtype).removeprefix("torch."),
             "device": str(self.W_dec.device),
-            "apply_b_dec_to_input": True,
+            "apply_b_dec_to_input": not self.transcoder,
             "normalize_activations": "none",
             "reshape_activations": "none",
             **({"rescale_acts_by_decoder_norm": False} if architecture == "topk" else {}),
@@ -270,6 +328,8 @@ class SparseAutoencoder(nn.Module):
         path = Path(path)
         tensors = {"W_enc": self.W_enc, "b_enc": self.b_enc, "W_dec": self.W_dec,
                    "b_dec": self.b_dec}
+        if self.W_skip is not None:
+            tensors["W_skip"] = self.W_skip
         tensors.update(self.activation_fn.tensors(self))
         write_safetensors(path / WEIGHTS_FILE, tensors)
         cfg = self.config_dict()
@@ -290,25 +350,33 @@ class SparseAutoencoder(nn.Module):
     def from_weights(cls, activation: str, weights: dict[str, torch.Tensor],
                      k: int | None = None, options: dict[str, Any] | None = None,
                      k_aux: int | None = None, where: str = "",
-                     device: torch.device | str = "cpu") -> SparseAutoencoder:
+                     device: torch.device | str = "cpu",
+                     transcoder: bool = False) -> SparseAutoencoder:
         """An SAE of `activation` with these weights (SAELens' names and layouts: W_enc
-        [d_in, d_sae], b_enc, W_dec [d_sae, d_in], b_dec, and the activation's own tensors);
-        CorruptFile (naming `where`) when a tensor is missing or of the wrong shape."""
+        [d_in, d_sae], b_enc, W_dec [d_sae, d_out], b_dec [d_out], a skip-transcoder's W_skip
+        [d_out, d_in], and the activation's own tensors); CorruptFile (naming `where`) when a
+        tensor is missing or of the wrong shape. `transcoder`: b_dec is not subtracted from the
+        input (implied by d_out != d_in or W_skip)."""
         missing = {"W_enc", "b_enc", "W_dec", "b_dec"} - weights.keys()
         if missing:
             raise CorruptFile(f"{where}: missing tensors {sorted(missing)}")
-        d_sae, d_in = weights["W_dec"].shape
+        d_sae, d_out = weights["W_dec"].shape
+        d_in = weights["W_enc"].shape[0]
+        skip = "W_skip" in weights
         check_shapes(where, weights, {"W_enc": (d_in, d_sae), "b_enc": (d_sae,),
-                                      "W_dec": (d_sae, d_in), "b_dec": (d_in,)})
+                                      "W_dec": (d_sae, d_out), "b_dec": (d_out,),
+                                      **({"W_skip": (d_out, d_in)} if skip else {})})
         sae = cls(d_sae, d_in, k, device=device, dtype=weights["W_dec"].dtype, k_aux=k_aux,
-                  activation=activation, activation_options=options)
+                  activation=activation, activation_options=options, n_outputs=d_out,
+                  skip=skip, transcoder=transcoder)
         own = sae.activation_fn.tensors(sae)
+        own.pop("W_skip", None)
         missing = set(own) - weights.keys()
         if missing:
             raise CorruptFile(f"{where}: missing tensors {sorted(missing)}")
         with torch.no_grad():
             sae.enc_weight.copy_(weights["W_enc"].T)
-            for key in ("b_enc", "W_dec", "b_dec"):
+            for key in ("b_enc", "W_dec", "b_dec", *(("W_skip",) if skip else ())):
                 getattr(sae, key).copy_(weights[key])
         try:
             sae.activation_fn.restore(sae, {key: weights[key].to(sae.W_dec) for key in own})
@@ -317,32 +385,16 @@ class SparseAutoencoder(nn.Module):
         return sae
 
 
-@torch.no_grad()
-def data_center(sample: torch.Tensor, method: str = "geometric_median") -> torch.Tensor:
-    """The centre b_dec starts from: "geometric_median" (the paper), "mean" or "zeros"."""
-    sample = sample.to(torch.float32)
-    if method == "geometric_median":
-        return geometric_median(sample)
-    if method == "mean":
-        return sample.mean(0)
-    if method == "zeros":
-        return torch.zeros(sample.shape[1], device=sample.device)
-    raise ValueError(f"b_dec init must be geometric_median, mean or zeros, got {method!r}")
+def transcoder_architecture(saelens_name: str, skip: bool) -> str:
+    """SAELens 6.x's architecture name for a transcoder of this activation (it registers
+    `transcoder`, `skip_transcoder`, `jumprelu_transcoder` and `jumprelu_skip_transcoder`);
+    TopK has none there and keeps our own name, `topk_transcoder` / `topk_skip_transcoder`."""
+    base = {"standard": ""}.get(saelens_name, saelens_name + "_")
+    return f"{base}{'skip_' if skip else ''}transcoder"
 
 
-@torch.no_grad()
-def geometric_median(points: torch.Tensor, iters: int = 50, eps: float = 1e-6) -> torch.Tensor:
-    """Weiszfeld's algorithm: the point minimising the sum of Euclidean distances."""
-    median = points.mean(0)
-    for _ in range(iters):
-        dist = (points - median).norm(dim=1).clamp_min(eps)
-        weights = 1.0 / dist
-        new = (weights[:, None] * points).sum(0) / weights.sum()
-        if (new - median).norm() <= eps * max(1.0, float(median.norm())):
-            return new
-        median = new
-    return median
-
+__all__ = ["SaeOutput", "SparseAutoencoder", "TopKSae", "data_center", "default_k_aux",
+           "geometric_median", "transcoder_architecture"]
 
 TopKSae = SparseAutoencoder
 """The seed API's name for it (it trains every activation in the registry, TopK first)."""

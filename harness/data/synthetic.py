@@ -3,6 +3,11 @@
 Each token is a sparse non-negative combination of a fixed set of random unit directions, plus a
 constant offset and Gaussian noise. A good SAE should reconstruct it (high R²) and its decoder rows
 should line up with the true directions (see `harness.core.metrics.feature_recovery`).
+
+With `d_out`, each token also has a target, for transcoders: the same sparse code through other
+unit directions (a planted sparse map y = D codes(x) + noise), plus, with `target_linear`, a fixed
+random linear map of x (what a skip-transcoder's linear path learns). The target is drawn from a
+stream of its own, so the inputs are those of the same spec without it.
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ class SyntheticSpec:
     """Std of isotropic Gaussian noise per dimension."""
     seed: int = 0
     """Seed of directions, offset and tokens."""
+    d_out: int = 0
+    """Width of a transcoder's target (0 = none)."""
+    target_linear: float = 0.0
+    """Gain of the random linear map of the input added to the target (its rows unit norm)."""
 
 
 class SyntheticData:
@@ -66,6 +75,14 @@ class SyntheticData:
             raise ValueError("mean_active / frequency_decay give a feature probability above 1")
         self.probabilities = probs.float()
         self._gen = gen
+        target_gen = torch.Generator().manual_seed(stream_seed(spec.seed, "synthetic.target"))
+        self.target_directions = F.normalize(
+            torch.randn(spec.n_features, max(spec.d_out, 1), generator=target_gen), dim=1)
+        self.target_map = spec.target_linear * F.normalize(
+            torch.randn(max(spec.d_out, 1), spec.d, generator=target_gen), dim=1)
+        self._target_gen = target_gen
+        self.targets: list[torch.Tensor] = []
+        """With d_out: each chunk's targets, as `chunks` yields its inputs."""
 
     def chunks(self, chunk_tokens: int = 65536):
         """Yield [<= chunk_tokens, d] float32 tensors until n_tokens are produced."""
@@ -81,21 +98,33 @@ class SyntheticData:
                 mags.uniform_(s.magnitude_low, s.magnitude_high, generator=self._gen)
             x = (active * mags) @ self.directions + self.offset
             x += s.noise_std * torch.randn(n, s.d, generator=self._gen)
+            if s.d_out:
+                y = (active * mags) @ self.target_directions + x @ self.target_map.T
+                self.targets.append(y + s.noise_std * torch.randn(n, s.d_out,
+                                                                  generator=self._target_gen))
             done += n
             yield x
+
+
+TARGET_SUFFIX = ".target"
+"""A synthetic run's target layer is its input layer's name with this after it."""
 
 
 def write_synthetic_store(
     base: str | Path, run_id: str, spec: SyntheticSpec, layer_signature: str = "synthetic",
     shard_tokens: int = 65536,
 ) -> torch.Tensor:
-    """Generate `spec` into a LocalStore run; returns the true directions (also saved in the run
-    folder as ground_truth.safetensors)."""
+    """Generate `spec` into a LocalStore run (with `d_out`, its targets too, as the layer
+    `layer_signature + TARGET_SUFFIX`, shard for shard); returns the true directions (also saved
+    in the run folder as ground_truth.safetensors)."""
     store = open_store(base)
     data = SyntheticData(spec)
-    store.put_activations(run_id, layer_signature, data.chunks(shard_tokens),
-                          meta={"model_id": "synthetic", "synthetic_spec": asdict(spec)},
-                          shard_tokens=shard_tokens)
+    meta = {"model_id": "synthetic", "synthetic_spec": asdict(spec)}
+    for x in data.chunks(shard_tokens):
+        store.put_activations(run_id, layer_signature, x, meta=meta, shard_tokens=shard_tokens)
+        if spec.d_out:
+            store.put_activations(run_id, layer_signature + TARGET_SUFFIX, data.targets.pop(),
+                                  shard_tokens=shard_tokens)
     write_safetensors(store.activation_dir(run_id) / GROUND_TRUTH_FILE,
                       {"directions": data.directions, "offset": data.offset})
     return data.directions

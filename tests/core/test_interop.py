@@ -169,3 +169,65 @@ def test_the_unit_norm_export_folds_in_saelens_as_it_does_here(trained, syntheti
     with torch.no_grad():
         assert torch.allclose(folded.W_dec.norm(dim=1), torch.ones(64), atol=1e-5)
         assert (folded(x) - original(x).reconstruction).abs().max() <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def transcoders(tmp_path_factory) -> tuple[Path, dict[tuple[str, bool], Path]]:
+    """A synthetic pair (d_in 16, d_out 12) and a small transcoder of each activation SAELens
+    has a transcoder class for, with and without the skip path, trained and saved."""
+    from harness.data.synthetic import SyntheticSpec, write_synthetic_store
+
+    base = tmp_path_factory.mktemp("pair")
+    write_synthetic_store(base, "pair", SyntheticSpec(d=D, n_features=32, mean_active=3,
+                                                      d_out=12, target_linear=0.5,
+                                                      n_tokens=4000), shard_tokens=2000)
+    out = {}
+    for activation, k, extra in (("batchtopk", 4, {}), ("matryoshka_batchtopk", 4, {}),
+                                 ("jumprelu", None, {"l0_lambda": 1e-3}),
+                                 ("relu", None, {"l1_lambda": 1e-3})):
+        for skip in (False, True):
+            sae = TopKSae(64, D, k, n_outputs=12, skip=skip, activation=activation, seed=0)
+            folder = tmp_path_factory.mktemp(f"{activation}-{skip}")
+            SaeTrainer(sae).train(
+                store=base, run_id="pair", layer_signature="synthetic",
+                target_layer_signature="synthetic.target", save_dir=folder,
+                config=SaeTrainingConfig(epochs=1, batch_size=256, progress=False, **extra))
+            out[(activation, skip)] = folder
+    return base, out
+
+
+@pytest.mark.parametrize("skip", [False, True])
+@pytest.mark.parametrize("activation", ["batchtopk", "matryoshka_batchtopk", "jumprelu", "relu"])
+def test_transcoders_load_in_saelens_with_identical_outputs(transcoders, activation, skip):
+    from harness.core.store import open_store
+
+    base, folders = transcoders
+    folder = folders[(activation, skip)]
+    cfg = json.loads((folder / "cfg.json").read_text())
+    assert cfg["metadata"]["hook_name_out"] == "synthetic.target"
+    ours = TopKSae.load(folder)
+    theirs = sae_lens.SAE.load_from_disk(str(folder))
+    assert type(theirs).__name__ == {
+        (False, "relu"): "Transcoder", (True, "relu"): "SkipTranscoder"}.get(
+        (skip, activation), "JumpReLUSkipTranscoder" if skip else "JumpReLUTranscoder")
+    x = open_store(base).open("pair", "synthetic").read_shard(1)[:512].float()
+    with torch.no_grad():
+        codes = (ours.encode_dense(x) - theirs.encode(x)).abs().max()
+        recon = (ours(x).reconstruction - theirs(x)).abs().max()
+    assert codes <= TOLERANCE and recon <= TOLERANCE, (codes, recon)
+
+
+@pytest.mark.parametrize("config", ["TranscoderConfig", "SkipTranscoderConfig",
+                                    "JumpReLUTranscoderConfig", "JumpReLUSkipTranscoderConfig"])
+def test_saelens_transcoders_read_as_saelens_runs_them(tmp_path, config):
+    cfg = getattr(sae_lens, config)(d_in=D, d_sae=32, d_out=12, apply_b_dec_to_input=False)
+    theirs = sae_lens.SAE.from_dict(cfg.to_dict())
+    _random_(theirs)
+    theirs.save_model(str(tmp_path))
+    ours = read_sae(tmp_path)
+    assert ours.transcoder and ours.n_outputs == 12 and ours.skip == ("Skip" in config)
+    x = torch.randn(256, D)
+    with torch.no_grad():
+        codes = (ours.encode_dense(x) - theirs.encode(x)).abs().max()
+        recon = (ours(x).reconstruction - theirs(x)).abs().max()
+    assert codes <= TOLERANCE and recon <= TOLERANCE, (config, codes, recon)

@@ -51,7 +51,7 @@ def test_latents_that_never_fire_keep_their_rows() -> None:
     old = sae.W_dec[5].detach().clone()
     refit = DecoderRefit(16, 8, torch.device("cpu"))
     refit.observe(sae, x)
-    _rows, _bias, fired = refit.solve()
+    _rows, _bias, fired, _skip = refit.solve()
     assert not fired[5] and fired.sum() > 2
     refit.apply_(sae)
     torch.testing.assert_close(sae.W_dec[5].detach(), old)

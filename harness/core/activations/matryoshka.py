@@ -54,5 +54,8 @@ class MatryoshkaBatchTopK(BatchTopK):
         losses = [mse]
         for size in self.prefix_sizes(sae.n_latents):
             inside = out.top_values * (out.top_indices < size)
-            losses.append((sae.decode(inside, out.top_indices).float() - x).pow(2).mean())
+            prefix = sae.decode(inside, out.top_indices)
+            if out.skip_out is not None:  # a skip-transcoder's linear path is in every prefix
+                prefix = prefix + out.skip_out
+            losses.append((prefix.float() - x).pow(2).mean())
         return torch.stack(losses).mean()

@@ -9,7 +9,8 @@ Each cfg.json field that changes the forward pass is honoured or refused:
 
 | field | read as |
 |---|---|
-| architecture | the five above; any other (gated, transcoders, ...) refused |
+| architecture | the five above and SAELens' four transcoders (TRANSCODERS); others refused |
+| d_out (transcoders) | W_dec [d_sae, d_out], b_dec [d_out], W_skip [d_out, d_in] |
 | k | TopK's and BatchTopK's k |
 | apply_b_dec_to_input: false | honoured: b_dec is folded into b_enc |
 | rescale_acts_by_decoder_norm: true | honoured: the row norms are folded into the weights |
@@ -52,6 +53,10 @@ NORMALIZE_WHY = {
     "fold them into the weights first (SAELens: fold_activation_whitening)",
 }
 ARCHITECTURES = ("topk", "standard", "jumprelu", "batchtopk", "matryoshka_batchtopk")
+TRANSCODERS = {"transcoder": ("standard", False), "skip_transcoder": ("standard", True),
+               "jumprelu_transcoder": ("jumprelu", False),
+               "jumprelu_skip_transcoder": ("jumprelu", True)}
+"""SAELens 6.x's transcoder architectures: (the SAE architecture they encode with, skip path)."""
 
 
 class SaeLensFormat:
@@ -75,22 +80,29 @@ class SaeLensFormat:
         architecture = cfg.get("architecture")
         if ours is None and _major(cfg) < 6:
             architecture = _legacy_architecture(cfg, cfg_path)
-        for key in ("d_in", "d_sae"):
+        transcoder = "d_out" in cfg or architecture in TRANSCODERS
+        skip = bool(cfg.get("saesweep_skip", TRANSCODERS.get(architecture, ("", False))[1]))
+        if ours is None and architecture in TRANSCODERS:
+            architecture = TRANSCODERS[architecture][0]
+        for key in ("d_in", "d_sae", *(("d_out",) if transcoder else ())):
             value = cfg.get(key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise CorruptFile(f"{cfg_path}: {key} must be a whole number >= 1, got "
                                   f"{value!r}")
         _check_forward_fields(cfg, cfg_path)
-        _check_architecture(architecture, ours, cfg_path)
+        _check_architecture(architecture, ours, cfg_path, skip if transcoder else None)
         weights = read_safetensors(weights_path)
         d_in, d_sae = cfg["d_in"], cfg["d_sae"]
-        check_shapes(weights_path, weights, {"W_enc": (d_in, d_sae), "b_enc": (d_sae,),
-                                             "W_dec": (d_sae, d_in), "b_dec": (d_in,)})
+        d_out = cfg["d_out"] if transcoder else d_in
+        check_shapes(weights_path, weights, {
+            "W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_out),
+            "b_dec": (d_out,), **({"W_skip": (d_out, d_in)} if skip else {})})
         dtype = getattr(torch, str(cfg.get("dtype", "")).removeprefix("torch."), None)
         if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
             weights = {key: value.to(dtype) for key, value in weights.items()}
-        core = {key: weights[key] for key in ("W_enc", "b_enc", "W_dec", "b_dec")}
-        if cfg.get("apply_b_dec_to_input", True) is False:
+        core = {key: weights[key] for key in ("W_enc", "b_enc", "W_dec", "b_dec",
+                                              *(("W_skip",) if skip else ()))}
+        if cfg.get("apply_b_dec_to_input", True) is False and not transcoder:
             core = fold_input_bias(core)
         if cfg.get("finetuning_scaling_factor"):
             if "finetuning_scaling_factor" not in weights:
@@ -104,7 +116,7 @@ class SaeLensFormat:
         activation, k, options, own = _activation(architecture, ours, cfg, weights, cfg_path)
         return SparseAutoencoder.from_weights(activation, {**core, **own}, k=k, options=options,
                                               k_aux=cfg.get("k_aux"), where=str(weights_path),
-                                              device=device)
+                                              device=device, transcoder=transcoder)
 
 
 def _major(cfg: dict[str, Any]) -> int:
@@ -146,15 +158,20 @@ def _check_forward_fields(cfg: dict[str, Any], where: Path) -> None:
                              "module outputs")
 
 
-def _check_architecture(architecture: Any, ours: Any, where: Path) -> None:
-    """A read architecture; ours (any registered activation, when given) saved as it."""
+def _check_architecture(architecture: Any, ours: Any, where: Path,
+                        skip: bool | None = None) -> None:
+    """A read architecture; ours (any registered activation, when given) saved as it (a
+    transcoder's, `skip` not None, under its transcoder name)."""
     from harness.core.activations import ACTIVATIONS
+    from harness.core.sae import transcoder_architecture
 
     if ours is not None:
         if ours not in ACTIVATIONS:
             raise UnsupportedSae(f"{where}: saesweep_activation {ours!r} is not one of "
                                  f"{list(ACTIVATIONS)}")
         saved_as = ACTIVATIONS[ours].saelens_name or ours
+        if skip is not None:
+            saved_as = transcoder_architecture(saved_as, skip)
         if architecture not in (ours, saved_as):
             raise UnsupportedSae(f"{where}: saesweep_activation {ours!r} is saved as "
                                  f"architecture {saved_as!r}, not {architecture!r}: the two "
@@ -204,7 +221,7 @@ def _ours(name: str, cfg: dict[str, Any], weights: Weights, where: Path
     if cls.uses_k and (not isinstance(k, int) or isinstance(k, bool)):
         raise CorruptFile(f"{where}: activation {name!r} needs a whole number k, got {k!r}")
     own = {key: value for key, value in weights.items()
-           if key not in ("W_enc", "b_enc", "W_dec", "b_dec")}
+           if key not in ("W_enc", "b_enc", "W_dec", "b_dec", "W_skip")}
     return name, k, options, own
 
 

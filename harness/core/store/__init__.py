@@ -22,6 +22,7 @@ import torch
 from harness.core.store.layout import StoreLayout
 from harness.core.store.mi_crow import MiCrowLayout
 from harness.core.store.ours import SaesweepLayout
+from harness.core.store.pairs import PairedSource, paired
 from harness.core.store.source import (
     FLOAT_DTYPES,
     ActivationSource,
@@ -37,8 +38,8 @@ LAYOUTS: dict[str, type[StoreLayout]] = {
 }
 """Layout name -> its reader, in the order a run is looked up."""
 
-__all__ = ["FLOAT_DTYPES", "LAYOUTS", "ActivationSource", "LocalStore", "ShardRef", "StoreError",
-           "StoreLayout", "flatten_layer_name", "open_store"]
+__all__ = ["FLOAT_DTYPES", "LAYOUTS", "ActivationSource", "LocalStore", "PairedSource",
+           "ShardRef", "StoreError", "StoreLayout", "flatten_layer_name", "open_store"]
 
 
 class LocalStore:
@@ -92,6 +93,14 @@ class LocalStore:
         present = self.list_activation_runs()
         raise StoreError(f"no activation run {run_id!r} under {self.base_path}: looked for "
                          f"{looked}; runs present: {present or 'none'}")
+
+
+    def open_pair(self, run_id: str, layer_signature: str,
+                  target_layer_signature: str) -> PairedSource:
+        """A transcoder's data: two layers of one run, aligned row for row, as one source of
+        [input | target] rows (harness.core.store.pairs)."""
+        return paired(self.open(run_id, layer_signature),
+                      self.open(run_id, target_layer_signature))
 
 
 def open_store(store: LocalStore | str | Path) -> LocalStore:

@@ -92,6 +92,13 @@ class ActivationSource:
             self._checked.add(i)
         return t
 
+    def identity(self, n_shards: int) -> tuple[list[Path], tuple]:
+        """(files, tensor keys) of its first `n_shards` shards: what decides the tokens they
+        hold (the loader's cache key)."""
+        refs = self.shards[:n_shards]
+        files = [ref.path for ref in refs] + [ref.mask_path for ref in refs if ref.mask_path]
+        return files, tuple((ref.key, ref.mask_key) for ref in refs)
+
     def sliceable(self, i: int) -> bool:
         """Whether shard `i` can be read a piece at a time ([tokens, d], no padding mask)."""
         ref = self.shards[i]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from harness.core.store.pairs import PairedSource
 from harness.core.store.source import ActivationSource
 
 SAMPLE_TOKENS = 16_384
@@ -23,6 +24,8 @@ CHUNK = 2048
 def participation_ratio(source: ActivationSource, tokens: int = SAMPLE_TOKENS) -> float:
     """The participation ratio of the first `tokens` tokens of `source` (at least 1). Read in
     pieces of CHUNK rows into running sums, so that it holds a d x d matrix and one piece."""
+    if isinstance(source, PairedSource):  # a transcoder's: of what its encoder reads
+        source.participation = participation_ratio(source.input, tokens)
     if source.participation is not None:
         return source.participation
     total = torch.zeros(source.d, dtype=torch.float64)

@@ -140,7 +140,8 @@ def _refit_decoders(runs: list[MemberRun], limits: dict[int, int],
     once a budget-sized finish's passes have taken their share of the loop's time)."""
     if not runs:
         return
-    refits = [DecoderRefit(run.sae.n_latents, run.sae.n_inputs, run.device) for run in runs]
+    refits = [DecoderRefit(run.sae.n_latents, run.sae.n_outputs, run.device,
+                           run.sae.n_inputs if run.sae.skip else 0) for run in runs]
     limits = dict(limits)
     spent = {id(run): 0.0 for run in runs}
     for index, x in enumerate(batches(max(limits[id(run)] for run in runs))):

@@ -15,7 +15,7 @@ import torch
 
 from harness.core.atomic import write_json
 from harness.core.sae import SparseAutoencoder
-from harness.core.store import ActivationSource, LocalStore, flatten_layer_name
+from harness.core.store import ActivationSource, LocalStore, PairedSource, flatten_layer_name
 from harness.core.training.config import SaeTrainingConfig
 from harness.core.training.results import TrainingHistory
 from harness.version import saesweep_version
@@ -27,13 +27,21 @@ def new_run_id(run_id: str, layer: str) -> str:
     return f"sae_{run_id}_{flatten_layer_name(layer)}_{stamp}_{uuid.uuid4().hex[:6]}"
 
 
+def target_layer(source: ActivationSource) -> str | None:
+    """The layer a transcoder trained on `source` reconstructs; None for an SAE."""
+    return source.target_layer_signature if isinstance(source, PairedSource) else None
+
+
 def save_run(out_dir: Path, sae: SparseAutoencoder, cfg: SaeTrainingConfig,
              history: TrainingHistory, source: ActivationSource, store: LocalStore,
              training_run_id: str, extra_meta: dict[str, Any]) -> None:
     """Write the SAE and its records into `out_dir` (each file atomically)."""
     final = history.final
+    target = target_layer(source)
     sae.save(out_dir, metadata={"activation_run": source.run_id,
                                 "layer_signature": source.layer_signature,
+                                **({"hook_name_out": target, "target_layer_signature": target}
+                                   if target else {}),
                                 "model_id": source.model_id})
     write_json(out_dir / "training_config.json", cfg.to_dict())
     write_json(out_dir / "history.json", history.to_dict())
@@ -41,6 +49,8 @@ def save_run(out_dir: Path, sae: SparseAutoencoder, cfg: SaeTrainingConfig,
         "training_run_id": training_run_id,
         "activation_run": source.run_id,
         "layer_signature": source.layer_signature,
+        "target_layer_signature": target,
+        "kind": sae.kind,
         "store": str(store.base_path),
         "store_layout": source.layout,
         "model_id": source.model_id,

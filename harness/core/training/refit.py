@@ -12,6 +12,11 @@ far from that optimum (what the refit bought: docs/experiments.md). The codes ar
 refit: the new output bias c is folded in by centring the input at c and shifting b_enc by W_enc (c
 - b_dec), which leaves every pre-activation as it was. Decoder rows come out at the norm the data
 asks for (no longer unit).
+
+A transcoder's refit is the same regression onto its target y instead of x (its input is not
+centred by b_dec, so b_enc stays). A skip-transcoder's linear path is fitted jointly: the design
+gains the input's d_in dense columns, so the system is [n+1+d_in] square, its extra blocks Z1^T X,
+X^T X and X^T Y summed in the same pass.
 """
 
 from __future__ import annotations
@@ -34,18 +39,27 @@ RIDGE = 1e-4
 class DecoderRefit:
     """Accumulates the normal equations of one SAE's decoder over batches of its codes."""
 
-    def __init__(self, n_latents: int, n_inputs: int, device: torch.device) -> None:
+    def __init__(self, n_latents: int, n_inputs: int, device: torch.device,
+                 n_skip: int = 0) -> None:
         self.n = n_latents
         # float32 sums on the device: a pass over the training tokens adds O(T k^2) terms
         self.gram = torch.zeros((n_latents + 1) ** 2, device=device)
         self.cross = torch.zeros(n_latents + 1, n_inputs, device=device)
         self.tokens = 0
+        self.n_skip = n_skip
+        """A skip-transcoder's input width (its dense columns), else 0."""
+        if n_skip:
+            self.codes_skip = torch.zeros(n_latents + 1, n_skip, device=device)
+            self.skip_gram = torch.zeros(n_skip, n_skip, device=device)
+            self.skip_cross = torch.zeros(n_skip, n_inputs, device=device)
 
     @torch.no_grad()
-    def add(self, x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor) -> None:
-        """Add a batch: inputs x [B, d] and their codes (values, indices) [B, m]. Zero codes add
-        nothing: the rows are cut to the most non-zero codes a token has (reading that count
-        waits for the device once a batch)."""
+    def add(self, x: torch.Tensor, values: torch.Tensor, indices: torch.Tensor,
+            skip_inputs: torch.Tensor | None = None) -> None:
+        """Add a batch: what is reconstructed, x [B, d], and its codes (values, indices) [B, m]
+        (and a skip-transcoder's inputs [B, d_in]). Zero codes add nothing: the rows are cut to
+        the most non-zero codes a token has (reading that count waits for the device once a
+        batch)."""
         n, batch = self.n, x.shape[0]
         widest = int((values != 0).sum(1).max()) if values.numel() else 0
         if widest < values.shape[1]:  # drop the zeros (BatchTopK's unkept candidates, padding)
@@ -54,6 +68,11 @@ class DecoderRefit:
         bias = torch.full((batch, 1), n, device=x.device, dtype=indices.dtype)
         idx = torch.cat([indices, bias], 1)
         val = torch.cat([values.float(), values.new_ones(batch, 1, dtype=torch.float32)], 1)
+        if self.n_skip and skip_inputs is not None:
+            dense = skip_inputs.float()
+            self.codes_skip += codes_t_matmul(idx, val, dense, n + 1)
+            self.skip_gram += dense.T @ dense
+            self.skip_cross += dense.T @ x.float()
         if idx.shape[1] > MAX_PAIRED_CODES:  # wide codes (ReLU, JumpReLU): Z^T Z as sparse @ dense
             dense = torch.zeros(batch, n + 1, device=x.device).scatter_(1, idx, val)
             self.gram.view(n + 1, n + 1).add_(codes_t_matmul(idx, val, dense, n + 1).triu())
@@ -69,32 +88,39 @@ class DecoderRefit:
         self.cross += codes_t_matmul(idx, val, x.float(), n + 1)
         self.tokens += batch
 
-    def observe(self, sae: torch.nn.Module, x: torch.Tensor, bf16: bool = False) -> None:
-        """Add a batch with `sae`'s inference codes of it (BatchTopK: the learned threshold);
-        `bf16`: the encoder's product in bf16 (as the step's under autocast; on MiniLM at 1M
-        tokens the refit SAE's held-out FVU agreed with the float32 pass's to 1e-6)."""
+    def observe(self, sae: torch.nn.Module, batch: torch.Tensor, bf16: bool = False) -> None:
+        """Add a training batch with `sae`'s inference codes of it (BatchTopK: the learned
+        threshold; a transcoder: codes of the input, regressed onto the target); `bf16`: the
+        encoder's product in bf16 (as the step's under autocast; on MiniLM at 1M tokens the
+        refit SAE's held-out FVU agreed with the float32 pass's to 1e-6)."""
+        x, target = sae.split_batch(batch)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             values, indices = sae.encode(x)
         with torch.autocast(x.device.type, enabled=False):  # the sums in float32, always
-            self.add(x, values, indices)
+            self.add(target, values, indices, x if self.n_skip else None)
 
     @torch.no_grad()
-    def solve(self, prior: torch.Tensor | None = None,
-              prior_tokens: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(decoder rows [n, d], output bias [d], which latents fired [n]); with `prior` ([n, d],
-        the trained rows), each row is pulled towards its prior row with the weight of
-        `prior_tokens` tokens. Solved in float32 on the Jacobi-scaled system (the ridge and the
-        prior bound its condition number), in float64 where that factorisation fails."""
+    def solve(self, prior: torch.Tensor | None = None, prior_tokens: float = 0.0
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(decoder rows [n, d], output bias [d], which latents fired [n], a skip-transcoder's
+        W_skip [d, d_in] or None); with `prior` ([n, d], the trained rows), each row is pulled
+        towards its prior row with the weight of `prior_tokens` tokens. Solved in float32 on
+        the Jacobi-scaled system (the ridge and the prior bound its condition number), in
+        float64 where that factorisation fails."""
         n = self.n
         upper = self.gram.view(n + 1, n + 1)
         gram = upper + upper.T
         gram.diagonal().sub_(upper.diagonal())
-        diag = gram.diagonal().clone()
         cross = self.cross
+        if self.n_skip:  # the input's dense columns after the codes and the bias
+            gram = torch.cat([torch.cat([gram, self.codes_skip], 1),
+                              torch.cat([self.codes_skip.T, self.skip_gram], 1)], 0)
+            cross = torch.cat([cross, self.skip_cross], 0)
+        diag = gram.diagonal().clone()
         ridge = RIDGE * diag + 1e-6  # never-firing latents: a tiny ridge alone
         if prior is not None and prior_tokens > 0 and self.tokens > 0:
             pull = diag * (prior_tokens / self.tokens)
-            pull[n] = 0.0  # the output bias has no prior
+            pull[n:] = 0.0  # the output bias (and a skip path) has no prior
             ridge = ridge + pull
             cross = cross.clone()
             cross[:n] += pull[:n, None] * prior.float()
@@ -110,22 +136,26 @@ class DecoderRefit:
             rhs = (cross * scale[:, None]).double()
             solution = (torch.cholesky_solve(rhs, chol) if int(info) == 0
                         else torch.linalg.lstsq(scaled, rhs).solution) * scale[:, None].double()
-        return solution[:n], solution[n], diag[:n] > 0
+        skip = solution[n + 1:].T.contiguous() if self.n_skip else None
+        return solution[:n], solution[n], diag[:n] > 0, skip
 
     @torch.no_grad()
     def apply_(self, sae: torch.nn.Module, prior_tokens: float = 0.0) -> int:
         """Write the refit decoder into `sae` (latents that never fired keep their rows), with
         its current rows as the prior worth `prior_tokens` tokens; returns the number of tokens it
         was fitted on."""
-        rows, bias, fired = self.solve(sae.W_dec, prior_tokens)
-        if not (torch.isfinite(rows).all() and torch.isfinite(bias).all()):
+        rows, bias, fired, skip = self.solve(sae.W_dec, prior_tokens)
+        if not (torch.isfinite(rows).all() and torch.isfinite(bias).all()
+                and (skip is None or torch.isfinite(skip).all())):
             raise FloatingPointError("decoder refit: non-finite solution")
         w_dec = sae.W_dec
         w_dec[fired] = rows[fired].to(w_dec)
         bias = bias.to(sae.b_dec)
-        # centre the input at the new bias and keep every pre-activation as it was
-        sae.b_enc.add_(sae.enc_weight @ (bias - sae.b_dec))
+        if not sae.transcoder:  # centre the input at the new bias, every pre-activation kept
+            sae.b_enc.add_(sae.enc_weight @ (bias - sae.b_dec))
         sae.b_dec.copy_(bias)
+        if skip is not None:
+            sae.W_skip.copy_(skip.to(sae.W_skip))
         return self.tokens
 
 
@@ -140,7 +170,8 @@ def refit_decoder_(sae: torch.nn.Module, batches: Iterable[torch.Tensor],
                    prior_tokens: float = 0.0) -> int:
     """Refit `sae`'s decoder on `batches` (a pass over its training tokens), its current rows a
     prior worth `prior_tokens` tokens; returns the tokens used."""
-    refit = DecoderRefit(sae.n_latents, sae.n_inputs, sae.W_dec.device)
+    refit = DecoderRefit(sae.n_latents, sae.n_outputs, sae.W_dec.device,
+                         sae.n_inputs if sae.skip else 0)
     for x in batches:
         refit.observe(sae, x)
     return refit.apply_(sae, prior_tokens)

@@ -7,7 +7,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -36,11 +36,21 @@ if TYPE_CHECKING:
 DEFAULT_DEAD_WINDOW = 10_000_000  # sparsify / dictionary_learning: dead after 10M tokens
 
 
+class Centers(NamedTuple):
+    """Where a run's biases start, from a sample of the training tokens."""
+
+    output: torch.Tensor
+    """b_dec: the centre of what it reconstructs."""
+    input: torch.Tensor | None = None
+    """A transcoder's input centre: b_enc starts at -W_enc of it (the centring an SAE gets
+    from b_dec)."""
+
+
 class MemberRun:
     """One lockstep member while it trains."""
 
     def __init__(self, member: LockstepMember, store: LocalStore, source: ActivationSource,
-                 loader: ActivationLoader, b_dec_center: torch.Tensor | None,
+                 loader: ActivationLoader, centers: Centers | None,
                  scale: float, device: torch.device, total_steps: int) -> None:
         self.member, self.sae = member, member.sae
         self.cfg = member.config.resolved_for(device, member.sae.n_latents,
@@ -60,9 +70,11 @@ class MemberRun:
                                        n_train_tokens=loader.n_train_tokens,
                                        n_eval_tokens=int(loader.eval_tokens().shape[0]))
         self.dead = DeadFeatureTracker(sae.n_latents, window, device)
-        if b_dec_center is not None:
+        if centers is not None:
             with torch.no_grad():
-                sae.b_dec.copy_(b_dec_center.to(sae.b_dec))
+                sae.b_dec.copy_(centers.output.to(sae.b_dec))
+                if centers.input is not None:
+                    sae.b_enc.copy_(-(sae.enc_weight @ centers.input.to(sae.enc_weight)))
         check_penalty(sae.activation, cfg.l0_lambda)
         self.scale = scale
         """The data's per-element standard deviation (the sparsity penalties' unit)."""
@@ -73,7 +85,7 @@ class MemberRun:
         self.refits = (cfg.decoder_refit and sae.n_latents <= cfg.decoder_refit_max_latents
                        and sae.activation_fn.supports_decoder_refit)
         """Whether this run refits its decoder once training ends."""
-        self.encoder_refits = (self.refits and cfg.encoder_refit
+        self.encoder_refits = (self.refits and cfg.encoder_refit and not sae.transcoder
                                and sae.activation_fn.supports_encoder_refit)
         """Whether its encoder gets a least-squares step after the decoder refit."""
         self.average = WeightAverage.for_run(sae, cfg.weight_average_fraction, total_steps)
@@ -112,8 +124,9 @@ class MemberRun:
             self.error = e
         return False
 
-    def step(self, x: torch.Tensor, epoch: int, index: int = 0) -> None:
+    def step(self, batch: torch.Tensor, epoch: int, index: int = 0) -> None:
         sae, cfg = self.sae, self.cfg
+        x, target = sae.split_batch(batch)
         self.epoch = epoch
         read = self.step_count % cfg.host_sync_every == 0  # the only host reads of a step
         if cfg.auxk_alpha and (read or self.dead_now is None):
@@ -121,8 +134,8 @@ class MemberRun:
         with torch.autocast(self.device.type, dtype=torch.bfloat16,
                             enabled=cfg.autocast_bf16):
             out = sae(x)
-            mse = (out.reconstruction.float() - x).pow(2).mean()
-            loss = sae.activation_fn.reconstruction_loss(sae, x, out, mse)
+            mse = (out.reconstruction.float() - target).pow(2).mean()
+            loss = sae.activation_fn.reconstruction_loss(sae, target, out, mse)
             if cfg.l1_lambda or cfg.l0_lambda:
                 warm = self.sparsity_weight()
                 if cfg.l1_lambda:
@@ -131,7 +144,7 @@ class MemberRun:
                     loss = loss + (warm * cfg.l0_lambda * self.scale ** 2
                                    * sae.activation_fn.l0_penalty(sae, out))
             if cfg.auxk_alpha:
-                loss = loss + cfg.auxk_alpha * sae.auxk_loss(x, out, self.dead_now)
+                loss = loss + cfg.auxk_alpha * sae.auxk_loss(target, out, self.dead_now)
         self.losses.record(loss, self.step_count)
         if read:  # on CPU every step: a diverged step never updates the weights
             self.losses.check()
@@ -190,9 +203,10 @@ class MemberRun:
         self.losses.check()  # a diverged run is never evaluated
         sae = self.sae
         acc = ReconstructionAccumulator()
-        for x in self.loader.eval_batches(self.cfg.batch_size):
+        for batch in self.loader.eval_batches(self.cfg.batch_size):
+            x, target = sae.split_batch(batch)
             out = sae(x)
-            acc.update(x, out.reconstruction, (out.top_values > 0).sum())
+            acc.update(target, out.reconstruction, (out.top_values > 0).sum())
         m = acc.result()
         n_dead = self.dead.count()
         result = EvalResult(

@@ -24,7 +24,13 @@ import torch
 from harness.core.loader import ActivationLoader
 from harness.core.runtime.cpu_memory import reuse_freed_blocks
 from harness.core.sae import SparseAutoencoder, data_center
-from harness.core.store import LocalStore, StoreError, open_store
+from harness.core.store import (
+    ActivationSource,
+    LocalStore,
+    PairedSource,
+    StoreError,
+    open_store,
+)
 from harness.core.store.statistics import participation_ratio
 from harness.core.training.config import LOCKSTEP_FIELDS, SaeTrainingConfig
 from harness.core.training.loop import drive
@@ -35,7 +41,7 @@ from harness.core.training.results import (
     MemberOutcome,
     TrainingHistory,
 )
-from harness.core.training.run import MemberRun
+from harness.core.training.run import Centers, MemberRun
 
 
 @dataclass
@@ -80,8 +86,13 @@ class SaeTrainer:
         save_dir: str | Path | None = None,
         save: bool = True,
         extra_meta: dict[str, Any] | None = None,
+        target_layer_signature: str | None = None,
     ) -> TrainingHistory:
         """Train, evaluate, save under `<store>/runs/<training_run_id>/` (or `save_dir`).
+
+        With `target_layer_signature` it trains a transcoder: it reads `layer_signature` and
+        reconstructs that layer of the same run (the SAE's n_outputs its width; FVU, R² and
+        the loss are of the target).
 
         Returns the history. Raises TrainingDiverged on a non-finite or exploding loss (nothing
         is saved for such a run) and StoreError on bad activation data. `extra_meta` (e.g. a
@@ -89,7 +100,8 @@ class SaeTrainer:
         """
         member = LockstepMember(self.sae, config or SaeTrainingConfig(), tuple(callbacks),
                                 training_run_id, save_dir, save, extra_meta)
-        outcome = self.train_lockstep(store, run_id, layer_signature, [member])[0]
+        outcome = self.train_lockstep(store, run_id, layer_signature, [member],
+                                      target_layer_signature=target_layer_signature)[0]
         if outcome.error is not None:
             raise outcome.error
         assert outcome.history is not None
@@ -98,7 +110,8 @@ class SaeTrainer:
     @staticmethod
     def train_lockstep(store: LocalStore | str | Path, run_id: str, layer_signature: str,
                        members: Sequence[LockstepMember],
-                       stop: Callable[[], str | None] | None = None) -> list[MemberOutcome]:
+                       stop: Callable[[], str | None] | None = None,
+                       target_layer_signature: str | None = None) -> list[MemberOutcome]:
         """Train several SAEs on the same batches: each batch is read and moved once for all.
 
         Members must agree on the lockstep fields (config.LOCKSTEP_FIELDS); everything else
@@ -120,11 +133,10 @@ class SaeTrainer:
                 if getattr(m.config, name) != getattr(first, name):
                     raise ValueError(f"lockstep members disagree on {name}: "
                                      f"{getattr(first, name)!r} vs {getattr(m.config, name)!r}")
-        source = store.open(run_id, layer_signature)
+        source = (store.open(run_id, layer_signature) if target_layer_signature is None
+                  else store.open_pair(run_id, layer_signature, target_layer_signature))
         for m in members:
-            if source.d != m.sae.n_inputs:
-                raise ValueError(f"activation run {run_id!r} layer {source.layer_signature!r} "
-                                 f"has d={source.d}, but the SAE has n_inputs={m.sae.n_inputs}")
+            check_shape(m.sae, source)
         participation_ratio(source)  # the default lr's input, read before the memory plan
         device = _resolve_device(first.device, members[0].sae)
         dtype = getattr(torch, first.dtype) if first.dtype else members[0].sae.W_dec.dtype
@@ -137,12 +149,18 @@ class SaeTrainer:
             raise StoreError(f"activation run {run_id!r} layer {source.layer_signature!r}: "
                              f"{problem}")
         # the same sample and method for every member: compute b_dec's starting centre once
-        sample = _first_tokens(loader, first.b_dec_init_tokens)
-        center = data_center(sample, first.b_dec_init) if first.b_dec_init != "zeros" else None
+        # (a transcoder's: its target's, and its input's for b_enc)
+        inputs, sample = members[0].sae.split_batch(_first_tokens(loader,
+                                                                  first.b_dec_init_tokens))
+        centers = None
+        if first.b_dec_init != "zeros":
+            centers = Centers(data_center(sample, first.b_dec_init),
+                              data_center(inputs, first.b_dec_init)
+                              if isinstance(source, PairedSource) else None)
         # the per-element standard deviation: the unit of the sparsity penalties
         scale = float(sample.var(dim=0, unbiased=False).mean().sqrt())  # no [N, d] temporaries
         total_steps = first.planned_steps(loader.batches_per_epoch)
-        runs = [MemberRun(m, store, source, loader, center, scale, device, total_steps)
+        runs = [MemberRun(m, store, source, loader, centers, scale, device, total_steps)
                 for m in members]
         try:
             drive(loader, runs, first, stop)
@@ -151,6 +169,24 @@ class SaeTrainer:
                 run.close_wandb(e)
             raise
         return [run.finish() for run in runs]
+
+
+def check_shape(sae: SparseAutoencoder, source: ActivationSource) -> None:
+    """ValueError unless `sae` reads (and, for a transcoder, writes) the source's widths; an SAE
+    trained on a pair becomes a transcoder (b_dec is no longer subtracted from its input)."""
+    where = f"activation run {source.run_id!r} layer {source.layer_signature!r}"
+    if isinstance(source, PairedSource):
+        if (sae.n_inputs, sae.n_outputs) != (source.n_inputs, source.n_outputs):
+            raise ValueError(f"{where} with target {source.target_layer_signature!r} has d_in "
+                             f"{source.n_inputs} and d_out {source.n_outputs}, but the SAE has "
+                             f"n_inputs={sae.n_inputs} and n_outputs={sae.n_outputs}")
+        sae.transcoder = True
+        return
+    if sae.transcoder:
+        raise ValueError(f"the SAE is a transcoder (n_outputs={sae.n_outputs}, skip={sae.skip}):"
+                         " train it with target_layer_signature= (the layer it reconstructs)")
+    if source.d != sae.n_inputs:
+        raise ValueError(f"{where} has d={source.d}, but the SAE has n_inputs={sae.n_inputs}")
 
 
 def _resolve_device(name: str | None, sae: SparseAutoencoder) -> torch.device:
