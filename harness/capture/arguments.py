@@ -12,6 +12,8 @@ DESCRIPTION = """Capture a transformer's activations at one module into a saeswe
 
     python -m harness.capture --model minilm --layer encoder.layer.3 \\
         --text pydoc --store results/minilm_store --run-id pydoc_l3 --max-tokens 200000
+    python -m harness.capture --model smollm2 --layer model.layers.6.mlp --pair \
+        --store results/smollm2_mlp --run-id mlp6      # a transcoder's input and output
     python -m harness.capture --model gpt2 --list-layers
 
 --model takes a Hugging Face hub id, a local model folder (offline), "minilm" (the
@@ -45,4 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep special tokens ([CLS], [SEP], BOS); padding is always dropped")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--shard-tokens", type=int, default=65536, help="tokens per shard")
+    p.add_argument("--pair", action="store_true",
+                   help="also store the module's input as layer <layer>.input, row for row "
+                        "with its output (a transcoder's data)")
     return p

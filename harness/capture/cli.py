@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
             model=args.model, layer=args.layer, store=args.store, run_id=args.run_id,
             text=args.text, max_tokens=args.max_tokens, seq_len=args.seq_len,
             batch_size=args.batch_size, dtype=args.dtype, drop_special=not args.keep_special,
-            device=args.device, shard_tokens=args.shard_tokens))
+            device=args.device, shard_tokens=args.shard_tokens, pair=args.pair))
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -63,6 +63,9 @@ class CaptureConfig:
     """cpu, cuda, or auto."""
     shard_tokens: int = 65536
     """Tokens per shard (a shard is written after the batch that fills it)."""
+    pair: bool = False
+    """Also store the module's input, as layer `<layer>.input` of the same run, shard for shard
+    with its output (a transcoder's data: reads `<layer>.input`, reconstructs `<layer>`)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,8 @@ def capture(cfg: CaptureConfig, progress: bool | None = None) -> CaptureResult:
     settings = {k: v for k, v in asdict(cfg).items()
                 if k not in ("store", "run_id", "max_tokens", "batch_size", "device",
                              "shard_tokens")}
+    if not cfg.pair:  # as captures from before --pair recorded their settings
+        settings.pop("pair")
     done_seqs, have = _resume_point(store, cfg, settings)
     if have >= (cfg.max_tokens or float("inf")) or done_seqs >= len(seqs):
         return CaptureResult(n_tokens=have, new_tokens=0, seconds=0.0, resumed_from=done_seqs,
@@ -122,8 +127,13 @@ def capture(cfg: CaptureConfig, progress: bool | None = None) -> CaptureResult:
 
     captured: dict[str, torch.Tensor] = {}
 
-    def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+    def hook(_module: torch.nn.Module, inputs: Any, output: Any) -> None:
         captured["x"] = output[0] if isinstance(output, tuple) else output
+        if cfg.pair:
+            if not inputs or not isinstance(inputs[0], torch.Tensor):
+                raise StoreError(f"--pair: module {cfg.layer!r} is called without a tensor "
+                                 "as its first positional input; hook another module")
+            captured["in"] = inputs[0]
         raise _StopForward
 
     handle = module.register_forward_hook(hook)
@@ -135,6 +145,7 @@ def capture(cfg: CaptureConfig, progress: bool | None = None) -> CaptureResult:
             "bos_in_front": loaded.bos_id,
             "capture_settings": settings}
     pending: list[torch.Tensor] = []
+    pending_in: list[torch.Tensor] = []
     n_pending, new = 0, 0
     show = progress if progress is not None else sys.stderr.isatty()
     bar = tqdm(total=len(seqs), initial=done_seqs, unit="seq", disable=not show,
@@ -151,15 +162,23 @@ def capture(cfg: CaptureConfig, progress: bool | None = None) -> CaptureResult:
                 keep = mask & ~torch.isin(ids, torch.tensor(sorted(special) or [-1],
                                                             device=device))
                 acts = captured.pop("x")[keep].to("cpu", dtype)
-                if cfg.max_tokens is not None:
-                    acts = acts[:max(0, cfg.max_tokens - have - new - n_pending)]
+                room = (max(0, cfg.max_tokens - have - new - n_pending)
+                        if cfg.max_tokens is not None else acts.shape[0])
+                acts = acts[:room]
                 pending.append(acts)
+                if cfg.pair:
+                    pending_in.append(captured.pop("in")[keep].to("cpu", dtype)[:room])
                 n_pending += acts.shape[0]
                 bar.update(len(batch))
                 finished = i + len(batch)
                 limit = cfg.max_tokens is not None and have + new + n_pending >= cfg.max_tokens
                 if n_pending >= cfg.shard_tokens or limit or finished >= len(seqs):
                     complete = limit or finished >= len(seqs)
+                    if cfg.pair:  # the input's shard first, the output's records progress
+                        store.put_activations(cfg.run_id, input_layer(cfg.layer),
+                                              torch.cat(pending_in),
+                                              shard_tokens=max(cfg.shard_tokens, n_pending))
+                        pending_in = []
                     store.put_activations(
                         cfg.run_id, cfg.layer, torch.cat(pending), dtype=dtype,
                         shard_tokens=max(cfg.shard_tokens, n_pending),
@@ -175,6 +194,11 @@ def capture(cfg: CaptureConfig, progress: bool | None = None) -> CaptureResult:
     seconds = time.perf_counter() - start
     return CaptureResult(n_tokens=have + new, new_tokens=new, seconds=seconds,
                          resumed_from=done_seqs, complete=True)
+
+
+def input_layer(layer: str) -> str:
+    """The layer name a paired capture stores `layer`'s input under."""
+    return f"{layer}.input"
 
 
 def _resume_point(store: LocalStore, cfg: CaptureConfig,
@@ -193,4 +217,10 @@ def _resume_point(store: LocalStore, cfg: CaptureConfig,
         raise StoreError(f"{meta_path}: run {cfg.run_id!r} was captured with other settings "
                          f"{changed} (old, new); use another run id to capture anew")
     progress = meta.get("capture_progress", {})
+    counts = {meta.get("n_tokens", 0), *(layer.get("n_tokens", 0)
+                                         for layer in (meta.get("layers") or {}).values())}
+    if len(counts) > 1:
+        raise StoreError(f"{meta_path}: run {cfg.run_id!r} was stopped between writing its "
+                         f"input's and its output's shard (they hold {sorted(counts)} tokens); "
+                         "capture anew with another run id")
     return int(progress.get("sequences_done", 0)), int(meta.get("n_tokens", 0))

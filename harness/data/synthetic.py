@@ -126,14 +126,16 @@ def write_synthetic_store(
             store.put_activations(run_id, layer_signature + TARGET_SUFFIX, data.targets.pop(),
                                   shard_tokens=shard_tokens)
     write_safetensors(store.activation_dir(run_id) / GROUND_TRUTH_FILE,
-                      {"directions": data.directions, "offset": data.offset})
+                      {"directions": data.directions, "offset": data.offset,
+                       **({"target_directions": data.target_directions} if spec.d_out else {})})
     return data.directions
 
 
-def load_ground_truth(base: str | Path, run_id: str) -> torch.Tensor:
-    """The true directions of a synthetic run."""
+def load_ground_truth(base: str | Path, run_id: str, target: bool = False) -> torch.Tensor:
+    """The true directions of a synthetic run (`target`: of its targets, what a transcoder's
+    decoder should find)."""
     path = open_store(base).activation_dir(run_id) / GROUND_TRUTH_FILE
-    return load_file(str(path))["directions"]
+    return load_file(str(path))["target_directions" if target else "directions"]
 
 
 def has_ground_truth(base: str | Path, run_id: str) -> bool:

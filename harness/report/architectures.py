@@ -1,6 +1,8 @@
 """Architectures compared at matched sparsity: each activation's Pareto front of held-out FVU (or
 ΔCE) against held-out L0 on one figure, and each one's FVU at L0 = 16, 32, 64 and 128, read off
-its front by interpolation in log-log (SAEBench's comparison; never extrapolated).
+its front by interpolation in log-log (SAEBench's comparison; never extrapolated). Transcoders
+get fronts of their own, labelled with their kind ("topk transcoder", "topk skip-transcoder"):
+FVU of a target is not FVU of an input.
 """
 
 from __future__ import annotations
@@ -22,19 +24,27 @@ MATCHED_POINTS = 4
 """How many L0 values the architecture table reads each front at."""
 
 
+def front_labels(df: pd.DataFrame) -> pd.Series:
+    """Each trial's front: its activation (TopK for records that predate the column), with its
+    kind after it where it is a transcoder."""
+    names = (df["activation"].fillna(DEFAULT_ACTIVATION) if "activation" in df
+             else pd.Series(DEFAULT_ACTIVATION, index=df.index, dtype=object))
+    if "kind" in df:
+        kind = df["kind"].fillna("sae")
+        names = names.where(kind == "sae", names + " " + kind.str.replace("_", "-"))
+    return names
+
+
 def activations(df: pd.DataFrame) -> list[str]:
-    """The activations of the complete trials (TopK for records that predate the column)."""
-    if "activation" not in df:
-        return [DEFAULT_ACTIVATION] if not complete(df).empty else []
-    return sorted(complete(df)["activation"].fillna(DEFAULT_ACTIVATION).unique())
+    """The fronts of the complete trials: their activations (and transcoder kinds)."""
+    return sorted(front_labels(complete(df)).unique())
 
 
 def fronts(df: pd.DataFrame, y: str = "final_fvu") -> dict[str, pd.DataFrame]:
-    """Each activation's complete trials on its front of minimal L0 and minimal `y`, by L0."""
+    """Each front's complete trials on its front of minimal L0 and minimal `y`, by L0."""
     done = complete(df).dropna(subset=["final_l0", y])
     done = done[(done["final_l0"] > 0) & (done[y] > 0)]
-    names = (done["activation"].fillna(DEFAULT_ACTIVATION) if "activation" in done
-             else pd.Series(DEFAULT_ACTIVATION, index=done.index))
+    names = front_labels(done)
     out = {}
     for name in sorted(names.unique()):
         group = done[names == name]
@@ -71,8 +81,7 @@ def at_matched_l0(df: pd.DataFrame, y: str = "final_fvu",
     for name, front in fronts(df, y).items():
         x, v = np.log(front["final_l0"].to_numpy(float)), np.log(front[y].to_numpy(float))
         row: dict[str, object] = {"activation": name, "trials": int(
-            (complete(df).get("activation", pd.Series(DEFAULT_ACTIVATION, index=complete(df).index))
-             .fillna(DEFAULT_ACTIVATION) == name).sum()), "front": len(front)}
+            (front_labels(complete(df)) == name).sum()), "front": len(front)}
         for l0 in l0s:
             inside = len(x) > 0 and x[0] <= np.log(l0) <= x[-1]
             row[f"{y.removeprefix('final_')}@L0={l0:g}"] = (
@@ -87,8 +96,7 @@ def plot_architectures(df: pd.DataFrame, out: Path, y: str = "final_fvu",
     one colour per activation, the matched L0 values marked."""
     done = complete(df).dropna(subset=["final_l0", y])
     done = done[(done["final_l0"] > 0) & (done[y] > 0)]
-    names = (done["activation"].fillna(DEFAULT_ACTIVATION) if "activation" in done
-             else pd.Series(DEFAULT_ACTIVATION, index=done.index))
+    names = front_labels(done)
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=COLUMN, layout="constrained")
         colors = palette(names)

@@ -163,6 +163,8 @@ def _group_keys(df: pd.DataFrame, studies: list[str], group_by: Sequence[str]) -
     keys = (["study"] if len(studies) > 1 else []) + list(group_by)
     if len(activations(df)) > 1 and "activation" not in keys:
         keys.append("activation")  # a TopK and a BatchTopK at one (expansion, k) both count
+    if "kind" in df and df["kind"].nunique() > 1 and "kind" not in keys:
+        keys.append("kind")  # a transcoder and a skip-transcoder: targets' FVU, two fronts
     return keys
 
 

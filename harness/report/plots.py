@@ -93,6 +93,8 @@ def _plain_log(ax: plt.Axes, which: str = "xy") -> None:
         lo, hi = sorted(axis.get_data_interval())
         if lo > 0 and math.isfinite(hi) and hi > lo:
             lo, hi = _labelled_limits(lo, hi)
+            if not hi > lo:  # data within one labelled value (e.g. every trial at L0 = k)
+                lo, hi = lo / 1.25, hi * 1.25
             (ax.set_xlim if name == "x" else ax.set_ylim)(lo, hi)
         else:
             lo, hi = sorted(axis.get_view_interval())

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from harness.report.build import Report
 
 TRIAL_COLUMNS = {
-    "study": "study", "number": "trial", "activation": "activation", "expansion": "expansion",
+    "study": "study", "number": "trial", "kind": "kind", "activation": "activation",
+    "expansion": "expansion",
     "k": "k",
     "n_latents": "latents", "lr": "lr", "final_r2": "R²", "final_fvu": "FVU", "final_l0": "L0",
     "final_dead_ratio": "dead ratio", "tokens_seen": "tokens", "tokens_saved": "tokens saved",
@@ -67,7 +68,18 @@ def _overview(label: str, df: pd.DataFrame) -> list[str]:
             f"{len(df)} trials: " + ", ".join(f"{n} {s}" for s, n in counts.items())
             + (f" ({retried} failed trials were retried as new trials)" if retried else "")
             + ". Metrics are on the held-out split (R² = 1 − FVU, FVU = Σ(x−x̂)² / Σ(x−μ)²; "
-            "L0 = mean active latents per token).", ""]
+            "L0 = mean active latents per token)." + _transcoders(df), ""]
+
+
+def _transcoders(df: pd.DataFrame) -> str:
+    """What FVU means for the study's transcoder trials, if it has any."""
+    kinds = df["kind"].dropna() if "kind" in df else pd.Series(dtype=object)
+    counts = kinds[kinds != "sae"].value_counts()
+    if counts.empty:
+        return ""
+    return (" " + ", ".join(f"{n} {kind.replace('_', '-')}(s)" for kind, n in counts.items())
+            + ": their x is the target layer, their FVU, R² and explained variance are of the "
+            "target, and they have fronts of their own.")
 
 
 def _fronts(df: pd.DataFrame, best: pd.DataFrame, group_by: Sequence[str], metric: str,

@@ -114,7 +114,8 @@ def run_trials(trials: list[optuna.Trial], loaded: LoadedSpace, ctx: WorkerConte
         try:
             results = SaeTrainer.train_lockstep(
                 space.data.store, space.data.run_id, space.data.layer_signature,
-                [p.member for p in prepared], stop=stop)
+                [p.member for p in prepared], stop=stop,
+                target_layer_signature=space.data.target_layer_signature)
         except StoreError as e:  # bad data fails every trial: record it, then stop the worker
             for p in prepared:
                 outcomes[p.trial.number] = _fail(p.trial, p.record, f"bad data: {e}", p.start,
@@ -161,10 +162,15 @@ def _prepare(trial: optuna.Trial, record: TrialRecord, loaded: LoadedSpace, ctx:
              "expansion": setup.expansion, "lr": setup.lr, "activation": setup.activation,
              "device": ctx.device_label, "host": record.host}
     seed_trial = trial.number if setup.seed_trial is None else setup.seed_trial
+    transcoder = space.data.target_layer_signature is not None
     sae = SparseAutoencoder(setup.n_latents, loaded.d, setup.k, device=ctx.device,
                             seed=stream_seed(cfg.seed, "trial", seed_trial),
                             activation=setup.activation,
-                            activation_options=setup.activation_options)
+                            activation_options=setup.activation_options,
+                            n_outputs=loaded.d_out or None, skip=setup.skip,
+                            transcoder=transcoder)
+    record.kind = sae.kind
+    extra["kind"] = sae.kind
     # keyed by the first trial of a retry chain: a retry resumes where its predecessor stopped
     first = trial.storage.get_trial_system_attrs(trial_id(trial)).get("failed_trial",
                                                                        trial.number)
@@ -217,8 +223,9 @@ def _finish(p: _Prepared, result: MemberOutcome, loaded: LoadedSpace) -> TrialOu
     }
     data = loaded.space.data
     if has_ground_truth(data.store, data.run_id):  # synthetic data: how many features it found
-        rec = feature_recovery(load_ground_truth(data.store, data.run_id),
-                               p.member.sae.W_dec.detach().cpu())
+        truth = load_ground_truth(data.store, data.run_id,
+                                  target=data.target_layer_signature is not None)
+        rec = feature_recovery(truth, p.member.sae.W_dec.detach().cpu())
         record.metrics.update(recovery=rec.recovery, mmcs=rec.mmcs)
     if isinstance(result.error, SaveFailed):
         record.saved_to = str(result.error.fallback) if result.error.fallback else None

@@ -70,6 +70,8 @@ class TrialRecord:
     """The learning rate it trained with (resolved from lr, lr_scale or the default rule)."""
     activation: str | None = None
     """The activation's registry name (harness.core.activations)."""
+    kind: str | None = None
+    """"sae", "transcoder" or "skip_transcoder" (SparseAutoencoder.kind)."""
     rung: int | None = None
     """Its token-budget rung (a space's fidelity:); None outside the rungs."""
     fail_reason: str | None = None

@@ -147,9 +147,29 @@ def test_sparsify_folders_read_as_sparsify_runs_them(tmp_path, synthetic_store):
         theirs = coder.decode(top_acts, top_indices)
         assert (ours(x).reconstruction - theirs).abs().max() <= TOLERANCE
     cfg = json.loads((tmp_path / "sparsify" / "cfg.json").read_text())
-    (tmp_path / "sparsify" / "cfg.json").write_text(json.dumps({**cfg, "transcode": True}))
-    with pytest.raises(UnsupportedSae, match="transcode true"):
+    (tmp_path / "sparsify" / "cfg.json").write_text(json.dumps({**cfg, "activation": "groupmax"}))
+    with pytest.raises(UnsupportedSae, match="groupmax"):
         read_sae(tmp_path / "sparsify")
+
+
+@pytest.mark.parametrize(("transcode", "skip"), [(True, False), (True, True), (False, True)])
+def test_sparsify_transcoders_read_as_sparsify_runs_them(tmp_path, synthetic_store, transcode,
+                                                         skip):
+    """sparsify's own forward pass (decode plus the skip path) against ours of its folder."""
+    sparsify = pytest.importorskip("sparsify")
+    coder = sparsify.SparseCoder(D, sparsify.SparseCoderConfig(
+        expansion_factor=4, k=4, transcode=transcode, skip_connection=skip))
+    _random_(coder)
+    coder.save_to_disk(tmp_path / "coder")
+    ours = read_sae(tmp_path / "coder")
+    assert ours.transcoder and ours.skip == skip
+    x = _inputs(synthetic_store, 3.0)
+    with torch.no_grad():
+        top_acts, top_indices, _ = coder.encode(x)
+        theirs = coder.decode(top_acts, top_indices)
+        if skip:
+            theirs = theirs + x @ coder.W_skip.mT
+        assert (ours(x).reconstruction - theirs).abs().max() <= TOLERANCE
 
 
 @pytest.mark.parametrize("activation", ["batchtopk", "jumprelu", "relu"])

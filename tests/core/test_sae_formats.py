@@ -147,7 +147,7 @@ def test_saelens_folders_are_read_with_their_settings_honoured(tmp_path, archite
     ({"normalize_activations": "covariance_whitening"}, "whitened with statistics"),
     ({"reshape_activations": "hook_z"}, "reshape_activations 'hook_z'"),
     ({"architecture": "gated"}, "architecture 'gated' is not read"),
-    ({"architecture": "jumprelu_skip_transcoder"}, "architecture 'jumprelu_skip_transcoder'"),
+    ({"architecture": "temporal"}, "architecture 'temporal' is not read"),
 ])
 def test_saelens_settings_that_cannot_be_run_exactly_are_refused(tmp_path, cfg, says):
     folder = _saelens_folder(tmp_path, "s", {"architecture": "standard", **cfg},
@@ -206,12 +206,23 @@ def test_sparsify_folders_are_read_as_its_forward_pass_runs(tmp_path):
     values, indices = pre.topk(K, dim=-1)
     expected = torch.zeros_like(pre).scatter(-1, indices, values) @ w["W_dec"] + w["b_dec"]
     assert torch.allclose(_codes_and_out(sae, x)[1], expected, atol=1e-5)
-    for key, value, says in (("activation", "groupmax", "activation 'groupmax'"),
-                             ("skip_connection", True, "skip_connection true"),
-                             ("transcode", True, "transcode true: a transcoder")):
-        (folder / "cfg.json").write_text(json.dumps({**cfg, key: value}))
-        with pytest.raises(UnsupportedSae, match=re_escape(says)):
-            read_sae(folder)
+    (folder / "cfg.json").write_text(json.dumps({**cfg, "activation": "groupmax"}))
+    with pytest.raises(UnsupportedSae, match=re_escape("activation 'groupmax'")):
+        read_sae(folder)
+    # its transcoders (x not centred) and skip connections (x @ W_skip.T added), exactly
+    skip = torch.randn(D, D) * 0.1
+    save_file({**w, "W_skip": skip}, str(folder / "sae.safetensors"))
+    for transcode in (False, True):
+        (folder / "cfg.json").write_text(json.dumps({**cfg, "transcode": transcode,
+                                                     "skip_connection": True}))
+        sae = read_sae(folder)
+        assert sae.transcoder and sae.skip
+        centred = x if transcode else x - w["b_dec"]
+        pre = torch.relu(centred @ w["encoder.weight"].T + w["encoder.bias"])
+        values, indices = pre.topk(K, dim=-1)
+        expected = (torch.zeros_like(pre).scatter(-1, indices, values) @ w["W_dec"]
+                    + w["b_dec"] + x @ skip.T)
+        assert torch.allclose(_codes_and_out(sae, x)[1], expected, atol=1e-4)
 
 
 def _dl_folder(tmp_path: Path, name: str, state: dict, trainer: dict | None) -> Path:

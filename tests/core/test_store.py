@@ -40,8 +40,12 @@ def test_put_activations_rejects_inconsistent_appends(tmp_path: Path):
     store.put_activations("r", "L", torch.randn(4, 8))
     with pytest.raises(StoreError, match="d=8"):
         store.put_activations("r", "L", torch.randn(4, 6))
-    with pytest.raises(StoreError, match="cannot append layer"):
+    store.put_activations("r", "other", torch.randn(4, 6))  # a second layer of the same run
+    assert store.open("r", "other").d == 6 and store.open("r", "L").d == 8
+    with pytest.raises(StoreError, match="d=6"):
         store.put_activations("r", "other", torch.randn(4, 8))
+    with pytest.raises(StoreError, match=r"layers present: \['L', 'other'\]"):
+        store.open("r", "third")
     with pytest.raises(StoreError, match="dtype"):
         store.put_activations("r", "L", torch.randn(4, 8).half())
     with pytest.raises(StoreError, match="NaN"):

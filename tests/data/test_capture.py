@@ -134,3 +134,25 @@ def test_a_store_folder_that_cannot_be_created_exits_2_before_loading_the_model(
     assert f"--store: {blocker / 'store'} cannot be created: {blocker} is not a folder" \
         in proc.stderr
     assert blocker.read_text() == "not a folder"
+
+
+def test_a_paired_capture_stores_a_modules_input_and_output_row_for_row(tmp_path):
+    """--pair: the module's input beside its output, one run, the same tokens in the same order:
+    the module applied to the stored inputs gives the stored outputs."""
+    module_path = f"{LAYER}.intermediate"  # dense + GELU: its input is the attention's output
+    assert capture_main(["--model", "minilm", "--layer", module_path, "--pair", "--store",
+                         str(tmp_path), "--run-id", "mlp", "--max-tokens", "1500",
+                         "--shard-tokens", "500"]) == 0
+    store = LocalStore(tmp_path)
+    source = store.open_pair("mlp", f"{module_path}.input", module_path)
+    assert (source.n_inputs, source.n_outputs, source.n_tokens) == (384, 1536, 1500)
+    rows = torch.cat([source.read_shard(i) for i in range(len(source.shards))]).float()
+    module = load_model("minilm").model.get_submodule(module_path)
+    with torch.no_grad():
+        expected = module(rows[:, :384])
+    torch.testing.assert_close(rows[:, 384:], expected, atol=2e-2, rtol=2e-2)
+    history = SaeTrainer(TopKSae(1024, 384, 16, n_outputs=1536)).train(
+        store=store, run_id="mlp", layer_signature=f"{module_path}.input",
+        target_layer_signature=module_path,
+        config=SaeTrainingConfig(epochs=4, batch_size=256, progress=False), save=False)
+    assert history["r2"][-1] > 0.3, history["r2"]

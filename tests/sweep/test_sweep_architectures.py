@@ -61,3 +61,39 @@ def test_a_sweep_samples_every_activation_and_reports_each_front(synthetic_store
     matched = summary.split("## Architectures at matched L0")[1].split("##")[0]
     for activation in ALL_ACTIVATIONS:
         assert f"| {activation} " in matched
+
+
+def test_a_transcoder_sweep_trains_samples_skip_and_reports_each_kind(tmp_path, capsys):
+    """data.target_layer_signature makes every trial a transcoder (here on synthetic pairs
+    generated on first use); `skip` is sampled; the report labels each kind's front."""
+    results = tmp_path / "results"
+    space = tiny_space(
+        tmp_path / "store", results, sampler={"type": "grid"},
+        params={"expansion": 4, "k": 4, "lr": 3e-3,
+                "skip": {"type": "categorical", "choices": [False, True]}},
+        objectives=[{"metric": "fvu", "direction": "minimize"},
+                    {"metric": "l0", "direction": "minimize"}],
+        budget={"n_trials": 2}, wandb={"mode": "off"})
+    space["data"] = {"store": str(tmp_path / "store"), "run_id": "pair",
+                     "layer_signature": "synthetic",
+                     "target_layer_signature": "synthetic.target",
+                     "synthetic": {"d": 16, "n_features": 32, "mean_active": 3, "d_out": 12,
+                                   "target_linear": 1.0, "n_tokens": 6000}}
+    proc = sweep_here(capsys, str(write_space(tmp_path / "s.yaml", space)))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    trials = load(results).get_trials()
+    assert sorted(t.user_attrs["kind"] for t in trials) == ["skip_transcoder", "transcoder"]
+    for t in trials:
+        assert t.state == TrialState.COMPLETE, t.user_attrs.get("fail_reason")
+        cfg = json.loads((Path(t.user_attrs["trial_dir"]) / "cfg.json").read_text())
+        assert cfg["d_out"] == 12 and cfg["architecture"] == (
+            "topk_skip_transcoder" if t.params["skip"] else "topk_transcoder")
+        assert cfg["metadata"]["hook_name_out"] == "synthetic.target"
+    fvu = {t.params["skip"]: t.user_attrs["final_fvu"] for t in trials}
+    assert fvu[True] < fvu[False]  # the target has a linear part only the skip path carries
+    report = report_here(capsys, "t", "--results", str(results), "--out", str(tmp_path / "r"))
+    assert report.returncode == 0, report.stdout + report.stderr
+    summary = (tmp_path / "r" / "summary.md").read_text()
+    assert "topk transcoder" in summary and "topk skip-transcoder" in summary
+    assert "skip-transcoder(s)" in summary and "1 transcoder(s)" in summary
+    assert (tmp_path / "r" / "architectures.png").exists()

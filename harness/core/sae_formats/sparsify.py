@@ -2,7 +2,9 @@
 
 Its forward pass: acts = top-k of relu((x - b_dec) @ encoder.weight.T + encoder.bias), x_hat =
 acts @ W_dec + b_dec; ours is the same (the top k of relu(pre) are relu of the top k of pre).
-`activation: groupmax`, a skip connection and transcoders are refused.
+Its transcoders (`transcode: true`: x is not centred by b_dec; the output's width is d_in) and
+skip connections (`W_skip` [d_in, d_in], x @ W_skip.T added) read as our transcoders, an SAE
+with a skip connection with its centring folded into b_enc. `activation: groupmax` is refused.
 """
 
 from __future__ import annotations
@@ -43,26 +45,27 @@ class SparsifyFormat:
             raise UnsupportedSae(f"{cfg_path}: activation {activation!r}: only topk is read "
                                  "(groupmax keeps one latent per group, a forward pass this "
                                  "harness does not run)")
-        for key, what in (("transcode", "a transcoder (it maps a module's input to its "
-                                        "output)"),
-                          ("skip_connection", "a linear skip connection beside the latents")):
-            if cfg.get(key):
-                raise UnsupportedSae(f"{cfg_path}: {key} true: {what} is not read")
+        transcode, skip = bool(cfg.get("transcode")), bool(cfg.get("skip_connection"))
         d_in, k = cfg.get("d_in"), cfg.get("k")
         for key, value in (("d_in", d_in), ("k", k)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise CorruptFile(f"{cfg_path}: {key} must be a whole number >= 1, got "
                                   f"{value!r}")
         w = read_safetensors(weights_path)
-        if "W_skip" in w:
-            raise UnsupportedSae(f"{weights_path}: W_skip: a skip connection is not read")
-        missing = {"encoder.weight", "encoder.bias", "W_dec", "b_dec"} - w.keys()
+        missing = ({"encoder.weight", "encoder.bias", "W_dec", "b_dec"}
+                   | ({"W_skip"} if skip else set())) - w.keys()
         if missing:
             raise CorruptFile(f"{weights_path}: missing tensors {sorted(missing)}")
         n = cfg.get("num_latents") or d_in * int(cfg.get("expansion_factor", 0))
         check_shapes(weights_path, w, {"encoder.weight": (n, d_in), "encoder.bias": (n,),
-                                       "W_dec": (n, d_in), "b_dec": (d_in,)})
-        weights = {"W_enc": w["encoder.weight"].T.contiguous(), "b_enc": w["encoder.bias"],
-                   "W_dec": w["W_dec"], "b_dec": w["b_dec"]}
+                                       "W_dec": (n, d_in), "b_dec": (d_in,),
+                                       **({"W_skip": (d_in, d_in)} if skip else {})})
+        b_enc = w["encoder.bias"]
+        if skip and not transcode:  # ours: a transcoder reads x itself, so centre via b_enc
+            b_enc = (b_enc.double() - w["encoder.weight"].double() @ w["b_dec"].double()).to(
+                b_enc.dtype)
+        weights = {"W_enc": w["encoder.weight"].T.contiguous(), "b_enc": b_enc,
+                   "W_dec": w["W_dec"], "b_dec": w["b_dec"],
+                   **({"W_skip": w["W_skip"]} if skip else {})}
         return SparseAutoencoder.from_weights("topk", weights, k=k, where=str(weights_path),
-                                              device=device)
+                                              device=device, transcoder=transcode or skip)

@@ -18,9 +18,10 @@ from harness.core.activations import (
 )
 from harness.core.loader import ActivationLoader
 from harness.core.shape import k_for, k_problem, n_latents_for
-from harness.core.store import ActivationSource, StoreError, open_store
+from harness.core.store import ActivationSource, PairedSource, StoreError, open_store
 from harness.core.training.checks import type_error
 from harness.core.training.config import SaeTrainingConfig, option_types
+from harness.data.synthetic import TARGET_SUFFIX
 from harness.sweep.space.schema import (
     PRUNERS,
     SAMPLERS,
@@ -105,6 +106,7 @@ _SPECIAL_CHECKS: dict[str, tuple[Any, str]] = {
     "k_fraction": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
     "lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "lr_scale": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "skip": (lambda v: isinstance(v, bool), "true or false (a skip-transcoder's linear path)"),
 }
 
 
@@ -113,6 +115,19 @@ def _is_number(v: Any) -> bool:
 
 
 def check_special(path: Path, space: SweepSpace) -> None:
+    data = space.data
+    if "skip" in space.params and data.target_layer_signature is None:
+        raise SpaceError(f"{path}: params.skip: a skip path needs a transcoder: set "
+                         "data.target_layer_signature (the layer it reconstructs)")
+    if data.synthetic is not None and bool(data.synthetic.d_out) != bool(
+            data.target_layer_signature):
+        raise SpaceError(f"{path}: data.synthetic.d_out: synthetic targets (d_out > 0) go with "
+                         "data.target_layer_signature, and the one needs the other")
+    if (data.synthetic is not None and data.synthetic.d_out
+            and data.target_layer_signature != data.layer_signature + TARGET_SUFFIX):
+        raise SpaceError(f"{path}: data.target_layer_signature: synthetic targets are written as "
+                         f"layer {data.layer_signature + TARGET_SUFFIX!r}, got "
+                         f"{data.target_layer_signature!r}")
     for name, (ok, expected) in _SPECIAL_CHECKS.items():
         spec = space.params.get(name)
         if spec is None:
@@ -152,18 +167,30 @@ def check_options(path: Path, space: SweepSpace) -> None:
                                  f"{cls.__name__}; accepted: {sorted(accepted)}")
 
 
-def check_store(path: Path, space: SweepSpace, read_heldout: bool = True) -> int:
+def open_data(space: SweepSpace) -> ActivationSource:
+    """The space's data: its layer, or (a transcoder's) its layer and target side by side."""
     data = space.data
     store = open_store(data.store)
+    if data.target_layer_signature is None:
+        return store.open(data.run_id, data.layer_signature)
+    return store.open_pair(data.run_id, data.layer_signature, data.target_layer_signature)
+
+
+def check_store(path: Path, space: SweepSpace, read_heldout: bool = True) -> tuple[int, int]:
+    """(the input's width, a transcoder's target width or 0), the data checked."""
+    data = space.data
     try:
-        source = store.open(data.run_id, data.layer_signature)
+        source = open_data(space)
         if read_heldout:
             _check_evaluable(path, space, source)
-        return source.d
+        return (source.n_inputs, source.n_outputs) if isinstance(source, PairedSource) else (
+            source.d, 0)
     except StoreError as e:
         if data.synthetic is not None and data.synthetic_pending():
-            return data.synthetic.d  # generated on first use
-        key = "data.layer_signature" if "layer" in str(e) else "data.run_id"
+            return data.synthetic.d, data.synthetic.d_out  # generated on first use
+        key = ("data.target_layer_signature" if data.target_layer_signature
+               and data.target_layer_signature in str(e) and "not aligned" not in str(e)
+               else "data.layer_signature" if "layer" in str(e) else "data.run_id")
         raise SpaceError(f"{path}: {key}: {e}") from e
 
 

@@ -19,7 +19,6 @@ from harness.core.activations import DEFAULT_ACTIVATION, OPTIONS, activation_cla
 from harness.core.loader import ActivationLoader
 from harness.core.recipes import default_lr
 from harness.core.shape import k_for, k_problem, n_latents_for
-from harness.core.store import open_store
 from harness.core.store.statistics import participation_ratio
 from harness.core.training.config import LOCKSTEP_FIELDS, SaeTrainingConfig
 from harness.data.synthetic import SyntheticSpec
@@ -33,6 +32,7 @@ from harness.sweep.space.checks import (
     check_special,
     check_store,
     check_training,
+    open_data,
 )
 from harness.sweep.space.rungs import check_budget, check_fidelity, rung_of
 from harness.sweep.space.schema import (
@@ -68,6 +68,8 @@ class TrialSetup:
     seed_trial: int | None = None
     """The trial number its SAE's initial weights are seeded by: a re-run at a higher rung
     starts from its configuration's first trial's weights; None = its own."""
+    skip: bool = False
+    """A skip-transcoder (param `skip`; only with data.target_layer_signature)."""
 
 
 _UNSET = object()  # a data field the space leaves at its default
@@ -80,6 +82,8 @@ class LoadedSpace:
     path: Path
     d: int
     raw: dict[str, Any]
+    d_out: int = 0
+    """A transcoder's target width (data.target_layer_signature); 0 for SAEs."""
 
     def setup(self, trial: optuna.Trial) -> TrialSetup:
         """Sample this trial's parameters and resolve n_latents, k, lr and the config. The
@@ -112,7 +116,7 @@ class LoadedSpace:
             fields["max_train_tokens"] = rung.tokens
         # the store is opened once, for the steps; the lr is resolved here, once, and the trial
         # records and trains with it (the trainer gets it as a number, not None)
-        data = open_store(s.data.store).open(s.data.run_id, s.data.layer_signature)
+        data = open_data(s)
         planned = SaeTrainingConfig(**{**fields, "lr": None})
         steps = planned.steps_on(data)
         if "lr" in values:
@@ -128,6 +132,7 @@ class LoadedSpace:
         return TrialSetup(expansion=expansion, n_latents=n_latents, k=k, lr=lr,
                           config=config, sampled=values, activation=activation,
                           activation_options=options, planned_steps=steps,
+                          skip=bool(values.get("skip", False)),
                           rung=rung.rung if rung else None,
                           seed_trial=rung.root if rung else None)
 
@@ -140,7 +145,7 @@ class LoadedSpace:
         names = ("epochs", "max_train_tokens", "holdout_fraction", "batch_size")
         choices = [bounding_values(s.params[n]) if n in s.params else [base.get(n, _UNSET)]
                    for n in names]
-        data = open_store(s.data.store).open(s.data.run_id, s.data.layer_signature)
+        data = open_data(s)
         most = 0
         for combo in itertools.product(*choices):
             fields = {**base, **{n: v for n, v in zip(names, combo, strict=True)
@@ -198,8 +203,8 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None,
     check_owned(path, space)
     check_training(path, space)
     check_options(path, space)
-    d = check_store(path, space, read_heldout) if check_data else (
-        space.data.synthetic.d if space.data.synthetic else 0)
+    d, d_out = check_store(path, space, read_heldout) if check_data else (
+        (space.data.synthetic.d, space.data.synthetic.d_out) if space.data.synthetic else (0, 0))
     if check_data:
         check_k(path, space, d)
     if space.lockstep > 1:
@@ -212,7 +217,7 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None,
             if isinstance(spec, ParamSpec) and spec.type != "categorical":
                 raise SpaceError(f"{path}: params.{name}: the grid sampler needs categorical "
                                  f"parameters, got {spec.type}")
-    loaded = LoadedSpace(space=space, path=path, d=d, raw=raw)
+    loaded = LoadedSpace(space=space, path=path, d=d, raw=raw, d_out=d_out)
     check_fidelity(path, loaded, check_data)
     check_budget(path, loaded, check_data)
     return loaded

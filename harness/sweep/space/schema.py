@@ -20,7 +20,8 @@ from harness.errors import SaesweepError
 from harness.evaluate.config import DownstreamConfig
 
 # parameters a trial's setup resolves itself (not SaeTrainingConfig fields)
-SPECIAL_PARAMS = {"expansion", "k", "k_fraction", "lr", "lr_scale", "activation", *OPTIONS}
+SPECIAL_PARAMS = {"expansion", "k", "k_fraction", "lr", "lr_scale", "activation", "skip",
+                  *OPTIONS}
 SAMPLERS: dict[str, type] = {
     "tpe": optuna.samplers.TPESampler,
     "random": optuna.samplers.RandomSampler,
@@ -149,6 +150,8 @@ class SyntheticSection(_Strict):
     offset_norm: float = 0.0
     noise_std: float = Field(0.01, ge=0)
     seed: int = 0
+    d_out: int = Field(0, ge=0)
+    target_linear: float = 0.0
 
 
 class DataSection(_Strict):
@@ -156,6 +159,9 @@ class DataSection(_Strict):
     run_id: str = Field(min_length=1, pattern=r"^[^/\\]+$")
     """A folder name of the store: no '/' (nor '.' or '..')."""
     layer_signature: str = Field(min_length=1)
+    target_layer_signature: str | None = Field(None, min_length=1)
+    """Makes every trial a transcoder: it reads layer_signature and reconstructs this layer of
+    the same run."""
     max_tokens: int | None = Field(None, gt=0)
     synthetic: SyntheticSection | None = None
 
