@@ -12,7 +12,8 @@ DESCRIPTION = """python -m harness.evaluate: splice saved SAEs into their langua
 print, per SAE, one JSON object with ce_orig, ce_sae, ce_zero, delta_ce, ce_loss_score, kl,
 kl_score, fvu, l0 and tokens (docs/metrics.md). Every SAE is scored on the same windows
 (harness.evaluate.windows), so SAEs trained elsewhere (SAELens', sparsify's, dictionary_learning's
-folders: harness.core.sae_formats) compare with ours.
+folders: harness.core.sae_formats) compare with ours. A transcoder (ours, SAELens' or
+sparsify's) replaces the --layer module's output with its output of the module's input.
 
     python -m harness.evaluate results/smollm2_l6/trials/0003 --model smollm2 \\
         --layer model.layers.6 --windows 64 --seq-len 128
@@ -31,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "sparsify's (cfg.json + sae.safetensors), dictionary_learning's (ae.pt)")
     p.add_argument("--model", required=True,
                    help="a named model (smollm2), a local folder or a hub id of a causal LM")
-    p.add_argument("--layer", required=True, help="module path of the hook point, as captured")
+    p.add_argument("--layer", required=True,
+                   help="module path of the hook point, as captured (a transcoder's: the "
+                        "module whose output it reconstructs)")
     p.add_argument("--text", default=defaults.text,
                    help=f"a corpus ({', '.join(CORPORA)}), a folder of .txt files, or a UTF-8 "
                    f"file of blank-line separated documents (default {defaults.text}: not the "

@@ -8,10 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+from harness.core.sae_formats import read_sae
 from harness.errors import SaesweepError
 from harness.evaluate.arguments import EXIT_BAD_INPUT, build_parser
 from harness.evaluate.downstream import DownstreamConfig, DownstreamEvaluator
-from harness.evaluate.saes import load_reconstructor
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     saes = []
     try:  # every SAE is read before the model is loaded: a typo costs nothing
         for folder in args.sae_dirs:
-            saes.append((folder, *load_reconstructor(folder)))
+            saes.append((folder, read_sae(folder)))
         cfg = DownstreamConfig(model=args.model, layer=args.layer, text=args.text,
                                windows=args.windows, seq_len=args.seq_len,
                                batch_windows=args.batch_windows, device=args.device)
@@ -33,16 +33,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reference ready in {time.perf_counter() - start:.1f} s: {ref.n_kept} "
               f"kept tokens of {args.windows} windows ({ref.description})",
               file=sys.stderr)
-        for folder, _, d_in in saes:
-            if d_in != evaluator.width:
-                raise ValueError(f"{folder}: the SAE has d_in={d_in}, but {args.layer} of "
-                                 f"{args.model} has width {evaluator.width}")
+        for folder, sae in saes:
+            if sae.n_outputs != evaluator.width:
+                what = "d_out" if sae.transcoder else "d_in"
+                raise ValueError(f"{folder}: the {sae.kind.replace('_', '-')} has "
+                                 f"{what}={sae.n_outputs}, but {args.layer} of {args.model} "
+                                 f"has width {evaluator.width}")
     except (OSError, ValueError, SaesweepError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    for folder, reconstruct, _ in saes:
+    for folder, sae in saes:
         start = time.perf_counter()
-        metrics = evaluator.evaluate(reconstruct)
-        print(json.dumps({"sae": str(Path(folder)), **metrics.to_dict(),
+        metrics = evaluator.evaluate(sae)  # a transcoder reads the module's input
+        print(json.dumps({"sae": str(Path(folder)), "kind": sae.kind, **metrics.to_dict(),
                           "seconds": round(time.perf_counter() - start, 2)}), flush=True)
     return 0

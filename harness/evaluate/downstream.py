@@ -12,6 +12,10 @@ zero (docs/metrics.md, "Downstream"):
     kl_score      = (kl_zero - kl) / kl_zero
     fvu, l0       the reconstruction metrics (harness.core.metrics) on exactly those positions
 
+A transcoder is spliced the same way: the module's output is replaced by the transcoder's output
+of the module's input, and fvu is of the module's output; zero ablation zeroes the module's output
+as for an SAE.
+
 Per-token quantities are averaged over every kept token first; the ratios are taken after.
 The clean and zero-ablated passes are the same for every SAE: `Reference` computes them once
 (keeping, per kept position, the input of the output embedding, so p_orig is recomputed exactly
@@ -51,8 +55,8 @@ def reference_path(cache_dir: str | Path, key: str) -> Path:
 
 
 class Reconstructor(Protocol):
-    """What is spliced in: activations [n, d] -> (reconstruction [n, d], active latents summed
-    over the n tokens)."""
+    """What is spliced in: activations [n, d] (a transcoder's: the module's inputs) -> (the
+    module's output reconstructed [n, d_out], active latents summed over the n tokens)."""
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]: ...
 
@@ -204,19 +208,20 @@ class DownstreamEvaluator:
 
     @torch.no_grad()
     def _forward(self, ids: torch.Tensor, kept: torch.Tensor,
-                 replace: Callable[[torch.Tensor], torch.Tensor] | None,
+                 replace: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
                  seen: dict[str, Any]) -> torch.Tensor:
-        """Logits at the kept positions [n, vocab]; `replace` maps the hooked activations at
-        the kept positions to what is spliced in; `seen` receives the activation's width and
-        the head's input at the kept positions."""
+        """Logits at the kept positions [n, vocab]; `replace` maps the hooked module's output
+        and first input at the kept positions to what is spliced in; `seen` receives the
+        activation's width and the head's input at the kept positions."""
 
-        def hook(_m: torch.nn.Module, _i: Any, output: Any) -> Any:
+        def hook(_m: torch.nn.Module, inputs: Any, output: Any) -> Any:
             act = output[0] if isinstance(output, tuple) else output
             seen["width"] = act.shape[-1]
             if replace is None:
                 return None
             new = act.clone()
-            new[kept] = replace(act[kept]).to(act.dtype)
+            first = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else act
+            new[kept] = replace(act[kept], first[kept]).to(act.dtype)
             return (new, *output[1:]) if isinstance(output, tuple) else new
 
         def head_hook(_m: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
@@ -249,7 +254,8 @@ class DownstreamEvaluator:
                                  "downstream evaluation does not support it")
             targets = ids[:, 1:][kept[:, :-1]]
             logp = F.log_softmax(logits, dim=-1)
-            zero = F.log_softmax(self._forward(ids, kept, torch.zeros_like, {}), dim=-1)
+            zero = F.log_softmax(self._forward(ids, kept, lambda out, _: torch.zeros_like(out),
+                                               {}), dim=-1)
             parts["head_in"].append(seen["head_in"].cpu())
             parts["ce_orig"].append(_ce(logp, targets).cpu())
             parts["ce_zero"].append(_ce(zero, targets).cpu())
@@ -259,20 +265,25 @@ class DownstreamEvaluator:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def evaluate(self, reconstruct: Reconstructor | SparseAutoencoder) -> DownstreamMetrics:
-        """Splice `reconstruct` in at every kept position; see the module docstring."""
+    def evaluate(self, reconstruct: Reconstructor | SparseAutoencoder,
+                 reads_input: bool = False) -> DownstreamMetrics:
+        """Splice `reconstruct` in at every kept position; see the module docstring.
+        `reads_input`: it is a transcoder, fed the module's input (implied by an SAE of ours
+        that is one)."""
         if isinstance(reconstruct, SparseAutoencoder):
-            if reconstruct.n_inputs != self.width:
-                raise ValueError(f"the SAE has d_in={reconstruct.n_inputs}, but "
+            reads_input = reconstruct.transcoder
+            if reconstruct.n_outputs != self.width:
+                what = "d_out" if reads_input else "d_in"
+                raise ValueError(f"the SAE has {what}={reconstruct.n_outputs}, but "
                                  f"{self.cfg.layer} of {self.cfg.model} has width {self.width}")
             reconstruct = sae_reconstructor(reconstruct)
         ref = self.reference
         acc = ReconstructionAccumulator()
         ce_sae, kl = [], []
 
-        def replace(x: torch.Tensor) -> torch.Tensor:
-            x_hat, n_active = reconstruct(x)
-            acc.update(x, x_hat, n_active)
+        def replace(out: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+            x_hat, n_active = reconstruct(inputs if reads_input else out)
+            acc.update(out, x_hat, n_active)
             return x_hat
 
         for ids, kept, where in self._batches(ref.windows):

@@ -33,10 +33,12 @@ def check_downstream(loaded: LoadedSpace, study_dir: Path) -> DownstreamEvaluato
                                              write_cache=False)
     except StoreError as e:
         raise SpaceError(f"{where}: {e}") from e
-    if loaded.d and evaluator.width != loaded.d:
+    width = loaded.d_out or loaded.d  # a transcoder's: the module whose output it rebuilds
+    if width and evaluator.width != width:
         raise SpaceError(f"{where}.layer: {section.layer} of {section.model} has width "
-                         f"{evaluator.width}, but the store's activations have d={loaded.d}: "
-                         "evaluate at the layer the store was captured from")
+                         f"{evaluator.width}, but the store's activations have d={width}: "
+                         "evaluate at the layer the store was captured from (a transcoder's: "
+                         "its target's module)")
     return evaluator
 
 

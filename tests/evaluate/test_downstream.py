@@ -150,3 +150,30 @@ def test_too_little_text_is_refused(tmp_path: Path):
                            windows=500, seq_len=SEQ)
     with pytest.raises(StoreError, match="only .* windows"):
         DownstreamEvaluator(tiny_lm(), cfg)
+
+
+def test_a_transcoder_is_spliced_on_the_modules_input(tmp_path: Path):
+    """An identity module in the model: a perfect transcoder (its skip path the identity) loses
+    nothing; one whose output is zero scores as zero ablation; a transcoder of the wrong width is
+    refused."""
+    lm = tiny_lm()
+    layers = lm.model.model.layers
+    layers[1].mlp = torch.nn.Sequential(torch.nn.Identity(), layers[1].mlp)
+    cfg = DownstreamConfig(model="tiny", layer="model.layers.1.mlp.0",
+                           text=str(text_file(tmp_path)), windows=6, seq_len=SEQ,
+                           batch_windows=4)
+    ev = DownstreamEvaluator(lm, cfg)
+    perfect = TopKSae(64, HIDDEN, 4, skip=True, seed=0)
+    with torch.no_grad():
+        perfect.W_dec.zero_()
+        perfect.W_skip.copy_(torch.eye(HIDDEN))
+    m = ev.evaluate(perfect)
+    assert abs(m.delta_ce) < 1e-6 and abs(m.kl) < 1e-6 and m.fvu < 1e-10
+    assert m.ce_zero != m.ce_orig  # the random model: ablating its MLP changes its predictions
+    with torch.no_grad():
+        perfect.W_skip.zero_()
+    m = ev.evaluate(perfect)  # nothing but b_dec = 0 comes out: the zero ablation
+    assert m.ce_loss_score == pytest.approx(0.0, abs=1e-6) and m.fvu == pytest.approx(1.0,
+                                                                                       abs=0.2)
+    with pytest.raises(ValueError, match="d_out=8"):
+        ev.evaluate(TopKSae(64, HIDDEN, 4, n_outputs=8))
