@@ -34,6 +34,11 @@ at matched L0 instead (scripts/benchmarks/architecture_table.py): at k = each of
 value of its sparsity penalty, and the table gives its held-out FVU at each L0 and its ratio to
 TopK's.
 
+With --target-layer, both train transcoders (--skip: skip-transcoders) that read --layer and
+reconstruct that layer of the same run (`python -m harness.capture --pair`), sparsify with
+`transcode=True` and its Trainer's transcoder initialisation; FVU is of the target, and --model
+splices them into that module.
+
 A learning rate of `default` trains each with its own default:
 ours with `lr=None` (harness.core.recipes.default_lr), sparsify with 2e-4 / sqrt(n / 2^14).
 """
@@ -49,13 +54,14 @@ import re
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 from benchmarks.architecture_table import architecture_recipes, matched_l0_table, parse_penalties
 from benchmarks.equal_time import equal_time_table
 from benchmarks.heldout_split import add_run_arguments, split_run
+from benchmarks.quality_score import Score, heldout_fvu, with_downstream
 from benchmarks.sparsify_step import sparsify_trainer
 
 from harness.core.loader import MIN_EVAL_TOKENS, ActivationLoader
@@ -76,66 +82,6 @@ LEGACY_TRAINING: dict[str, float | bool] = {"lr": 2e-4, "decoder_refit": False,
 """SaeTrainingConfig fields: a fixed learning rate (now default_lr of the size and steps), the
 decoder as Adam left it (now refit by least squares, harness.core.training.refit), one learning rate
 for all parameters (now 4x for the decoder rows) and no warm-up (now a tenth of the steps)."""
-
-
-@dataclass(frozen=True)
-class Score:
-    """One trained SAE, scored on the held-out tokens."""
-
-    trainer: str
-    """"sparsify" or the recipe name of ours."""
-    column: str
-    """The grid column: the learning rate asked for, or "default"."""
-    lr: float
-    """Learning rate it trained with."""
-    fvu: float
-    """Held-out fraction of variance unexplained."""
-    l0: float
-    """Held-out mean active latents per token."""
-    seconds: float
-    """Wall time of the training."""
-    cpu_seconds: float = 0.0
-    """Process CPU time of the training (every thread)."""
-    tokens: int = 0
-    """Training tokens it saw."""
-    matched: str = ""
-    """With --equal-time, sparsify's runs: "wall" or "cpu", the budget it was given."""
-    finish_s: float = 0.0
-    """Ours: wall time of the least-squares finish."""
-    finish_share: float = 0.0
-    """Ours: the finish's time over the training loop's."""
-    delta_ce: float | None = None
-    """LM cross-entropy added by splicing the SAE in (with --model)."""
-    ce_loss_score: float | None = None
-    """(CE_zero - CE_sae) / (CE_zero - CE_orig) (with --model)."""
-    kl: float | None = None
-    """Mean KL(p_orig || p_sae) per token (with --model)."""
-    activation: str = "topk"
-    """Ours: the SAE's activation."""
-
-
-def with_downstream(score: Score, reconstruct, evaluator) -> Score:  # noqa: ANN001
-    """The score with the SAE's downstream metrics, when an evaluator is given."""
-    if evaluator is None:
-        return score
-    m = evaluator.evaluate(reconstruct)
-    return replace(score, delta_ce=m.delta_ce, ce_loss_score=m.ce_loss_score, kl=m.kl)
-
-
-@torch.no_grad()
-def heldout_fvu(reconstruct, x: torch.Tensor, chunk: int = 4096) -> tuple[float, float]:
-    """(FVU, L0) of `reconstruct` (a harness.evaluate Reconstructor: x -> (x_hat, active latents
-    summed over the batch)) over all of x."""
-    x64 = x.double()
-    total = (x64 - x64.mean(0)).pow(2).sum()
-    sse = torch.zeros((), dtype=torch.float64)
-    active = 0.0
-    for start in range(0, x.shape[0], chunk):
-        xb = x[start:start + chunk]
-        x_hat, n_active = reconstruct(xb)
-        sse += (xb.double() - x_hat.double()).pow(2).sum()
-        active += float(n_active.sum())
-    return float(sse / total), active / x.shape[0]
 
 
 def parse_recipe(text: str) -> tuple[str, dict, dict]:
@@ -164,22 +110,24 @@ def train_ours(store: Path, run: str, layer: str, base: SaeTrainingConfig, d: in
     # "default": the recipe's own default (legacy: 2e-4), else default_lr of the planned steps
     lr = fields.get("lr") if column == "default" else float(column)
     cfg = base.replace(**{**fields, "lr": lr})
-    sae = TopKSae(n_latents=args.n_latents, n_inputs=d, **{"k": args.k, "seed": args.seed,
-                                                          **sae_args})
+    sae = TopKSae(n_latents=args.n_latents, n_inputs=d, **{
+        "k": args.k, "seed": args.seed, "n_outputs": args.d_out or None, "skip": args.skip,
+        "transcoder": bool(args.target_layer), **sae_args})
     out = tmp / f"ours_{name}_{column}"
     start, cpu_start = time.perf_counter(), time.process_time()
     history = SaeTrainer(sae).train(store=store, run_id=run, layer_signature=layer, config=cfg,
-                                    save_dir=out)
+                                    save_dir=out, target_layer_signature=args.target_layer)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     loaded = TopKSae.load(out)
 
     reconstruct = sae_reconstructor(loaded)  # one function scores it here and spliced in
-    fvu, l0 = heldout_fvu(reconstruct, heldout)
+    fvu, l0 = heldout_fvu(reconstruct, heldout, d_in=d if args.target_layer else None)
     used = json.loads((out / "training_config.json").read_text())["lr"]  # default resolved
     return with_downstream(Score(name, column, used, fvu, l0, seconds, cpu,
                                  history.final.tokens if history.final else 0,
                                  finish_s=history.finish_s, finish_share=history.finish_share,
-                                 activation=loaded.activation), reconstruct, evaluator)
+                                 activation=loaded.activation), reconstruct, evaluator,
+                            bool(args.target_layer))
 
 
 def train_sparsify(loader: ActivationLoader, cfg: SaeTrainingConfig, d: int, args, column: str,
@@ -193,8 +141,9 @@ def train_sparsify(loader: ActivationLoader, cfg: SaeTrainingConfig, d: int, arg
 
     lr = 2e-4 / math.sqrt(args.n_latents / 2**14) if column == "default" else float(column)
     torch.manual_seed(args.seed)
-    sae = SparseCoder(d, SparseCoderConfig(num_latents=args.n_latents, k=args.k),
-                      dtype=torch.float32)
+    sae = SparseCoder(d, SparseCoderConfig(num_latents=args.n_latents, k=args.k,
+                                           transcode=bool(args.target_layer),
+                                           skip_connection=args.skip), dtype=torch.float32)
     step = sparsify_trainer(sae, lr)
     steps = cfg.planned_steps(loader.batches_per_epoch)
     done = tokens = epoch = 0
@@ -209,7 +158,7 @@ def train_sparsify(loader: ActivationLoader, cfg: SaeTrainingConfig, d: int, arg
 
     while not spent():
         for x in loader.train_batches(epoch):
-            step(x)
+            step(*((x[:, :d], x[:, d:]) if args.target_layer else (x,)))
             done += 1
             tokens += x.shape[0]
             if spent():
@@ -225,9 +174,10 @@ def train_sparsify(loader: ActivationLoader, cfg: SaeTrainingConfig, d: int, arg
         out = loaded(x)
         return out.sae_out, (out.latent_acts > 0).sum()
 
-    fvu, l0 = heldout_fvu(reconstruct, heldout)
+    fvu, l0 = heldout_fvu(reconstruct, heldout, d_in=d if args.target_layer else None)
     return with_downstream(Score("sparsify", column, lr, fvu, l0, seconds, cpu, tokens,
-                                 match[0] if match else ""), reconstruct, evaluator)
+                                 match[0] if match else ""), reconstruct, evaluator,
+                            bool(args.target_layer))
 
 
 def _grid_best(by_lr: dict[str, Score]) -> Score:
@@ -287,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(p)
+    p.add_argument("--target-layer", help="train transcoders: read --layer, reconstruct this "
+                   "layer of the same run; FVU is of the target")
+    p.add_argument("--skip", action="store_true", help="with --target-layer: skip-transcoders")
     p.add_argument("--tokens", type=int, default=200_000, help="training tokens (default 200k)")
     p.add_argument("--lrs", default="1e-3,2e-3,4e-3,8e-3,1.6e-2,3.2e-2",
                    help="comma-separated learning rates; 'default' = each trainer's default")
@@ -323,23 +276,28 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--equal-time compares one recipe of ours with sparsify: give at most "
                          "one --recipe")
 
-    source = LocalStore(args.store).open(args.run_id, args.layer)
-    d = source.d
+    if args.skip and not args.target_layer:
+        raise SystemExit("--skip trains skip-transcoders: give --target-layer too")
+    source = (LocalStore(args.store).open(args.run_id, args.layer) if not args.target_layer
+              else LocalStore(args.store).open_pair(args.run_id, args.layer, args.target_layer))
+    d = source.n_inputs if args.target_layer else source.d
+    args.d_out = source.n_outputs if args.target_layer else 0
+    hooked = args.target_layer or args.layer  # a transcoder is spliced into its target's module
     evaluator = None
     if args.model:
         evaluator = DownstreamEvaluator.open(DownstreamConfig(
-            model=args.model, layer=args.layer, text=args.text, windows=args.windows,
+            model=args.model, layer=hooked, text=args.text, windows=args.windows,
             seq_len=args.seq_len))
-        if evaluator.width != d:
-            raise SystemExit(f"--model {args.model} --layer {args.layer}: width "
-                             f"{evaluator.width}, but the store has d={d}")
-        print(f"# downstream: {args.model} {args.layer}, {evaluator.reference.windows.n_kept} "
+        if evaluator.width != (args.d_out or d):
+            raise SystemExit(f"--model {args.model} --layer {hooked}: width "
+                             f"{evaluator.width}, but the store has d={args.d_out or d}")
+        print(f"# downstream: {args.model} {hooked}, {evaluator.reference.windows.n_kept} "
               f"kept tokens of {args.windows} windows x {args.seq_len} "
               f"({evaluator.reference.windows.description})", flush=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         split = split_run(args.store, args.run_id, args.layer, args.heldout, tmp / "store",
-                          args.use_tokens)
+                          args.use_tokens, args.target_layer)
         store, heldout, n_train = split.store, split.heldout, split.n_train
         # the trainer's own split is not what is scored (the held-out tail is): keep it at the
         # least that still gives the trainer its MIN_EVAL_TOKENS
@@ -351,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         bad = [v for v in lrs if v != "default" and not _is_float(v)]
         if bad:
             raise SystemExit(f"--lrs: {bad} are neither learning rates nor 'default'")
-        loader = ActivationLoader(LocalStore(store).open("train", args.layer),
+        train = (LocalStore(store).open("train", args.layer) if not args.target_layer else
+                 LocalStore(store).open_pair("train", args.layer, args.target_layer))
+        loader = ActivationLoader(train,
                                   base.loader_config())
         print(f"# {args.run_id} {args.layer}: d={d}, n_latents={args.n_latents}, k={args.k}, "
               f"batch {args.batch}, {args.tokens:,} training tokens of {loader.n_train_tokens:,} "

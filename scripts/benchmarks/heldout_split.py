@@ -22,14 +22,17 @@ class Split(NamedTuple):
     n_train: int
     """Tokens in the training run."""
     d: int
-    """Activation width."""
+    """Activation width (a transcoder's input's)."""
+    d_out: int = 0
+    """A transcoder's target width (the held-out rows hold [input | target]); 0 for SAEs."""
 
 
 def split_run(store: str, run_id: str, layer: str, heldout: int, into: Path,
-              use_tokens: int | None = None) -> Split:
+              use_tokens: int | None = None, target_layer: str | None = None) -> Split:
     """The first `use_tokens` tokens of the run (all by default): the last `heldout` of them held
-    out, the others written to `into` as run "train"."""
-    source = LocalStore(store).open(run_id, layer)
+    out, the others written to `into` as run "train" (with `target_layer`, both layers)."""
+    source = (LocalStore(store).open(run_id, layer) if target_layer is None
+              else LocalStore(store).open_pair(run_id, layer, target_layer))
     parts, have = [], 0
     for i in range(len(source.shards)):
         parts.append(source.read_shard(i))
@@ -39,8 +42,11 @@ def split_run(store: str, run_id: str, layer: str, heldout: int, into: Path,
     x = torch.cat(parts)[:use_tokens]
     if x.shape[0] <= heldout:
         raise SystemExit(f"{store}: {x.shape[0]} tokens, not more than --heldout {heldout}")
-    LocalStore(into).put_activations("train", layer, x[:-heldout])
-    return Split(into, x[-heldout:].float(), x.shape[0] - heldout, x.shape[1])
+    d = source.n_inputs if target_layer else x.shape[1]
+    LocalStore(into).put_activations("train", layer, x[:-heldout, :d])
+    if target_layer:
+        LocalStore(into).put_activations("train", target_layer, x[:-heldout, d:])
+    return Split(into, x[-heldout:].float(), x.shape[0] - heldout, d, x.shape[1] - d)
 
 
 def add_run_arguments(p: argparse.ArgumentParser, use_tokens: bool = True) -> None:

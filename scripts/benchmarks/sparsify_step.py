@@ -14,23 +14,31 @@ DEAD_AFTER_TOKENS = 10_000_000
 """sparsify's dead_feature_threshold."""
 
 
-def sparsify_trainer(sae, lr: float) -> Callable[[torch.Tensor], None]:  # noqa: ANN001
+def sparsify_trainer(sae, lr: float) -> Callable[..., None]:  # noqa: ANN001
     """A step function training the SparseCoder `sae` with Adam at a constant `lr`; `b_dec`
-    starts at the first batch's mean, as sparsify's Trainer sets it."""
+    starts at the first batch's mean, as sparsify's Trainer sets it. A transcoder
+    (`sae.cfg.transcode`) steps on (x, y) as its Trainer does: the encoder bias starts at minus
+    the encoder's image of the inputs' mean, b_dec at the targets' mean, and its decoder is
+    neither renormalised nor rid of the parallel gradient."""
+    transcode = bool(sae.cfg.transcode)
     opt = torch.optim.Adam(sae.parameters(), lr=lr)
     since_fired = torch.zeros(sae.num_latents, dtype=torch.long, device=sae.b_dec.device)
     started = False
 
-    def step(x: torch.Tensor) -> None:
+    def step(x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         nonlocal started
         if not started:
             with torch.no_grad():
-                sae.b_dec.data = x.mean(0)
+                if transcode:
+                    sae.encoder.bias.data = -x.mean(0) @ sae.encoder.weight.data.T
+                sae.b_dec.data = (y if transcode else x).mean(0)
             started = True
-        sae.set_decoder_norm_to_unit_norm()
-        out = sae(x, dead_mask=since_fired > DEAD_AFTER_TOKENS)
+        if not transcode:
+            sae.set_decoder_norm_to_unit_norm()
+        out = sae(x, y, dead_mask=since_fired > DEAD_AFTER_TOKENS)
         (out.fvu + out.auxk_loss / 32).backward()
-        sae.remove_gradient_parallel_to_decoder_directions()
+        if not transcode:
+            sae.remove_gradient_parallel_to_decoder_directions()
         opt.step()
         opt.zero_grad()
         since_fired.add_(x.shape[0])

@@ -85,3 +85,27 @@ def test_bench_quality_splices_each_sae_into_the_model_with_model(tmp_path: Path
     # take either sign there, and the score is a ratio of small differences
     assert score["kl"] > 0 and score["delta_ce"] != 0 and score["ce_loss_score"] != 1
     assert "delta_ce:" in proc.stdout and "kl:" in proc.stdout
+
+
+def test_bench_quality_trains_transcoders_and_scores_the_target(tmp_path: Path):
+    """--target-layer: each trainer (ours; sparsify's transcode=True where installed) reads the
+    input and is scored on the held-out targets."""
+    import importlib.util
+
+    from harness.data.synthetic import SyntheticSpec, write_synthetic_store
+
+    write_synthetic_store(tmp_path / "store", "acts", SyntheticSpec(
+        d=16, n_features=32, mean_active=3, d_out=16, target_linear=0.5, n_tokens=6000),
+        layer_signature="L")
+    out = tmp_path / "scores.json"
+    with_sparsify = importlib.util.find_spec("sparsify") is not None
+    proc = run_script("bench_quality.py", "--store", str(tmp_path / "store"), "--run-id", "acts",
+                      "--layer", "L", "--target-layer", "L.target", "--skip", "--tokens", "8000",
+                      "--lrs", "default", "--n-latents", "64", "--k", "4", "--batch", "256",
+                      "--heldout", "1000", "--recipe", "default", "--json", str(out),
+                      *([] if with_sparsify else ["--no-sparsify"]), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    scores = {s["trainer"]: s for s in json.loads(out.read_text())}
+    assert set(scores) == ({"default", "sparsify"} if with_sparsify else {"default"})
+    for s in scores.values():
+        assert 0 < s["fvu"] < 0.6 and 1 <= s["l0"] <= 4  # of the target, on held-out rows
