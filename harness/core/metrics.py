@@ -32,7 +32,8 @@ class Metric:
     direction: Literal["maximize", "minimize"]
     """Which way is better."""
     label: str
-    """Axis and prose label."""
+    """Axis and prose label (a transcoder's eval metrics are of its target layer:
+    docs/metrics.md, "Transcoders")."""
     header: str
     """Short column header (Markdown)."""
     tex: str

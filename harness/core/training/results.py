@@ -129,6 +129,11 @@ class TrainingHistory(Mapping[str, Any]):
     encoder_refit_tokens: int | None = None
     """Training tokens the encoder was refit on (config.encoder_refit), or None: no encoder refit.
     """
+    kind: str = "sae"
+    """"sae", "transcoder" or "skip_transcoder": a transcoder's r2, fvu and mse are of its
+    target (target_layer_signature), not of what it reads."""
+    target_layer_signature: str | None = None
+    """The layer a transcoder reconstructs; None for an SAE."""
     final_metrics: dict[str, float] = field(default_factory=dict)
     """What LockstepMember.final_evaluators measured on the finished SAE (the downstream
     metrics of harness.evaluate), with `<evaluator>_s`, the seconds each took."""

@@ -68,7 +68,9 @@ class MemberRun:
         window = cfg.dead_window_tokens or min(DEFAULT_DEAD_WINDOW, loader.n_train_tokens)
         self.history = TrainingHistory(dead_window_tokens=window,
                                        n_train_tokens=loader.n_train_tokens,
-                                       n_eval_tokens=int(loader.eval_tokens().shape[0]))
+                                       n_eval_tokens=int(loader.eval_tokens().shape[0]),
+                                       kind=sae.kind, target_layer_signature=getattr(
+                                           source, "target_layer_signature", None))
         self.dead = DeadFeatureTracker(sae.n_latents, window, device)
         if centers is not None:
             with torch.no_grad():
@@ -108,7 +110,9 @@ class MemberRun:
         if cfg.use_wandb:
             self.wandb = WandbCallback(cfg, self.training_run_id, self.out_dir, {
                 **cfg.to_dict(), **sae.config_dict(), "activation_run": source.run_id,
-                "layer_signature": source.layer_signature, "dead_window_tokens": window,
+                "layer_signature": source.layer_signature, "kind": sae.kind,
+                "target_layer_signature": self.history.target_layer_signature,
+                "dead_window_tokens": window,
                 "n_train_tokens": loader.n_train_tokens, **(member.extra_meta or {})})
         # W&B first: it logs an evaluation before a pruning callback may end the run
         self.callbacks = [*([self.wandb] if self.wandb else []), *member.callbacks]
