@@ -9,10 +9,10 @@ autoencoders", and every other activation of the registry on the same weights.
   (the least-squares finish, harness.core.training.refit, sets them at the data's scale);
 - an auxiliary loss (AuxK) lets dead latents model the residual error.
 
-A transcoder (`transcoder=True`, or `n_outputs` other than `n_inputs`, or `skip=True`) reads one
-activation and reconstructs another through the same sparse code: its decoder is [d_sae, d_out]
-and `b_dec` lives in the output space, so the input is not centred by it (SAELens' transcoders
-do the same; the trainer starts `b_enc` at the centring instead). `skip=True` adds a linear map
+A transcoder (`transcoder=True`, `n_outputs` other than `n_inputs`, or `skip=True`) reads one
+activation and reconstructs another through the same sparse code: its decoder is [d_sae, d_out],
+`b_dec` lives in the output space and is not subtracted from the input (SAELens' transcoders do
+the same; the trainer starts `b_enc` at the centring instead). `skip=True` adds a linear map
 `W_skip` [d_out, d_in] from input to output, started at zero (SAELens' SkipTranscoder).
 
 `activation` names how a token's active latents are chosen (harness.core.activations,
@@ -117,8 +117,7 @@ class SparseAutoencoder(nn.Module):
         self.n_inputs = int(n_inputs)
         self.n_outputs = int(n_outputs) if n_outputs is not None else self.n_inputs
         """Width of what it reconstructs: the input's (an SAE) or a target's (a transcoder)."""
-        self.skip = bool(skip)
-        """A skip-transcoder: a learned linear map from input to output is added."""
+        self.skip = bool(skip)  # a skip-transcoder: a learned linear map from input to output
         self.transcoder = bool(transcoder or skip or self.n_outputs != self.n_inputs)
         """Reconstructs another activation than it reads (b_dec is not subtracted from x)."""
         self.k = int(k) if k is not None else None
@@ -130,10 +129,9 @@ class SparseAutoencoder(nn.Module):
                if seed is not None else None)
         w_enc = F.normalize(torch.randn(n_latents, n_inputs, generator=gen,
                                         dtype=torch.float32), dim=1)
-        # an SAE's decoder starts as its encoder's transpose; a transcoder's maps elsewhere
-        w_dec = (F.normalize(torch.randn(n_latents, self.n_outputs, generator=gen,
-                                         dtype=torch.float32), dim=1)
-                 if self.transcoder else w_enc)
+        # an SAE's decoder starts as its encoder's transpose; a transcoder's at zero, its rows
+        # free in norm (as sparsify's; what each bought: docs/experiments.md)
+        w_dec = torch.zeros(n_latents, self.n_outputs) if self.transcoder else w_enc
         factory = {"device": device, "dtype": dtype}
         self.W_dec = nn.Parameter(w_dec.to(**factory))
         # the encoder as rows [d_sae, d_in] (like nn.Linear.weight): the sparse backward reads
@@ -280,13 +278,15 @@ class SparseAutoencoder(nn.Module):
     # ------------------------------------------------------------------------- constraints
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
-        """Rescale decoder rows to unit norm."""
+        """Rescale decoder rows to unit norm (an SAE's; a transcoder's rows stay free)."""
+        if self.transcoder:
+            return
         self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
 
     @torch.no_grad()
     def remove_parallel_grads_(self) -> None:
-        """Drop the part of each decoder row's gradient that would change the row's norm."""
-        if self.W_dec.grad is None:
+        """Drop each decoder row's gradient along the row (an SAE's; a transcoder's are free)."""
+        if self.W_dec.grad is None or self.transcoder:
             return
         w, g = self.W_dec, self.W_dec.grad
         g.sub_((g * w).sum(dim=1, keepdim=True) * w)

@@ -173,14 +173,18 @@ class SaeTrainer:
 
 def check_shape(sae: SparseAutoencoder, source: ActivationSource) -> None:
     """ValueError unless `sae` reads (and, for a transcoder, writes) the source's widths; an SAE
-    trained on a pair becomes a transcoder (b_dec is no longer subtracted from its input)."""
+    trained on a pair becomes a transcoder (b_dec is no longer subtracted from its input, and its
+    decoder starts at zero, as a transcoder's)."""
     where = f"activation run {source.run_id!r} layer {source.layer_signature!r}"
     if isinstance(source, PairedSource):
         if (sae.n_inputs, sae.n_outputs) != (source.n_inputs, source.n_outputs):
             raise ValueError(f"{where} with target {source.target_layer_signature!r} has d_in "
                              f"{source.n_inputs} and d_out {source.n_outputs}, but the SAE has "
                              f"n_inputs={sae.n_inputs} and n_outputs={sae.n_outputs}")
-        sae.transcoder = True
+        if not sae.transcoder:  # made as an SAE: it starts as a transcoder does
+            sae.transcoder = True
+            with torch.no_grad():
+                sae.W_dec.zero_()
         return
     if sae.transcoder:
         raise ValueError(f"the SAE is a transcoder (n_outputs={sae.n_outputs}, skip={sae.skip}):"
