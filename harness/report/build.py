@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.core.activations import DEFAULT_ACTIVATION
 from harness.core.paths import unwritable
-from harness.report.architectures import activations, plot_architectures
+from harness.report.architectures import activations, front_labels, plot_architectures
 from harness.report.arguments import FORMATS
 from harness.report.data import (
     ReportError,
@@ -175,9 +174,8 @@ def _fit_scaling(df: pd.DataFrame, report: Report) -> pd.DataFrame:
     if len(activations(df)) > 1:  # a scaling law is one architecture's
         with_k = complete(df).dropna(subset=["k"])
         if not with_k.empty:
-            main = with_k["activation"].fillna(DEFAULT_ACTIVATION).value_counts().index[0]
-            by_size = best_per_group(df[df["activation"].fillna(DEFAULT_ACTIVATION) == main],
-                                     ["n_latents", "k"], "fvu")
+            main = front_labels(with_k).value_counts().index[0]
+            by_size = best_per_group(df[front_labels(df) == main], ["n_latents", "k"], "fvu")
             report.notes.append(f"the scaling fits use the {main} trials only")
     report.fits = fit_per_k(by_size)
     report.joint = fit_joint(by_size)

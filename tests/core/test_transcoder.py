@@ -145,3 +145,20 @@ def test_without_a_target_an_sae_is_unchanged() -> None:
     assert "d_out" not in sae.config_dict()
     batch = torch.randn(5, 8)
     assert sae.split_batch(batch)[1] is batch
+
+
+def test_a_mi_crow_run_with_both_layers_is_read_as_aligned_pairs(tmp_path: Path) -> None:
+    """mi_crow keeps every layer of a batch beside one attention mask: its two layers pair up,
+    padding dropped from both alike."""
+    from mi_crow_layout import flat, padded_batches, write_batch, write_run_meta
+
+    write_run_meta(tmp_path, "mc", [flat("h.0.mlp.in"), flat("h.0.mlp")])
+    for i, (acts, mask) in enumerate(padded_batches(5, 8, "h.0.mlp.in")):
+        x = acts[flat("h.0.mlp.in")]
+        write_batch(tmp_path, "mc", i, {flat("h.0.mlp.in"): x, flat("h.0.mlp"): 2 * x[..., :6]},
+                    mask)
+    source = LocalStore(tmp_path).open_pair("mc", "h.0.mlp.in", "h.0.mlp")
+    assert (source.layout, source.n_inputs, source.n_outputs) == ("mi_crow", 8, 6)
+    rows = torch.cat([source.read_shard(i) for i in range(len(source.shards))])
+    assert rows.shape[0] == source.n_tokens and float(rows.abs().max()) < 1e3
+    torch.testing.assert_close(rows[:, 8:], 2 * rows[:, :6])
