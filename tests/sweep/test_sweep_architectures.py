@@ -65,7 +65,8 @@ def test_a_sweep_samples_every_activation_and_reports_each_front(synthetic_store
 
 def test_a_transcoder_sweep_trains_samples_skip_and_reports_each_kind(tmp_path, capsys):
     """data.target_layer_signature makes every trial a transcoder (here on synthetic pairs
-    generated on first use); `skip` is sampled; the report labels each kind's front."""
+    generated on first use); `skip` is sampled; the two train in lockstep on one batch stream;
+    the report labels each kind's front."""
     results = tmp_path / "results"
     space = tiny_space(
         tmp_path / "store", results, sampler={"type": "grid"},
@@ -73,7 +74,7 @@ def test_a_transcoder_sweep_trains_samples_skip_and_reports_each_kind(tmp_path, 
                 "skip": {"type": "categorical", "choices": [False, True]}},
         objectives=[{"metric": "fvu", "direction": "minimize"},
                     {"metric": "l0", "direction": "minimize"}],
-        budget={"n_trials": 2}, wandb={"mode": "off"})
+        budget={"n_trials": 2}, wandb={"mode": "off"}, lockstep=2)  # one pack: both at once
     space["data"] = {"store": str(tmp_path / "store"), "run_id": "pair",
                      "layer_signature": "synthetic",
                      "target_layer_signature": "synthetic.target",
