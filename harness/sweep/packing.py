@@ -65,8 +65,11 @@ def largest_trial(loaded: LoadedSpace) -> tuple[TrainingShape, int]:
     candidates = [n_max]
     if refits and cap < n_max and isinstance(params["expansion"], ParamSpec):
         candidates.append(cap)  # a smaller trial that still refits may need more
+    # a transcoder's rows hold input and target, and its weights both widths: price it at their
+    # sum (an over-estimate of its weights, exact for its batches)
+    width = d + loaded.d_out
     shapes = [TrainingShape(
-        d=d, n_latents=n, k=min(k, n), batch_size=int(max(_possible(loaded, "batch_size"))),
+        d=width, n_latents=n, k=min(k, n), batch_size=int(max(_possible(loaded, "batch_size"))),
         eval_tokens=int(max(_possible(loaded, "max_eval_tokens"))),
         autocast_bf16=all(v is None or bool(v) for v in _possible(loaded, "autocast_bf16")),
         sparse_backward=not dense and all(bool(v) for v in _possible(loaded, "sparse_backward")),
@@ -122,9 +125,9 @@ def check_host_memory(slots: list[WorkerSlot], loaded: LoadedSpace, budget: int)
     the GPU, and its host part is the batches in flight and prefetched."""
     shape, _ = largest_trial(loaded)
     lockstep = loaded.space.lockstep
-    row = loaded.d * 4  # float32 tokens at most
+    row = shape.d * 4  # float32 tokens at most ([input | target] rows for a transcoder)
     least = max(row * shape.batch_size + fixed_bytes(
-        d=loaded.d, itemsize=4, batch_size=shape.batch_size, read_rows=READ_ROWS,
+        d=shape.d, itemsize=4, batch_size=shape.batch_size, read_rows=READ_ROWS,
         model_bytes=model_bytes([shape] * lockstep), host_device=slot.device == "cpu",
         prefetch_batches=shape.prefetch_batches, baseline=WORKER_BASELINE) for slot in slots)
     if least <= budget:
