@@ -217,3 +217,30 @@ def test_a_bad_params_entry_is_one_line_without_pydantic_noise(space_dict, tmp_p
         _load(tmp_path, space_dict)
     lines = str(info.value).splitlines()
     assert len(lines) == 1 and line in lines[0], lines
+
+
+def test_transcoder_data_is_checked_before_anything_runs(space_dict, tmp_path):
+    """A target layer the run lacks, a target not aligned with the input, and a skip path
+    without a target are each refused naming the key; a good pair gives both widths."""
+    import shutil
+
+    from harness.core.store import LocalStore
+
+    copy = shutil.copytree(space_dict["data"]["store"], tmp_path / "store")  # not the shared one
+    space_dict["data"]["store"] = str(copy)
+    store = LocalStore(copy)
+    source = store.open("syn", "synthetic")
+    for i in range(len(source.shards)):  # a second layer of the same rows: a target
+        store.put_activations("syn", "synthetic.out", source.read_shard(i)[:, :12])
+    space_dict["data"]["target_layer_signature"] = "synthetic.out"
+    loaded = _load(tmp_path, space_dict)
+    assert (loaded.d, loaded.d_out) == (16, 12)
+    space_dict["data"]["target_layer_signature"] = "nope"
+    with pytest.raises(SpaceError, match=r"data.target_layer_signature: .*layer 'nope' not in "
+                                         r"run 'syn'"):
+        _load(tmp_path, space_dict)
+    del space_dict["data"]["target_layer_signature"]
+    space_dict["params"]["skip"] = True
+    with pytest.raises(SpaceError, match=r"params.skip: a skip path needs a transcoder"):
+        _load(tmp_path, space_dict)
+    assert not (tmp_path / "results").exists()
