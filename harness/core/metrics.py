@@ -94,7 +94,9 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("recovery", "maximize", "planted features recovered (cos >= 0.9)", "found",
            "Recovered", ".3f", "truth", objective=False),
     Metric("mmcs", "maximize", "mean max cosine to the planted features", "MMCS", "MMCS",
-           ".3f", "truth", objective=False),
+           ".3f", "truth"),
+    Metric("firing_f1", "maximize", "F1 of latent firing against planted features' (matched)",
+           "firing F1", "F1$_\\mathrm{fire}$", ".3f", "truth"),
 )}
 OBJECTIVE_METRICS = tuple(name for name, m in METRICS.items() if m.objective)
 EVAL_METRICS = tuple(name for name, m in METRICS.items() if m.source == "eval")
@@ -239,6 +241,20 @@ class FeatureRecovery:
     """Fraction of true directions whose best cosine is >= threshold."""
     threshold: float
     """The cosine threshold c of recovery@c."""
+
+
+@torch.no_grad()
+def firing_f1(planted: torch.Tensor, fired: torch.Tensor) -> float:
+    """Mean over planted features of the F1 of one latent's firing against the feature's, each
+    feature matched to a distinct latent so that the sum of F1s is largest (Hungarian matching,
+    scipy's linear_sum_assignment): planted [N, m] and fired [N, n] bool over the same tokens."""
+    from scipy.optimize import linear_sum_assignment
+
+    p, f = planted.double(), fired.double()
+    both = p.T @ f  # [m, n] tokens where feature i and latent j fire together
+    f1 = (2 * both / (p.sum(0)[:, None] + f.sum(0)[None, :]).clamp_min(1)).numpy()
+    rows, cols = linear_sum_assignment(f1, maximize=True)
+    return float(f1[rows, cols].sum() / planted.shape[1])
 
 
 @torch.no_grad()

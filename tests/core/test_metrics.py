@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from harness.core.metrics import DeadFeatureTracker, ReconstructionAccumulator, feature_recovery
+from harness.core.metrics import (
+    DeadFeatureTracker,
+    ReconstructionAccumulator,
+    feature_recovery,
+    firing_f1,
+)
 
 
 def test_fvu_r2_mse_l0_match_hand_computed_values():
@@ -89,3 +94,19 @@ def test_every_metric_of_the_table_is_defined_in_the_docs():
     assert METRICS["r2"].larger_is_better and not METRICS["fvu"].larger_is_better
     assert METRICS["r2"].better(0.9, 0.8) and METRICS["fvu"].better(0.1, 0.2)
     assert "recovery" not in OBJECTIVE_METRICS and "r2" in OBJECTIVE_METRICS
+
+
+def test_firing_f1_matches_each_planted_feature_to_its_own_latent():
+    gen = torch.Generator().manual_seed(0)
+    planted = torch.rand(2000, 6, generator=gen) < 0.2
+    order = torch.tensor([4, 0, 7, 2, 6, 1])  # latent j fires exactly when feature i does
+    fired = torch.zeros(2000, 8, dtype=torch.bool)
+    fired[:, order] = planted
+    assert firing_f1(planted, fired) == pytest.approx(1.0)
+    # one latent firing for two features can match only one of them (F1 0 for the other's)
+    fired[:, order[0]] = planted[:, 0] | planted[:, 1]
+    fired[:, order[1]] = False
+    score = firing_f1(planted, fired)
+    assert 4 / 6 < score < 5 / 6
+    noise = torch.rand(2000, 8, generator=gen) < 0.2
+    assert firing_f1(planted, noise) < 0.3  # chance: about the firing rate

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from spaces import tiny_space, write_space
 
 from harness.core.recipes import default_lr
@@ -244,3 +245,15 @@ def test_transcoder_data_is_checked_before_anything_runs(space_dict, tmp_path):
     with pytest.raises(SpaceError, match=r"params.skip: a skip path needs a transcoder"):
         _load(tmp_path, space_dict)
     assert not (tmp_path / "results").exists()
+
+
+def test_an_objective_against_planted_features_needs_a_store_that_has_them(space_dict, tmp_path):
+    from harness.core.store import LocalStore
+
+    space_dict["objectives"] = [{"metric": "firing_f1", "direction": "maximize"}]
+    assert _load(tmp_path, space_dict)  # the synthetic store: its process is recorded
+    LocalStore(tmp_path / "plain").put_activations("syn", "synthetic", torch.randn(3000, 16))
+    space_dict["data"]["store"] = str(tmp_path / "plain")
+    with pytest.raises(SpaceError, match=r"objectives: \['firing_f1'\] are measured against "
+                                         "planted features"):
+        _load(tmp_path, space_dict)

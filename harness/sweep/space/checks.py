@@ -17,11 +17,12 @@ from harness.core.activations import (
     check_penalty,
 )
 from harness.core.loader import ActivationLoader
+from harness.core.metrics import METRICS
 from harness.core.shape import k_for, k_problem, n_latents_for
 from harness.core.store import ActivationSource, PairedSource, StoreError, open_store
 from harness.core.training.checks import type_error
 from harness.core.training.config import SaeTrainingConfig, option_types
-from harness.data.synthetic import TARGET_SUFFIX
+from harness.data.synthetic import TARGET_SUFFIX, has_ground_truth
 from harness.sweep.space.schema import (
     PRUNERS,
     SAMPLERS,
@@ -165,6 +166,17 @@ def check_options(path: Path, space: SweepSpace) -> None:
             if key not in accepted:
                 raise SpaceError(f"{path}: {section}.options.{key}: not an option of "
                                  f"{cls.__name__}; accepted: {sorted(accepted)}")
+
+
+def check_truth_objectives(path: Path, space: SweepSpace) -> None:
+    """An objective measured against planted features (mmcs, firing_f1) needs a store that
+    has them: synthetic data generated here."""
+    needs = [o.metric for o in space.objectives if METRICS[o.metric].source == "truth"]
+    data = space.data
+    if needs and data.synthetic is None and not has_ground_truth(data.store, data.run_id):
+        raise SpaceError(f"{path}: objectives: {needs} are measured against planted features, "
+                         f"but run {data.run_id!r} of {data.store} has none (no "
+                         "ground_truth.safetensors): use data.synthetic, or another objective")
 
 
 def open_data(space: SweepSpace) -> ActivationSource:

@@ -32,6 +32,7 @@ from harness.sweep.space.checks import (
     check_special,
     check_store,
     check_training,
+    check_truth_objectives,
     open_data,
 )
 from harness.sweep.space.rungs import check_budget, check_fidelity, rung_of
@@ -203,6 +204,7 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None,
     check_owned(path, space)
     check_training(path, space)
     check_options(path, space)
+    check_truth_objectives(path, space)
     d, d_out = check_store(path, space, read_heldout) if check_data else (
         (space.data.synthetic.d, space.data.synthetic.d_out) if space.data.synthetic else (0, 0))
     if check_data:
