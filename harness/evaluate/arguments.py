@@ -49,4 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="where the model runs (default cpu)")
     p.add_argument("--cache", help="folder to keep the clean and zero-ablated passes in, so a "
                    "later call on the same windows skips them")
+    p.add_argument("--metrics", default="downstream",
+                   help="comma-separated: downstream (ΔCE, CE-loss score, KL) and/or "
+                        "sparse_probing (sae-probes' datasets; pip install --no-deps "
+                        "sae-probes==0.4.2 zstandard) (default downstream)")
+    p.add_argument("--datasets", help="with sparse_probing: comma-separated sae-probes dataset "
+                   "names, e.g. 5_hist_fig_ismale (default: the documented subset)")
     return p

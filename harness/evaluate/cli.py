@@ -7,11 +7,15 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from harness.core.sae_formats import read_sae
 from harness.errors import SaesweepError
 from harness.evaluate.arguments import EXIT_BAD_INPUT, build_parser
 from harness.evaluate.downstream import DownstreamConfig, DownstreamEvaluator
+
+METRIC_GROUPS = ("downstream", "sparse_probing")
+"""What --metrics may name."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,31 +24,71 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --windows and --batch-windows must be >= 1 and --seq-len >= 2",
               file=sys.stderr)
         return EXIT_BAD_INPUT
+    groups = [g.strip() for g in args.metrics.split(",") if g.strip()]
+    unknown = [g for g in groups if g not in METRIC_GROUPS]
+    if unknown or not groups:
+        print(f"error: --metrics {args.metrics!r}: expected a comma-separated choice of "
+              f"{list(METRIC_GROUPS)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     saes = []
-    try:  # every SAE is read before the model is loaded: a typo costs nothing
+    try:  # every SAE and dataset is read before the model is loaded: a typo costs nothing
         for folder in args.sae_dirs:
             saes.append((folder, read_sae(folder)))
-        cfg = DownstreamConfig(model=args.model, layer=args.layer, text=args.text,
-                               windows=args.windows, seq_len=args.seq_len,
-                               batch_windows=args.batch_windows, device=args.device)
-        start = time.perf_counter()
-        evaluator = DownstreamEvaluator.open(cfg, cache_dir=args.cache)
-        ref = evaluator.reference.windows
-        print(f"reference ready in {time.perf_counter() - start:.1f} s: {ref.n_kept} "
-              f"kept tokens of {args.windows} windows ({ref.description})",
-              file=sys.stderr)
-        for folder, sae in saes:
-            if sae.n_outputs != evaluator.width:
-                what = "d_out" if sae.transcoder else "d_in"
-                raise ValueError(f"{folder}: the {sae.kind.replace('_', '-')} has "
-                                 f"{what}={sae.n_outputs}, but {args.layer} of {args.model} "
-                                 f"has width {evaluator.width}")
+        datasets = None
+        if "sparse_probing" in groups:
+            from harness.evaluate.probing_data import resolve_datasets
+
+            datasets = resolve_datasets(args.datasets.split(",") if args.datasets else None)
+        evaluator = _downstream(args, saes) if "downstream" in groups else None
+        probing = _probing(args, datasets, evaluator) if datasets is not None else None
     except (OSError, ValueError, SaesweepError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     for folder, sae in saes:
         start = time.perf_counter()
-        metrics = evaluator.evaluate(sae)  # a transcoder reads the module's input
-        print(json.dumps({"sae": str(Path(folder)), "kind": sae.kind, **metrics.to_dict(),
-                          "seconds": round(time.perf_counter() - start, 2)}), flush=True)
+        line: dict[str, Any] = {"sae": str(Path(folder)), "kind": sae.kind}
+        if evaluator is not None:  # a transcoder reads the module's input
+            line.update(evaluator.evaluate(sae).to_dict())
+        if probing is not None:
+            from harness.evaluate.sparse_probing import sparse_probing
+
+            sets, base = probing
+            line.update({**sparse_probing(sae, sets), **base})
+        line["seconds"] = round(time.perf_counter() - start, 2)
+        print(json.dumps(line), flush=True)
     return 0
+
+
+def _downstream(args: Any, saes: list) -> DownstreamEvaluator:
+    """The reference passes (stderr says what they cover), each SAE's width checked."""
+    cfg = DownstreamConfig(model=args.model, layer=args.layer, text=args.text,
+                           windows=args.windows, seq_len=args.seq_len,
+                           batch_windows=args.batch_windows, device=args.device)
+    start = time.perf_counter()
+    evaluator = DownstreamEvaluator.open(cfg, cache_dir=args.cache)
+    ref = evaluator.reference.windows
+    print(f"reference ready in {time.perf_counter() - start:.1f} s: {ref.n_kept} "
+          f"kept tokens of {args.windows} windows ({ref.description})", file=sys.stderr)
+    for folder, sae in saes:
+        if sae.n_outputs != evaluator.width:
+            what = "d_out" if sae.transcoder else "d_in"
+            raise ValueError(f"{folder}: the {sae.kind.replace('_', '-')} has "
+                             f"{what}={sae.n_outputs}, but {args.layer} of {args.model} "
+                             f"has width {evaluator.width}")
+    return evaluator
+
+
+def _probing(args: Any, datasets: dict, evaluator: DownstreamEvaluator | None) -> tuple:
+    """The datasets' embeddings at --layer (cached) and the raw-activation baseline."""
+    from harness.data.models import load_model
+    from harness.evaluate.probing_data import probing_sets
+    from harness.evaluate.sparse_probing import baseline
+
+    start = time.perf_counter()
+    lm = evaluator.lm if evaluator is not None else load_model(args.model, args.device,
+                                                              causal=True)
+    sets, computed = probing_sets(lm, args.layer, datasets,
+                                  Path(args.cache) / "probing" if args.cache else None)
+    print(f"sparse probing: {len(sets)} datasets ({computed} embedded now) in "
+          f"{time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return sets, baseline(sets)
