@@ -66,13 +66,13 @@ def test_a_sweep_samples_every_activation_and_reports_each_front(synthetic_store
 def test_a_transcoder_sweep_trains_samples_skip_and_reports_each_kind(tmp_path, capsys):
     """data.target_layer_signature makes every trial a transcoder (here on synthetic pairs
     generated on first use); `skip` is sampled; the two train in lockstep on one batch stream;
-    the report labels each kind's front."""
+    the planted features' firing F1 is an objective; the report labels each kind's front."""
     results = tmp_path / "results"
     space = tiny_space(
         tmp_path / "store", results, sampler={"type": "grid"},
         params={"expansion": 4, "k": 4, "lr": 3e-3,
                 "skip": {"type": "categorical", "choices": [False, True]}},
-        objectives=[{"metric": "fvu", "direction": "minimize"},
+        objectives=[{"metric": "firing_f1", "direction": "maximize"},  # planted: an objective
                     {"metric": "l0", "direction": "minimize"}],
         budget={"n_trials": 2}, wandb={"mode": "off"}, lockstep=2)  # one pack: both at once
     space["data"] = {"store": str(tmp_path / "store"), "run_id": "pair",
@@ -90,6 +90,7 @@ def test_a_transcoder_sweep_trains_samples_skip_and_reports_each_kind(tmp_path, 
         assert cfg["d_out"] == 12 and cfg["architecture"] == (
             "topk_skip_transcoder" if t.params["skip"] else "topk_transcoder")
         assert cfg["metadata"]["hook_name_out"] == "synthetic.target"
+        assert t.values[0] == t.user_attrs["firing_f1"] and 0 < t.values[0] <= 1
     fvu = {t.params["skip"]: t.user_attrs["final_fvu"] for t in trials}
     assert fvu[True] < fvu[False]  # the target has a linear part only the skip path carries
     report = report_here(capsys, "t", "--results", str(results), "--out", str(tmp_path / "r"))
@@ -98,3 +99,4 @@ def test_a_transcoder_sweep_trains_samples_skip_and_reports_each_kind(tmp_path, 
     assert "topk transcoder" in summary and "topk skip-transcoder" in summary
     assert "skip-transcoder(s)" in summary and "1 transcoder(s)" in summary
     assert (tmp_path / "r" / "architectures.png").exists()
+    assert "firing_f1" in (tmp_path / "r" / "trials.csv").read_text().splitlines()[0]

@@ -323,17 +323,3 @@ def test_the_next_footer_follows_what_was_run():
     assert "python -m harness.sweep my.yaml --n-trials N" in own
     assert "copy search_spaces" not in own
 
-
-def test_a_planted_feature_metric_is_an_objective(synthetic_store, tmp_path, capsys):
-    """firing_f1 (fresh tokens of the synthetic process) steers a study and is a column."""
-    results = tmp_path / "results"
-    space = tiny_space(synthetic_store, results, budget={"n_trials": 2}, wandb={"mode": "off"},
-                       objectives=[{"metric": "firing_f1", "direction": "maximize"}])
-    proc = sweep_here(capsys, str(write_space(tmp_path / "s.yaml", space)))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    for t in load(results).get_trials():
-        assert t.state == TrialState.COMPLETE, t.user_attrs.get("fail_reason")
-        assert t.value == pytest.approx(t.user_attrs["firing_f1"]) and 0 < t.value <= 1
-    report = report_here(capsys, "t", "--results", str(results), "--out", str(tmp_path / "r"))
-    assert report.returncode == 0, report.stdout + report.stderr
-    assert "firing_f1" in (tmp_path / "r" / "trials.csv").read_text().splitlines()[0]
