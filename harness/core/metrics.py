@@ -250,9 +250,9 @@ def firing_f1(planted: torch.Tensor, fired: torch.Tensor) -> float:
     scipy's linear_sum_assignment): planted [N, m] and fired [N, n] bool over the same tokens."""
     from scipy.optimize import linear_sum_assignment
 
-    p, f = planted.double(), fired.double()
+    p, f = planted.float(), fired.float()  # counts below 2^24 are exact in float32
     both = p.T @ f  # [m, n] tokens where feature i and latent j fire together
-    f1 = (2 * both / (p.sum(0)[:, None] + f.sum(0)[None, :]).clamp_min(1)).numpy()
+    f1 = (2 * both / (p.sum(0)[:, None] + f.sum(0)[None, :]).clamp_min(1)).double().numpy()
     rows, cols = linear_sum_assignment(f1, maximize=True)
     return float(f1[rows, cols].sum() / planted.shape[1])
 

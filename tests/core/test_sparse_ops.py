@@ -37,7 +37,8 @@ def _train(store, sparse: bool, steps: int = 100):
     sae = TopKSae(64, 16, 4, seed=0)
     cfg = SaeTrainingConfig(epochs=5, batch_size=256, lr=1e-3, sparse_backward=sparse,
                             dead_window_tokens=512, eval_every=20, progress=False,
-                            autocast_bf16=False)  # the two backward paths, in float32
+                            autocast_bf16=False,  # the two backward paths, in float32
+                            finish_tokens=2048)  # a finish of fixed size, not of wall time
     history = SaeTrainer(sae).train(store=store, run_id="syn", layer_signature="synthetic",
                                     config=cfg, save=False)
     assert history["step"][-1] >= steps

@@ -31,7 +31,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base
 
 
-def _train(base: Path, run: str, skip: bool = False, epochs: int = 8,
+def _train(base: Path, run: str, skip: bool = False, epochs: int = 5,
            activation: str = "topk") -> dict:
     sae = TopKSae(256, 64, 4, n_outputs=48, skip=skip, activation=activation, seed=0)
     return SaeTrainer(sae).train(

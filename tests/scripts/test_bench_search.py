@@ -14,7 +14,7 @@ def test_bench_search_scores_each_strategy_against_the_grid_at_equal_compute(syn
                                                                             tmp_path):
     out = tmp_path / "json"
     proc = run_script("bench_search.py", "--store", str(synthetic_store), "--run-id", "syn",
-                      "--layer", "synthetic", "--ks", "2,4", "--expansions", "2,4",
+                      "--layer", "synthetic", "--ks", "4", "--expansions", "2,4",
                       "--lr-scales", "1", "--tokens", "5000", "--batch-size", "256",
                       "--eval-every", "5", "--seeds", "1",
                       "--strategies", "default,fixed,hyperband",
@@ -23,19 +23,19 @@ def test_bench_search_scores_each_strategy_against_the_grid_at_equal_compute(syn
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[0] == "a full trial: 4864 tokens (19 steps of 256)"
-    # 4 trials of 19 batches of 256; 2 of them at 32 latents, 2 at 64
-    assert lines[1].startswith("grid: 4 trials, 19,456 tokens, 9.34e+05 token-latents")
+    # 2 trials of 19 batches of 256: one at 32 latents, one at 64
+    assert lines[1].startswith("grid: 2 trials, 9,728 tokens, 4.67e+05 token-latents")
     last = re.fullmatch(r"worst best-per-k ratio: ([\d.]+); tokens vs grid: ([\d.]+); "
                         r"compute vs grid: ([\d.]+); coverage: ([\d.]+)", lines[-1])
     assert last, lines[-1]
     scores = {s["strategy"]: s for s in json.loads(out.read_text())["scores"]}
     default = scores["default"]
-    assert set(default["per_k"]) == {"2", "4"} and float(last[1]) == round(default["worst_k"], 4)
-    assert float(last[2]) == round(default["tokens"] / 19_456, 3) <= 1.5
+    assert set(default["per_k"]) == {"4"} and float(last[1]) == round(default["worst_k"], 4)
+    assert float(last[2]) == round(default["tokens"] / 9_728, 3) <= 1.5
     assert float(last[3]) == round(default["compute_vs_grid"], 3) <= 1.5
     assert 0 <= default["coverage"] <= 1
     # the rule: one trial per k at the widest expansion; the others at most the default's compute
-    assert scores["fixed"]["trials"] == 2 and scores["fixed"]["compute"] == 2 * 4864 * 64
+    assert scores["fixed"]["trials"] == 1 and scores["fixed"]["compute"] == 4864 * 64
     assert 0 < scores["hyperband"]["compute"] <= default["compute"]
 
 
