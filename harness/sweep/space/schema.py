@@ -40,8 +40,6 @@ PRUNERS: dict[str, type | None] = {
 }
 
 
-
-
 class SpaceError(SaesweepError):
     """An invalid search-space file; the message names the file and the key path."""
 
@@ -131,9 +129,8 @@ class StudySection(_Strict):
     """Optuna storage URL; None = a journal file results/<name>/study.journal."""
     seed: int = 0
     warm_start: list[str] = Field(default_factory=list)
-    """Studies on the same activations whose complete trials a new study starts from (in its
-    storage, else at results/<name>/study.journal): the sampler sees them, the budget does
-    not count them."""
+    """Studies on the same activations whose complete trials a new study starts from (its
+    storage, else results/<name>/study.journal): seen by the sampler, not by the budget."""
 
 
 class SyntheticSection(_Strict):
@@ -160,8 +157,7 @@ class DataSection(_Strict):
     """A folder name of the store: no '/' (nor '.' or '..')."""
     layer_signature: str = Field(min_length=1)
     target_layer_signature: str | None = Field(None, min_length=1)
-    """Makes every trial a transcoder: it reads layer_signature and reconstructs this layer of
-    the same run."""
+    """Every trial a transcoder: it reads layer_signature, reconstructs this layer of the run."""
     max_tokens: int | None = Field(None, gt=0)
     synthetic: SyntheticSection | None = None
 
@@ -232,10 +228,9 @@ class BudgetSection(_Strict):
     """Training tokens for the whole study (pruned and failed trials count what they trained):
     no trial starts that would take the total past it."""
     compute: float | None = Field(None, gt=0)
-    """Training compute for the whole study, in tokens x latents (an 8x SAE costs about four
-    times a 2x SAE per token): no trial starts that would take the total past it; a rung
-    study's plan prices fresh configurations at the space's mean width and promoted ones at its
-    widest."""
+    """Training compute for the whole study, in tokens x latents: no trial starts that would
+    take the total past it; a rung study's plan prices fresh configurations at the space's mean
+    width and promoted ones at its widest."""
     hours: float | None = Field(None, gt=0)
     """Trial hours for the whole study (the sum of the trials' wall times, on every node): no
     trial starts once the finished trials' mean would take the total past it."""
@@ -298,8 +293,7 @@ class DownstreamSection(_Strict):
     """Splice every finished trial's SAE into its language model (harness.evaluate)."""
 
     model: str = Field(min_length=1)
-    """A named causal LM (smollm2), a local folder or a hub id: the model the store was
-    captured from."""
+    """A named causal LM (smollm2), a local folder or a hub id: the store's model."""
     layer: str = Field(min_length=1)
     """The hook point, as captured (e.g. model.layers.6)."""
     text: str = DownstreamConfig.text
