@@ -66,7 +66,7 @@ from benchmarks.sparsify_step import sparsify_trainer
 
 from harness.core.loader import MIN_EVAL_TOKENS, ActivationLoader
 from harness.core.sae import TopKSae
-from harness.core.store import LocalStore
+from harness.core.store import ActivationSource, LocalStore
 from harness.core.training import SaeTrainer, SaeTrainingConfig
 from harness.evaluate.downstream import DownstreamConfig, DownstreamEvaluator, sae_reconstructor
 
@@ -233,7 +233,7 @@ def table(scores: list[Score], lrs: list[str], metric: str = "fvu") -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(p)
@@ -265,7 +265,33 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"evaluation windows with --model (default {defaults.windows})")
     p.add_argument("--seq-len", type=int, default=defaults.seq_len,
                    help=f"tokens per evaluation window (default {defaults.seq_len})")
-    args = p.parse_args(argv)
+    return p
+
+
+def _open(store: str | Path, run_id: str, args: argparse.Namespace) -> ActivationSource:
+    """--layer of the run, or with --target-layer the pair of layers (a transcoder's data)."""
+    if not args.target_layer:
+        return LocalStore(store).open(run_id, args.layer)
+    return LocalStore(store).open_pair(run_id, args.layer, args.target_layer)
+
+
+def _evaluator(args: argparse.Namespace, width: int) -> DownstreamEvaluator:
+    """--model spliced at --layer (a transcoder: at its target's module), its width checked."""
+    hooked = args.target_layer or args.layer
+    evaluator = DownstreamEvaluator.open(DownstreamConfig(
+        model=args.model, layer=hooked, text=args.text, windows=args.windows,
+        seq_len=args.seq_len))
+    if evaluator.width != width:
+        raise SystemExit(f"--model {args.model} --layer {hooked}: width {evaluator.width}, but "
+                         f"the store has d={width}")
+    print(f"# downstream: {args.model} {hooked}, {evaluator.reference.windows.n_kept} kept "
+          f"tokens of {args.windows} windows x {args.seq_len} "
+          f"({evaluator.reference.windows.description})", flush=True)
+    return evaluator
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     recipes = args.recipe or (["default"] if args.equal_time else ["default", "legacy"])
     l0s = [int(v) for v in args.l0s.split(",")]
     if args.activation:  # the activations at matched L0: ours only, each at its default lr
@@ -278,22 +304,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.skip and not args.target_layer:
         raise SystemExit("--skip trains skip-transcoders: give --target-layer too")
-    source = (LocalStore(args.store).open(args.run_id, args.layer) if not args.target_layer
-              else LocalStore(args.store).open_pair(args.run_id, args.layer, args.target_layer))
+    source = _open(args.store, args.run_id, args)
     d = source.n_inputs if args.target_layer else source.d
     args.d_out = source.n_outputs if args.target_layer else 0
-    hooked = args.target_layer or args.layer  # a transcoder is spliced into its target's module
-    evaluator = None
-    if args.model:
-        evaluator = DownstreamEvaluator.open(DownstreamConfig(
-            model=args.model, layer=hooked, text=args.text, windows=args.windows,
-            seq_len=args.seq_len))
-        if evaluator.width != (args.d_out or d):
-            raise SystemExit(f"--model {args.model} --layer {hooked}: width "
-                             f"{evaluator.width}, but the store has d={args.d_out or d}")
-        print(f"# downstream: {args.model} {hooked}, {evaluator.reference.windows.n_kept} "
-              f"kept tokens of {args.windows} windows x {args.seq_len} "
-              f"({evaluator.reference.windows.description})", flush=True)
+    evaluator = _evaluator(args, args.d_out or d) if args.model else None
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         split = split_run(args.store, args.run_id, args.layer, args.heldout, tmp / "store",
@@ -309,10 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         bad = [v for v in lrs if v != "default" and not _is_float(v)]
         if bad:
             raise SystemExit(f"--lrs: {bad} are neither learning rates nor 'default'")
-        train = (LocalStore(store).open("train", args.layer) if not args.target_layer else
-                 LocalStore(store).open_pair("train", args.layer, args.target_layer))
-        loader = ActivationLoader(train,
-                                  base.loader_config())
+        loader = ActivationLoader(_open(store, "train", args), base.loader_config())
         print(f"# {args.run_id} {args.layer}: d={d}, n_latents={args.n_latents}, k={args.k}, "
               f"batch {args.batch}, {args.tokens:,} training tokens of {loader.n_train_tokens:,} "
               f"distinct, FVU on the last {args.heldout:,} tokens; torch {torch.__version__}, "

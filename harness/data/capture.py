@@ -113,87 +113,120 @@ def capture(cfg: CaptureConfig, progress: bool | None = None) -> CaptureResult:
     texts, corpus = corpus_texts(cfg.text)
     loaded = load_model(cfg.model, device)
     model, tokenizer = loaded.model, loaded.tokenizer
-    module = find_module(model, cfg.layer, cfg.model)
     seqs = _sequences(tokenizer, texts, cfg.seq_len, loaded.bos_id)
-    settings = {k: v for k, v in asdict(cfg).items()
-                if k not in ("store", "run_id", "max_tokens", "batch_size", "device",
-                             "shard_tokens")}
-    if not cfg.pair:  # as captures from before --pair recorded their settings
-        settings.pop("pair")
+    settings = _settings(cfg)
     done_seqs, have = _resume_point(store, cfg, settings)
     if have >= (cfg.max_tokens or float("inf")) or done_seqs >= len(seqs):
         return CaptureResult(n_tokens=have, new_tokens=0, seconds=0.0, resumed_from=done_seqs,
                              complete=True)
-
-    captured: dict[str, torch.Tensor] = {}
-
-    def hook(_module: torch.nn.Module, inputs: Any, output: Any) -> None:
-        captured["x"] = output[0] if isinstance(output, tuple) else output
-        if cfg.pair:
-            if not inputs or not isinstance(inputs[0], torch.Tensor):
-                raise StoreError(f"--pair: module {cfg.layer!r} is called without a tensor "
-                                 "as its first positional input; hook another module")
-            captured["in"] = inputs[0]
-        raise _StopForward
-
-    handle = module.register_forward_hook(hook)
-    special = set(tokenizer.all_special_ids) if cfg.drop_special else set()
     meta = {"model_id": cfg.model, "model_path": loaded.path,
             "model_class": type(model).__name__, "corpus": corpus,
             "tokenizer": type(tokenizer).__name__, "seq_len": cfg.seq_len,
             "dropped": "padding and special tokens" if cfg.drop_special else "padding",
-            "bos_in_front": loaded.bos_id,
-            "capture_settings": settings}
-    pending: list[torch.Tensor] = []
-    pending_in: list[torch.Tensor] = []
-    n_pending, new = 0, 0
+            "bos_in_front": loaded.bos_id, "capture_settings": settings}
+    special = torch.tensor(sorted(tokenizer.all_special_ids if cfg.drop_special else [])
+                           or [-1], device=device)
+    shards = _ShardWriter(store, cfg, dtype, meta, have)
     show = progress if progress is not None else sys.stderr.isatty()
     bar = tqdm(total=len(seqs), initial=done_seqs, unit="seq", disable=not show,
                desc=f"capture {cfg.layer}")
     start = time.perf_counter()
-    try:
-        with torch.no_grad():
+    with _ModuleTap(find_module(model, cfg.layer, cfg.model), cfg) as tap, torch.no_grad():
+        try:
             for i, batch in _batches(seqs, done_seqs, cfg.batch_size):
                 padded = tokenizer.pad({"input_ids": batch}, return_tensors="pt")
                 ids = padded["input_ids"].to(device)
                 mask = padded["attention_mask"].to(device).bool()
                 with contextlib.suppress(_StopForward):
                     model(input_ids=ids, attention_mask=mask)
-                keep = mask & ~torch.isin(ids, torch.tensor(sorted(special) or [-1],
-                                                            device=device))
-                acts = captured.pop("x")[keep].to("cpu", dtype)
-                room = (max(0, cfg.max_tokens - have - new - n_pending)
-                        if cfg.max_tokens is not None else acts.shape[0])
-                acts = acts[:room]
-                pending.append(acts)
-                if cfg.pair:
-                    pending_in.append(captured.pop("in")[keep].to("cpu", dtype)[:room])
-                n_pending += acts.shape[0]
+                keep = mask & ~torch.isin(ids, special)
+                shards.add(tap.output[keep], tap.input[keep] if cfg.pair else None)
                 bar.update(len(batch))
-                finished = i + len(batch)
-                limit = cfg.max_tokens is not None and have + new + n_pending >= cfg.max_tokens
-                if n_pending >= cfg.shard_tokens or limit or finished >= len(seqs):
-                    complete = limit or finished >= len(seqs)
-                    if cfg.pair:  # the input's shard first, the output's records progress
-                        store.put_activations(cfg.run_id, input_layer(cfg.layer),
-                                              torch.cat(pending_in),
-                                              shard_tokens=max(cfg.shard_tokens, n_pending))
-                        pending_in = []
-                    store.put_activations(
-                        cfg.run_id, cfg.layer, torch.cat(pending), dtype=dtype,
-                        shard_tokens=max(cfg.shard_tokens, n_pending),
-                        meta={**meta, "capture_progress": {"sequences_done": finished,
-                                                           "complete": complete}})
-                    new += n_pending
-                    pending, n_pending = [], 0
-                    if complete:
-                        break
-    finally:
-        handle.remove()
-        bar.close()
-    seconds = time.perf_counter() - start
-    return CaptureResult(n_tokens=have + new, new_tokens=new, seconds=seconds,
-                         resumed_from=done_seqs, complete=True)
+                if shards.flush_if_due(finished=i + len(batch), last=i + len(batch) >= len(seqs)):
+                    break
+        finally:
+            bar.close()
+    return CaptureResult(n_tokens=have + shards.new, new_tokens=shards.new,
+                         seconds=time.perf_counter() - start, resumed_from=done_seqs,
+                         complete=True)
+
+
+def _settings(cfg: CaptureConfig) -> dict[str, Any]:
+    """What a resumed capture must share with the one it continues."""
+    settings = {k: v for k, v in asdict(cfg).items()
+                if k not in ("store", "run_id", "max_tokens", "batch_size", "device",
+                             "shard_tokens")}
+    if not cfg.pair:  # as captures from before --pair recorded their settings
+        settings.pop("pair")
+    return settings
+
+
+class _ModuleTap:
+    """A forward hook on the captured module: keeps its output (and with `pair` its first
+    input) and stops the forward pass there (the layers after it are not needed)."""
+
+    def __init__(self, module: torch.nn.Module, cfg: CaptureConfig) -> None:
+        self.module, self.cfg = module, cfg
+        self.output = self.input = torch.empty(0)
+
+    def __enter__(self) -> _ModuleTap:
+        self.handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.remove()
+
+    def _hook(self, _module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        self.output = output[0] if isinstance(output, tuple) else output
+        if self.cfg.pair:
+            if not inputs or not isinstance(inputs[0], torch.Tensor):
+                raise StoreError(f"--pair: module {self.cfg.layer!r} is called without a "
+                                 "tensor as its first positional input; hook another module")
+            self.input = inputs[0]
+        raise _StopForward
+
+
+class _ShardWriter:
+    """Kept tokens gathered until a shard is full (or the capture ends), then written: with
+    `pair` the input's shard first, then the output's, which records the progress."""
+
+    def __init__(self, store: LocalStore, cfg: CaptureConfig, dtype: torch.dtype,
+                 meta: dict[str, Any], have: int) -> None:
+        self.store, self.cfg, self.dtype, self.meta, self.have = store, cfg, dtype, meta, have
+        self.outputs: list[torch.Tensor] = []
+        self.inputs: list[torch.Tensor] = []
+        self.pending = 0
+        self.new = 0
+        """Tokens written by this capture."""
+
+    def add(self, output: torch.Tensor, inputs: torch.Tensor | None) -> None:
+        """One batch's kept tokens, cut at max_tokens."""
+        cap = self.cfg.max_tokens
+        room = (max(0, cap - self.have - self.new - self.pending) if cap is not None
+                else output.shape[0])
+        self.outputs.append(output.to("cpu", self.dtype)[:room])
+        if inputs is not None:
+            self.inputs.append(inputs.to("cpu", self.dtype)[:room])
+        self.pending += self.outputs[-1].shape[0]
+
+    def flush_if_due(self, finished: int, last: bool) -> bool:
+        """Write the pending tokens if a shard is full, the cap is reached or the text ends;
+        whether the capture is complete."""
+        cap = self.cfg.max_tokens
+        limit = cap is not None and self.have + self.new + self.pending >= cap
+        if self.pending < self.cfg.shard_tokens and not limit and not last:
+            return False
+        size = max(self.cfg.shard_tokens, self.pending)
+        if self.inputs:
+            self.store.put_activations(self.cfg.run_id, input_layer(self.cfg.layer),
+                                       torch.cat(self.inputs), shard_tokens=size)
+        self.store.put_activations(
+            self.cfg.run_id, self.cfg.layer, torch.cat(self.outputs), dtype=self.dtype,
+            shard_tokens=size, meta={**self.meta, "capture_progress": {
+                "sequences_done": finished, "complete": limit or last}})
+        self.new += self.pending
+        self.outputs, self.inputs, self.pending = [], [], 0
+        return limit or last
 
 
 def input_layer(layer: str) -> str:

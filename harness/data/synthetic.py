@@ -77,10 +77,15 @@ class SyntheticData:
         self.probabilities = probs.float()
         self._gen = gen
         target_gen = torch.Generator().manual_seed(stream_seed(spec.seed, "synthetic.target"))
-        self.target_directions = F.normalize(
-            torch.randn(spec.n_features, max(spec.d_out, 1), generator=target_gen), dim=1)
-        self.target_map = spec.target_linear * F.normalize(
-            torch.randn(max(spec.d_out, 1), spec.d, generator=target_gen), dim=1)
+        self.target_directions: torch.Tensor | None = None
+        """With d_out: the planted target directions [n_features, d_out]."""
+        self.target_map: torch.Tensor | None = None
+        """With d_out: the linear map of the input added to the target [d_out, d]."""
+        if spec.d_out:
+            self.target_directions = F.normalize(
+                torch.randn(spec.n_features, spec.d_out, generator=target_gen), dim=1)
+            self.target_map = spec.target_linear * F.normalize(
+                torch.randn(spec.d_out, spec.d, generator=target_gen), dim=1)
         self._target_gen = target_gen
         self.targets: list[torch.Tensor] = []
         """With d_out: each chunk's targets, as `chunks` yields its inputs."""
@@ -118,7 +123,7 @@ class SyntheticData:
         x = (active * mags) @ self.directions + self.offset
         x += s.noise_std * torch.randn(n, s.d, generator=gen)
         y = None
-        if s.d_out:
+        if self.target_directions is not None and self.target_map is not None:
             y = (active * mags) @ self.target_directions + x @ self.target_map.T
             y = y + s.noise_std * torch.randn(n, s.d_out, generator=target_gen)
         return x, active & (mags > 0), y
@@ -145,7 +150,8 @@ def write_synthetic_store(
                                   shard_tokens=shard_tokens)
     write_safetensors(store.activation_dir(run_id) / GROUND_TRUTH_FILE,
                       {"directions": data.directions, "offset": data.offset,
-                       **({"target_directions": data.target_directions} if spec.d_out else {})})
+                       **({"target_directions": data.target_directions}
+                          if data.target_directions is not None else {})})
     return data.directions
 
 

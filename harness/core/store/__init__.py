@@ -94,7 +94,6 @@ class LocalStore:
         raise StoreError(f"no activation run {run_id!r} under {self.base_path}: looked for "
                          f"{looked}; runs present: {present or 'none'}")
 
-
     def open_pair(self, run_id: str, layer_signature: str,
                   target_layer_signature: str) -> PairedSource:
         """A transcoder's data: two layers of one run, aligned row for row, as one source of

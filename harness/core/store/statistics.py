@@ -25,7 +25,7 @@ def participation_ratio(source: ActivationSource, tokens: int = SAMPLE_TOKENS) -
     """The participation ratio of the first `tokens` tokens of `source` (at least 1). Read in
     pieces of CHUNK rows into running sums, so that it holds a d x d matrix and one piece."""
     if isinstance(source, PairedSource):  # a transcoder's: of what its encoder reads
-        source.participation = participation_ratio(source.input, tokens)
+        return participation_ratio(source.input, tokens)
     if source.participation is not None:
         return source.participation
     total = torch.zeros(source.d, dtype=torch.float64)

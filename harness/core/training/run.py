@@ -19,7 +19,7 @@ from harness.core.store.statistics import participation_ratio
 from harness.core.training.checkpoint import read_checkpoint, write_checkpoint
 from harness.core.training.loss_monitor import LossMonitor
 from harness.core.training.optim import adam, schedule
-from harness.core.training.outputs import new_run_id, save_run
+from harness.core.training.outputs import new_run_id, save_run, target_layer
 from harness.core.training.results import (
     EvalResult,
     MemberOutcome,
@@ -69,8 +69,8 @@ class MemberRun:
         self.history = TrainingHistory(dead_window_tokens=window,
                                        n_train_tokens=loader.n_train_tokens,
                                        n_eval_tokens=int(loader.eval_tokens().shape[0]),
-                                       kind=sae.kind, target_layer_signature=getattr(
-                                           source, "target_layer_signature", None))
+                                       kind=sae.kind,
+                                       target_layer_signature=target_layer(source))
         self.dead = DeadFeatureTracker(sae.n_latents, window, device)
         if centers is not None:
             with torch.no_grad():

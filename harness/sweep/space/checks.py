@@ -115,7 +115,9 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def check_special(path: Path, space: SweepSpace) -> None:
+def check_transcoder_data(path: Path, space: SweepSpace) -> None:
+    """A skip path needs a target; synthetic targets need one, under the name they are
+    written as."""
     data = space.data
     if "skip" in space.params and data.target_layer_signature is None:
         raise SpaceError(f"{path}: params.skip: a skip path needs a transcoder: set "
@@ -129,6 +131,9 @@ def check_special(path: Path, space: SweepSpace) -> None:
         raise SpaceError(f"{path}: data.target_layer_signature: synthetic targets are written as "
                          f"layer {data.layer_signature + TARGET_SUFFIX!r}, got "
                          f"{data.target_layer_signature!r}")
+
+
+def check_special(path: Path, space: SweepSpace) -> None:
     for name, (ok, expected) in _SPECIAL_CHECKS.items():
         spec = space.params.get(name)
         if spec is None:

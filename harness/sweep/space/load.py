@@ -32,6 +32,7 @@ from harness.sweep.space.checks import (
     check_special,
     check_store,
     check_training,
+    check_transcoder_data,
     check_truth_objectives,
     open_data,
 )
@@ -200,6 +201,7 @@ def load_space(path: str | Path, overrides: dict[str, Any] | None = None,
     except ValidationError as e:
         raise SpaceError(_format_validation(path, e, raw)) from e
     check_special(path, space)
+    check_transcoder_data(path, space)
     check_activation_options(path, space)
     check_owned(path, space)
     check_training(path, space)
