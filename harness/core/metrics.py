@@ -40,10 +40,11 @@ class Metric:
     """Column header in LaTeX."""
     fmt: str
     """Format spec of a value."""
-    source: Literal["eval", "setup", "truth", "downstream"]
+    source: Literal["eval", "setup", "truth", "downstream", "sparse_probing", "absorption"]
     """Where a trial's value comes from: a held-out evaluation, the trial's resolved
-    configuration, the planted ground truth of a synthetic store, or the SAE spliced into its
-    language model (harness.evaluate.downstream)."""
+    configuration, the planted ground truth of a synthetic store, the SAE spliced into its
+    language model (harness.evaluate.downstream), or its latents on the language model's
+    probing tasks (harness.evaluate.sparse_probing, harness.evaluate.absorption)."""
     objective: bool = True
     """May be a study objective."""
 
@@ -91,6 +92,27 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            "FVU$_\\mathrm{LM}$", ".4g", "downstream"),
     Metric("lm_l0", "minimize", "L0 on the LM windows' spliced positions", "L0 (LM)",
            "$L_0^\\mathrm{LM}$", ".1f", "downstream"),
+    *(Metric(f"sparse_probing_top{k}_{m}", "maximize",
+             f"sparse probing: test {name} of a probe on the top {k} latents",
+             f"probe {name} top-{k}", f"SP$_{{{k}}}$ {name}", ".3f", "sparse_probing")
+      for k in (1, 2, 5, 16) for m, name in (("accuracy", "accuracy"), ("auc", "AUC"))),
+    Metric("sparse_probing_baseline_accuracy", "maximize",
+           "sparse probing: test accuracy of the probe on the raw activations",
+           "probe accuracy raw", "SP$_\\mathrm{raw}$ accuracy", ".3f", "sparse_probing",
+           objective=False),
+    Metric("sparse_probing_baseline_auc", "maximize",
+           "sparse probing: test AUC of the probe on the raw activations", "probe AUC raw",
+           "SP$_\\mathrm{raw}$ AUC", ".3f", "sparse_probing", objective=False),
+    Metric("absorption_rate", "minimize", "first-letter absorption (mean fraction)",
+           "absorption", "Absorption", ".3f", "absorption"),
+    Metric("full_absorption_rate", "minimize", "first-letter full absorption (share)",
+           "full absorption", "Full abs.", ".3f", "absorption"),
+    Metric("absorption_letters", "maximize", "letters the absorption is measured on",
+           "letters", "Letters", "d", "absorption", objective=False),
+    Metric("absorption_tokens", "maximize", "words the absorption is measured on", "words",
+           "Words", "d", "absorption", objective=False),
+    Metric("absorption_main_latents", "minimize", "main first-letter latents per letter",
+           "main latents", "Main latents", ".2f", "absorption", objective=False),
     Metric("recovery", "maximize", "planted features recovered (cos >= 0.9)", "found",
            "Recovered", ".3f", "truth", objective=False),
     Metric("mmcs", "maximize", "mean max cosine to the planted features", "MMCS", "MMCS",

@@ -6,11 +6,14 @@ from __future__ import annotations
 import argparse
 
 from harness.data.corpora import CORPORA
-from harness.evaluate.config import DownstreamConfig
+from harness.evaluate.config import ABSORPTION_WORDS as WORDS
+from harness.evaluate.config import MIN_LETTERS, DownstreamConfig
 
 DESCRIPTION = """python -m harness.evaluate: splice saved SAEs into their language model and
 print, per SAE, one JSON object with ce_orig, ce_sae, ce_zero, delta_ce, ce_loss_score, kl,
-kl_score, fvu, l0 and tokens (docs/metrics.md). Every SAE is scored on the same windows
+kl_score, fvu, l0 and tokens (docs/metrics.md); with --metrics sparse_probing and absorption,
+the sparse-probing accuracies and AUCs and the first-letter absorption rates. Every SAE is
+scored on the same windows
 (harness.evaluate.windows), so SAEs trained elsewhere (SAELens', sparsify's, dictionary_learning's
 folders: harness.core.sae_formats) compare with ours. A transcoder (ours, SAELens' or
 sparsify's) replaces the --layer module's output with its output of the module's input.
@@ -50,9 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", help="folder to keep the clean and zero-ablated passes in, so a "
                    "later call on the same windows skips them")
     p.add_argument("--metrics", default="downstream",
-                   help="comma-separated: downstream (ΔCE, CE-loss score, KL) and/or "
+                   help="comma-separated: downstream (ΔCE, CE-loss score, KL), "
                         "sparse_probing (sae-probes' datasets; pip install --no-deps "
-                        "sae-probes==0.4.2 zstandard) (default downstream)")
+                        "sae-probes==0.4.2 zstandard) and absorption (first-letter task) "
+                        "(default downstream)")
     p.add_argument("--datasets", help="with sparse_probing: comma-separated sae-probes dataset "
-                   "names, e.g. 5_hist_fig_ismale (default: the documented subset)")
+                   "names, e.g. 5_hist_fig_ismale, or CSV files with prompt and target columns "
+                   "(default: the documented subset)")
+    p.add_argument("--words", type=int, default=WORDS,
+                   help=f"with absorption: single-token words of the first-letter task "
+                   f"(default {WORDS})")
+    p.add_argument("--min-letters", type=int, default=MIN_LETTERS,
+                   help="with absorption: letters the first-letter probe must read (F1 > 0.6) "
+                   f"for the rates to be reported (default {MIN_LETTERS}, SAEBench's)")
     return p

@@ -7,6 +7,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+ABSORPTION_WORDS = 6000
+"""Words of the first-letter task drawn from the vocabulary (SAEBench: all of it)."""
+MIN_LETTERS = 20
+"""Letters needed to report absorption at all (SAEBench min_feats_for_eval)."""
 REFERENCE_FORMAT = 1
 """Version of a saved reference (the clean and zero-ablated passes); part of its key."""
 

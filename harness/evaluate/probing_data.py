@@ -22,8 +22,9 @@ import torch
 
 from harness.core.atomic import write_safetensors
 from harness.data.cache import cache_dir
-from harness.data.models import LoadedModel, find_module
+from harness.data.models import LoadedModel
 from harness.errors import SaesweepError
+from harness.evaluate.hidden import hidden_at
 
 DEFAULT_DATASETS = ("5_hist_fig_ismale", "6_hist_fig_isamerican", "7_hist_fig_ispolitician",
                     "21_headline_istrump", "22_headline_isobama", "36_sciq_tf")
@@ -79,15 +80,24 @@ def binary_datasets(folder: Path | None = None) -> dict[str, Path]:
 
 
 def resolve_datasets(names: list[str] | None, folder: Path | None = None) -> dict[str, Path]:
-    """The chosen datasets' files (default DEFAULT_DATASETS); ProbingDataError naming any unknown
-    one and the known ones."""
-    known = binary_datasets(folder)
+    """The chosen datasets' files (default DEFAULT_DATASETS): sae-probes names, or CSV files
+    (.csv or .csv.zst) with `prompt` and `target` columns; ProbingDataError naming any unknown
+    name or missing file (sae-probes is only needed for names)."""
     names = list(names or DEFAULT_DATASETS)
-    unknown = [n for n in names if n not in known]
+    out: dict[str, Path] = {}
+    files = [n for n in names if n.endswith((".csv", ".csv.zst"))]
+    for n in files:
+        if not Path(n).is_file():
+            raise ProbingDataError(f"dataset file {n}: no such file (expected a CSV with prompt "
+                                   "and target columns)")
+        out[Path(n).name.removesuffix(".zst").removesuffix(".csv")] = Path(n)
+    wanted = [n for n in names if n not in files]
+    known = binary_datasets(folder) if wanted else {}
+    unknown = [n for n in wanted if n not in known]
     if unknown:
-        raise ProbingDataError(f"--datasets: unknown sae-probes dataset(s) {unknown}; binary "
-                               f"ones: {sorted(known)[:8]} ... ({len(known)} in all)")
-    return {n: known[n] for n in names}
+        raise ProbingDataError(f"unknown sae-probes dataset(s) {unknown}; binary ones: "
+                               f"{sorted(known)[:8]} ... ({len(known)} in all), or a .csv file")
+    return {**out, **{n: known[n] for n in wanted}}
 
 
 def read_dataset(path: Path) -> tuple[list[str], np.ndarray]:
@@ -122,34 +132,12 @@ def split(y: np.ndarray, seed: int = SPLIT_SEED) -> tuple[np.ndarray, np.ndarray
             rng.permutation(np.concatenate([test_pos, test_neg])))
 
 
-@torch.no_grad()
-def embed(lm: LoadedModel, layer: str, prompts: list[str], batch: int = 16) -> torch.Tensor:
+def embed(lm: LoadedModel, layer: str, prompts: list[str]) -> torch.Tensor:
     """[n, d] float32: the module's output at each prompt's last token."""
-    module = find_module(lm.model, layer, lm.name)
-    tok = lm.tokenizer
-    captured: dict[str, torch.Tensor] = {}
-
-    def hook(_m: torch.nn.Module, _i: object, output: object) -> None:
-        captured["x"] = output[0] if isinstance(output, tuple) else output  # type: ignore[index]
-
     front = [] if lm.bos_id is None else [lm.bos_id]
-    rows = []
-    handle = module.register_forward_hook(hook)
-    try:
-        for start in range(0, len(prompts), batch):
-            ids = [front + tok(p, add_special_tokens=False)["input_ids"][-MAX_PROMPT_TOKENS:]
-                   for p in prompts[start:start + batch]]
-            width = max(len(i) for i in ids)
-            pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-            input_ids = torch.tensor([i + [pad] * (width - len(i)) for i in ids])
-            mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids])
-            device = next(lm.model.parameters()).device
-            lm.model(input_ids=input_ids.to(device), attention_mask=mask.to(device))
-            last = torch.tensor([len(i) - 1 for i in ids])
-            rows.append(captured["x"][torch.arange(len(ids)), last].float().cpu())
-    finally:
-        handle.remove()
-    return torch.cat(rows)
+    ids = [front + lm.tokenizer(p, add_special_tokens=False)["input_ids"][-MAX_PROMPT_TOKENS:]
+           for p in prompts]
+    return hidden_at(lm, layer, ids, [len(i) - 1 for i in ids])
 
 
 def probing_sets(lm: LoadedModel, layer: str, datasets: dict[str, Path],
@@ -166,7 +154,10 @@ def probing_sets(lm: LoadedModel, layer: str, datasets: dict[str, Path],
             t = load_file(str(file))
         else:
             prompts, y = read_dataset(path)
-            train, test = split(y)
+            try:
+                train, test = split(y)
+            except ProbingDataError as e:
+                raise ProbingDataError(f"{path}: {e}") from e
             idx = np.concatenate([train, test])
             x = embed(lm, layer, [prompts[i] for i in idx])
             t = {"x_train": x[:len(train)], "x_test": x[len(train):],

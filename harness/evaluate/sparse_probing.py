@@ -24,8 +24,8 @@ KS = (1, 2, 5, 16)
 """Latents per probe (the metric names' top-k)."""
 CS = np.logspace(5, -5, 10)
 """Inverse regularisations tried (sae-probes')."""
-SEED = 1
-"""The probe's seed (sae-probes' find_best_reg default)."""
+SEED = 42
+"""The probe's seed (what sae-probes' run_sae_evals passes to find_best_reg)."""
 
 
 def probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,

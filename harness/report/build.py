@@ -23,6 +23,7 @@ from harness.report.data import (
     load_study,
     load_trials,
 )
+from harness.report.latent import plot_latent_fronts
 from harness.report.plots import (
     param_importances,
     plot_importance,
@@ -199,6 +200,7 @@ def _plot(df: pd.DataFrame, by_size: pd.DataFrame, metric: str, report: Report) 
             if has_downstream(df):
                 report.files += plot_architectures(df, out_dir, y="delta_ce",
                                                    name="architectures_delta_ce")
+        report.files += plot_latent_fronts(df, out_dir)
         report.files += plot_learning_curves(df, out_dir, metric)
         if complete(df)["lr"].nunique() > 1:
             report.files += plot_lr_sensitivity(df, out_dir)

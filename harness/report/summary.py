@@ -16,6 +16,7 @@ from harness.report.data import (
     pruning_summary,
     seed_summary,
 )
+from harness.report.latent import latent_section
 from harness.report.predictions import coverage
 from harness.report.scaling import JointFit, PowerLawFit
 from harness.report.tables import (
@@ -56,8 +57,9 @@ def summary_md(label: str, df: pd.DataFrame, best: pd.DataFrame, group_by: Seque
     if df["study"].nunique() == 1:
         del columns["study"]
     lines = (_overview(label, df) + _fronts(df, best, group_by, metric, columns)
-             + _seeds_and_pruning(df, metric) + _scaling(report) + _predictions(report)
-             + _importance_and_failures(df, metric, importances) + _not_produced(report))
+             + latent_section(df) + _seeds_and_pruning(df, metric) + _scaling(report)
+             + _predictions(report) + _importance_and_failures(df, metric, importances)
+             + _not_produced(report))
     return "\n".join(lines) + "\n"
 
 

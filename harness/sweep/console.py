@@ -124,13 +124,17 @@ def print_summary(study: optuna.Study, loaded: LoadedSpace, storage: str, out: P
         records = [TrialRecord.from_frozen(t) for t in best]
         truth = all(r.final("recovery") is not None for r in records)
         lm = all(r.final("delta_ce") is not None for r in records)
-        print(f"{'trial':>6}" + (f" {'delta_ce':>8}" if lm else "") + f" {'r2':>8} {'l0':>6} "
+        shown = {"delta_ce", "r2", "l0", "dead_ratio", "n_latents", "k"}
+        extra = [o.metric for o in space.objectives if o.metric not in shown]  # e.g. probing
+        print(f"{'trial':>6}" + "".join(f" {m:>8}" for m in extra)
+              + (f" {'delta_ce':>8}" if lm else "") + f" {'r2':>8} {'l0':>6} "
               f"{'dead%':>6} {'n_latents':>9} {'k':>4} "
               f"{'lr':>9}" + (f" {'found%':>6}" if truth else "") + "  folder")
         for r in records:
             found = f" {100 * (r.final('recovery') or 0):6.0f}" if truth else ""
             dce = f" {METRICS['delta_ce'].format(r.final('delta_ce')):>8}" if lm else ""
-            print(f"{r.number:6d}{dce} {METRICS['r2'].format(r.final('r2')):>8} "
+            own = "".join(f" {METRICS[m].format(r.final(m)):>{max(8, len(m))}}" for m in extra)
+            print(f"{r.number:6d}{own}{dce} {METRICS['r2'].format(r.final('r2')):>8} "
                   f"{METRICS['l0'].format(r.final('l0')):>6} "
                   f"{100 * (r.final('dead_ratio') or 0):6.1f} {r.n_latents:9d} {_k(r):>4} "
                   f"{r.lr or 0:9.2e}{found}  {r.trial_dir}")

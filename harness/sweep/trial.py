@@ -33,6 +33,7 @@ from harness.core.training.results import MemberOutcome, SaveFailed, TrainingDiv
 from harness.data.synthetic import has_ground_truth, load_ground_truth, load_synthetic
 from harness.sweep.artifacts import upload_trial
 from harness.sweep.downstream import final_evaluator, probe_for
+from harness.sweep.latent_tasks import latent_evaluators
 from harness.sweep.optuna_private import trial_id
 from harness.sweep.pruning import PruningCallback, rules_for
 from harness.sweep.space import LoadedSpace, TrialSetup
@@ -186,7 +187,8 @@ def _prepare(trial: optuna.Trial, record: TrialRecord, loaded: LoadedSpace, ctx:
                             save_dir=record.trial_dir, extra_meta=extra,
                             checkpoint_path=checkpoint_dir(ctx, space.study.name)
                             / f"{first:04d}.pt",
-                            final_evaluators=[downstream] if downstream else [])
+                            final_evaluators=[*([downstream] if downstream else []),
+                                              *latent_evaluators(loaded, ctx.device)])
     record.artifact_store = ctx.artifacts
     return _Prepared(trial=trial, record=record, setup=setup, member=member, pruning=pruning,
                      start=start)

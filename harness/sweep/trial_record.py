@@ -20,6 +20,10 @@ from harness.core.metrics import METRICS
 TRIAL_FILE = "trial.json"
 
 
+# sources whose metrics are recorded under their own names
+LM_SOURCES = ("truth", "downstream", "sparse_probing", "absorption")
+
+
 def metric_columns() -> list[str]:
     """Record columns of the metrics table: final_<m> (and best_<m> for the ones a run can
     improve on) for held-out metrics, <m> for ground-truth and downstream ones."""
@@ -29,7 +33,7 @@ def metric_columns() -> list[str]:
             cols.append(f"final_{name}")
             if name in ("r2", "fvu"):
                 cols.append(f"best_{name}")
-        elif m.source in ("truth", "downstream"):
+        elif m.source in LM_SOURCES:
             cols.append(name)
     return cols
 
@@ -37,7 +41,8 @@ def metric_columns() -> list[str]:
 # measurements that are not metrics of the table: counts and timings of the run
 RUN_COLUMNS = ("dead_features", "tokens_seen", "planned_tokens", "steps", "epochs_run",
                "n_train_tokens", "n_eval_tokens", "dead_window_tokens", "wall_time_s",
-               "train_time_s", "finish_s", "finish_share", "downstream_s", "downstream_tokens")
+               "train_time_s", "finish_s", "finish_share", "downstream_s", "downstream_tokens",
+               "sparse_probing_s", "absorption_s")
 
 
 @dataclass
@@ -121,7 +126,7 @@ class TrialRecord:
     def final(self, name: str) -> float | None:
         """A metric of the table at the end of the run."""
         source = METRICS[name].source
-        column = {"eval": f"final_{name}", "truth": name, "downstream": name}.get(source)
+        column = f"final_{name}" if source == "eval" else name if source in LM_SOURCES else None
         value = self.get(column) if column else getattr(self, name)
         return None if value is None else float(value)
 

@@ -78,3 +78,29 @@ def test_a_missing_install_or_an_unknown_dataset_is_refused_before_the_model(tmp
         assert cli.main([*args, "--datasets", "5_hist_fig_ismale,no_such_set"]) == 2
         assert "unknown sae-probes dataset(s) ['no_such_set']" in capsys.readouterr().err
     assert not loads
+
+
+def test_the_default_datasets_read_from_the_sae_probes_wheel_split_balanced():
+    import importlib.util
+
+    if importlib.util.find_spec("sae_probes") is None:  # its package imports what it lacks
+        pytest.skip("pip install --no-deps sae-probes==0.4.2 zstandard")
+    from harness.evaluate.probing_data import (
+        DEFAULT_DATASETS,
+        TEST_EXAMPLES,
+        TRAIN_EXAMPLES,
+        read_dataset,
+        resolve_datasets,
+        split,
+    )
+
+    files = resolve_datasets(None)
+    assert list(files) == list(DEFAULT_DATASETS)
+    prompts, y = read_dataset(files["5_hist_fig_ismale"])
+    assert len(prompts) == len(y) > TRAIN_EXAMPLES + TEST_EXAMPLES and set(y) == {0, 1}
+    train, test = split(y)
+    assert len(train) == TRAIN_EXAMPLES and len(test) == TEST_EXAMPLES
+    assert not set(train) & set(test)
+    assert y[train].sum() == TRAIN_EXAMPLES // 2 and y[test].sum() == TEST_EXAMPLES // 2
+    again = split(y)
+    assert (again[0] == train).all()  # seeded

@@ -257,3 +257,21 @@ def test_an_objective_against_planted_features_needs_a_store_that_has_them(space
     with pytest.raises(SpaceError, match=r"objectives: \['firing_f1'\] are measured against "
                                          "planted features"):
         _load(tmp_path, space_dict)
+
+
+def test_probing_and_absorption_take_downstreams_model_and_layer(space_dict, tmp_path):
+    downstream = {"model": "smollm2", "layer": "model.layers.6"}
+    space_dict["evaluation"] = {"downstream": downstream, "sparse_probing": {},
+                                "absorption": {"layer": "model.layers.3", "words": 500}}
+    ev = _load(tmp_path, space_dict).space.evaluation
+    assert (ev.sparse_probing.model, ev.sparse_probing.layer) == ("smollm2", "model.layers.6")
+    assert (ev.absorption.model, ev.absorption.layer) == ("smollm2", "model.layers.3")
+    assert ev.sparse_probing.datasets is None and ev.absorption.min_letters == 20
+    space_dict["evaluation"] = {"absorption": {"layer": "model.layers.3"}}
+    with pytest.raises(SpaceError, match=r"absorption.model: give it, or an "
+                                         r"evaluation.downstream section"):
+        _load(tmp_path, space_dict)
+    space_dict["evaluation"] = {"absorption": {**downstream, "words": 10}}
+    with pytest.raises(SpaceError, match=r"evaluation.absorption.words: Input should be greater "
+                                         r"than or equal to 50"):
+        _load(tmp_path, space_dict)

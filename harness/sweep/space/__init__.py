@@ -3,8 +3,15 @@
     schema.py  the file's sections as strict pydantic models
     load.py    load_space and each trial's setup (conditional parameters included)
     checks.py  the checks after the schema: values, training, options, data, k
+    evaluation.py  the evaluation section: downstream, sparse probing, absorption
 """
 
+from harness.sweep.space.evaluation import (
+    AbsorptionSection,
+    DownstreamSection,
+    EvaluationSection,
+    SparseProbingSection,
+)
 from harness.sweep.space.load import (
     LoadedSpace,
     TrialSetup,
@@ -18,8 +25,6 @@ from harness.sweep.space.schema import (
     SPECIAL_PARAMS,
     DataSection,
     DeadFeatureSection,
-    DownstreamSection,
-    EvaluationSection,
     FaultsSection,
     Objective,
     ParamSpec,
@@ -31,8 +36,8 @@ from harness.sweep.space.schema import (
     SyntheticSection,
 )
 
-__all__ = ["PRUNERS", "SAMPLERS", "SPECIAL_PARAMS", "DataSection",
+__all__ = ["PRUNERS", "SAMPLERS", "SPECIAL_PARAMS", "AbsorptionSection", "DataSection",
            "DeadFeatureSection", "DownstreamSection", "EvaluationSection", "FaultsSection",
            "LoadedSpace", "Objective", "ParamSpec", "PrunerSection", "R2FloorSection",
-           "SpaceError", "StudySection", "SweepSpace", "SyntheticSection", "TrialSetup",
-           "bounding_values", "load_space", "synthetic_spec"]
+           "SpaceError", "SparseProbingSection", "StudySection", "SweepSpace",
+           "SyntheticSection", "TrialSetup", "bounding_values", "load_space", "synthetic_spec"]

@@ -10,14 +10,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import optuna
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from harness.core.activations import ACTIVATIONS, DEFAULT_ACTIVATION, OPTIONS, activation_class
 from harness.core.metrics import METRICS, OBJECTIVE_METRICS
 from harness.core.store import open_store
 from harness.core.training.config import NOT_SAMPLED, SaeTrainingConfig
 from harness.errors import SaesweepError
-from harness.evaluate.config import DownstreamConfig
+from harness.sweep.space.evaluation import EvaluationSection, Strict
 
 # parameters a trial's setup resolves itself (not SaeTrainingConfig fields)
 SPECIAL_PARAMS = {"expansion", "k", "k_fraction", "lr", "lr_scale", "activation", "skip",
@@ -44,8 +44,7 @@ class SpaceError(SaesweepError):
     """An invalid search-space file; the message names the file and the key path."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+_Strict = Strict
 
 
 class ParamSpec(_Strict):
@@ -289,34 +288,6 @@ class FaultsSection(_Strict):
         return self
 
 
-class DownstreamSection(_Strict):
-    """Splice every finished trial's SAE into its language model (harness.evaluate)."""
-
-    model: str = Field(min_length=1)
-    """A named causal LM (smollm2), a local folder or a hub id: the store's model."""
-    layer: str = Field(min_length=1)
-    """The hook point, as captured (e.g. model.layers.6)."""
-    text: str = DownstreamConfig.text
-    """A corpus name, a folder of .txt files or a file of blank-line separated documents: text
-    the SAEs were not trained on."""
-    windows: int = Field(DownstreamConfig.windows, gt=0)
-    """Evaluation windows (the first N of the text)."""
-    seq_len: int = Field(DownstreamConfig.seq_len, ge=2)
-    """Text tokens per window (the BOS comes in front)."""
-    batch_windows: int = Field(DownstreamConfig.batch_windows, gt=0)
-    """Windows per forward pass."""
-    every: int | None = Field(None, gt=0)
-    """Also evaluate during training, at the first evaluation at or past every this many steps
-    (so a pruner can use it); None = only the finished SAE."""
-
-    def config(self, device: str = "cpu") -> DownstreamConfig:
-        return DownstreamConfig(device=device, **self.model_dump(exclude={"every"}))
-
-
-class EvaluationSection(_Strict):
-    downstream: DownstreamSection | None = None
-
-
 class SweepSpace(_Strict):
     """A whole sweep file."""
 
@@ -344,11 +315,14 @@ class SweepSpace(_Strict):
     """Evaluations of each finished trial beyond the held-out split."""
 
     @model_validator(mode="after")
-    def _downstream_objectives(self) -> SweepSpace:
-        needs = [o.metric for o in self.objectives if METRICS[o.metric].source == "downstream"]
-        if needs and self.evaluation.downstream is None:
-            raise ValueError(f"objective(s) {needs} are measured by splicing the SAE into its "
-                             "language model: add evaluation.downstream (model, layer, ...)")
+    def _evaluated_objectives(self) -> SweepSpace:
+        for source, what in (("downstream", "splicing the SAE into its language model"),
+                             ("sparse_probing", "sparse probing"),
+                             ("absorption", "the first-letter absorption task")):
+            needs = [o.metric for o in self.objectives if METRICS[o.metric].source == source]
+            if needs and getattr(self.evaluation, source) is None:
+                raise ValueError(f"objective(s) {needs} are measured by {what}: add "
+                                 f"evaluation.{source} (docs/metrics.md)")
         return self
 
     @field_validator("params")
