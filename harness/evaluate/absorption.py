@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from harness.core.sae import SparseAutoencoder
-from harness.evaluate.absorption_data import LETTERS, LetterTask
+from harness.evaluate.absorption_data import LETTERS, LetterTask, train_multi_probe
 from harness.evaluate.config import MIN_LETTERS
 
 MIN_PROBE_F1 = 0.6
@@ -76,25 +76,10 @@ def letters_measured(task: LetterTask) -> list[int]:
     return [i for i in range(len(LETTERS)) if _f1(y == i, pred[:, i]) > MIN_PROBE_F1]
 
 
-def l1_probe(z: torch.Tensor, y: torch.Tensor, epochs: int = 50, batch: int = 4096,
-             seed: int = 42) -> torch.Tensor:
-    """SAEBench's train_sparse_multi_probe: [26, n_latents] weights ranking latents per letter."""
-    gen = torch.Generator().manual_seed(seed)
-    target = torch.nn.functional.one_hot(y, len(LETTERS)).float()
-    pos = target.sum(0)
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=(len(y) - pos) / pos.clamp_min(1))
-    torch.manual_seed(seed)
-    probe = torch.nn.Linear(z.shape[1], len(LETTERS))
-    opt = torch.optim.Adam(probe.parameters(), lr=0.01, weight_decay=1e-6)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=(1e-5 / 0.01) ** (1 / epochs))
-    for _ in range(epochs):
-        for idx in torch.randperm(len(y), generator=gen).split(batch):
-            opt.zero_grad()
-            loss = loss_fn(probe(z[idx]), target[idx]) + 0.01 * probe.weight.abs().sum(-1).mean()
-            loss.backward()
-            opt.step()
-        sched.step()
-    return probe.weight.detach()
+def l1_probe(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """SAEBench's train_sparse_multi_probe: [26, n_latents] weights ranking latents per letter
+    (L1 0.01, batch 4,096, weight decay 1e-6)."""
+    return train_multi_probe(z, y, batch=4096, weight_decay=1e-6, l1=0.01)[0]
 
 
 def main_latents(ranking: torch.Tensor, z_train: np.ndarray, y_train: np.ndarray,
@@ -150,8 +135,7 @@ def absorption(sae: SparseAutoencoder, task: LetterTask, letters: list[int] | No
     z_train = sae.encode_dense(task.x_train.to(sae.W_dec)).float().cpu()
     z_test = sae.encode_dense(task.x_test.to(sae.W_dec)).float().cpu()
     if main is None:
-        with torch.enable_grad():
-            ranking = l1_probe(z_train, task.y_train)
+        ranking = l1_probe(z_train, task.y_train)
     dec = torch.nn.functional.normalize(sae.W_dec.float().cpu(), dim=-1)
     scores = task.probe_scores(task.x_test)
     rates, full_rates, mains, tokens = [], [], [], 0

@@ -98,24 +98,36 @@ def prompts(lm: LoadedModel, words: list[tuple[int, str]],
     return sequences, positions
 
 
-def train_probe(x: torch.Tensor, y: torch.Tensor, epochs: int = 50, batch: int = 64,
-                seed: int = SEED) -> tuple[torch.Tensor, torch.Tensor]:
-    """SAEBench's train_multi_probe on one-hot letters: (weight [26, d], bias [26])."""
+def train_multi_probe(x: torch.Tensor, y: torch.Tensor, *, batch: int, weight_decay: float,
+                      l1: float = 0.0, epochs: int = 50,
+                      seed: int = SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAEBench's train_multi_probe: one-vs-rest logistic regression on the 26 letters (BCE,
+    positives weighted by negatives/positives), Adam from 1e-2 decayed exponentially to 1e-5
+    over the epochs, plus `l1` x the mean over letters of |w|_1: (weight [26, d], bias [26])."""
     gen = torch.Generator().manual_seed(seed)
     target = torch.nn.functional.one_hot(y, len(LETTERS)).float()
     pos = target.sum(0)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=(len(y) - pos) / pos.clamp_min(1))
     torch.manual_seed(seed)
     probe = torch.nn.Linear(x.shape[1], len(LETTERS))
-    opt = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-4)
+    opt = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=(1e-5 / 1e-2) ** (1 / epochs))
-    for _ in range(epochs):
-        for idx in torch.randperm(len(y), generator=gen).split(batch):
-            opt.zero_grad()
-            loss_fn(probe(x[idx]), target[idx]).backward()
-            opt.step()
-        sched.step()
+    with torch.enable_grad():
+        for _ in range(epochs):
+            for idx in torch.randperm(len(y), generator=gen).split(batch):
+                opt.zero_grad()
+                loss = loss_fn(probe(x[idx]), target[idx])
+                if l1:
+                    loss = loss + l1 * probe.weight.abs().sum(-1).mean()
+                loss.backward()
+                opt.step()
+            sched.step()
     return probe.weight.detach().clone(), probe.bias.detach().clone()
+
+
+def train_probe(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first-letter probe on activations (SAEBench: batch 64, weight decay 1e-4)."""
+    return train_multi_probe(x, y, batch=64, weight_decay=1e-4)
 
 
 def letter_task(lm: LoadedModel, layer: str, words: int = WORDS,

@@ -21,10 +21,11 @@ PANEL_COLUMNS = 4
 
 
 def latent_metrics(df: pd.DataFrame) -> list[str]:
-    """The study's measured metrics of these kinds that can be objectives, in table order."""
+    """The study's measured metrics of these kinds that can be objectives, in table order (not
+    the raw-activation baseline: the same for every SAE of a layer)."""
     done = complete(df)
     return [n for n, m in METRICS.items() if m.source in SOURCES and m.objective
-            and n in done and bool(done[n].notna().any())]
+            and "baseline" not in n and n in done and bool(done[n].notna().any())]
 
 
 def front(df: pd.DataFrame, metric: str) -> pd.DataFrame:
