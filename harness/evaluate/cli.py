@@ -4,6 +4,7 @@ harness.evaluate.arguments)."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -69,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
 
             line.update(absorption(sae, *letters, args.min_letters).to_dict())
         line["seconds"] = round(time.perf_counter() - start, 2)
-        print(json.dumps(line), flush=True)
+        # NaN (absorption below --min-letters) is not JSON: null
+        print(json.dumps({k: None if isinstance(v, float) and math.isnan(v) else v
+                          for k, v in line.items()}), flush=True)
     return 0
 
 

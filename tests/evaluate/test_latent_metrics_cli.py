@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import math
 import random
 from pathlib import Path
@@ -73,6 +74,7 @@ def test_a_sweep_measures_both_and_optimises_one(alpha, tmp_path, capsys):
     r = sweep_here(capsys, str(write_space(tmp_path / "s.yaml", space)))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "sparse_probing: 1 datasets" in r.stdout and "absorption: " in r.stdout
+    assert "sparse_probing_top2_auc" in r.stdout.split("Pareto front")[1]  # a column of it
     study = optuna.load_study(study_name="t", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(results / "t" / "study.journal"))))
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -108,11 +110,14 @@ def test_evaluate_prints_both(alpha, tmp_path, capsys):
                       "--metrics", "sparse_probing,absorption", "--datasets",
                       str(alpha["dataset"]), "--words", str(WORDS), "--min-letters", "5")
     assert r.returncode == 0, r.stderr
-    import json
-
     line = json.loads(r.stdout)
     assert PROBE_KEYS | ABSORPTION_KEYS | {"sparse_probing_baseline_accuracy"} <= line.keys()
     assert "letters read by the probe" in r.stderr
+    short = evaluate_here(capsys, str(sae), "--model", str(alpha["model"]), "--layer", LAYER,
+                          "--metrics", "absorption", "--words", str(WORDS), "--min-letters",
+                          "26")
+    assert short.returncode == 0 and "the rates are NaN" in short.stderr
+    assert json.loads(short.stdout)["absorption_rate"] is None  # JSON has no NaN: null
 
 
 @pytest.mark.parametrize("change, message", [
