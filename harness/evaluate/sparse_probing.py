@@ -12,10 +12,12 @@ activations. Every value is the mean over the datasets.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+from sklearn.exceptions import ConvergenceWarning
 
 from harness.core.sae import SparseAutoencoder
 from harness.evaluate.probing_data import ProbingSet
@@ -30,7 +32,15 @@ SEED = 42
 
 def probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
           y_test: np.ndarray) -> tuple[float, float]:
-    """(test accuracy, test ROC AUC) of sae-probes' L2 logistic-regression probe."""
+    """(test accuracy, test ROC AUC) of sae-probes' L2 logistic-regression probe (its
+    convergence warnings silenced, as sae-probes' run_sae_evals silences them)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return _probe(x_train, y_train, x_test, y_test)
+
+
+def _probe(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+           y_test: np.ndarray) -> tuple[float, float]:
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import accuracy_score, roc_auc_score
 
