@@ -37,7 +37,7 @@ from harness.sweep.devices import (
     worker_slots,
 )
 from harness.sweep.downstream import check_downstream, save_reference
-from harness.sweep.latent_tasks import check_latent_tasks
+from harness.sweep.latent_tasks import check_latent_tasks, share_model
 from harness.sweep.leases import reap_locked
 from harness.sweep.monitor import monitor, start_workers
 from harness.sweep.packing import check_host_memory, check_packing, cuda_memory, worker_budget
@@ -120,6 +120,8 @@ def _check(args: argparse.Namespace) -> _Checked:
     repaired = prepare_storage(url)
     sources = warm_start_plan(loaded, url)
     downstream = check_downstream(loaded, Path(space.results_dir) / space.study.name)
+    if downstream is not None:
+        share_model(downstream.cfg.model, downstream.cfg.device, downstream.lm)
     check_latent_tasks(loaded)
     return _Checked(loaded=loaded, slots=slots, memory=memory, url=url, repaired=repaired,
                     sources=sources, downstream=downstream)

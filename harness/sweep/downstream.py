@@ -11,6 +11,7 @@ from harness.core.sae import SparseAutoencoder
 from harness.core.store import StoreError
 from harness.core.training.results import EvalResult, FinalEvaluator
 from harness.evaluate.downstream import DownstreamConfig, DownstreamEvaluator
+from harness.sweep.latent_tasks import share_model
 from harness.sweep.space import LoadedSpace, SpaceError
 
 REFERENCE_DIR = "downstream"  # under results/<study>/
@@ -54,7 +55,9 @@ def save_reference(evaluator: DownstreamEvaluator) -> Path:
 
 @functools.cache
 def _evaluator(cfg: DownstreamConfig, cache_dir: str) -> DownstreamEvaluator:
-    return DownstreamEvaluator.open(cfg, cache_dir=cache_dir)  # once per worker process
+    evaluator = DownstreamEvaluator.open(cfg, cache_dir=cache_dir)  # once per worker process
+    share_model(cfg.model, cfg.device, evaluator.lm)  # sparse probing and absorption use it too
+    return evaluator
 
 
 def final_evaluator(loaded: LoadedSpace, device: str, study_dir: Path) -> FinalEvaluator | None:

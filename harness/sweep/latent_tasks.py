@@ -15,10 +15,19 @@ from harness.data.models import LoadedModel, load_model
 from harness.errors import SaesweepError
 from harness.sweep.space import LoadedSpace, SpaceError
 
+_MODELS: dict[tuple[str, str], LoadedModel] = {}
+"""Each (model, device) loaded once per process, or lent by the downstream evaluation."""
 
-@functools.cache
+
+def share_model(name: str, device: str, lm: LoadedModel) -> None:
+    """Let the tasks use `lm` (the downstream evaluation's) instead of loading `name` again."""
+    _MODELS.setdefault((name, device), lm)
+
+
 def _model(name: str, device: str) -> LoadedModel:
-    return load_model(name, device, causal=True)  # once per process and model
+    if (name, device) not in _MODELS:
+        _MODELS[name, device] = load_model(name, device, causal=True)
+    return _MODELS[name, device]
 
 
 @functools.cache
