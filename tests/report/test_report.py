@@ -171,7 +171,7 @@ def test_report_can_log_tables_and_plots_to_an_offline_wandb_run(study_results, 
     assert logged["pareto._type"] == "image-file"
 
 
-def test_non_finite_metrics_are_left_out_of_plots_with_a_note(tmp_path):
+def test_non_finite_metrics_are_left_out_of_plots_with_a_note(tmp_path, capsys):
     """A trial recorded before validation refused degenerate data (r2 = -inf) once crashed the
     report in matplotlib ("Data cannot be log-scaled")."""
     from optuna.distributions import FloatDistribution
@@ -187,7 +187,7 @@ def test_non_finite_metrics_are_left_out_of_plots_with_a_note(tmp_path):
             value=r2, user_attrs={"n_latents": n, "k": k, "lr": lr, "expansion": n / 16,
                                   "final_r2": r2, "final_fvu": fvu, "final_l0": k * 0.9,
                                   "final_dead_ratio": 0.0, "tokens_seen": 1000}))
-    proc = _cli("nf", "--storage", journal, "--out", str(tmp_path / "o"))
+    proc = report_here(capsys, "nf", "--storage", journal, "--out", str(tmp_path / "o"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = (tmp_path / "o" / "summary.md").read_text()
     assert "1 complete trial(s) with non-finite metrics (trial(s) 4) are left out" in summary
@@ -198,7 +198,7 @@ def test_non_finite_metrics_are_left_out_of_plots_with_a_note(tmp_path):
         degenerate.add_trial(optuna.trial.create_trial(value=float("-inf"), user_attrs={
             "n_latents": 64, "k": 4, "lr": 1e-3, "final_r2": float("-inf"),
             "final_fvu": float("inf"), "final_l0": 4.0, "final_dead_ratio": 0.0}))
-    proc = _cli("zero", "--storage", journal, "--out", str(tmp_path / "z"))
+    proc = report_here(capsys, "zero", "--storage", journal, "--out", str(tmp_path / "z"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "3 complete trial(s) with non-finite metrics" in proc.stderr
 
