@@ -45,6 +45,8 @@ from harness.report.tables import (
     scaling_table_tex,
     write_table_tex,
 )
+from harness.sweep.optuna_private import study_storage as storage_of
+from harness.sweep.storage import close_storage
 
 
 @dataclass
@@ -106,7 +108,10 @@ def _space_cells(studies: list[str], storage: str | None, results_dir: str | Pat
     """The (expansion, k) choices of the first study's recorded space (one study's cells)."""
     if len(studies) != 1:
         return None
-    return space_cells(load_study(studies[0], storage, results_dir).user_attrs.get("space"))
+    study = load_study(studies[0], storage, results_dir)
+    space = study.user_attrs.get("space")
+    close_storage(storage_of(study))  # an RDB's connections: not left to the collector
+    return space_cells(space)
 
 
 def _output_dir(studies: list[str], results_dir: str | Path, out: str | Path | None) -> Path:
@@ -266,8 +271,10 @@ def _importances(studies: list[str], storage: str | None, results_dir: str | Pat
                 warnings.simplefilter("ignore", category=UserWarning)  # Optuna's experimental
                 values = param_importances(study, metric, full_budget_only=True)
         except (ValueError, RuntimeError) as e:
+            close_storage(storage_of(study))
             report.notes.append(f"no importance plot for {name!r}: {e}")
             continue
+        close_storage(storage_of(study))
         if not values:
             report.notes.append(f"no importance plot for {name!r}: no sampled parameter varies")
             continue

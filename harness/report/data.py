@@ -66,6 +66,7 @@ def load_study(name: str, storage: str | None = None,
         return optuna.load_study(study_name=name, storage=backend)
     except KeyError:
         names = optuna.get_all_study_names(backend)
+        close_storage(backend)
         raise ReportError(f"no study {name!r} in {masked(url)}; studies there: {names}") from None
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
+from scripts_run import sweep_here
 from spaces import tiny_space, write_space
 
 from harness import TopKSae
@@ -81,12 +82,11 @@ def test_two_nodes_share_one_postgres_study_exactly(postgres_url, synthetic_stor
     assert PASSWORD not in every_file_text(tmp_path / "node_b")
 
 
-def test_a_postgres_url_without_a_reachable_server_exits_2(synthetic_store, tmp_path):
+def test_a_postgres_url_without_a_reachable_server_exits_2(synthetic_store, tmp_path, capsys):
     space = write_space(tmp_path / "space.yaml", tiny_space(synthetic_store,
                                                             tmp_path / "results"))
-    proc = subprocess.run([sys.executable, "-m", "harness.sweep", str(space), "--storage",
-                           "postgresql://bob:hunter2@127.0.0.1:9/nowhere"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = sweep_here(capsys, str(space), "--storage",
+                      "postgresql://bob:hunter2@127.0.0.1:9/nowhere")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "--storage postgresql://bob:***@127.0.0.1:9/nowhere: cannot open the storage" in \
         proc.stderr
