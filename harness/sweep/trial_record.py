@@ -20,20 +20,21 @@ from harness.core.metrics import METRICS
 TRIAL_FILE = "trial.json"
 
 
-# sources whose metrics are recorded under their own names
-LM_SOURCES = ("truth", "downstream", "sparse_probing", "absorption")
+# sources whose metrics are recorded under their own names (not final_<name>)
+NAMED_SOURCES = ("truth", "downstream", "sparse_probing", "absorption")
 
 
 def metric_columns() -> list[str]:
     """Record columns of the metrics table: final_<m> (and best_<m> for the ones a run can
-    improve on) for held-out metrics, <m> for ground-truth and downstream ones."""
+    improve on) for held-out metrics, <m> for ground-truth, downstream, probing and absorption
+    ones."""
     cols: list[str] = []
     for name, m in METRICS.items():
         if m.source == "eval":
             cols.append(f"final_{name}")
             if name in ("r2", "fvu"):
                 cols.append(f"best_{name}")
-        elif m.source in LM_SOURCES:
+        elif m.source in NAMED_SOURCES:
             cols.append(name)
     return cols
 
@@ -126,7 +127,7 @@ class TrialRecord:
     def final(self, name: str) -> float | None:
         """A metric of the table at the end of the run."""
         source = METRICS[name].source
-        column = f"final_{name}" if source == "eval" else name if source in LM_SOURCES else None
+        column = f"final_{name}" if source == "eval" else name if source in NAMED_SOURCES else None
         value = self.get(column) if column else getattr(self, name)
         return None if value is None else float(value)
 
