@@ -27,15 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.core.sae import TopKSae  # noqa: E402
 from harness.core.sae_formats import read_sae  # noqa: E402
-from harness.data.cache import cache_dir  # noqa: E402
 from harness.data.models import load_model  # noqa: E402
 from harness.evaluate.absorption import absorption, letters_measured  # noqa: E402
 from harness.evaluate.absorption_data import letter_task  # noqa: E402
+from harness.evaluate.hidden import task_folder  # noqa: E402
 from harness.evaluate.probing_data import probing_sets, resolve_datasets  # noqa: E402
 from harness.evaluate.sparse_probing import KS, baseline, sparse_probing  # noqa: E402
 
 
-def _size(folder: Path) -> str:
+def _size(kind: str, lm: object, layer: str) -> str:
+    folder = task_folder(kind, lm, layer, None)  # type: ignore[arg-type]
     return f"{sum(f.stat().st_size for f in folder.rglob('*') if f.is_file()) / 1e6:.1f} MB"
 
 
@@ -77,17 +78,16 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
     lm = load_model(args.model, "cpu", causal=True)
-    key = f"{Path(lm.path).name}-{args.layer}"  # the caches' folder of this model and layer
     start = time.perf_counter()
     sets, computed = probing_sets(lm, args.layer, resolve_datasets(None))
     print(f"sparse-probing cache: {len(sets)} datasets, {computed} embedded now, "
-          f"{time.perf_counter() - start:.1f} s, {_size(cache_dir('probing') / key)}")
+          f"{time.perf_counter() - start:.1f} s, {_size('probing', lm, args.layer)}")
     start = time.perf_counter()
     task, built = letter_task(lm, args.layer)
     letters = letters_measured(task)
     print(f"first-letter cache: {len(task.y_train)} + {len(task.y_test)} words, "
           f"{'built now' if built else 'read'} in {time.perf_counter() - start:.1f} s, "
-          f"{_size(cache_dir('absorption') / key)}; {len(letters)} letters with probe F1 > 0.6")
+          f"{_size('absorption', lm, args.layer)}; {len(letters)} letters with probe F1 > 0.6")
     base = baseline(sets)
     print(f"raw-activation probe: accuracy {base['sparse_probing_baseline_accuracy']:.3f}, "
           f"AUC {base['sparse_probing_baseline_auc']:.3f}")

@@ -11,7 +11,6 @@ Needs the `capture` extra (transformers; the MiniLM package for the default mode
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
@@ -25,10 +24,7 @@ from tqdm.auto import tqdm
 from harness.core.store import LocalStore, StoreError, open_store
 from harness.data.corpora import PYDOC_CORPUS, corpus_texts
 from harness.data.models import find_module, load_model
-
-
-class _StopForward(Exception):  # noqa: N818 - a control signal
-    """Raised by the capture hook: the layers after the hooked one are not needed."""
+from harness.data.tap import ModuleTap
 
 
 @dataclass(frozen=True)
@@ -131,14 +127,15 @@ def capture(cfg: CaptureConfig, progress: bool | None = None) -> CaptureResult:
     bar = tqdm(total=len(seqs), initial=done_seqs, unit="seq", disable=not show,
                desc=f"capture {cfg.layer}")
     start = time.perf_counter()
-    with _ModuleTap(find_module(model, cfg.layer, cfg.model), cfg) as tap, torch.no_grad():
+    tap = ModuleTap(find_module(model, cfg.layer, cfg.model), keep_input=cfg.pair,
+                    what=f"--pair: module {cfg.layer!r}")
+    with tap, torch.no_grad():
         try:
             for i, batch in _batches(seqs, done_seqs, cfg.batch_size):
                 padded = tokenizer.pad({"input_ids": batch}, return_tensors="pt")
                 ids = padded["input_ids"].to(device)
                 mask = padded["attention_mask"].to(device).bool()
-                with contextlib.suppress(_StopForward):
-                    model(input_ids=ids, attention_mask=mask)
+                tap.run(model, input_ids=ids, attention_mask=mask)
                 keep = mask & ~torch.isin(ids, special)
                 shards.add(tap.output[keep], tap.input[keep] if cfg.pair else None)
                 bar.update(len(batch))
@@ -159,31 +156,6 @@ def _settings(cfg: CaptureConfig) -> dict[str, Any]:
     if not cfg.pair:  # as captures from before --pair recorded their settings
         settings.pop("pair")
     return settings
-
-
-class _ModuleTap:
-    """A forward hook on the captured module: keeps its output (and with `pair` its first
-    input) and stops the forward pass there (the layers after it are not needed)."""
-
-    def __init__(self, module: torch.nn.Module, cfg: CaptureConfig) -> None:
-        self.module, self.cfg = module, cfg
-        self.output = self.input = torch.empty(0)
-
-    def __enter__(self) -> _ModuleTap:
-        self.handle = self.module.register_forward_hook(self._hook)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.handle.remove()
-
-    def _hook(self, _module: torch.nn.Module, inputs: Any, output: Any) -> None:
-        self.output = output[0] if isinstance(output, tuple) else output
-        if self.cfg.pair:
-            if not inputs or not isinstance(inputs[0], torch.Tensor):
-                raise StoreError(f"--pair: module {self.cfg.layer!r} is called without a "
-                                 "tensor as its first positional input; hook another module")
-            self.input = inputs[0]
-        raise _StopForward
 
 
 class _ShardWriter:

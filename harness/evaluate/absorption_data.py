@@ -24,10 +24,9 @@ from pathlib import Path
 import torch
 
 from harness.core.atomic import write_safetensors
-from harness.data.cache import cache_dir
 from harness.data.models import LoadedModel
 from harness.evaluate.config import ABSORPTION_WORDS
-from harness.evaluate.hidden import hidden_at
+from harness.evaluate.hidden import hidden_at, task_folder
 
 LETTERS = string.ascii_lowercase
 WORDS = ABSORPTION_WORDS
@@ -136,7 +135,7 @@ def letter_task(lm: LoadedModel, layer: str, words: int = WORDS,
     computed and saved there; and whether it was computed now."""
     from safetensors import safe_open
 
-    folder = (cache or cache_dir("absorption")) / f"{Path(lm.path).name}-{layer}"
+    folder = task_folder("absorption", lm, layer, cache)
     file = folder / f"letters-{CACHE_FORMAT}-{words}.safetensors"
     if file.exists():
         with safe_open(str(file), "pt") as f:

@@ -21,10 +21,9 @@ import numpy as np
 import torch
 
 from harness.core.atomic import write_safetensors
-from harness.data.cache import cache_dir
 from harness.data.models import LoadedModel
 from harness.errors import SaesweepError
-from harness.evaluate.hidden import hidden_at
+from harness.evaluate.hidden import hidden_at, task_folder
 
 DEFAULT_DATASETS = ("5_hist_fig_ismale", "6_hist_fig_isamerican", "7_hist_fig_ispolitician",
                     "21_headline_istrump", "22_headline_isobama", "36_sciq_tf")
@@ -146,7 +145,7 @@ def probing_sets(lm: LoadedModel, layer: str, datasets: dict[str, Path],
     them for this model and layer, else computed and saved there; and how many were computed."""
     from safetensors.torch import load_file
 
-    folder = (cache or cache_dir("probing")) / f"{Path(lm.path).name}-{layer}"
+    folder = task_folder("probing", lm, layer, cache)
     out, computed = [], 0
     for name, path in datasets.items():
         file = folder / f"{name}-{TRAIN_EXAMPLES}-{TEST_EXAMPLES}-{MAX_PROMPT_TOKENS}.safetensors"

@@ -31,14 +31,22 @@ def _model(name: str, device: str) -> LoadedModel:
 
 
 @functools.cache
-def _probing(model: str, layer: str, datasets: tuple[str, ...] | None, device: str) -> tuple:
-    """The datasets' split embeddings and the raw-activation baseline (cached on disk)."""
+def _probing(model: str, layer: str, datasets: tuple[str, ...] | None, device: str) -> list:
+    """The datasets' split embeddings (cached on disk)."""
     from harness.evaluate.probing_data import probing_sets, resolve_datasets
-    from harness.evaluate.sparse_probing import baseline
 
     sets, _ = probing_sets(_model(model, device), layer,
                            resolve_datasets(list(datasets) if datasets else None))
-    return sets, baseline(sets)
+    return sets
+
+
+@functools.cache
+def _baseline(model: str, layer: str, datasets: tuple[str, ...] | None,
+              device: str) -> dict[str, float]:
+    """The probe on the raw activations: once per worker, never in the sweep's own process."""
+    from harness.evaluate.sparse_probing import baseline
+
+    return baseline(_probing(model, layer, datasets, device))
 
 
 @functools.cache
@@ -76,7 +84,7 @@ def check_latent_tasks(loaded: LoadedSpace, device: str = "cpu") -> None:
         start = time.perf_counter()
         try:
             if name == "sparse_probing":
-                sets, _ = _probing(section.model, section.layer, _names(section), device)
+                sets = _probing(section.model, section.layer, _names(section), device)
                 width = sets[0].x_train.shape[1]
                 what = f"{len(sets)} datasets"
             else:
@@ -111,8 +119,8 @@ def latent_evaluators(loaded: LoadedSpace, device: str) -> list[FinalEvaluator]:
         def sparse_probing(sae: SparseAutoencoder) -> Mapping[str, float]:
             from harness.evaluate.sparse_probing import sparse_probing as measure
 
-            sets, base = _probing(p.model, p.layer, _names(p), device)
-            return {**measure(sae, sets), **base}
+            key = (p.model, p.layer, _names(p), device)
+            return {**measure(sae, _probing(*key)), **_baseline(*key)}
 
         out.append(sparse_probing)
     if (a := ev.absorption) is not None:
